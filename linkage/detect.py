@@ -1,0 +1,277 @@
+"""Stage 4 — detect: project the heterogeneous graph onto accounts and run Leiden.
+
+Evidence is a table of memberships (account, entity). Each entity gets a value
+
+    v = type weight × ip-type factor × rarity,   rarity = ln(N/d) / ln(N/2)
+
+(d = accounts sharing it, N = accounts), so a card shared by two accounts is worth far
+more than a carrier-NAT address shared by three thousand. A pair of accounts is linked by
+the sum of the values of everything it shares (capped per evidence type), plus lockstep
+activity, scaled down when both seats belong to the same declared org.
+
+Entities shared by few accounts expand into all their pairs. A hub is never expanded into
+its clique: its members are joined by a few random cycles (an expander, which Leiden does not
+cut apart) and every such candidate pair is then weighed on *all* it shares. Pairs below
+``min_pair_weight`` are dropped, so sharing one benign hub never links two accounts.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import igraph as ig
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from .graph import ACTIVITY_SIGNATURE_SIZE, Graph, mix64
+from .settings import DetectSettings
+
+log = logging.getLogger(__name__)
+_NO_BIN_TYPES = ["wallet", "crypto", "invoice"]
+
+
+@dataclass
+class Detection:
+    accounts: pl.DataFrame  # idx, account_id, org_id (the projection's node table)
+    memberships: pl.DataFrame  # idx, entity, type, value, degree
+    pairs: pl.DataFrame  # a, b (idx), weight, activity (kept edges only)
+    communities: pl.DataFrame  # account_id, community (every account in a community of ≥ min size)
+
+
+# ---------------------------------------------------------------- evidence
+def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(accounts with a dense ``idx``, one row per account × shared entity with the entity's value).
+
+    Reads nothing but the graph tables, so it runs the same on the embedded store and on Neo4j."""
+    accounts = graph.nodes["Account"].sort("account_id").with_row_index("idx")
+    rels = graph.rels
+    ip_info = graph.nodes["IP"].select("ip", "subnet", "asn", "ip_type")
+    type_factor = _ip_type_factor(settings)
+
+    def rel(rel_type: str, entity_type: str) -> pl.DataFrame:
+        return rels[rel_type].select(pl.col("src").alias("account_id"),
+                                     (pl.lit(entity_type + "|") + pl.col("dst").cast(pl.Utf8)).alias("entity"),
+                                     pl.lit(entity_type).alias("type"), pl.lit(1.0).alias("factor"))
+
+    used = rels["USED_IP"].join(ip_info, left_on="dst", right_on="ip", how="left").with_columns(type_factor.alias("factor"))
+    instruments = rels["PAID_WITH"].join(graph.nodes["PaymentInstrument"], left_on="dst", right_on="instrument_id")
+    parts = [
+        rel("PAID_WITH", "PaymentInstrument"),
+        rel("USED_DEVICE", "Device"),
+        rel("SENT_TEMPLATE", "PromptTemplate"),
+        rel("HAS_EMAIL_DOMAIN", "EmailDomain"),
+        rel("SIGNED_UP_FROM", "SignupIP"),
+        accounts.filter(pl.col("email").is_not_null()).select(
+            "account_id", (pl.lit("Email|") + pl.col("email")).alias("entity"), pl.lit("Email").alias("type"),
+            pl.lit(1.0).alias("factor")),
+        used.select(pl.col("src").alias("account_id"), (pl.lit("IP|") + pl.col("dst")).alias("entity"),
+                    pl.lit("IP").alias("type"), "factor"),
+        used.filter(pl.col("subnet").is_not_null()).select(
+            pl.col("src").alias("account_id"), (pl.lit("Subnet|") + pl.col("subnet")).alias("entity"),
+            pl.lit("Subnet").alias("type"), "factor"),
+        used.filter(pl.col("asn").is_not_null()).select(
+            pl.col("src").alias("account_id"), (pl.lit("ASN|") + pl.col("asn").cast(pl.Utf8)).alias("entity"),
+            pl.lit("ASN").alias("type"), "factor"),
+        instruments.filter(pl.col("bin").is_not_null() & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
+        .select(pl.col("src").alias("account_id"), (pl.lit("Bin|") + pl.col("bin")).alias("entity"),
+                pl.lit("Bin").alias("type"), pl.lit(1.0).alias("factor")),
+        _signup_bursts(accounts, settings),
+        _model_switches(graph, settings),
+    ]
+    evidence = pl.concat([p.select("account_id", "entity", "type", pl.col("factor").cast(pl.Float64)) for p in parts])
+    evidence = evidence.group_by("account_id", "entity", "type").agg(pl.col("factor").max())
+    evidence = evidence.join(accounts.select("account_id", "idx"), on="account_id", how="inner")
+    degree = evidence.group_by("entity").agg(pl.len().alias("degree"))
+    evidence = evidence.join(degree, on="entity").filter(
+        (pl.col("degree") >= 2) & (pl.col("degree") <= settings.max_entity_accounts))
+    n = max(accounts.height, 4)
+    weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())})
+    evidence = evidence.join(weights, on="type", how="left").with_columns(
+        (pl.col("type_weight").fill_null(0.0) * pl.col("factor")
+         * ((np.log(n) - pl.col("degree").cast(pl.Float64).log()) / np.log(n / 2)).clip(0, 1)).alias("value"))
+    evidence = evidence.filter(pl.col("value") > 0).select("idx", "account_id", "entity", "type", "value", "degree")
+    return accounts, evidence.sort("entity", "idx")
+
+
+def _ip_type_factor(settings: DetectSettings) -> pl.Expr:
+    mapping = settings.ip_type_factor
+    return pl.col("ip_type").replace_strict(mapping, default=mapping.get("unknown", 0.6), return_dtype=pl.Float64)
+
+
+def _burst_windows(times: pl.DataFrame, window: pl.Expr, settings: DetectSettings) -> pl.DataFrame:
+    """Windows whose count is ``burst_min_excess`` times the typical (median non-empty) window."""
+    counts = times.group_by(window.alias("window")).len()
+    if counts.height == 0:
+        return counts.select("window")
+    typical = max(float(counts["len"].median()), 1.0)
+    return counts.filter(pl.col("len") >= max(settings.burst_min_excess * typical, 3)).select("window")
+
+
+def _signup_bursts(accounts: pl.DataFrame, settings: DetectSettings) -> pl.DataFrame:
+    window = pl.col("created_at").dt.epoch("s") // (settings.signup_window_minutes * 60)
+    bursts = _burst_windows(accounts, window, settings)
+    return accounts.with_columns(window.alias("window")).join(bursts, on="window").select(
+        "account_id", (pl.lit("SignupBurst|") + pl.col("window").cast(pl.Utf8)).alias("entity"),
+        pl.lit("SignupBurst").alias("type"), pl.lit(1.0).alias("factor"))
+
+
+def _model_switches(graph: Graph, settings: DetectSettings) -> pl.DataFrame:
+    """Accounts that start using a model in the same hour, after having used another one before."""
+    firsts = graph.rels["USED_MODEL"].select(pl.col("src").alias("account_id"), pl.col("dst").alias("model"),
+                                             pl.col("first_seen").alias("ts"))
+    firsts = firsts.with_columns(pl.col("ts").min().over("account_id").alias("account_first"))
+    switches = firsts.filter(pl.col("ts") > pl.col("account_first"))
+    window = pl.col("ts").dt.epoch("s") // 3600
+    bursts = _burst_windows(switches, window, settings)
+    return switches.with_columns(window.alias("window")).join(bursts, on="window").select(
+        "account_id", (pl.lit("ModelSwitch|") + pl.col("model") + "@" + pl.col("window").cast(pl.Utf8)).alias("entity"),
+        pl.lit("ModelSwitch").alias("type"), pl.lit(1.0).alias("factor"))
+
+
+# ---------------------------------------------------------------- candidates
+def _clique_pairs(starts: np.ndarray, sizes: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (row_a, row_b) within each small group, as row positions into the membership table."""
+    firsts, seconds = [], []
+    for size in np.unique(sizes):
+        a, b = np.triu_indices(int(size), 1)
+        group_starts = starts[sizes == size]
+        firsts.append((group_starts[:, None] + a[None, :]).ravel())
+        seconds.append((group_starts[:, None] + b[None, :]).ravel())
+    if not firsts:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty
+    first, second = np.concatenate(firsts), np.concatenate(seconds)
+    return rows[first], rows[second], first
+
+
+def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each hub's members joined by ``cycles`` random Hamiltonian cycles (deterministic per seed)."""
+    lefts, rights = [], []
+    for r in range(cycles):
+        key = mix64(idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ entity_codes.astype(np.uint64)
+                   ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF))
+        order = np.lexsort((key, entity_codes))
+        ent, members = entity_codes[order], idx[order]
+        same = ent[1:] == ent[:-1]
+        lefts.append(members[:-1][same])
+        rights.append(members[1:][same])
+        # close each cycle: last member back to the first
+        starts = np.flatnonzero(np.r_[True, ~same])
+        ends = np.r_[starts[1:] - 1, len(ent) - 1]
+        lefts.append(members[starts])
+        rights.append(members[ends])
+    return np.concatenate(lefts), np.concatenate(rights)
+
+
+# ---------------------------------------------------------------- projection
+def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings) -> pl.DataFrame:
+    """Weighted account pairs (a < b) at or above ``min_pair_weight``."""
+    n = accounts.height
+    type_names = sorted(settings.type_weights)
+    type_code = {t: i for i, t in enumerate(type_names)}
+    ev = evidence.with_columns(pl.col("type").replace_strict(type_code, return_dtype=pl.Int32).alias("type_code"),
+                               pl.col("entity").rank("dense").cast(pl.Int64).alias("entity_code")).sort("entity_code", "idx")
+    idx = ev["idx"].to_numpy().astype(np.int64)
+    entity_code = ev["entity_code"].to_numpy()
+    value = ev["value"].to_numpy()
+    types = ev["type_code"].to_numpy()
+    degree = ev["degree"].to_numpy()
+
+    small = degree <= settings.hub_size
+    # small entities: exact contributions of every pair
+    s_rows = np.flatnonzero(small)
+    boundaries = np.flatnonzero(np.r_[True, entity_code[s_rows][1:] != entity_code[s_rows][:-1]])
+    sizes = np.diff(np.r_[boundaries, len(s_rows)])
+    a_rows, b_rows, _ = _clique_pairs(boundaries, sizes, s_rows)
+    pa, pb = idx[a_rows], idx[b_rows]
+    contrib_pair = np.minimum(pa, pb) * n + np.maximum(pa, pb)
+    contrib_type = types[a_rows]
+    contrib_value = value[a_rows]
+
+    # hubs: random cycles give candidates; their weight is computed from everything they share
+    h_rows = np.flatnonzero(~small)
+    ha, hb = _hub_cycles(entity_code[h_rows], idx[h_rows], settings.hub_partners, settings.seed)
+    keep = ha != hb
+    hub_pairs = np.minimum(ha[keep], hb[keep]) * n + np.maximum(ha[keep], hb[keep])
+    candidates = np.unique(np.concatenate([np.unique(contrib_pair), hub_pairs]))
+    log.info("projection: %d small-entity contributions, %d candidate pairs", len(contrib_pair), len(candidates))
+    if len(candidates) == 0:
+        return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64, "activity": pl.Float64})
+
+    n_types = len(type_names)
+    type_sum = np.zeros((len(candidates), n_types))
+    type_max = np.zeros((len(candidates), n_types))
+    position = np.searchsorted(candidates, contrib_pair)
+    np.add.at(type_sum, (position, contrib_type), contrib_value)
+    np.maximum.at(type_max, (position, contrib_type), contrib_value)
+    ca, cb = candidates // n, candidates % n
+    if len(h_rows):
+        width = int(entity_code.max()) + 1
+        for t in np.unique(types[h_rows]):
+            rows = h_rows[types[h_rows] == t]
+            matrix = sp.csr_matrix((value[rows], (idx[rows], entity_code[rows])), shape=(n, width))
+            binary = matrix.copy()
+            binary.data[:] = 1.0
+            shared = matrix[ca].multiply(binary[cb]).tocsr()
+            type_sum[:, t] += np.asarray(shared.sum(axis=1)).ravel()
+            type_max[:, t] = np.maximum(type_max[:, t], shared.max(axis=1).toarray().ravel())
+    # within one evidence type, shared entities are correlated (users of one framework share all its
+    # templates): the strongest counts in full, the rest only a little
+    caps = np.array([2.0 * settings.type_weights[t] for t in type_names])
+    per_type = type_max + settings.within_type_extra * (type_sum - type_max)
+    weight = np.minimum(per_type, caps).sum(axis=1)
+    activity = _activity_similarity(accounts, ca, cb)
+    weight += settings.type_weights.get("ActivityWindow", 0.0) * activity
+    org = accounts["org_id"].to_numpy()
+    same_org = (org[ca] == org[cb]) & (org[ca] != None)  # noqa: E711 — elementwise on object arrays
+    weight = np.where(same_org, weight * settings.org_discount, weight)
+    keep = weight >= settings.min_pair_weight
+    return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[keep], "activity": activity[keep]})
+
+
+def _activity_similarity(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
+    """Lockstep: estimated Jaccard of the two accounts' active time windows (MinHash), above chance."""
+    signatures = accounts["activity_signature"]
+    has = signatures.is_not_null().to_numpy()
+    width = ACTIVITY_SIGNATURE_SIZE
+    matrix = np.zeros((accounts.height, width), dtype=np.int64)
+    if has.any():
+        matrix[has] = signatures.filter(signatures.is_not_null()).list.to_array(width).to_numpy()
+    agreement = np.zeros(len(ca))
+    for start in range(0, len(ca), 1_000_000):
+        part = slice(start, start + 1_000_000)
+        agreement[part] = (matrix[ca[part]] == matrix[cb[part]]).mean(axis=1)
+    agreement[~(has[ca] & has[cb])] = 0.0
+    chance = 0.2
+    return np.clip((agreement - chance) / (1 - chance), 0, 1)
+
+
+# ---------------------------------------------------------------- communities
+def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
+    """Community per account index (-1 for accounts with no kept link). Seeded: same input, same output."""
+    membership = np.full(n, -1, dtype=np.int64)
+    if pairs.height == 0:
+        return membership
+    nodes, edges = np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]), return_inverse=True)
+    edges = edges.reshape(2, -1).T
+    graph = ig.Graph(n=len(nodes), edges=edges, directed=False)
+    random.seed(settings.seed)
+    ig.set_random_number_generator(random)
+    partition = graph.community_leiden(objective_function="modularity", weights=pairs["weight"].to_numpy(),
+                                       resolution=settings.resolution, n_iterations=settings.leiden_iterations)
+    membership[nodes] = np.asarray(partition.membership)
+    return membership
+
+
+def detect(graph: Graph, settings: DetectSettings) -> Detection:
+    accounts, evidence = memberships(graph, settings)
+    pairs = project(accounts, evidence, settings)
+    community = leiden(accounts.height, pairs, settings)
+    frame = accounts.select("idx", "account_id").with_columns(pl.Series("community", community))
+    frame = frame.filter(pl.col("community") >= 0)
+    sizes = frame.group_by("community").len()
+    frame = frame.join(sizes.filter(pl.col("len") >= settings.min_ring_size), on="community").drop("len")
+    return Detection(accounts=accounts, memberships=evidence, pairs=pairs,
+                     communities=frame.select("account_id", "idx", "community").sort("community", "account_id"))

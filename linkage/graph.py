@@ -1,0 +1,159 @@
+"""Stage 3 — graph: the heterogeneous graph as typed columnar tables.
+
+Nodes per label and relationships per type (``src``, ``dst``, ``count``, ``first_seen``,
+``last_seen``). These are the tables the embedded store writes as Parquet and the Neo4j
+store loads, so both stores hold exactly the same graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+import numpy as np
+
+from .schema import PROXY_IP_TYPES
+from .templates import TemplateResult
+
+ACTIVITY_SIGNATURE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    label: str
+    key: str
+
+
+@dataclass(frozen=True)
+class RelSpec:
+    type: str
+    src: NodeSpec
+    dst: NodeSpec
+
+
+ACCOUNT = NodeSpec("Account", "account_id")
+INSTRUMENT = NodeSpec("PaymentInstrument", "instrument_id")
+IP = NodeSpec("IP", "ip")
+SUBNET = NodeSpec("Subnet", "subnet")
+ASN = NodeSpec("ASN", "asn")
+DEVICE = NodeSpec("Device", "device_id")
+TEMPLATE = NodeSpec("PromptTemplate", "template_id")
+ORG = NodeSpec("Org", "org_id")
+EMAIL_DOMAIN = NodeSpec("EmailDomain", "domain")
+MODEL = NodeSpec("Model", "model")
+NODE_SPECS = (ACCOUNT, INSTRUMENT, IP, SUBNET, ASN, DEVICE, TEMPLATE, ORG, EMAIL_DOMAIN, MODEL)
+
+REL_SPECS = (
+    RelSpec("PAID_WITH", ACCOUNT, INSTRUMENT),
+    RelSpec("USED_IP", ACCOUNT, IP),
+    RelSpec("SIGNED_UP_FROM", ACCOUNT, IP),
+    RelSpec("USED_DEVICE", ACCOUNT, DEVICE),
+    RelSpec("SENT_TEMPLATE", ACCOUNT, TEMPLATE),
+    RelSpec("IN_ORG", ACCOUNT, ORG),
+    RelSpec("HAS_EMAIL_DOMAIN", ACCOUNT, EMAIL_DOMAIN),
+    RelSpec("USED_MODEL", ACCOUNT, MODEL),
+    RelSpec("IN_SUBNET", IP, SUBNET),
+    RelSpec("ROUTED_BY", IP, ASN),
+)
+REL_BY_TYPE = {r.type: r for r in REL_SPECS}
+REL_COLUMNS = ("src", "dst", "count", "first_seen", "last_seen")
+
+
+@dataclass
+class Graph:
+    nodes: dict[str, pl.DataFrame] = field(default_factory=dict)
+    rels: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {"nodes": {k: v.height for k, v in self.nodes.items()},
+                "relationships": {k: v.height for k, v in self.rels.items()}}
+
+
+def _rel(frame: pl.DataFrame, src: str, dst: str, ts: str | None = None) -> pl.DataFrame:
+    """Aggregate (src, dst) pairs with count and first/last time."""
+    frame = frame.filter(pl.col(src).is_not_null() & pl.col(dst).is_not_null())
+    time = pl.col(ts) if ts else pl.lit(None, pl.Datetime("ms", "UTC"))
+    return (frame.group_by(pl.col(src).alias("src"), pl.col(dst).alias("dst"))
+            .agg(pl.len().cast(pl.Int64).alias("count"), time.min().alias("first_seen"), time.max().alias("last_seen"))
+            .sort("src", "dst"))
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a cheap, well-spread, deterministic hash of uint64 values."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def activity_signatures(requests: pl.DataFrame, window_minutes: int) -> pl.DataFrame:
+    """Per account, a MinHash of the set of time windows it was active in (lockstep detection).
+
+    Stored on the Account node so that detection from the store needs no request log."""
+    active = requests.select("account_id", (pl.col("ts").dt.epoch("s") // (window_minutes * 60)).alias("w")).unique()
+    if active.height == 0:
+        return pl.DataFrame(schema={"account_id": pl.Utf8, "activity_signature": pl.List(pl.Int64)})
+    codes = active["account_id"].rank("dense").cast(pl.Int64).to_numpy() - 1
+    names = active.select("account_id", pl.Series("code", codes)).unique("code").sort("code")["account_id"]
+    windows = active["w"].to_numpy().astype(np.uint64)
+    signature = np.full((len(names), ACTIVITY_SIGNATURE_SIZE), np.iinfo(np.uint64).max, dtype=np.uint64)
+    for k in range(ACTIVITY_SIGNATURE_SIZE):
+        hashed = mix64(windows * np.uint64(2 * k + 1) + np.uint64((k * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFF))
+        np.minimum.at(signature[:, k], codes, hashed)
+    return pl.DataFrame({"account_id": names, "activity_signature": signature.view(np.int64)}).with_columns(
+        pl.col("activity_signature").cast(pl.List(pl.Int64)))
+
+
+def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.DataFrame,
+                templates: TemplateResult, activity_window_minutes: int = 10) -> Graph:
+    """accounts: normalised account rows; payments: valid rows; requests: compact, de-duplicated requests
+    with template_id already attached."""
+    graph = Graph()
+    activity = requests.group_by("account_id").agg(
+        pl.len().cast(pl.Int64).alias("requests"), pl.col("ts").min().alias("first_seen"),
+        pl.col("ts").max().alias("last_seen"), pl.col("input_tokens").sum().alias("input_tokens"),
+        pl.col("output_tokens").sum().alias("output_tokens"),
+        pl.col("ip_type").is_in(list(PROXY_IP_TYPES)).sum().cast(pl.Int64).alias("proxy_requests"),
+        pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"))
+    activity = activity.join(activity_signatures(requests, activity_window_minutes), on="account_id", how="left")
+    graph.nodes["Account"] = (accounts.select("account_id", "created_at", "email", "email_domain", "org_id",
+                                              "country", "signup_ip")
+                              .join(activity, on="account_id", how="left")
+                              .with_columns(pl.col("requests", "proxy_requests", "reasoning_requests").fill_null(0))
+                              .sort("account_id"))
+    graph.nodes["PaymentInstrument"] = (payments.group_by("instrument_id").agg(
+        pl.col("instrument_type").drop_nulls().mode().sort().first(), pl.col("bin").drop_nulls().mode().sort().first(),
+        pl.col("issuer_country").drop_nulls().mode().sort().first()).sort("instrument_id"))
+    ips = pl.concat([
+        requests.select("ip", "subnet", "asn", "ip_type"),
+        accounts.filter(pl.col("signup_ip").is_not_null()).select(
+            pl.col("signup_ip").alias("ip"), pl.col("signup_subnet").alias("subnet"),
+            pl.lit(None, pl.Int64).alias("asn"), pl.lit(None, pl.Utf8).alias("ip_type")),
+    ])
+    graph.nodes["IP"] = ips.group_by("ip").agg(
+        pl.col("subnet").first(), pl.col("asn").drop_nulls().mode().sort().first(),
+        pl.col("ip_type").drop_nulls().mode().sort().first(), pl.len().alias("_n")).drop("_n").sort("ip")
+    graph.nodes["Subnet"] = graph.nodes["IP"].select("subnet").drop_nulls().unique().sort("subnet")
+    graph.nodes["ASN"] = graph.nodes["IP"].select("asn").drop_nulls().unique().sort("asn")
+    graph.nodes["Device"] = requests.select("device_id").drop_nulls().unique().sort("device_id")
+    usage = requests.filter(pl.col("template_id").is_not_null()).group_by("template_id").agg(
+        pl.len().cast(pl.Int64).alias("requests"), pl.col("account_id").n_unique().cast(pl.Int64).alias("accounts"))
+    graph.nodes["PromptTemplate"] = templates.templates.join(usage, on="template_id", how="inner").sort("template_id")
+    graph.nodes["Org"] = accounts.select("org_id").drop_nulls().unique().sort("org_id")
+    graph.nodes["Model"] = requests.select("model").drop_nulls().unique().sort("model")
+    graph.nodes["EmailDomain"] = accounts.select(pl.col("email_domain").alias("domain")).drop_nulls().unique().sort("domain")
+
+    graph.rels["PAID_WITH"] = _rel(payments, "account_id", "instrument_id", "added_at")
+    graph.rels["USED_IP"] = _rel(requests, "account_id", "ip", "ts")
+    graph.rels["SIGNED_UP_FROM"] = _rel(accounts, "account_id", "signup_ip", "created_at")
+    graph.rels["USED_DEVICE"] = _rel(requests, "account_id", "device_id", "ts")
+    graph.rels["SENT_TEMPLATE"] = _rel(requests, "account_id", "template_id", "ts")
+    graph.rels["IN_ORG"] = _rel(accounts, "account_id", "org_id", "created_at")
+    graph.rels["HAS_EMAIL_DOMAIN"] = _rel(accounts, "account_id", "email_domain", "created_at")
+    graph.rels["USED_MODEL"] = _rel(requests, "account_id", "model", "ts")
+    ip_rows = pl.concat([requests.select("ip", "subnet", "asn", "ts"),
+                         accounts.select(pl.col("signup_ip").alias("ip"), pl.col("signup_subnet").alias("subnet"),
+                                         pl.lit(None, pl.Int64).alias("asn"), pl.col("created_at").alias("ts"))])
+    graph.rels["IN_SUBNET"] = _rel(ip_rows, "ip", "subnet", "ts").with_columns(pl.lit(1, pl.Int64).alias("count"))
+    graph.rels["ROUTED_BY"] = _rel(ip_rows, "ip", "asn", "ts").with_columns(pl.lit(1, pl.Int64).alias("count"))
+    return graph

@@ -1,0 +1,348 @@
+"""Stage 1 — ingest: find a table's files, read them in batches, type and validate every row.
+
+A batch comes out as typed good rows; bad rows go to the :class:`Quarantine` with their
+source file, 1-based row number (the n-th data record of the file, header excluded), the
+field at fault and the reason. Missing tables, missing required columns and corrupt files
+are fatal :class:`InputError` s naming the file and column.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .normalize import TS_DTYPE, parse_ips, parse_timestamps
+from .schema import EXTENSIONS, TableSpec
+from .settings import IngestSettings
+
+log = logging.getLogger(__name__)
+FILE_COL, ROW_COL, REASON_COL, FIELD_COL = "_file", "_row", "_reason", "_field"
+
+
+# ---------------------------------------------------------------- discovery
+def table_files(input_dir: Path, spec: TableSpec) -> list[Path]:
+    """The files of one table: ``NAME.ext`` or everything below ``NAME/``, sorted for determinism."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise InputError(f"{input_dir}: input directory does not exist")
+    singles = [input_dir / f"{spec.name}{ext}" for ext in EXTENSIONS if (input_dir / f"{spec.name}{ext}").is_file()]
+    folder = input_dir / spec.name
+    nested = sorted(p for p in folder.rglob("*") if p.is_file() and _has_table_extension(p)) if folder.is_dir() else []
+    if len(singles) > 1 or (singles and nested):
+        found = ", ".join(str(p) for p in singles + ([folder] if nested else []))
+        raise InputError(f"{spec.name}: more than one source for the table ({found}); keep one")
+    files = singles or nested
+    if not files and spec.required_table:
+        raise InputError(
+            f"{input_dir / spec.name}: required table '{spec.name}' not found "
+            f"(expected {spec.name}.csv, .csv.gz, .jsonl, .jsonl.gz, .parquet or a {spec.name}/ directory)"
+        )
+    return files
+
+
+def _has_table_extension(path: Path) -> bool:
+    return path.name.endswith(EXTENSIONS) and not path.name.startswith((".", "_"))
+
+
+# ---------------------------------------------------------------- reading
+def read_file(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """Raw batches of one file with ``_row`` (1-based record number). Corrupt files raise InputError."""
+    name = path.name
+    try:
+        if name.endswith(".parquet"):
+            yield from _read_parquet(path, batch_rows)
+        elif name.endswith((".csv", ".csv.gz")):
+            yield from _read_csv(path, batch_rows)
+        else:
+            yield from _read_jsonl(path)
+    except InputError:
+        raise
+    except (OSError, EOFError, pa.ArrowInvalid, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: unreadable, truncated or corrupt file ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _numbered(table: pa.Table | pl.DataFrame, first_row: int) -> pl.DataFrame:
+    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
+    return frame.with_row_index(ROW_COL, offset=first_row).with_columns(pl.col(ROW_COL).cast(pl.Int64))
+
+
+def _read_parquet(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
+    parquet = pq.ParquetFile(path)
+    first = 1
+    for batch in parquet.iter_batches(batch_size=batch_rows):
+        yield _numbered(pa.Table.from_batches([batch]), first)
+        first += batch.num_rows
+
+
+def _csv_header(path: Path) -> list[str]:
+    with _open_text(path) as fh:
+        return next(csv.reader(fh), [])
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _read_csv(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """Fast path with Arrow's streaming reader; a file with malformed records is re-read in Python
+    so that each bad record is quarantined under its exact row number."""
+    header = _csv_header(path)
+    if not header:
+        return
+    malformed: list[str] = []
+
+    def note_malformed(row: pacsv.InvalidRow) -> str:
+        malformed.append(row.text)
+        return "skip"
+
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=64 << 20),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=note_malformed),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header}, strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    batches = [batch for batch in reader]
+    if malformed:
+        yield from _read_csv_slow(path, header, batch_rows)
+        return
+    first = 1
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    for start in range(0, max(table.num_rows, 1), batch_rows):
+        chunk = table.slice(start, batch_rows)
+        if chunk.num_rows:
+            yield _numbered(chunk, first)
+            first += chunk.num_rows
+
+
+def _read_csv_slow(path: Path, header: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
+    width = len(header)
+    with _open_text(path) as fh:
+        rows = csv.reader(fh)
+        next(rows, None)
+        good: list[list[str]] = []
+        numbers: list[int] = []
+        bad: list[dict[str, object]] = []
+        for number, record in enumerate(rows, start=1):
+            if len(record) == width:
+                good.append(record)
+                numbers.append(number)
+            else:
+                bad.append({ROW_COL: number, "_raw": ",".join(record)[:2000],
+                            REASON_COL: f"malformed record: {len(record)} fields, header has {width}"})
+    frame = pl.DataFrame(good, schema={name: pl.Utf8 for name in header}, orient="row") if good else \
+        pl.DataFrame(schema={name: pl.Utf8 for name in header})
+    frame = frame.with_columns(pl.Series(ROW_COL, numbers, dtype=pl.Int64))
+    if bad:
+        yield pl.DataFrame(bad).with_columns(pl.lit(True).alias("_malformed"))
+    for start in range(0, frame.height, batch_rows):
+        yield frame.slice(start, batch_rows)
+
+
+def _read_jsonl(path: Path) -> Iterator[pl.DataFrame]:
+    try:
+        table = pajson.read_json(path, read_options=pajson.ReadOptions(block_size=64 << 20))
+        yield _numbered(table, 1)
+        return
+    except pa.ArrowInvalid:
+        log.info("%s: falling back to line-by-line JSON parsing", path)
+    records: list[dict[str, object]] = []
+    bad: list[dict[str, object]] = []
+    with _open_text(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+                if not isinstance(value, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                bad.append({ROW_COL: number, "_raw": line[:2000], REASON_COL: f"malformed JSON: {exc}"})
+                continue
+            records.append({k: (None if v is None else v if isinstance(v, str) else json.dumps(v))
+                            for k, v in value.items()} | {ROW_COL: number})
+    if bad:
+        yield pl.DataFrame(bad).with_columns(pl.lit(True).alias("_malformed"))
+    if records:
+        yield pl.DataFrame(records, infer_schema_length=None)
+
+
+# ---------------------------------------------------------------- quarantine
+@dataclass
+class TableCounts:
+    rows_read: int = 0
+    rows_used: int = 0
+    rows_quarantined: int = 0
+    files: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"files": self.files, "rows_read": self.rows_read, "rows_used": self.rows_used,
+                "rows_quarantined": self.rows_quarantined, "quarantine_reasons": dict(sorted(self.reasons.items()))}
+
+
+QUARANTINE_SCHEMA = {"table": pl.Utf8, "source_file": pl.Utf8, "row": pl.Int64,
+                     "field": pl.Utf8, "reason": pl.Utf8, "record": pl.Utf8}
+
+
+class Quarantine:
+    """Collects rejected rows per table; the pipeline writes them to ``OUT/quarantine/``."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, list[pl.DataFrame]] = {}
+        self.counts: dict[str, TableCounts] = {}
+
+    def table_counts(self, table: str) -> TableCounts:
+        return self.counts.setdefault(table, TableCounts())
+
+    def add(self, table: str, rows: pl.DataFrame) -> None:
+        """``rows`` has _file, _row, _field, _reason and a JSON ``record`` column."""
+        if rows.height == 0:
+            return
+        frame = rows.select(
+            pl.lit(table).alias("table"), pl.col(FILE_COL).cast(pl.Utf8).alias("source_file"),
+            pl.col(ROW_COL).cast(pl.Int64).alias("row"), pl.col(FIELD_COL).cast(pl.Utf8).alias("field"),
+            pl.col(REASON_COL).cast(pl.Utf8).alias("reason"), pl.col("record").cast(pl.Utf8),
+        )
+        self.frames.setdefault(table, []).append(frame)
+        counts = self.table_counts(table)
+        counts.rows_quarantined += frame.height
+        for reason, n in frame.group_by("reason").len().iter_rows():
+            counts.reasons[f"{reason}"] += n
+
+    def rows(self, table: str) -> pl.DataFrame:
+        frames = self.frames.get(table)
+        return pl.concat(frames) if frames else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+
+def record_json(columns: list[str]) -> pl.Expr:
+    """The raw row as JSON text, for the quarantine file."""
+    return pl.struct([pl.col(c).cast(pl.Utf8) for c in columns]).struct.json_encode().str.slice(0, 4000).alias("record")
+
+
+# ---------------------------------------------------------------- validation
+_TYPED_KINDS = ("timestamp", "int", "ip")
+
+
+def validate_batch(raw: pl.DataFrame, spec: TableSpec, source: str, settings: IngestSettings,
+                   quarantine: Quarantine) -> pl.DataFrame:
+    """Typed good rows of one batch; bad ones go to quarantine with file, row, field and reason."""
+    counts = quarantine.table_counts(spec.name)
+    if "_malformed" in raw.columns:
+        counts.rows_read += raw.height
+        quarantine.add(spec.name, raw.select(
+            pl.lit(source).alias(FILE_COL), pl.col(ROW_COL), pl.lit("(record)").alias(FIELD_COL),
+            pl.col(REASON_COL), pl.col("_raw").alias("record")))
+        return pl.DataFrame()
+    missing = [c for c in spec.required_columns if c not in raw.columns]
+    if missing:
+        raise InputError(f"{source}: required column '{missing[0]}' missing from table '{spec.name}' "
+                         f"(columns present: {', '.join(c for c in raw.columns if c != ROW_COL) or 'none'})")
+    counts.rows_read += raw.height
+    raw_columns = [c for c in raw.columns if c != ROW_COL]
+    typed, problems = _typed_columns(raw, spec, settings)
+    frame = raw.with_columns(typed).with_columns(pl.lit(source).alias(FILE_COL))
+    if problems.width:
+        names = problems.columns
+        frame = frame.with_columns(
+            problems.select(pl.coalesce(names).alias(REASON_COL),
+                            pl.coalesce([pl.when(pl.col(n).is_not_null()).then(pl.lit(n)) for n in names])
+                            .alias(FIELD_COL)))
+    else:
+        frame = frame.with_columns(pl.lit(None, pl.Utf8).alias(REASON_COL), pl.lit(None, pl.Utf8).alias(FIELD_COL))
+    bad_mask = frame[REASON_COL].is_not_null()
+    if bad_mask.any():
+        quarantine.add(spec.name, frame.filter(bad_mask).select(FILE_COL, ROW_COL, FIELD_COL, REASON_COL)
+                       .with_columns(raw.filter(bad_mask).select(record_json(raw_columns))))
+    good = frame.filter(pl.col(REASON_COL).is_null()).drop(REASON_COL, FIELD_COL)
+    counts.rows_used += good.height
+    return good
+
+
+def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
+                   settings: IngestSettings) -> tuple[list[pl.Series], pl.DataFrame]:
+    """Typed replacement columns, and a frame with one column per field giving the row's problem (or null)."""
+    typed: list[pl.Series] = []
+    problems: dict[str, pl.Series] = {}
+    for column in spec.columns:
+        if column.name not in raw.columns:
+            typed.append(pl.Series(column.name, [None] * raw.height, dtype=_dtype(column.kind)))
+            continue
+        original = raw[column.name]
+        present = original.is_not_null()
+        if original.dtype == pl.Utf8:
+            present = present & (original.str.strip_chars().str.len_chars() > 0)
+        value, problem = _convert(original, column.kind, column.name, settings)
+        if column.required:
+            problem = pl.when(~present).then(pl.lit(f"empty {column.name}")).otherwise(problem)
+        typed.append(value.alias(column.name))
+        problems[column.name] = pl.select(problem.cast(pl.Utf8)).to_series().alias(column.name)
+    return typed, pl.DataFrame(problems) if problems else pl.DataFrame()
+
+
+def _dtype(kind: str) -> pl.DataType:
+    return {"timestamp": TS_DTYPE, "int": pl.Int64}.get(kind, pl.Utf8)
+
+
+def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings) -> tuple[pl.Series, pl.Expr]:
+    """(typed value, problem text or null) for one column."""
+    present = original.is_not_null()
+    if kind == "timestamp":
+        value = parse_timestamps(original)
+        problem = pl.when(present & value.is_null()).then(pl.lit(f"unparseable timestamp in {name}"))
+        return value, problem
+    if kind == "int":
+        value = original.cast(pl.Int64, strict=False) if original.dtype != pl.Utf8 else \
+            original.str.strip_chars().cast(pl.Float64, strict=False).pipe(
+                lambda s: pl.select(pl.when(s == s.round(0)).then(s)).to_series()).cast(pl.Int64, strict=False)
+        unparseable = present & value.is_null()
+        if original.dtype == pl.Utf8:
+            unparseable = unparseable & (original.str.strip_chars().str.len_chars() > 0)
+        problem = (pl.when(unparseable).then(pl.lit(f"unparseable integer in {name}"))
+                   .when(value < 0).then(pl.lit(f"negative {name}"))
+                   .when(value > settings.max_tokens).then(pl.lit(f"{name} above {settings.max_tokens}")))
+        return value, problem
+    text = original.cast(pl.Utf8)
+    if kind == "ip":
+        parsed = parse_ips(text)["ip"]
+        nonblank = present & (text.str.strip_chars().str.len_chars() > 0)
+        problem = pl.when(nonblank & parsed.is_null()).then(pl.lit(f"unparseable IP address in {name}"))
+        return parsed, problem
+    limit = settings.max_text_chars if kind == "text" else settings.max_id_chars
+    stripped = text if kind == "text" else text.str.strip_chars()
+    value = pl.select(pl.when(stripped.str.len_chars() > 0).then(stripped)).to_series()
+    problem = pl.when(text.str.len_chars() > limit).then(pl.lit(f"{name} longer than {limit} characters"))
+    return value, problem
+
+
+def read_table(input_dir: Path, spec: TableSpec, settings: IngestSettings, quarantine: Quarantine,
+               files: list[Path] | None = None) -> Iterator[tuple[Path, pl.DataFrame]]:
+    """Typed, validated batches of a table, file by file."""
+    for path in (table_files(input_dir, spec) if files is None else files):
+        quarantine.table_counts(spec.name).files += 1
+        source = str(path)
+        for raw in read_file(path, settings.batch_rows):
+            good = validate_batch(raw, spec, source, settings, quarantine)
+            if good.height:
+                yield path, good

@@ -1,0 +1,209 @@
+"""Normalising identifiers, vectorised: timestamps, IPs and their subnets, emails, prompt scaffolds.
+
+Every function takes and returns polars objects; nothing loops over rows in Python except
+over *distinct* IPv6 strings, which are few compared with requests.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+import polars as pl
+
+TS_DTYPE = pl.Datetime("ms", "UTC")
+_EPOCH_MS_CUTOFF = 100_000_000_000  # a number above this is epoch milliseconds, not seconds
+
+# ---------------------------------------------------------------- timestamps
+_ISO = (
+    r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2})(:\d{2})?(\.\d{1,9})?)?\s*"
+    r"(Z|z|UTC|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def parse_timestamps(values: pl.Series) -> pl.Series:
+    """ISO-8601 (UTC when no offset), epoch seconds (or milliseconds), or native datetimes → UTC ms.
+
+    Unparseable values become null; the caller tells them apart from missing ones.
+    """
+    dtype = values.dtype
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            return values.dt.replace_time_zone("UTC").dt.cast_time_unit("ms")
+        return values.dt.convert_time_zone("UTC").dt.cast_time_unit("ms")
+    if isinstance(dtype, pl.Date):
+        return values.cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
+    if dtype.is_numeric():
+        return _from_epoch(values.cast(pl.Float64))
+    text = values.cast(pl.Utf8).str.strip_chars()
+    numeric = text.str.contains(r"^-?\d+(\.\d+)?$")
+    from_epoch = _from_epoch(text.cast(pl.Float64, strict=False))
+    parts = text.str.extract_groups(_ISO)
+    offset = (
+        parts.struct.field("5")
+        .str.replace(r"^(Z|z|UTC)$", "+00:00")
+        .str.replace(r"^([+-]\d{2})(\d{2})$", "${1}:${2}")
+        .fill_null("+00:00")
+    )
+    iso = pl.concat_str([
+        parts.struct.field("1"), pl.lit("T"),
+        parts.struct.field("2").fill_null("00:00"),
+        parts.struct.field("3").fill_null(":00"),
+        parts.struct.field("4").fill_null(""),
+        offset,
+    ])
+    from_iso = (
+        pl.select(iso.alias("v")).to_series()
+        .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_unit="ms")
+        .dt.convert_time_zone("UTC")
+    )
+    return pl.select(pl.when(numeric).then(from_epoch).otherwise(from_iso)).to_series().alias(values.name)
+
+
+def _from_epoch(seconds: pl.Series) -> pl.Series:
+    millis = (
+        pl.select(
+            pl.when(seconds.abs() > _EPOCH_MS_CUTOFF).then(seconds).otherwise(seconds * 1000)
+        ).to_series()
+    )
+    in_range = (millis > -62_135_596_800_000) & (millis < 253_402_300_799_000)
+    return pl.select(pl.when(in_range).then(millis.round(0).cast(pl.Int64))).to_series().cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
+
+
+# ---------------------------------------------------------------- IPs
+_OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
+
+
+def parse_ips(values: pl.Series) -> pl.DataFrame:
+    """For each input value: canonical IP text (null if invalid), version, and its subnet (/24, /64).
+
+    IPv4 is validated and cut with regexes; IPv6 goes through the standard library but only
+    once per distinct string.
+    """
+    original = values.cast(pl.Utf8)
+    raw = original.unique()  # parse each distinct address once, then join back
+    frame = pl.DataFrame({"raw": raw})
+    raw = raw.str.strip_chars()
+    is_v4 = raw.str.contains(_IPV4).fill_null(False)
+    v4 = raw.str.replace(r"^0+(\d)", "$1").str.replace_all(r"\.0+(\d)", ".$1")
+    v4_subnet = v4.str.replace(r"\.\d+$", ".0/24")
+    distinct_v6 = raw.filter(~is_v4 & raw.str.contains(":").fill_null(False)).unique()
+    v6_rows = [_v6_info(text) for text in distinct_v6.to_list()]
+    v6 = pl.DataFrame(
+        v6_rows, schema={"raw": pl.Utf8, "v6_ip": pl.Utf8, "v6_subnet": pl.Utf8}, orient="row"
+    )
+    frame = frame.with_columns(is_v4=is_v4, v4=v4, v4_subnet=v4_subnet).join(v6, on="raw", how="left")
+    parsed = frame.select(
+        "raw",
+        ip=pl.when(pl.col("is_v4")).then(pl.col("v4")).otherwise(pl.col("v6_ip")),
+        ip_version=pl.when(pl.col("is_v4")).then(pl.lit(4, pl.Int8))
+        .when(pl.col("v6_ip").is_not_null()).then(pl.lit(6, pl.Int8)),
+        subnet=pl.when(pl.col("is_v4")).then(pl.col("v4_subnet")).otherwise(pl.col("v6_subnet")),
+    )
+    return pl.DataFrame({"raw": original}).join(parsed, on="raw", how="left", maintain_order="left", nulls_equal=True) \
+        .drop("raw")
+
+
+def _v6_info(text: str) -> tuple[str, str | None, str | None]:
+    try:
+        address = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return text, None, None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        v4 = str(address.ipv4_mapped)
+        return text, v4, v4.rsplit(".", 1)[0] + ".0/24"
+    network = ipaddress.ip_network(f"{address}/64", strict=False)
+    return text, str(address), str(network)
+
+
+# ---------------------------------------------------------------- emails
+# Providers that ignore dots in the local part; everyone we know of ignores a +tag.
+_DOTLESS_DOMAINS = ("gmail.com", "googlemail.com")
+
+
+def canonical_emails(emails: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """(canonical address, domain). A value without '@' is taken as an upstream hash and kept as is."""
+    lowered = emails.str.strip_chars().str.to_lowercase()
+    local = lowered.str.extract(r"^([^@]+)@", 1).str.replace(r"\+.*$", "")
+    domain = lowered.str.extract(r"@([^@]+)$", 1).str.replace("^googlemail.com$", "gmail.com")
+    local = pl.when(domain.is_in(list(_DOTLESS_DOMAINS))).then(local.str.replace_all(".", "", literal=True)).otherwise(local)
+    canonical = pl.when(domain.is_null()).then(lowered).otherwise(pl.concat_str([local, pl.lit("@"), domain]))
+    return canonical, domain
+
+
+# ---------------------------------------------------------------- prompts
+# Slots that vary from one filled-in prompt to the next; the scaffold around them does not.
+# Few, cheap patterns: each pass over 16M prompts costs seconds (see PERFORMANCE_NOTES).
+_MASKS: tuple[tuple[str, str], ...] = (
+    (r"(?s)```.*?(```|$)", " ‹code› "),
+    (r"https?://\S+|www\.\S+|[\w.+-]+@[\w-]+\.[\w.-]+", "‹url›"),
+    (r"\"[^\"\n]{0,400}\"|“[^”\n]{0,400}”|«[^»\n]{0,400}»|'[^'\n]{2,400}'|`[^`\n]{1,200}`", "‹q›"),
+    (r"[\w-]*\d[\w-]*", "‹n›"),  # numbers, ids, hashes, uuids: any token with a digit
+    (r"([a-z,;] )[A-Z][a-z]+(?: [A-Z][a-z]+)*", "${1}‹name›"),  # capitalised words mid-sentence
+)
+_BREAKS = [". ", "? ", "! ", ": ", "; ", "。", "？", "！", "：", "\r"]
+# Phrases of prompts that harvest reasoning traces, grades or tool-use trajectories (matched
+# case-insensitively with Aho-Corasick: one cheap pass, a few languages).
+REASONING_STYLE = [
+    "step-by-step", "step by step", "chain of thought", "chain-of-thought", "show your work", "show your reasoning",
+    "show all your work", "reasoning trace", "reasoning steps", "think carefully", "explain your reasoning",
+    "full reasoning", "complete reasoning", "internal reasoning", "numbered steps", "rubric", "grade the",
+    "score the response", "tool_call", "tool call", "function call", "<tool", "observation:", "trajectory",
+    "raisonnement", "étape par étape", "paso a paso", "razonamiento", "пошагово", "рассуждени", "推理", "逐步", "思考过程",
+]
+
+
+def mask_prompts(prompts: pl.Series, max_chars: int) -> pl.Series:
+    """Prompt text with variable slots replaced by markers (numbers, quotes, code, ids, URLs, names)."""
+    masked = prompts.str.slice(0, max_chars)
+    for pattern, replacement in _MASKS:
+        masked = masked.str.replace_all(pattern, replacement)
+    return masked.str.to_lowercase()
+
+
+def split_segments(keys: pl.Series, masked: pl.Series, max_segments: int) -> pl.DataFrame:
+    """(key, segment) rows: masked prompts cut at line and sentence ends, whitespace-trimmed, in order."""
+    broken = masked.str.replace_many(_BREAKS, [b.strip() + "\n" for b in _BREAKS])
+    frame = pl.DataFrame({"key": keys, "segment": broken.str.split("\n")}).explode("segment")
+    frame = frame.with_columns(pl.col("segment").str.strip_chars()).filter(pl.col("segment").str.len_bytes() > 0)
+    return frame.filter(pl.int_range(pl.len()).over("key") < max_segments)
+
+
+# ---------------------------------------------------------------- table normalisers
+REQUEST_COLUMNS = ("account_id", "ts", "ip", "subnet", "asn", "ip_type", "device_id", "model",
+                   "input_tokens", "output_tokens", "request_key", "prompt_key", "reasoning_style",
+                   "_file", "_row")
+
+
+def normalize_accounts(accounts: pl.DataFrame) -> pl.DataFrame:
+    canonical, domain = canonical_emails(pl.col("email"))
+    return accounts.with_columns(
+        canonical.alias("email"), domain.alias("email_domain"),
+        pl.col("country").str.to_uppercase(),
+        parse_ips(accounts["signup_ip"])["subnet"].alias("signup_subnet"),
+    )
+
+
+def normalize_payments(payments: pl.DataFrame) -> pl.DataFrame:
+    return payments.with_columns(
+        pl.col("instrument_type").str.to_lowercase(),
+        pl.col("bin").str.replace_all(r"\D", "").str.slice(0, 8),
+        pl.col("issuer_country").str.to_uppercase(),
+    )
+
+
+def normalize_requests(batch: pl.DataFrame, miner) -> pl.DataFrame:
+    """A validated request batch reduced to the compact columns the graph needs; prompt text is
+    consumed here (by the template miner) and not kept."""
+    prompts = batch["prompt"] if "prompt" in batch.columns else pl.Series("prompt", [None] * batch.height, pl.Utf8)
+    per_prompt = miner.add_batch(prompts)
+    request_key = pl.when(pl.col("request_id").is_not_null()).then(pl.col("request_id").hash(11))
+    return batch.select(
+        "account_id", "ts", "ip",
+        parse_ips(batch["ip"])["subnet"].alias("subnet"),
+        "asn",
+        pl.col("ip_type").str.to_lowercase(),
+        "device_id", "model", "input_tokens", "output_tokens",
+        request_key.alias("request_key"),
+        per_prompt["prompt_key"], per_prompt["reasoning_style"],
+        pl.col("_file").cast(pl.Categorical), "_row",
+    )

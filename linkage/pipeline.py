@@ -1,0 +1,251 @@
+"""The facade: one call from an input directory to ranked, explained rings.
+
+``run()`` is what ``linkage run`` calls and what a notebook calls; each stage lives in its
+own module (ingest, normalize/templates, graph, detect, score, export, store) and this
+module only wires them together, timing each one.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from . import __version__
+from .detect import Detection, detect
+from .errors import InputError
+from .export import write_json, write_quarantine, write_rings
+from .graph import Graph, build_graph
+from .ingest import FILE_COL, REASON_COL, ROW_COL, FIELD_COL, Quarantine, read_table, record_json, table_files
+from .normalize import normalize_accounts, normalize_payments, normalize_requests
+from .progress import StageClock, peak_rss_mb, progress
+from .schema import ACCOUNTS, PAYMENTS, REQUESTS
+from .score import score_rings
+from .settings import Settings
+from .templates import TemplateMiner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Inputs:
+    """Validated, normalised input: small tables whole, the request log reduced to compact columns."""
+
+    accounts: pl.DataFrame
+    payments: pl.DataFrame
+    requests: pl.DataFrame  # compact, de-duplicated, with template_id
+    miner_templates: Any = None
+
+
+@dataclass
+class RunResult:
+    rings: pl.DataFrame
+    members: pl.DataFrame
+    evidence: pl.DataFrame
+    account_scores: pl.DataFrame
+    graph: Graph
+    detection: Detection
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_pandas(self) -> tuple[Any, Any]:
+        """(rings, ring_members) as pandas DataFrames, for notebooks."""
+        return self.rings.to_pandas(), self.members.to_pandas()
+
+
+# ---------------------------------------------------------------- stages
+def ingest_accounts(input_dir: Path, settings: Settings, quarantine: Quarantine,
+                    files: list[Path] | None = None) -> pl.DataFrame:
+    frames = [batch for _, batch in read_table(input_dir, ACCOUNTS, settings.ingest, quarantine, files)]
+    accounts = pl.concat(frames, how="diagonal_relaxed") if frames else _empty(ACCOUNTS)
+    first = accounts.with_columns(pl.col("account_id").is_first_distinct().alias("_first"))
+    duplicates = first.filter(~pl.col("_first"))
+    if duplicates.height:
+        origin = first.filter(pl.col("_first")).select("account_id", pl.col(FILE_COL).alias("_f0"), pl.col(ROW_COL).alias("_r0"))
+        duplicates = duplicates.join(origin, on="account_id")
+        _requarantine(quarantine, "accounts", duplicates, "account_id",
+                      pl.format("duplicate account_id (first at {} row {})", pl.col("_f0"), pl.col("_r0")))
+    return normalize_accounts(first.filter(pl.col("_first")).drop("_first"))
+
+
+def ingest_payments(input_dir: Path, settings: Settings, quarantine: Quarantine, known: pl.DataFrame,
+                    files: list[Path] | None = None) -> pl.DataFrame:
+    frames = [batch for _, batch in read_table(input_dir, PAYMENTS, settings.ingest, quarantine, files)]
+    payments = pl.concat(frames, how="diagonal_relaxed") if frames else _empty(PAYMENTS)
+    payments = _drop_unknown_accounts(payments, known, quarantine, "payments")
+    return normalize_payments(payments)
+
+
+def ingest_requests(input_dir: Path, settings: Settings, quarantine: Quarantine, miner: TemplateMiner,
+                    files: list[Path] | None = None) -> pl.DataFrame:
+    """Stream the request log file by file; only compact columns survive each batch."""
+    paths = table_files(input_dir, REQUESTS) if files is None else files
+    compact: list[pl.DataFrame] = []
+    for path in progress(paths, "requests", total=len(paths)):
+        for _, batch in read_table(input_dir, REQUESTS, settings.ingest, quarantine, [path]):
+            compact.append(normalize_requests(batch, miner))
+    if not compact:
+        return pl.DataFrame()
+    return pl.concat(compact, how="vertical_relaxed")
+
+
+def clean_requests(requests: pl.DataFrame, known: pl.DataFrame, quarantine: Quarantine) -> pl.DataFrame:
+    """Quarantine requests of unknown accounts and repeats of a request_id (the first one counts)."""
+    if requests.height == 0:
+        return requests
+    requests = _drop_unknown_accounts(requests, known, quarantine, "requests")
+    repeated = requests["request_key"].is_not_null() & ~requests["request_key"].is_first_distinct()
+    if repeated.any():
+        _requarantine(quarantine, "requests", requests.filter(repeated), "request_id",
+                      pl.lit("duplicate request_id (already counted)"))
+        requests = requests.filter(~repeated)
+    return requests
+
+
+def _drop_unknown_accounts(frame: pl.DataFrame, known: pl.DataFrame, quarantine: Quarantine, table: str) -> pl.DataFrame:
+    if frame.height == 0:
+        return frame
+    ids = known.select("account_id")
+    unknown = frame.join(ids, on="account_id", how="anti")
+    if unknown.height:
+        _requarantine(quarantine, table, unknown, "account_id", pl.lit("account_id not in accounts table"))
+        frame = frame.join(ids, on="account_id", how="semi")
+    return frame
+
+
+def _requarantine(quarantine: Quarantine, table: str, rows: pl.DataFrame, field_name: str, reason: pl.Expr) -> None:
+    """Rows that passed row-level checks but fail a cross-row one move from used to quarantined."""
+    shown = [c for c in rows.columns if not c.startswith("_") and rows[c].dtype != pl.Object
+             and not isinstance(rows[c].dtype, pl.List)][:12]
+    quarantine.add(table, rows.select(
+        pl.col(FILE_COL).cast(pl.Utf8), ROW_COL, pl.lit(field_name).alias(FIELD_COL), reason.alias(REASON_COL),
+        record_json(shown)))
+    quarantine.table_counts(table).rows_used -= rows.height
+
+
+def _empty(spec) -> pl.DataFrame:
+    from .ingest import _dtype
+    return pl.DataFrame(schema={c.name: _dtype(c.kind) for c in spec.columns} | {FILE_COL: pl.Utf8, ROW_COL: pl.Int64})
+
+
+def attach_templates(requests: pl.DataFrame, miner: TemplateMiner):
+    counts = requests.filter(pl.col("prompt_key").is_not_null()).group_by("prompt_key").len("requests")
+    result = miner.finish(counts)
+    requests = requests.join(result.assignments, on="prompt_key", how="left")
+    return requests, result
+
+
+def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clock: StageClock) -> tuple[Inputs, Any]:
+    input_dir = Path(input_dir)
+    miner = TemplateMiner(settings.templates)
+    with clock.stage("ingest"):
+        for spec in (ACCOUNTS, PAYMENTS, REQUESTS):
+            table_files(input_dir, spec)  # fail fast on a missing table, before any work
+        accounts = ingest_accounts(input_dir, settings, quarantine)
+        payments = ingest_payments(input_dir, settings, quarantine, accounts)
+        requests = ingest_requests(input_dir, settings, quarantine, miner)
+        if requests.height == 0:
+            requests = _empty_compact()
+        requests = clean_requests(requests, accounts, quarantine)
+    with clock.stage("templates"):
+        requests, templates = attach_templates(requests, miner)
+    return Inputs(accounts, payments, requests, templates), templates
+
+
+def _empty_compact() -> pl.DataFrame:
+    return pl.DataFrame(schema={
+        "account_id": pl.Utf8, "ts": pl.Datetime("ms", "UTC"), "ip": pl.Utf8, "subnet": pl.Utf8, "asn": pl.Int64,
+        "ip_type": pl.Utf8, "device_id": pl.Utf8, "model": pl.Utf8, "input_tokens": pl.Int64,
+        "output_tokens": pl.Int64, "request_key": pl.UInt64, "prompt_key": pl.UInt64, "reasoning_style": pl.Boolean,
+        FILE_COL: pl.Categorical, ROW_COL: pl.Int64})
+
+
+def analyse(graph: Graph, settings: Settings, clock: StageClock) -> tuple[Detection, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Detection and scoring over a graph, whichever store it came from."""
+    with clock.stage("detect"):
+        detection = detect(graph, settings.detect)
+    with clock.stage("score"):
+        rings, members, evidence = score_rings(detection, graph, settings.score)
+    return detection, rings, members, evidence
+
+
+def account_scores(graph: Graph, members: pl.DataFrame) -> pl.DataFrame:
+    return graph.nodes["Account"].select("account_id", "org_id", "requests").join(
+        members, on="account_id", how="left").with_columns(pl.col("account_score").fill_null(0.0)) \
+        .select("account_id", "ring_id", "account_score", "attachment", "org_id", "requests") \
+        .sort(["account_score", "account_id"], descending=[True, False])
+
+
+# ---------------------------------------------------------------- facade
+def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Settings | None = None,
+        store: Any = None) -> RunResult:
+    """Files in, ranked rings out. ``out_dir=None`` computes without writing (notebooks)."""
+    settings = settings or Settings()
+    started = time.time()
+    clock = StageClock()
+    quarantine = Quarantine()
+    inputs, _ = load_inputs(Path(input_dir), settings, quarantine, clock)
+    with clock.stage("graph"):
+        graph = build_graph(inputs.accounts, inputs.payments, inputs.requests, inputs.miner_templates,
+                            settings.detect.activity_window_minutes)
+    del inputs
+    detection, rings, members, evidence = analyse(graph, settings, clock)
+    scores = account_scores(graph, members)
+    result = RunResult(rings, members, evidence, scores, graph, detection)
+    if store is not None:
+        with clock.stage("store"):
+            store.write_graph(graph)
+            store.write_rings(rings, members, run_id=_run_id(started))
+    result.summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
+    if out_dir is not None:
+        with clock.stage("export"):
+            export(Path(out_dir), result, quarantine)
+        result.summary["timings_s"] = dict(clock.timings)
+        write_json(result.summary, Path(out_dir) / "run.json")
+    return result
+
+
+def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> None:
+    write_quarantine(out_dir, {t: quarantine.rows(t) for t in quarantine.counts})
+    write_rings(out_dir, result.rings, result.members, result.evidence, result.account_scores)
+
+
+def _run_id(started: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+
+
+def summarise(input_dir: Any, settings: Settings, quarantine: Quarantine, clock: StageClock, graph: Graph,
+              rings: pl.DataFrame, started: float) -> dict[str, Any]:
+    counts = {table: c.as_dict() for table, c in quarantine.counts.items()}
+    for table, c in counts.items():
+        if c["rows_read"] != c["rows_used"] + c["rows_quarantined"]:
+            raise InputError(f"{table}: internal count mismatch read={c['rows_read']} used={c['rows_used']} "
+                             f"quarantined={c['rows_quarantined']}")
+    return {
+        "run_id": _run_id(started),
+        "input_dir": str(input_dir),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "tables": counts,
+        "graph": graph.counts(),
+        "rings": {"total": rings.height, "flagged": int(rings["flagged"].sum()) if rings.height else 0,
+                  "accounts_in_flagged": int(rings.filter(pl.col("flagged"))["size"].sum()) if rings.height else 0},
+        "timings_s": dict(clock.timings),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "parameters": settings.public_dict(),
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    names = ["polars", "pyarrow", "numpy", "scipy", "igraph", "leidenalg", "neo4j"]
+    found = {"linkage": __version__, "python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version("python-igraph" if name == "igraph" else name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found

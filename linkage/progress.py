@@ -1,0 +1,43 @@
+"""Stage timing, logging and a progress display that stays silent when stderr is not a terminal."""
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+log = logging.getLogger("linkage")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class StageClock:
+    """Wall time and peak memory per stage, in the order the stages ran."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_rss: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        log.info("stage %s …", name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+            self.peak_rss[name] = round(peak_rss_mb(), 1)
+            log.info("stage %s done in %.2fs (peak RSS %.0f MB)", name, self.timings[name], self.peak_rss[name])
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+    """A progress bar on an interactive terminal, nothing otherwise (cron, CI, pipes)."""
+    return tqdm(items, desc=desc, total=total, unit="file", disable=not sys.stderr.isatty(), leave=False)

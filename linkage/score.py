@@ -1,0 +1,207 @@
+"""Stage 5 — score: how strongly each ring looks like a coordinated extraction operation.
+
+Every feature is a share or ratio in [0, 1] that a person can check against the members:
+
+- coordination: how tightly members are tied by shared evidence (median internal link weight)
+- owned_infrastructure: of the infrastructure members share (cards, IPs, subnets, devices),
+  how much is used by nobody outside the ring — bought for the operation, not public NAT
+- owned_templates: share of the ring's requests on scaffolds that are (almost) only used inside it
+- proxy_share: requests through proxy / VPN / datacenter / Tor exits
+- equal_volume: round-robin schedulers equalise per-account volume (1 − coefficient of variation)
+- signup_burst: largest share of members created within one 6-hour window
+- lockstep: agreement of members' active time windows
+- reasoning_style: prompts asking for step-by-step reasoning, grading, tool-use transcripts
+- org_explained: share of members in one declared org; legitimate seats share billing and egress
+
+The score is a weighted mean of the behavioural features, scaled down by the declared-org
+explanation and for very small rings.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+
+from .detect import Detection
+from .graph import Graph
+from .schema import PROXY_IP_TYPES
+from .settings import ScoreSettings
+
+FEATURE_WEIGHTS = {
+    "coordination": 0.15,
+    "owned_infrastructure": 0.15,
+    "owned_templates": 0.20,
+    "proxy_share": 0.15,
+    "equal_volume": 0.10,
+    "signup_burst": 0.08,
+    "lockstep": 0.10,
+    "reasoning_style": 0.07,
+}
+_INFRA_TYPES = ["PaymentInstrument", "IP", "SignupIP", "Subnet", "Device", "Bin"]
+_BURST_WINDOW_MS = 6 * 3600 * 1000
+
+
+def ring_ids(communities: pl.DataFrame) -> pl.DataFrame:
+    """community → stable content id: the same members always give the same ring_id."""
+    members = communities.sort("account_id").group_by("community", maintain_order=True).agg(pl.col("account_id"))
+    ids = ["R" + hashlib.sha1("\n".join(m).encode()).hexdigest()[:12] for m in members["account_id"].to_list()]
+    return pl.DataFrame({"community": members["community"], "ring_id": ids})
+
+
+def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
+                flag_threshold: float | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(rings, ring_members, ring_evidence) — rings sorted by score, highest first. Reads only the graph."""
+    accounts = graph.nodes["Account"]
+    threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
+    members = detection.communities.join(ring_ids(detection.communities), on="community")
+    if members.height == 0:
+        return _empty_rings(), pl.DataFrame(schema={"ring_id": pl.Utf8, "account_id": pl.Utf8, "account_score": pl.Float64,
+                                                    "attachment": pl.Float64}), _empty_evidence()
+    ring_of = members.select("account_id", "ring_id")
+    strength = _internal_strength(detection, members)
+    evidence = _shared_entities(detection, members)
+    features = (_size_and_org(members, accounts)
+                .join(_coordination(strength), on="ring_id", how="left")
+                .join(_owned_infrastructure(evidence), on="ring_id", how="left")
+                .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
+                .join(_owned_templates(graph, ring_of), on="ring_id", how="left")
+                .join(_signup_burst(members, accounts), on="ring_id", how="left")
+                .join(_lockstep(detection, members), on="ring_id", how="left")
+                .with_columns(pl.col(pl.Float64).fill_null(0.0)))
+    behaviour = sum(pl.col(name) * weight for name, weight in FEATURE_WEIGHTS.items()) / sum(FEATURE_WEIGHTS.values())
+    size_factor = (pl.col("size").cast(pl.Float64) / 5).clip(0, 1) ** 0.5
+    rings = features.with_columns(
+        (behaviour * (1 - 0.85 * pl.col("org_explained")) * size_factor).round(6).alias("score"))
+    rings = rings.with_columns((pl.col("score") >= threshold).alias("flagged"))
+    rings = rings.join(_evidence_text(evidence, settings.top_evidence), on="ring_id", how="left")
+    rings = rings.with_columns(pl.concat_str([
+        pl.col("evidence").fill_null(""),
+        pl.format("; proxy/VPN/DC traffic {}%", (pl.col("proxy_share") * 100).round(0)),
+        pl.format("; owned scaffolds {}%", (pl.col("owned_templates") * 100).round(0)),
+        pl.format("; reasoning-style {}%", (pl.col("reasoning_style") * 100).round(0)),
+        pl.format("; signup burst {}%", (pl.col("signup_burst") * 100).round(0)),
+        pl.format("; volume CV {}", (1 - pl.col("equal_volume")).round(2)),
+        pl.format("; declared org {}%", (pl.col("org_explained") * 100).round(0)),
+    ]).str.strip_chars("; ").alias("evidence"))
+    rings = rings.sort(["score", "ring_id"], descending=[True, False])
+    order = ["ring_id", "score", "size", "flagged", *FEATURE_WEIGHTS, "org_explained", "org_id", "requests", "evidence"]
+    rings = rings.select(order)
+    ring_members = (members.select("ring_id", "account_id").join(strength.select("account_id", "attachment"),
+                                                                  on="account_id", how="left")
+                    .join(rings.select("ring_id", "score"), on="ring_id")
+                    .with_columns(pl.col("attachment").fill_null(0.0))
+                    .with_columns((pl.col("score") * pl.col("attachment")).round(6).alias("account_score"))
+                    .drop("score"))
+    ring_members = ring_members.join(rings.select("ring_id", pl.int_range(pl.len()).alias("_rank")), on="ring_id") \
+        .sort("_rank", "account_id").drop("_rank").select("ring_id", "account_id", "account_score", "attachment")
+    return rings, ring_members, evidence.join(rings.select("ring_id"), on="ring_id").sort(
+        "ring_id", "value_total", descending=[False, True])
+
+
+def _empty_rings() -> pl.DataFrame:
+    schema = {"ring_id": pl.Utf8, "score": pl.Float64, "size": pl.Int64, "flagged": pl.Boolean}
+    schema |= {name: pl.Float64 for name in FEATURE_WEIGHTS}
+    schema |= {"org_explained": pl.Float64, "org_id": pl.Utf8, "requests": pl.Int64, "evidence": pl.Utf8}
+    return pl.DataFrame(schema=schema)
+
+
+def _empty_evidence() -> pl.DataFrame:
+    return pl.DataFrame(schema={"ring_id": pl.Utf8, "entity": pl.Utf8, "type": pl.Utf8, "members": pl.UInt32,
+                                "degree": pl.UInt32, "value": pl.Float64, "value_total": pl.Float64})
+
+
+def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
+    """Per member: summed weight of kept links inside its ring, and attachment relative to the ring median."""
+    ring_by_idx = members.select("idx", "ring_id")
+    edges = detection.pairs.join(ring_by_idx.rename({"idx": "a", "ring_id": "ra"}), on="a") \
+        .join(ring_by_idx.rename({"idx": "b", "ring_id": "rb"}), on="b").filter(pl.col("ra") == pl.col("rb"))
+    ends = pl.concat([edges.select(pl.col("a").alias("idx"), "weight"), edges.select(pl.col("b").alias("idx"), "weight")])
+    strength = ends.group_by("idx").agg(pl.col("weight").sum().alias("strength"))
+    out = members.select("idx", "account_id", "ring_id").join(strength, on="idx", how="left").with_columns(
+        pl.col("strength").fill_null(0.0))
+    return out.with_columns((pl.col("strength") / pl.col("strength").median().over("ring_id")).clip(0, 1)
+                            .fill_nan(0.0).round(4).alias("attachment"))
+
+
+def _coordination(strength: pl.DataFrame) -> pl.DataFrame:
+    return strength.group_by("ring_id").agg((pl.col("strength").median() / 6.0).clip(0, 1).alias("coordination"))
+
+
+def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
+    """Entities shared by at least two members of a ring, with how many members and accounts share each."""
+    shared = detection.memberships.join(members.select("idx", "ring_id"), on="idx").group_by(
+        "ring_id", "entity", "type").agg(pl.len().alias("members"), pl.col("degree").first(), pl.col("value").first())
+    return shared.filter(pl.col("members") >= 2).with_columns(
+        (pl.col("value") * (pl.col("members") - 1)).alias("value_total"))
+
+
+def _owned_infrastructure(evidence: pl.DataFrame) -> pl.DataFrame:
+    infra = evidence.filter(pl.col("type").is_in(_INFRA_TYPES))
+    return infra.group_by("ring_id").agg(
+        ((pl.col("members") / pl.col("degree")) * pl.col("value_total")).sum().truediv(pl.col("value_total").sum())
+        .alias("owned_infrastructure"))
+
+
+def _size_and_org(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
+    with_org = members.join(accounts.select("account_id", "org_id"), on="account_id", how="left")
+    modal = with_org.filter(pl.col("org_id").is_not_null()).group_by("ring_id", "org_id").len() \
+        .sort("len", "org_id", descending=[True, False]).unique("ring_id", keep="first")
+    sizes = members.group_by("ring_id").len("size").with_columns(pl.col("size").cast(pl.Int64))
+    return sizes.join(modal, on="ring_id", how="left").with_columns(
+        (pl.col("len").fill_null(0) / pl.col("size")).alias("org_explained")).drop("len")
+
+
+def _traffic_features(accounts: pl.DataFrame, ring_of: pl.DataFrame) -> pl.DataFrame:
+    per_account = accounts.join(ring_of, on="account_id").select(
+        "ring_id", pl.col("requests").cast(pl.Float64).alias("n"), "proxy_requests", "reasoning_requests")
+    total = pl.col("n").sum()
+    return per_account.group_by("ring_id").agg(
+        pl.when(total > 0).then(pl.col("proxy_requests").sum() / total).otherwise(0.0).alias("proxy_share"),
+        pl.when(total > 0).then(pl.col("reasoning_requests").sum() / total).otherwise(0.0).alias("reasoning_style"),
+        pl.when(pl.col("n").mean() > 0).then(1 - (pl.col("n").std(ddof=0) / pl.col("n").mean()).clip(0, 1))
+        .otherwise(0.0).alias("equal_volume"),
+        total.cast(pl.Int64).alias("requests"))
+
+
+def _owned_templates(graph: Graph, ring_of: pl.DataFrame) -> pl.DataFrame:
+    """Σ over templates of (share of the ring's requests) × (share of the template's use inside the ring)²."""
+    sent = graph.rels["SENT_TEMPLATE"].select(pl.col("src").alias("account_id"), pl.col("dst").alias("template_id"),
+                                              pl.col("count").alias("n"))
+    global_use = graph.nodes["PromptTemplate"].select("template_id", pl.col("requests").alias("global_requests"))
+    totals = graph.nodes["Account"].join(ring_of, on="account_id").group_by("ring_id").agg(
+        pl.col("requests").sum().alias("ring_requests"))
+    use = sent.join(ring_of, on="account_id").group_by("ring_id", "template_id").agg(pl.col("n").sum()) \
+        .join(global_use, on="template_id").join(totals, on="ring_id")
+    return use.group_by("ring_id").agg(
+        ((pl.col("n") / pl.col("ring_requests")) * (pl.col("n") / pl.col("global_requests")) ** 2).sum()
+        .clip(0, 1).alias("owned_templates"))
+
+
+def _signup_burst(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
+    created = members.join(accounts.select("account_id", "created_at"), on="account_id").select(
+        "ring_id", pl.col("created_at").dt.epoch("ms").alias("t")).sort("ring_id", "t")
+    rings, times = created["ring_id"].to_numpy(), created["t"].to_numpy()
+    best: dict[str, float] = {}
+    boundaries = np.flatnonzero(np.r_[True, rings[1:] != rings[:-1], True])
+    for start, end in zip(boundaries[:-1], boundaries[1:]):
+        t = times[start:end]
+        within = np.searchsorted(t, t + _BURST_WINDOW_MS, side="right") - np.arange(len(t))
+        best[rings[start]] = float(within.max()) / len(t)
+    return pl.DataFrame({"ring_id": list(best), "signup_burst": list(best.values())},
+                        schema={"ring_id": pl.Utf8, "signup_burst": pl.Float64})
+
+
+def _lockstep(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
+    ring_by_idx = members.select("idx", "ring_id")
+    edges = detection.pairs.join(ring_by_idx.rename({"idx": "a"}), on="a") \
+        .join(ring_by_idx.rename({"idx": "b", "ring_id": "rb"}), on="b").filter(pl.col("ring_id") == pl.col("rb"))
+    return edges.group_by("ring_id").agg(pl.col("activity").mean().alias("lockstep"))
+
+
+def _evidence_text(evidence: pl.DataFrame, top: int) -> pl.DataFrame:
+    ranked = evidence.sort("ring_id", "value_total", "entity", descending=[False, True, False]) \
+        .group_by("ring_id", maintain_order=True).head(top)
+    return ranked.group_by("ring_id", maintain_order=True).agg(
+        pl.format("{} shared by {} members ({} accounts overall, weight {})", pl.col("entity"), pl.col("members"),
+                  pl.col("degree"), pl.col("value").round(2)).str.join("; ").alias("evidence"))

@@ -1,0 +1,113 @@
+"""Every tunable of the pipeline in one typed place.
+
+Defaults are the shipped behaviour; a TOML file (``--config``) overrides any subset, and
+CLI options override the file. Unknown keys are an error so a typo never silently does
+nothing.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestSettings(_Section):
+    batch_rows: int = Field(1_000_000, gt=0, description="rows per streamed batch of a large file")
+    max_id_chars: int = Field(256, gt=0, description="longer ids, ips, emails are quarantined")
+    max_text_chars: int = Field(1_000_000, gt=0, description="longer prompts / user agents are quarantined")
+    max_tokens: int = Field(10_000_000, gt=0, description="token counts above this are quarantined")
+
+
+class TemplateSettings(_Section):
+    max_prompt_chars: int = Field(1000, gt=0, description="prompt prefix examined for its scaffold")
+    max_segments: int = Field(32, gt=0, description="segments kept per prompt")
+    min_segment_accounts: int = Field(3, ge=2, description="a segment used by this many accounts is scaffold, not filler")
+    near_duplicate_jaccard: float = Field(0.6, gt=0, le=1, description="templates this similar (MinHash LSH) are merged")
+    example_sample_modulus: int = Field(64, gt=0, description="1 in N prompts kept as template examples")
+
+
+class DetectSettings(_Section):
+    # Weight of one shared entity of each kind for a pair of accounts, before the rarity
+    # discount. Instruments and devices are costly to share by accident; subnets and
+    # ASNs are shared by whole neighbourhoods; timing coincidences need corroboration.
+    type_weights: dict[str, float] = Field(default_factory=lambda: {
+        "PaymentInstrument": 3.0,
+        "Email": 3.0,
+        "Device": 2.0,
+        "IP": 1.5,
+        "SignupIP": 1.5,
+        "PromptTemplate": 2.0,
+        "Subnet": 0.6,
+        "EmailDomain": 0.8,
+        "Bin": 0.4,
+        "ASN": 0.15,
+        "SignupBurst": 0.6,
+        "ActivityWindow": 0.4,
+        "ModelSwitch": 0.5,
+    })
+    # IP types whose sharing says little (carrier NAT, relays) and those that are paid infrastructure.
+    ip_type_factor: dict[str, float] = Field(default_factory=lambda: {
+        "mobile": 0.15, "residential": 0.8, "unknown": 0.6, "datacenter": 1.0,
+        "vpn": 0.5, "proxy": 1.0, "tor": 0.3,
+    })
+    rarity_pivot: int = Field(4, ge=1, description="entities shared by at most this many accounts get full weight")
+    hub_size: int = Field(48, ge=3, description="entities shared by more accounts are expanded sparsely, never as a clique")
+    hub_partners: int = Field(5, ge=1, description="random cycles laid through a hub's members")
+    max_entity_accounts: int = Field(50_000, ge=10, description="entities above this are ignored (ubiquitous)")
+    within_type_extra: float = Field(0.25, ge=0, le=1, description="weight of each further shared entity of a type beyond the strongest")
+    org_discount: float = Field(0.15, ge=0, le=1, description="factor on evidence two seats of one declared org share")
+    min_pair_weight: float = Field(1.0, ge=0, description="pairs below this total weight are not linked")
+    min_entity_share: float = Field(0.02, ge=0, le=1, description="an entity below this share of an account's requests is ignored for it")
+    signup_window_minutes: int = Field(30, gt=0)
+    activity_window_minutes: int = Field(10, gt=0)
+    burst_min_excess: float = Field(4.0, gt=1, description="window count over its expected count to be a burst")
+    resolution: float = Field(1.0, gt=0, description="Leiden modularity resolution")
+    leiden_iterations: int = Field(-1, description="-1 = until stable")
+    seed: int = 42
+    min_ring_size: int = Field(3, ge=2)
+
+
+class ScoreSettings(_Section):
+    flag_threshold: float = Field(0.5, ge=0, le=1)
+    top_evidence: int = Field(5, gt=0, description="shared entities listed per ring")
+
+
+class Neo4jSettings(_Section):
+    uri: str = "neo4j://localhost:7687"
+    username: str = "neo4j"
+    password: str = Field("", repr=False)
+    database: str = "neo4j"
+    batch_size: int = Field(10_000, gt=0)
+
+
+class Settings(_Section):
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    templates: TemplateSettings = Field(default_factory=TemplateSettings)
+    detect: DetectSettings = Field(default_factory=DetectSettings)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
+    neo4j: Neo4jSettings = Field(default_factory=Neo4jSettings)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "Settings":
+        """Defaults, then the TOML file, then dotted overrides such as ``{"score.flag_threshold": 0.6}``."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        for dotted, value in (overrides or {}).items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return cls.model_validate(data)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as recorded in run.json: the password never leaves the process."""
+        return self.model_dump(exclude={"neo4j": {"password"}})

@@ -1,0 +1,170 @@
+"""Prompt-template mining: requests filled into one generation scaffold share a template id.
+
+Two phases so that the request log streams:
+
+1. per batch (:meth:`TemplateMiner.add_batch`): mask variable slots, cut the masked prompt
+   into sentence/line segments and hash them; keep one row per distinct masked prompt.
+2. once over everything (:meth:`TemplateMiner.finish`): a segment that occurs in at least
+   ``min_segment_accounts`` *distinct* masked prompts is scaffold; anything rarer is a
+   filled slot. A prompt's template is the ordered scaffold segments with each run of slots
+   collapsed into one. A prompt with no scaffold but sent that often verbatim (after
+   masking) is its own template. Templates whose scaffold text is near-identical (MinHash
+   LSH over word shingles) are merged.
+
+Counting support over distinct masked prompts, not requests, is what tells a scaffold
+(seen around many different fillers) from a filler that is merely re-sent often.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from .normalize import REASONING_STYLE, mask_prompts, split_segments
+from .settings import TemplateSettings
+
+SLOT = 0  # segment hash standing for a run of filled slots
+_SEED = 7
+
+
+@dataclass
+class TemplateResult:
+    """prompt_key → template_id, and one row per template for the graph."""
+
+    assignments: pl.DataFrame  # prompt_key (u64), template_id (str)
+    templates: pl.DataFrame  # template_id, text, example, distinct_prompts, scaffold_segments
+
+
+@dataclass
+class TemplateMiner:
+    settings: TemplateSettings
+    _distinct: list[pl.DataFrame] = field(default_factory=list)
+    _segment_text: list[pl.DataFrame] = field(default_factory=list)
+    _examples: list[pl.DataFrame] = field(default_factory=list)
+
+    def add_batch(self, prompts: pl.Series) -> pl.DataFrame:
+        """Per request: ``prompt_key`` (hash of the masked prompt, null without prompt) and ``reasoning_style``."""
+        # mask each distinct raw prompt once: retries and verbatim repeats are common in real logs
+        raw_key = prompts.hash(_SEED + 1)
+        distinct = pl.DataFrame({"raw_key": raw_key, "prompt": prompts}).unique("raw_key", keep="first")
+        distinct = distinct.with_columns(mask_prompts(distinct["prompt"], self.settings.max_prompt_chars).alias("masked"))
+        masked = pl.DataFrame({"raw_key": raw_key}).join(distinct.select("raw_key", "masked"), on="raw_key",
+                                                         how="left", maintain_order="left")["masked"]
+        keys = masked.hash(_SEED)
+        keys = pl.select(pl.when(masked.is_not_null()).then(keys)).to_series().alias("prompt_key")
+        per_request = pl.DataFrame({
+            "prompt_key": keys,
+            "reasoning_style": prompts.str.slice(0, self.settings.max_prompt_chars)
+            .str.contains_any(REASONING_STYLE, ascii_case_insensitive=True).fill_null(False),
+        })
+        first = (pl.DataFrame({"prompt_key": keys, "masked": masked, "raw": prompts})
+                 .filter(pl.col("prompt_key").is_not_null())
+                 .unique("prompt_key", keep="first", maintain_order=True))
+        exploded = split_segments(first["prompt_key"], first["masked"], self.settings.max_segments) \
+            .rename({"key": "prompt_key"}).with_columns(pl.col("segment").hash(_SEED).alias("segment_key"))
+        self._distinct.append(exploded.select("prompt_key", "segment_key"))
+        repeated = exploded.group_by("segment_key").agg(pl.col("segment").first(), pl.len().alias("n")) \
+            .filter(pl.col("n") >= 2).select("segment_key", "segment")
+        self._segment_text.append(repeated)
+        sampled = first.filter(pl.col("prompt_key") % self.settings.example_sample_modulus == 0)
+        self._examples.append(sampled.select("prompt_key", pl.col("raw").str.slice(0, 600).alias("example")))
+        return per_request
+
+    def finish(self, request_counts: pl.DataFrame) -> TemplateResult:
+        """``request_counts``: prompt_key, requests (after de-duplication of requests)."""
+        segments = (pl.concat(self._distinct) if self._distinct else
+                    pl.DataFrame(schema={"prompt_key": pl.UInt64, "segment_key": pl.UInt64}))
+        segments = segments.with_columns(pl.int_range(pl.len()).over("prompt_key").alias("pos"))
+        segments = segments.unique(["prompt_key", "pos"], keep="first", maintain_order=True)
+        support = segments.unique(["prompt_key", "segment_key"]).group_by("segment_key").len("support")
+        scaffold = support.filter(pl.col("support") >= self.settings.min_segment_accounts).select("segment_key")
+        marked = segments.join(scaffold.with_columns(pl.lit(True).alias("is_scaffold")), on="segment_key", how="left") \
+            .with_columns(pl.col("is_scaffold").fill_null(False)).sort("prompt_key", "pos")
+        # collapse each run of filled slots into a single SLOT marker
+        marked = marked.with_columns(
+            pl.when(pl.col("is_scaffold")).then(pl.col("segment_key")).otherwise(pl.lit(SLOT, pl.UInt64)).alias("token"),
+            pl.col("is_scaffold").shift(1).over("prompt_key").fill_null(True).alias("prev_scaffold"),
+        ).filter(pl.col("is_scaffold") | pl.col("prev_scaffold"))
+        signatures = marked.group_by("prompt_key").agg(
+            pl.col("token"), pl.col("is_scaffold").sum().alias("scaffold_segments"))
+        signatures = signatures.join(request_counts, on="prompt_key", how="left").with_columns(
+            pl.col("requests").fill_null(0))
+        with_scaffold = signatures.filter(pl.col("scaffold_segments") > 0)
+        verbatim = signatures.filter((pl.col("scaffold_segments") == 0)
+                                     & (pl.col("requests") >= self.settings.min_segment_accounts))
+        keyed = pl.concat([
+            with_scaffold.with_columns(pl.col("token").hash(_SEED).alias("template_key")),
+            verbatim.with_columns((pl.col("prompt_key") ^ pl.lit(0x5BD1E995, pl.UInt64)).alias("template_key")),
+        ])
+        keyed = self._merge_near_duplicates(keyed)
+        assignments = keyed.select("prompt_key", _template_id(pl.col("template_key")).alias("template_id"))
+        templates = self._describe(keyed)
+        return TemplateResult(assignments=assignments, templates=templates)
+
+    # ------------------------------------------------------------ helpers
+    def _texts(self) -> pl.DataFrame:
+        texts = pl.concat(self._segment_text) if self._segment_text else \
+            pl.DataFrame(schema={"segment_key": pl.UInt64, "segment": pl.Utf8})
+        return texts.unique("segment_key", keep="first", maintain_order=True)
+
+    def _template_texts(self, keyed: pl.DataFrame) -> pl.DataFrame:
+        """template_key → readable scaffold text, slots shown as ‹…›."""
+        representatives = keyed.sort("requests", "prompt_key", descending=[True, False]) \
+            .unique("template_key", keep="first", maintain_order=True).select("template_key", "token")
+        tokens = representatives.explode("token").with_columns(pl.int_range(pl.len()).over("template_key").alias("pos"))
+        tokens = tokens.join(self._texts(), left_on="token", right_on="segment_key", how="left").sort("template_key", "pos")
+        return tokens.group_by("template_key").agg(
+            pl.when(pl.col("token") == SLOT).then(pl.lit("‹…›")).otherwise(pl.col("segment").fill_null("‹?›"))
+            .str.join(" ").alias("text"))
+
+    def _merge_near_duplicates(self, keyed: pl.DataFrame) -> pl.DataFrame:
+        """Templates whose scaffold text is nearly the same (reworded scaffolds) get one key."""
+        if keyed.height == 0 or self.settings.near_duplicate_jaccard >= 1:
+            return keyed
+        from datasketch import MinHash, MinHashLSH
+
+        weight = keyed.group_by("template_key").agg(pl.col("requests").sum()).sort(
+            "requests", "template_key", descending=[True, False])
+        candidates = weight.filter(pl.col("requests") >= 2).head(20_000)
+        texts = self._template_texts(keyed.filter(pl.col("template_key").is_in(candidates["template_key"].implode())))
+        texts = candidates.join(texts, on="template_key", how="left")
+        lsh = MinHashLSH(threshold=self.settings.near_duplicate_jaccard, num_perm=64)
+        canonical: dict[int, int] = {}
+        for key, text in texts.select("template_key", "text").iter_rows():
+            shingles = _shingles(text or "")
+            if len(shingles) < 3:
+                continue
+            signature = MinHash(num_perm=64, seed=_SEED)
+            signature.update_batch(shingles)
+            matches = lsh.query(signature)
+            canonical[key] = min((canonical[m] for m in matches), default=key)
+            lsh.insert(key, signature)
+        if not canonical:
+            return keyed
+        mapping = pl.DataFrame({"template_key": list(canonical), "merged": list(canonical.values())},
+                               schema={"template_key": pl.UInt64, "merged": pl.UInt64})
+        return keyed.join(mapping, on="template_key", how="left").with_columns(
+            pl.coalesce("merged", "template_key").alias("template_key")).drop("merged")
+
+    def _describe(self, keyed: pl.DataFrame) -> pl.DataFrame:
+        texts = self._template_texts(keyed)
+        examples = pl.concat(self._examples) if self._examples else \
+            pl.DataFrame(schema={"prompt_key": pl.UInt64, "example": pl.Utf8})
+        example = keyed.select("template_key", "prompt_key", "requests").join(examples, on="prompt_key") \
+            .sort("requests", "prompt_key", descending=[True, False]) \
+            .unique("template_key", keep="first", maintain_order=True).select("template_key", "example")
+        summary = keyed.group_by("template_key").agg(
+            pl.len().alias("distinct_prompts"), pl.col("scaffold_segments").max())
+        return (summary.join(texts, on="template_key", how="left").join(example, on="template_key", how="left")
+                .select(_template_id(pl.col("template_key")).alias("template_id"), "text", "example",
+                        "distinct_prompts", "scaffold_segments")
+                .sort("template_id"))
+
+
+def _template_id(key: pl.Expr) -> pl.Expr:
+    return pl.lit("T") + key.cast(pl.Utf8)
+
+
+def _shingles(text: str, width: int = 3) -> list[bytes]:
+    words = text.split()
+    return [" ".join(words[i:i + width]).encode() for i in range(max(len(words) - width + 1, 0))]
