@@ -2,10 +2,12 @@
 
 Evidence is a table of memberships (account, entity). Each entity gets a value
 
-    v = type weight × ip-type factor × rarity,   rarity = ln(N/d) / ln(N/2)
+    v = type weight × ip-type factor × rarity × (1 − d / (ubiquity_share · N)),
+    rarity = ln(N/d) / ln(N/2)
 
 (d = accounts sharing it, N = accounts), so a card shared by two accounts is worth far
-more than a carrier-NAT address shared by three thousand. A pair of accounts is linked by
+more than a carrier-NAT address shared by three thousand, and an SDK default fingerprint
+or a template used by a fifth of all customers is worth nothing. A pair of accounts is linked by
 the sum of the values of everything it shares (capped per evidence type), plus lockstep
 activity, scaled down when both seats belong to the same declared org.
 
@@ -90,7 +92,8 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
     weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())})
     evidence = evidence.join(weights, on="type", how="left").with_columns(
         (pl.col("type_weight").fill_null(0.0) * pl.col("factor")
-         * ((np.log(n) - pl.col("degree").cast(pl.Float64).log()) / np.log(n / 2)).clip(0, 1)).alias("value"))
+         * ((np.log(n) - pl.col("degree").cast(pl.Float64).log()) / np.log(n / 2)).clip(0, 1)
+         * (1 - pl.col("degree").cast(pl.Float64) / (settings.ubiquity_share * n)).clip(0, 1)).alias("value"))
     evidence = evidence.filter(pl.col("value") > 0).select("idx", "account_id", "entity", "type", "value", "degree")
     return accounts, evidence.sort("entity", "idx")
 
@@ -220,8 +223,15 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     # within one evidence type, shared entities are correlated (users of one framework share all its
     # templates): the strongest counts in full, the rest only a little
     caps = np.array([2.0 * settings.type_weights[t] for t in type_names])
-    per_type = type_max + settings.within_type_extra * (type_sum - type_max)
-    weight = np.minimum(per_type, caps).sum(axis=1)
+    extra = settings.within_type_extra
+    per_type = np.minimum(type_max + extra * np.minimum(type_sum - type_max, type_max), caps)
+    weight = np.zeros(len(candidates))
+    family_of = {t: f for f, members in settings.type_families.items() for t in members}
+    for family in {family_of.get(t, t) for t in type_names}:
+        columns = [type_code[t] for t in type_names if family_of.get(t, t) == family]
+        block = per_type[:, columns]
+        strongest = block.max(axis=1)
+        weight += strongest + extra * np.minimum(block.sum(axis=1) - strongest, strongest)
     activity = _activity_similarity(accounts, ca, cb)
     weight += settings.type_weights.get("ActivityWindow", 0.0) * activity
     org = accounts["org_id"].to_numpy()
@@ -265,12 +275,31 @@ def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
     return membership
 
 
+def prune_weak_members(communities: pl.DataFrame, pairs: pl.DataFrame, min_attachment: float) -> pl.DataFrame:
+    """Drop members tied to their community much more weakly than its typical member.
+
+    Leiden must place every linked account somewhere; a bystander whose home address was resold
+    as a proxy exit has one modest link into a dense ring and lands in it. Membership should mean
+    being tied like the others, so members below ``min_attachment`` × the community's median
+    internal strength are let go."""
+    if communities.height == 0 or min_attachment <= 0:
+        return communities
+    ring = communities.select("idx", "community")
+    edges = pairs.join(ring.rename({"idx": "a", "community": "ca"}), on="a") \
+        .join(ring.rename({"idx": "b", "community": "cb"}), on="b").filter(pl.col("ca") == pl.col("cb"))
+    ends = pl.concat([edges.select(pl.col("a").alias("idx"), "weight"), edges.select(pl.col("b").alias("idx"), "weight")])
+    strength = ends.group_by("idx").agg(pl.col("weight").sum().alias("strength"))
+    scored = communities.join(strength, on="idx", how="left").with_columns(pl.col("strength").fill_null(0.0))
+    keep = pl.col("strength") >= min_attachment * pl.col("strength").median().over("community")
+    return scored.filter(keep).drop("strength")
+
+
 def detect(graph: Graph, settings: DetectSettings) -> Detection:
     accounts, evidence = memberships(graph, settings)
     pairs = project(accounts, evidence, settings)
     community = leiden(accounts.height, pairs, settings)
     frame = accounts.select("idx", "account_id").with_columns(pl.Series("community", community))
-    frame = frame.filter(pl.col("community") >= 0)
+    frame = prune_weak_members(frame.filter(pl.col("community") >= 0), pairs, settings.min_attachment)
     sizes = frame.group_by("community").len()
     frame = frame.join(sizes.filter(pl.col("len") >= settings.min_ring_size), on="community").drop("len")
     return Detection(accounts=accounts, memberships=evidence, pairs=pairs,

@@ -29,14 +29,14 @@ from .schema import PROXY_IP_TYPES
 from .settings import ScoreSettings
 
 FEATURE_WEIGHTS = {
-    "coordination": 0.15,
-    "owned_infrastructure": 0.15,
+    "coordination": 0.05,
+    "owned_infrastructure": 0.10,
     "owned_templates": 0.20,
-    "proxy_share": 0.15,
-    "equal_volume": 0.10,
-    "signup_burst": 0.08,
-    "lockstep": 0.10,
-    "reasoning_style": 0.07,
+    "reasoning_style": 0.15,
+    "equal_volume": 0.15,
+    "lockstep": 0.15,
+    "proxy_share": 0.10,
+    "signup_burst": 0.10,
 }
 _INFRA_TYPES = ["PaymentInstrument", "IP", "SignupIP", "Subnet", "Device", "Bin"]
 _BURST_WINDOW_MS = 6 * 3600 * 1000

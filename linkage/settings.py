@@ -34,22 +34,30 @@ class TemplateSettings(_Section):
 
 class DetectSettings(_Section):
     # Weight of one shared entity of each kind for a pair of accounts, before the rarity
-    # discount. Instruments and devices are costly to share by accident; subnets and
-    # ASNs are shared by whole neighbourhoods; timing coincidences need corroboration.
+    # discount. Instruments, mailboxes and client builds are costly to share by accident; a
+    # network address is shared by households, NAT and proxies, so it never links two accounts
+    # on its own (weight < min_pair_weight); timing coincidences need corroboration.
     type_weights: dict[str, float] = Field(default_factory=lambda: {
         "PaymentInstrument": 3.0,
         "Email": 3.0,
         "Device": 2.0,
-        "IP": 1.5,
-        "SignupIP": 1.5,
         "PromptTemplate": 2.0,
-        "Subnet": 0.6,
+        "IP": 0.9,
+        "SignupIP": 0.9,
+        "Subnet": 0.5,
+        "ASN": 0.15,
         "EmailDomain": 0.8,
         "Bin": 0.4,
-        "ASN": 0.15,
         "SignupBurst": 0.6,
-        "ActivityWindow": 0.4,
         "ModelSwitch": 0.5,
+        "ActivityWindow": 0.4,
+    })
+    # Types whose evidence is correlated (the same IP implies the same subnet and ASN): within a
+    # family the strongest type counts in full and the others only by ``within_type_extra``.
+    type_families: dict[str, list[str]] = Field(default_factory=lambda: {
+        "network": ["IP", "SignupIP", "Subnet", "ASN"],
+        "billing": ["PaymentInstrument", "Bin"],
+        "identity": ["Email", "EmailDomain"],
     })
     # IP types whose sharing says little (carrier NAT, relays) and those that are paid infrastructure.
     ip_type_factor: dict[str, float] = Field(default_factory=lambda: {
@@ -59,22 +67,24 @@ class DetectSettings(_Section):
     rarity_pivot: int = Field(4, ge=1, description="entities shared by at most this many accounts get full weight")
     hub_size: int = Field(48, ge=3, description="entities shared by more accounts are expanded sparsely, never as a clique")
     hub_partners: int = Field(5, ge=1, description="random cycles laid through a hub's members")
-    max_entity_accounts: int = Field(50_000, ge=10, description="entities above this are ignored (ubiquitous)")
-    within_type_extra: float = Field(0.25, ge=0, le=1, description="weight of each further shared entity of a type beyond the strongest")
+    max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
+    ubiquity_share: float = Field(0.2, gt=0, le=1, description="an entity used by this share of all accounts is worth nothing (SDK defaults, popular templates)")
+    within_type_extra: float = Field(0.25, ge=0, le=1, description="further shared entities of a type (or types of a family) add at most this share of the strongest")
     org_discount: float = Field(0.15, ge=0, le=1, description="factor on evidence two seats of one declared org share")
     min_pair_weight: float = Field(1.0, ge=0, description="pairs below this total weight are not linked")
     min_entity_share: float = Field(0.02, ge=0, le=1, description="an entity below this share of an account's requests is ignored for it")
     signup_window_minutes: int = Field(30, gt=0)
-    activity_window_minutes: int = Field(10, gt=0)
+    activity_window_minutes: int = Field(60, gt=0, description="time slot for lockstep activity (schedulers fill whole hours)")
     burst_min_excess: float = Field(4.0, gt=1, description="window count over its expected count to be a burst")
     resolution: float = Field(1.0, gt=0, description="Leiden modularity resolution")
     leiden_iterations: int = Field(-1, description="-1 = until stable")
     seed: int = 42
     min_ring_size: int = Field(3, ge=2)
+    min_attachment: float = Field(0.1, ge=0, le=1, description="members tied to their ring below this share of its median member are dropped")
 
 
 class ScoreSettings(_Section):
-    flag_threshold: float = Field(0.5, ge=0, le=1)
+    flag_threshold: float = Field(0.45, ge=0, le=1)
     top_evidence: int = Field(5, gt=0, description="shared entities listed per ring")
 
 
