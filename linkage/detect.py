@@ -55,7 +55,7 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
     def rel(rel_type: str, entity_type: str) -> pl.DataFrame:
         return rels[rel_type].select(pl.col("src").alias("account_id"),
                                      (pl.lit(entity_type + "|") + pl.col("dst").cast(pl.Utf8)).alias("entity"),
-                                     pl.lit(entity_type).alias("type"), pl.lit(1.0).alias("factor"))
+                                     pl.lit(entity_type).alias("type"), pl.lit(1.0).alias("factor"), "count")
 
     used = rels["USED_IP"].join(ip_info, left_on="dst", right_on="ip", how="left").with_columns(type_factor.alias("factor"))
     instruments = rels["PAID_WITH"].join(graph.nodes["PaymentInstrument"], left_on="dst", right_on="instrument_id")
@@ -69,25 +69,31 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
             "account_id", (pl.lit("Email|") + pl.col("email")).alias("entity"), pl.lit("Email").alias("type"),
             pl.lit(1.0).alias("factor")),
         used.select(pl.col("src").alias("account_id"), (pl.lit("IP|") + pl.col("dst")).alias("entity"),
-                    pl.lit("IP").alias("type"), "factor"),
+                    pl.lit("IP").alias("type"), "factor", "count"),
         used.filter(pl.col("subnet").is_not_null()).select(
             pl.col("src").alias("account_id"), (pl.lit("Subnet|") + pl.col("subnet")).alias("entity"),
-            pl.lit("Subnet").alias("type"), "factor"),
+            pl.lit("Subnet").alias("type"), "factor", "count"),
         used.filter(pl.col("asn").is_not_null()).select(
             pl.col("src").alias("account_id"), (pl.lit("ASN|") + pl.col("asn").cast(pl.Utf8)).alias("entity"),
-            pl.lit("ASN").alias("type"), "factor"),
+            pl.lit("ASN").alias("type"), "factor", "count"),
         instruments.filter(pl.col("bin").is_not_null() & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
         .select(pl.col("src").alias("account_id"), (pl.lit("Bin|") + pl.col("bin")).alias("entity"),
                 pl.lit("Bin").alias("type"), pl.lit(1.0).alias("factor")),
         _signup_bursts(accounts, settings),
         _model_switches(graph, settings),
     ]
-    evidence = pl.concat([p.select("account_id", "entity", "type", pl.col("factor").cast(pl.Float64)) for p in parts])
-    evidence = evidence.group_by("account_id", "entity", "type").agg(pl.col("factor").max())
+    evidence = pl.concat([p.select("account_id", "entity", "type", pl.col("factor").cast(pl.Float64),
+                                   (pl.col("count") if "count" in p.columns else pl.lit(1)).cast(pl.Int64).alias("count"))
+                          for p in parts])
+    evidence = evidence.group_by("account_id", "entity", "type").agg(pl.col("factor").max(), pl.col("count").sum())
     evidence = evidence.join(accounts.select("account_id", "idx"), on="account_id", how="inner")
     degree = evidence.group_by("entity").agg(pl.len().alias("degree"))
     evidence = evidence.join(degree, on="entity").filter(
         (pl.col("degree") >= 2) & (pl.col("degree") <= settings.max_entity_accounts))
+    # an account's most-used shared entities of each type speak for it; a proxy-rotating
+    # account's long tail of exit addresses would only multiply the pair arithmetic
+    evidence = evidence.sort(["idx", "type", "count", "entity"], descending=[False, False, True, False]) \
+        .group_by("idx", "type", maintain_order=True).head(settings.max_entities_per_type)
     n = max(accounts.height, 4)
     weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())})
     evidence = evidence.join(weights, on="type", how="left").with_columns(
@@ -195,7 +201,9 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
 
     # hubs: random cycles give candidates; their weight is computed from everything they share
     h_rows = np.flatnonzero(~small)
-    ha, hb = _hub_cycles(entity_code[h_rows], idx[h_rows], settings.hub_partners, settings.seed)
+    # only hubs that could matter propose pairs; weak ones still add weight to pairs proposed by others
+    proposing = h_rows[value[h_rows] >= settings.hub_min_value]
+    ha, hb = _hub_cycles(entity_code[proposing], idx[proposing], settings.hub_partners, settings.seed)
     keep = ha != hb
     hub_pairs = np.minimum(ha[keep], hb[keep]) * n + np.maximum(ha[keep], hb[keep])
     candidates = np.unique(np.concatenate([np.unique(contrib_pair), hub_pairs]))
@@ -214,12 +222,17 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
         width = int(entity_code.max()) + 1
         for t in np.unique(types[h_rows]):
             rows = h_rows[types[h_rows] == t]
+            has = np.zeros(n, bool)
+            has[idx[rows]] = True
+            both = np.flatnonzero(has[ca] & has[cb])  # only pairs where both ends hold a hub of this type
+            if len(both) == 0:
+                continue
             matrix = sp.csr_matrix((value[rows], (idx[rows], entity_code[rows])), shape=(n, width))
             binary = matrix.copy()
             binary.data[:] = 1.0
-            shared = matrix[ca].multiply(binary[cb]).tocsr()
-            type_sum[:, t] += np.asarray(shared.sum(axis=1)).ravel()
-            type_max[:, t] = np.maximum(type_max[:, t], shared.max(axis=1).toarray().ravel())
+            shared = matrix[ca[both]].multiply(binary[cb[both]]).tocsr()
+            type_sum[both, t] += np.asarray(shared.sum(axis=1)).ravel()
+            type_max[both, t] = np.maximum(type_max[both, t], shared.max(axis=1).toarray().ravel())
     # within one evidence type, shared entities are correlated (users of one framework share all its
     # templates): the strongest counts in full, the rest only a little
     caps = np.array([2.0 * settings.type_weights[t] for t in type_names])

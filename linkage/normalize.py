@@ -33,7 +33,19 @@ def parse_timestamps(values: pl.Series) -> pl.Series:
         return values.cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
     if dtype.is_numeric():
         return _from_epoch(values.cast(pl.Float64))
-    text = values.cast(pl.Utf8).str.strip_chars()
+    text = values.cast(pl.Utf8)
+    # fast path: the usual canonical form; everything else takes the general path below
+    fast = text.str.to_datetime("%Y-%m-%dT%H:%M:%SZ", strict=False, time_unit="ms", time_zone="UTC")
+    pending = fast.is_null() & text.is_not_null()
+    if not pending.any():
+        return fast.alias(values.name)
+    general = _parse_general(text.filter(pending))
+    result = fast.scatter(pending.arg_true(), general) if general.len() else fast
+    return result.alias(values.name)
+
+
+def _parse_general(text: pl.Series) -> pl.Series:
+    text = text.str.strip_chars()
     numeric = text.str.contains(r"^-?\d+(\.\d+)?$")
     from_epoch = _from_epoch(text.cast(pl.Float64, strict=False))
     parts = text.str.extract_groups(_ISO)
@@ -55,7 +67,7 @@ def parse_timestamps(values: pl.Series) -> pl.Series:
         .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_unit="ms")
         .dt.convert_time_zone("UTC")
     )
-    return pl.select(pl.when(numeric).then(from_epoch).otherwise(from_iso)).to_series().alias(values.name)
+    return pl.select(pl.when(numeric).then(from_epoch).otherwise(from_iso)).to_series()
 
 
 def _from_epoch(seconds: pl.Series) -> pl.Series:
@@ -163,9 +175,9 @@ def mask_prompts(prompts: pl.Series, max_chars: int) -> pl.Series:
 def split_segments(keys: pl.Series, masked: pl.Series, max_segments: int) -> pl.DataFrame:
     """(key, segment) rows: masked prompts cut at line and sentence ends, whitespace-trimmed, in order."""
     broken = masked.str.replace_many(_BREAKS, [b.strip() + "\n" for b in _BREAKS])
-    frame = pl.DataFrame({"key": keys, "segment": broken.str.split("\n")}).explode("segment")
-    frame = frame.with_columns(pl.col("segment").str.strip_chars()).filter(pl.col("segment").str.len_bytes() > 0)
-    return frame.filter(pl.int_range(pl.len()).over("key") < max_segments)
+    broken = broken.str.replace_all(r"[ \t]*\n\s*", "\n").str.strip_chars()
+    frame = pl.DataFrame({"key": keys, "segment": broken.str.split("\n").list.head(max_segments)})
+    return frame.explode("segment").filter(pl.col("segment").str.len_bytes() > 0)
 
 
 # ---------------------------------------------------------------- table normalisers

@@ -174,7 +174,7 @@ def _owned_templates(graph: Graph, ring_of: pl.DataFrame) -> pl.DataFrame:
     use = sent.join(ring_of, on="account_id").group_by("ring_id", "template_id").agg(pl.col("n").sum()) \
         .join(global_use, on="template_id").join(totals, on="ring_id")
     return use.group_by("ring_id").agg(
-        ((pl.col("n") / pl.col("ring_requests")) * (pl.col("n") / pl.col("global_requests")) ** 2).sum()
+        ((pl.col("n") / pl.col("ring_requests")) * (pl.col("n") / pl.col("global_requests"))).sum()
         .clip(0, 1).alias("owned_templates"))
 
 

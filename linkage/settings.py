@@ -66,6 +66,8 @@ class DetectSettings(_Section):
     })
     rarity_pivot: int = Field(4, ge=1, description="entities shared by at most this many accounts get full weight")
     hub_size: int = Field(48, ge=3, description="entities shared by more accounts are expanded sparsely, never as a clique")
+    max_entities_per_type: int = Field(24, ge=1, description="per account and evidence type, only the most-used entities count")
+    hub_min_value: float = Field(0.25, ge=0, description="hubs worth less than this propose no pairs (they still add weight)")
     hub_partners: int = Field(5, ge=1, description="random cycles laid through a hub's members")
     max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
     ubiquity_share: float = Field(0.2, gt=0, le=1, description="an entity used by this share of all accounts is worth nothing (SDK defaults, popular templates)")
