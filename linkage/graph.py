@@ -114,12 +114,13 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
         pl.col("ts").max().alias("last_seen"), pl.col("input_tokens").sum().alias("input_tokens"),
         pl.col("output_tokens").sum().alias("output_tokens"),
         pl.col("ip_type").is_in(list(PROXY_IP_TYPES)).sum().cast(pl.Int64).alias("proxy_requests"),
-        pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"))
+        pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"),
+        pl.col("prompt_key").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts"))
     activity = activity.join(activity_signatures(requests, activity_window_minutes), on="account_id", how="left")
     graph.nodes["Account"] = (accounts.select("account_id", "created_at", "email", "email_domain", "org_id",
                                               "country", "signup_ip")
                               .join(activity, on="account_id", how="left")
-                              .with_columns(pl.col("requests", "proxy_requests", "reasoning_requests").fill_null(0))
+                              .with_columns(pl.col("requests", "proxy_requests", "reasoning_requests", "sampled_prompts").fill_null(0))
                               .sort("account_id"))
     graph.nodes["PaymentInstrument"] = (payments.group_by("instrument_id").agg(
         pl.col("instrument_type").drop_nulls().mode().sort().first(), pl.col("bin").drop_nulls().mode().sort().first(),

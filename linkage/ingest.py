@@ -288,6 +288,8 @@ def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
     for column in spec.columns:
         if column.name not in raw.columns:
             typed.append(pl.Series(column.name, [None] * raw.height, dtype=_dtype(column.kind)))
+            if column.kind == "ip":
+                typed.append(pl.Series(f"{column.name}_subnet", [None] * raw.height, dtype=pl.Utf8))
             continue
         original = raw[column.name]
         present = original.is_not_null()
@@ -296,6 +298,9 @@ def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
         value, problem = _convert(original, column.kind, column.name, settings)
         if column.required:
             problem = pl.when(~present).then(pl.lit(f"empty {column.name}")).otherwise(problem)
+        if column.kind == "ip":
+            typed.append(value.struct.field("subnet").alias(f"{column.name}_subnet"))
+            value = value.struct.field("ip")
         typed.append(value.alias(column.name))
         problems[column.name] = pl.select(problem.cast(pl.Utf8)).to_series().alias(column.name)
     return typed, pl.DataFrame(problems) if problems else pl.DataFrame()
@@ -325,10 +330,11 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
         return value, problem
     text = original.cast(pl.Utf8)
     if kind == "ip":
-        parsed = parse_ips(text)["ip"]
+        parsed = parse_ips(text)
         nonblank = present & (text.str.strip_chars().str.len_chars() > 0)
-        problem = pl.when(nonblank & parsed.is_null()).then(pl.lit(f"unparseable IP address in {name}"))
-        return parsed, problem
+        problem = pl.when(nonblank & parsed["ip"].is_null()).then(pl.lit(f"unparseable IP address in {name}"))
+        # the subnet rides along as a struct field so that normalisation need not parse again
+        return parsed.select(pl.struct("ip", "subnet")).to_series(), problem
     limit = settings.max_text_chars if kind == "text" else settings.max_id_chars
     stripped = text if kind == "text" else text.str.strip_chars()
     value = pl.select(pl.when(stripped.str.len_chars() > 0).then(stripped)).to_series()

@@ -5,6 +5,7 @@ over *distinct* IPv6 strings, which are few compared with requests.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import polars as pl
@@ -99,7 +100,7 @@ def parse_ips(values: pl.Series) -> pl.DataFrame:
     v4 = raw.str.replace(r"^0+(\d)", "$1").str.replace_all(r"\.0+(\d)", ".$1")
     v4_subnet = v4.str.replace(r"\.\d+$", ".0/24")
     distinct_v6 = raw.filter(~is_v4 & raw.str.contains(":").fill_null(False)).unique()
-    v6_rows = [_v6_info(text) for text in distinct_v6.to_list()]
+    v6_rows = [_v6_info(text) for text in distinct_v6.to_list()]  # cached: few distinct addresses
     v6 = pl.DataFrame(
         v6_rows, schema={"raw": pl.Utf8, "v6_ip": pl.Utf8, "v6_subnet": pl.Utf8}, orient="row"
     )
@@ -115,6 +116,7 @@ def parse_ips(values: pl.Series) -> pl.DataFrame:
         .drop("raw")
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def _v6_info(text: str) -> tuple[str, str | None, str | None]:
     try:
         address = ipaddress.ip_address(text.split("%")[0])
@@ -191,7 +193,7 @@ def normalize_accounts(accounts: pl.DataFrame) -> pl.DataFrame:
     return accounts.with_columns(
         canonical.alias("email"), domain.alias("email_domain"),
         pl.col("country").str.to_uppercase(),
-        parse_ips(accounts["signup_ip"])["subnet"].alias("signup_subnet"),
+        pl.col("signup_ip_subnet").alias("signup_subnet"),
     )
 
 
@@ -207,11 +209,11 @@ def normalize_requests(batch: pl.DataFrame, miner) -> pl.DataFrame:
     """A validated request batch reduced to the compact columns the graph needs; prompt text is
     consumed here (by the template miner) and not kept."""
     prompts = batch["prompt"] if "prompt" in batch.columns else pl.Series("prompt", [None] * batch.height, pl.Utf8)
-    per_prompt = miner.add_batch(prompts)
+    per_prompt = miner.add_batch(batch["account_id"], prompts)
     request_key = pl.when(pl.col("request_id").is_not_null()).then(pl.col("request_id").hash(11))
     return batch.select(
         "account_id", "ts", "ip",
-        parse_ips(batch["ip"])["subnet"].alias("subnet"),
+        pl.col("ip_subnet").alias("subnet"),
         "asn",
         pl.col("ip_type").str.to_lowercase(),
         "device_id", "model", "input_tokens", "output_tokens",

@@ -129,7 +129,9 @@ def _requarantine(quarantine: Quarantine, table: str, rows: pl.DataFrame, field_
 
 def _empty(spec) -> pl.DataFrame:
     from .ingest import _dtype
-    return pl.DataFrame(schema={c.name: _dtype(c.kind) for c in spec.columns} | {FILE_COL: pl.Utf8, ROW_COL: pl.Int64})
+    schema = {c.name: _dtype(c.kind) for c in spec.columns}
+    schema |= {f"{c.name}_subnet": pl.Utf8 for c in spec.columns if c.kind == "ip"}
+    return pl.DataFrame(schema=schema | {FILE_COL: pl.Utf8, ROW_COL: pl.Int64})
 
 
 def attach_templates(requests: pl.DataFrame, miner: TemplateMiner):

@@ -154,11 +154,13 @@ def _size_and_org(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame
 
 def _traffic_features(accounts: pl.DataFrame, ring_of: pl.DataFrame) -> pl.DataFrame:
     per_account = accounts.join(ring_of, on="account_id").select(
-        "ring_id", pl.col("requests").cast(pl.Float64).alias("n"), "proxy_requests", "reasoning_requests")
+        "ring_id", pl.col("requests").cast(pl.Float64).alias("n"), "proxy_requests", "reasoning_requests",
+        "sampled_prompts")
     total = pl.col("n").sum()
+    sampled = pl.col("sampled_prompts").sum()
     return per_account.group_by("ring_id").agg(
         pl.when(total > 0).then(pl.col("proxy_requests").sum() / total).otherwise(0.0).alias("proxy_share"),
-        pl.when(total > 0).then(pl.col("reasoning_requests").sum() / total).otherwise(0.0).alias("reasoning_style"),
+        pl.when(sampled > 0).then(pl.col("reasoning_requests").sum() / sampled).otherwise(0.0).alias("reasoning_style"),
         pl.when(pl.col("n").mean() > 0).then(1 - (pl.col("n").std(ddof=0) / pl.col("n").mean()).clip(0, 1))
         .otherwise(0.0).alias("equal_volume"),
         total.cast(pl.Int64).alias("requests"))
@@ -170,7 +172,7 @@ def _owned_templates(graph: Graph, ring_of: pl.DataFrame) -> pl.DataFrame:
                                               pl.col("count").alias("n"))
     global_use = graph.nodes["PromptTemplate"].select("template_id", pl.col("requests").alias("global_requests"))
     totals = graph.nodes["Account"].join(ring_of, on="account_id").group_by("ring_id").agg(
-        pl.col("requests").sum().alias("ring_requests"))
+        pl.col("sampled_prompts").sum().alias("ring_requests"))
     use = sent.join(ring_of, on="account_id").group_by("ring_id", "template_id").agg(pl.col("n").sum()) \
         .join(global_use, on="template_id").join(totals, on="ring_id")
     return use.group_by("ring_id").agg(

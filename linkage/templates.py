@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from .normalize import REASONING_STYLE, mask_prompts, split_segments
@@ -42,14 +43,32 @@ class TemplateMiner:
     _segment_text: list[pl.DataFrame] = field(default_factory=list)
     _examples: list[pl.DataFrame] = field(default_factory=list)
 
-    def add_batch(self, prompts: pl.Series) -> pl.DataFrame:
-        """Per request: ``prompt_key`` (hash of the masked prompt, null without prompt) and ``reasoning_style``."""
+    def _segments_once(self) -> pl.DataFrame:
+        """All batches' (prompt_key, segment_key) rows, each distinct prompt once, in segment order."""
+        if not self._distinct:
+            return pl.DataFrame(schema={"prompt_key": pl.UInt64, "segment_key": pl.UInt64})
+        tagged = [frame.with_columns(pl.lit(i, pl.Int32).alias("batch")) for i, frame in enumerate(self._distinct)]
+        segments = pl.concat(tagged)
+        owner = segments.select("prompt_key", "batch").unique("prompt_key", keep="first", maintain_order=True)
+        return segments.join(owner, on=["prompt_key", "batch"], how="semi", maintain_order="left").drop("batch")
+
+    def add_batch(self, accounts: pl.Series, prompts: pl.Series) -> pl.DataFrame:
+        """Per request: ``prompt_key`` (hash of the masked prompt; null when the request has no prompt
+        or was not sampled) and ``reasoning_style``.
+
+        Only up to ``max_prompts_per_account`` prompts per account and batch are mined, picked by
+        a hash of their text: a campaign account's thousandth scaffolded prompt says nothing its
+        tenth did not, and masking text is the costliest step of the run."""
+        sampled = _sample_per_account(accounts, prompts, self.settings.max_prompts_per_account)
+        prompts = pl.select(pl.when(pl.Series(sampled)).then(prompts)).to_series().alias("prompt")
         # mask each distinct raw prompt once: retries and verbatim repeats are common in real logs
         raw_key = prompts.hash(_SEED + 1)
-        distinct = pl.DataFrame({"raw_key": raw_key, "prompt": prompts}).unique("raw_key", keep="first")
+        distinct = pl.DataFrame({"raw_key": raw_key, "prompt": prompts}).filter(pl.col("prompt").is_not_null()) \
+            .unique("raw_key", keep="first")
         distinct = distinct.with_columns(mask_prompts(distinct["prompt"], self.settings.max_prompt_chars).alias("masked"))
         masked = pl.DataFrame({"raw_key": raw_key}).join(distinct.select("raw_key", "masked"), on="raw_key",
                                                          how="left", maintain_order="left")["masked"]
+        masked = pl.select(pl.when(prompts.is_not_null()).then(masked)).to_series()
         keys = masked.hash(_SEED)
         keys = pl.select(pl.when(masked.is_not_null()).then(keys)).to_series().alias("prompt_key")
         per_request = pl.DataFrame({
@@ -72,19 +91,21 @@ class TemplateMiner:
 
     def finish(self, request_counts: pl.DataFrame) -> TemplateResult:
         """``request_counts``: prompt_key, requests (after de-duplication of requests)."""
-        segments = (pl.concat(self._distinct) if self._distinct else
-                    pl.DataFrame(schema={"prompt_key": pl.UInt64, "segment_key": pl.UInt64}))
-        segments = segments.with_columns(pl.int_range(pl.len()).over("prompt_key").alias("pos"))
-        segments = segments.unique(["prompt_key", "pos"], keep="first", maintain_order=True)
+        segments = self._segments_once()
         support = segments.unique(["prompt_key", "segment_key"]).group_by("segment_key").len("support")
-        scaffold = support.filter(pl.col("support") >= self.settings.min_segment_accounts).select("segment_key")
-        marked = segments.join(scaffold.with_columns(pl.lit(True).alias("is_scaffold")), on="segment_key", how="left") \
-            .with_columns(pl.col("is_scaffold").fill_null(False)).sort("prompt_key", "pos")
-        # collapse each run of filled slots into a single SLOT marker
+        scaffold = support.filter(pl.col("support") >= self.settings.min_segment_accounts).select(
+            "segment_key", pl.lit(True).alias("is_scaffold"))
+        marked = segments.join(scaffold, on="segment_key", how="left", maintain_order="left") \
+            .with_columns(pl.col("is_scaffold").fill_null(False))
+        # collapse each run of filled slots into a single SLOT marker (rows of a prompt are contiguous)
+        key = marked["prompt_key"].to_numpy()
+        is_scaffold = marked["is_scaffold"].to_numpy()
+        starts = np.r_[True, key[1:] != key[:-1]] if len(key) else np.zeros(0, bool)
+        previous = np.r_[True, is_scaffold[:-1]] if len(key) else np.zeros(0, bool)
+        keep = is_scaffold | starts | previous
         marked = marked.with_columns(
             pl.when(pl.col("is_scaffold")).then(pl.col("segment_key")).otherwise(pl.lit(SLOT, pl.UInt64)).alias("token"),
-            pl.col("is_scaffold").shift(1).over("prompt_key").fill_null(True).alias("prev_scaffold"),
-        ).filter(pl.col("is_scaffold") | pl.col("prev_scaffold"))
+        ).filter(pl.Series(keep))
         signatures = marked.group_by("prompt_key").agg(
             pl.col("token"), pl.col("is_scaffold").sum().alias("scaffold_segments"))
         signatures = signatures.join(request_counts, on="prompt_key", how="left").with_columns(
@@ -159,6 +180,22 @@ class TemplateMiner:
                 .select(_template_id(pl.col("template_key")).alias("template_id"), "text", "example",
                         "distinct_prompts", "scaffold_segments")
                 .sort("template_id"))
+
+
+def _sample_per_account(accounts: pl.Series, prompts: pl.Series, limit: int) -> np.ndarray:
+    """Boolean mask: at most ``limit`` prompted rows per account, chosen by hash (order-independent)."""
+    has_prompt = prompts.is_not_null().to_numpy()
+    if len(prompts) == 0:
+        return has_prompt
+    account_code = accounts.hash(_SEED + 2).to_numpy()
+    text_hash = prompts.hash(_SEED + 3).to_numpy()
+    order = np.lexsort((text_hash, account_code, ~has_prompt))
+    sorted_account = account_code[order]
+    starts = np.r_[0, np.flatnonzero(sorted_account[1:] != sorted_account[:-1]) + 1]
+    group_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - group_start
+    return has_prompt & (rank < limit)
 
 
 def _template_id(key: pl.Expr) -> pl.Expr:
