@@ -259,9 +259,9 @@ def _activity_similarity(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray)
     signatures = accounts["activity_signature"]
     has = signatures.is_not_null().to_numpy()
     width = ACTIVITY_SIGNATURE_SIZE
-    matrix = np.zeros((accounts.height, width), dtype=np.int64)
+    matrix = np.zeros((accounts.height, width), dtype=np.int32)
     if has.any():
-        matrix[has] = signatures.filter(signatures.is_not_null()).list.to_array(width).to_numpy()
+        matrix[has] = signatures.filter(signatures.is_not_null()).list.to_array(width).to_numpy().astype(np.int32)
     agreement = np.zeros(len(ca))
     for start in range(0, len(ca), 1_000_000):
         part = slice(start, start + 1_000_000)

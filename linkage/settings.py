@@ -26,7 +26,7 @@ class IngestSettings(_Section):
 
 class TemplateSettings(_Section):
     max_prompt_chars: int = Field(1000, gt=0, description="prompt prefix examined for its scaffold")
-    max_prompts_per_account: int = Field(4, gt=0, description="prompts mined per account and input batch (hash-sampled)")
+    max_prompts_per_account: int = Field(2, gt=0, description="prompts mined per account and input batch (hash-sampled)")
     max_segments: int = Field(32, gt=0, description="segments kept per prompt")
     min_segment_accounts: int = Field(3, ge=2, description="a segment used by this many accounts is scaffold, not filler")
     near_duplicate_jaccard: float = Field(0.6, gt=0, le=1, description="templates this similar (MinHash LSH) are merged")
