@@ -157,7 +157,9 @@ def _clique_pairs(starts: np.ndarray, sizes: np.ndarray, rows: np.ndarray) -> tu
 
 def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Each hub's members joined by ``cycles`` random Hamiltonian cycles (deterministic per seed)."""
-    lefts, rights = [], []
+    lefts, rights = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    if len(idx) == 0:
+        return lefts[0], rights[0]
     for r in range(cycles):
         key = mix64(idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ entity_codes.astype(np.uint64)
                    ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF))
@@ -288,6 +290,45 @@ def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
     return membership
 
 
+def merge_close_communities(membership: np.ndarray, pairs: pl.DataFrame, ratio: float) -> np.ndarray:
+    """Re-join communities that Leiden split although they are about as tied to each other as within.
+
+    Modularity compares a cut with what the whole graph's size makes expected, so in a small
+    graph it cuts a ring along its cards; two parts whose mutual weight reaches ``ratio`` × the
+    internal weight of the smaller part are one operation."""
+    if pairs.height == 0 or ratio <= 0:
+        return membership
+    a, b, w = pairs["a"].to_numpy(), pairs["b"].to_numpy(), pairs["weight"].to_numpy()
+    ca, cb = membership[a], membership[b]
+    inside = ca == cb
+    internal = np.bincount(ca[inside], weights=w[inside], minlength=membership.max() + 1)
+    lo, hi = np.minimum(ca[~inside], cb[~inside]), np.maximum(ca[~inside], cb[~inside])
+    if len(lo) == 0:
+        return membership
+    key = lo * (membership.max() + 1) + hi
+    keys, inverse = np.unique(key, return_inverse=True)
+    between = np.bincount(inverse, weights=w[~inside])
+    left, right = keys // (membership.max() + 1), keys % (membership.max() + 1)
+    close = between >= ratio * np.minimum(internal[left], internal[right])
+    parent = np.arange(membership.max() + 1)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for x, y in zip(left[close], right[close]):  # over community pairs, not accounts: few
+        rx, ry = find(int(x)), find(int(y))
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)
+    roots = np.array([find(int(c)) for c in range(len(parent))])
+    merged = membership.copy()
+    linked = membership >= 0
+    merged[linked] = roots[membership[linked]]
+    return merged
+
+
 def prune_weak_members(communities: pl.DataFrame, pairs: pl.DataFrame, min_attachment: float) -> pl.DataFrame:
     """Drop members tied to their community much more weakly than its typical member.
 
@@ -310,7 +351,7 @@ def prune_weak_members(communities: pl.DataFrame, pairs: pl.DataFrame, min_attac
 def detect(graph: Graph, settings: DetectSettings) -> Detection:
     accounts, evidence = memberships(graph, settings)
     pairs = project(accounts, evidence, settings)
-    community = leiden(accounts.height, pairs, settings)
+    community = merge_close_communities(leiden(accounts.height, pairs, settings), pairs, settings.merge_ratio)
     frame = accounts.select("idx", "account_id").with_columns(pl.Series("community", community))
     frame = prune_weak_members(frame.filter(pl.col("community") >= 0), pairs, settings.min_attachment)
     sizes = frame.group_by("community").len()

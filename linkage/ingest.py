@@ -318,9 +318,11 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
         problem = pl.when(present & value.is_null()).then(pl.lit(f"unparseable timestamp in {name}"))
         return value, problem
     if kind == "int":
-        value = original.cast(pl.Int64, strict=False) if original.dtype != pl.Utf8 else \
-            original.str.strip_chars().cast(pl.Float64, strict=False).pipe(
-                lambda s: pl.select(pl.when(s == s.round(0)).then(s)).to_series()).cast(pl.Int64, strict=False)
+        if original.dtype == pl.Utf8:
+            as_float = original.str.strip_chars().cast(pl.Float64, strict=False)
+            value = pl.select(pl.when(as_float == as_float.round(0)).then(as_float)).to_series().cast(pl.Int64, strict=False)
+        else:
+            value = original.cast(pl.Int64, strict=False)
         unparseable = present & value.is_null()
         if original.dtype == pl.Utf8:
             unparseable = unparseable & (original.str.strip_chars().str.len_chars() > 0)

@@ -83,6 +83,7 @@ class DetectSettings(_Section):
     leiden_iterations: int = Field(-1, description="-1 = until stable")
     seed: int = 42
     min_ring_size: int = Field(3, ge=2)
+    merge_ratio: float = Field(0.5, ge=0, description="communities tied to each other by this share of the smaller one's internal weight are merged (0 = off)")
     min_attachment: float = Field(0.1, ge=0, le=1, description="members tied to their ring below this share of its median member are dropped")
 
 
