@@ -292,8 +292,10 @@ def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
                 typed.append(pl.Series(f"{column.name}_subnet", [None] * raw.height, dtype=pl.Utf8))
             continue
         original = raw[column.name]
+        if original.dtype == pl.Utf8:  # an empty CSV/JSON field is a missing value, whatever the reader made of it
+            original = pl.select(pl.when(original.str.len_bytes() > 0).then(original)).to_series().alias(column.name)
         present = original.is_not_null()
-        if original.dtype == pl.Utf8:
+        if original.dtype == pl.Utf8 and column.kind != "text":
             present = present & (original.str.strip_chars().str.len_chars() > 0)
         value, problem = _convert(original, column.kind, column.name, settings)
         if column.required:

@@ -86,7 +86,8 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
     ]).str.strip_chars("; ").alias("evidence"))
     rings = rings.sort(["score", "ring_id"], descending=[True, False])
     order = ["ring_id", "score", "size", "flagged", *FEATURE_WEIGHTS, "org_explained", "org_id", "requests", "evidence"]
-    rings = rings.select(order)
+    # round: parallel float sums may differ in the last bit between runs; outputs must not
+    rings = rings.select(order).with_columns(pl.col(pl.Float64).round(6))
     ring_members = (members.select("ring_id", "account_id").join(strength.select("account_id", "attachment"),
                                                                   on="account_id", how="left")
                     .join(rings.select("ring_id", "score"), on="ring_id")
@@ -95,8 +96,9 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
                     .drop("score"))
     ring_members = ring_members.join(rings.select("ring_id", pl.int_range(pl.len()).alias("_rank")), on="ring_id") \
         .sort("_rank", "account_id").drop("_rank").select("ring_id", "account_id", "account_score", "attachment")
+    evidence = evidence.with_columns(pl.col(pl.Float64).round(6))
     return rings, ring_members, evidence.join(rings.select("ring_id"), on="ring_id").sort(
-        "ring_id", "value_total", descending=[False, True])
+        "ring_id", "value_total", "entity", descending=[False, True, False])
 
 
 def _empty_rings() -> pl.DataFrame:
@@ -121,7 +123,7 @@ def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFr
     out = members.select("idx", "account_id", "ring_id").join(strength, on="idx", how="left").with_columns(
         pl.col("strength").fill_null(0.0))
     return out.with_columns((pl.col("strength") / pl.col("strength").median().over("ring_id")).clip(0, 1)
-                            .fill_nan(0.0).round(4).alias("attachment"))
+                            .fill_nan(0.0).round(4).alias("attachment"), pl.col("strength").round(6))
 
 
 def _coordination(strength: pl.DataFrame) -> pl.DataFrame:

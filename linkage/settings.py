@@ -29,6 +29,7 @@ class TemplateSettings(_Section):
     max_prompts_per_account: int = Field(2, gt=0, description="prompts mined per account and input batch (hash-sampled)")
     max_segments: int = Field(32, gt=0, description="segments kept per prompt")
     min_segment_accounts: int = Field(3, ge=2, description="a segment used by this many accounts is scaffold, not filler")
+    sibling_support_ratio: float = Field(0.2, ge=0, le=1, description="a segment rarer than this share of its prompt's most common segment is filler")
     near_duplicate_jaccard: float = Field(0.6, gt=0, le=1, description="templates this similar (MinHash LSH) are merged")
     example_sample_modulus: int = Field(64, gt=0, description="1 in N prompts kept as template examples")
 

@@ -93,10 +93,14 @@ class TemplateMiner:
         """``request_counts``: prompt_key, requests (after de-duplication of requests)."""
         segments = self._segments_once()
         support = segments.unique(["prompt_key", "segment_key"]).group_by("segment_key").len("support")
-        scaffold = support.filter(pl.col("support") >= self.settings.min_segment_accounts).select(
-            "segment_key", pl.lit(True).alias("is_scaffold"))
-        marked = segments.join(scaffold, on="segment_key", how="left", maintain_order="left") \
-            .with_columns(pl.col("is_scaffold").fill_null(False))
+        with_support = segments.join(support, on="segment_key", how="left", maintain_order="left")
+        # a segment far rarer than the scaffold around it is a filled slot that happened to repeat
+        # (a repository name typed into "You are an agent in repo …" a few times)
+        strongest = with_support.group_by("prompt_key").agg(pl.col("support").max().alias("strongest"))
+        marked = with_support.join(strongest, on="prompt_key", how="left", maintain_order="left").with_columns(
+            ((pl.col("support") >= self.settings.min_segment_accounts)
+             & (pl.col("support") >= self.settings.sibling_support_ratio * pl.col("strongest"))).alias("is_scaffold")
+        ).select("prompt_key", "segment_key", "is_scaffold")
         # collapse each run of filled slots into a single SLOT marker (rows of a prompt are contiguous)
         key = marked["prompt_key"].to_numpy()
         is_scaffold = marked["is_scaffold"].to_numpy()
@@ -202,6 +206,6 @@ def _template_id(key: pl.Expr) -> pl.Expr:
     return pl.lit("T") + key.cast(pl.Utf8)
 
 
-def _shingles(text: str, width: int = 3) -> list[bytes]:
+def _shingles(text: str, width: int = 2) -> list[bytes]:
     words = text.split()
     return [" ".join(words[i:i + width]).encode() for i in range(max(len(words) - width + 1, 0))]

@@ -1,0 +1,124 @@
+"""Weighting (rarity, evidence type, declared org), hub handling, reproducibility, known answers."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import linkage
+from linkage.detect import _hub_cycles, memberships, project
+from linkage.graph import Graph
+from linkage.settings import DetectSettings, Settings
+
+from .conftest import TINY, TINY_LABELS, read_csv
+
+T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+
+
+def _graph(n: int, shares: dict[str, list[tuple[str, list[int]]]], orgs: dict[int, str] | None = None) -> Graph:
+    """A minimal graph: n accounts and, per relationship type, entities with their member indices."""
+    ids = [f"a{i:04d}" for i in range(n)]
+    graph = Graph()
+    graph.nodes["Account"] = pl.DataFrame({
+        "account_id": ids, "created_at": [T0] * n, "email": [None] * n, "org_id": [(orgs or {}).get(i) for i in range(n)],
+        "requests": [10] * n, "activity_signature": [None] * n,
+    }, schema_overrides={"email": pl.Utf8, "org_id": pl.Utf8, "activity_signature": pl.List(pl.Int64)}) \
+        .with_columns(pl.col("created_at").dt.replace_time_zone("UTC") + pl.duration(days=pl.int_range(n)))
+    empty = pl.DataFrame(schema={"src": pl.Utf8, "dst": pl.Utf8, "count": pl.Int64,
+                                 "first_seen": pl.Datetime("ms", "UTC"), "last_seen": pl.Datetime("ms", "UTC")})
+    for rel in ("PAID_WITH", "USED_DEVICE", "SENT_TEMPLATE", "HAS_EMAIL_DOMAIN", "SIGNED_UP_FROM", "USED_IP", "USED_MODEL"):
+        rows = [(ids[i], entity) for entity, members in shares.get(rel, []) for i in members]
+        graph.rels[rel] = pl.DataFrame({"src": [r[0] for r in rows], "dst": [r[1] for r in rows], "count": [1] * len(rows)},
+                                       schema={"src": pl.Utf8, "dst": pl.Utf8, "count": pl.Int64}) \
+            .with_columns(first_seen=pl.lit(T0), last_seen=pl.lit(T0)) if rows else empty
+    ips = sorted({e for e, _ in shares.get("USED_IP", [])})
+    graph.nodes["IP"] = pl.DataFrame({"ip": ips, "subnet": [None] * len(ips), "asn": [None] * len(ips),
+                                      "ip_type": ["mobile" if ip.startswith("100.") else "residential" for ip in ips]},
+                                     schema={"ip": pl.Utf8, "subnet": pl.Utf8, "asn": pl.Int64, "ip_type": pl.Utf8})
+    graph.nodes["PaymentInstrument"] = pl.DataFrame(
+        {"instrument_id": [e for e, _ in shares.get("PAID_WITH", [])]},
+        schema={"instrument_id": pl.Utf8}).with_columns(pl.lit(None, pl.Utf8).alias("instrument_type"),
+                                                        pl.lit(None, pl.Utf8).alias("bin"))
+    return graph
+
+
+def _pair_weight(graph: Graph, a: int, b: int, settings: DetectSettings | None = None) -> float:
+    settings = settings or DetectSettings(min_pair_weight=0.0)
+    accounts, evidence = memberships(graph, settings)
+    pairs = project(accounts, evidence, settings)
+    hit = pairs.filter((pl.col("a") == min(a, b)) & (pl.col("b") == max(a, b)))
+    return float(hit["weight"][0]) if hit.height else 0.0
+
+
+def test_rarity_discount_nat_ip_versus_small_share() -> None:
+    n = 3000
+    graph = _graph(n, {"USED_IP": [("100.64.0.1", list(range(2000))), ("24.1.1.1", [2500, 2501])]})
+    nat, rare = _pair_weight(graph, 0, 1), _pair_weight(graph, 2500, 2501)
+    assert rare > 5 * max(nat, 1e-9)
+    assert nat < 0.1
+
+
+def test_evidence_types_card_outweighs_ip() -> None:
+    graph = _graph(200, {"PAID_WITH": [("card1", [0, 1])], "USED_IP": [("24.1.1.1", [2, 3])]})
+    assert _pair_weight(graph, 0, 1) > 2 * _pair_weight(graph, 2, 3)
+
+
+def test_a_shared_address_alone_never_links() -> None:
+    graph = _graph(200, {"USED_IP": [("24.1.1.1", [0, 1])]})
+    assert _pair_weight(graph, 0, 1) < DetectSettings().min_pair_weight
+
+
+def test_declared_org_explains_sharing() -> None:
+    shares = {"PAID_WITH": [("card_org", [0, 1]), ("card_other", [2, 3])]}
+    graph = _graph(200, shares, orgs={0: "org_a", 1: "org_a"})
+    assert _pair_weight(graph, 0, 1) == pytest.approx(DetectSettings().org_discount * _pair_weight(graph, 2, 3))
+
+
+def test_hubs_never_expand_into_cliques() -> None:
+    n = 5000
+    graph = _graph(n, {"USED_DEVICE": [("sdk-default", list(range(n)))], "SENT_TEMPLATE": [("T1", list(range(600)))]})
+    settings = DetectSettings(min_pair_weight=0.0)
+    accounts, evidence = memberships(graph, settings)
+    pairs = project(accounts, evidence, settings)
+    assert pairs.height <= 600 * 2 * settings.hub_partners  # a clique would be 179,700 pairs
+    ubiquitous = evidence.filter(pl.col("entity") == "Device|sdk-default")
+    assert ubiquitous.height == 0, "an entity used by everyone carries no evidence"
+
+
+def test_hub_cycles_connect_every_member() -> None:
+    codes = np.repeat(np.arange(3), 100)
+    idx = np.arange(300)
+    left, right = _hub_cycles(codes, idx, 2, seed=1)
+    degree = np.bincount(np.r_[left, right], minlength=300)
+    assert degree.min() >= 2
+    assert set(zip(left // 100, right // 100)) <= {(0, 0), (1, 1), (2, 2)}, "cycles stay inside their hub"
+
+
+def test_same_input_same_output_byte_for_byte(tmp_path: Path) -> None:
+    linkage.run(TINY, tmp_path / "one")
+    linkage.run(TINY, tmp_path / "two")
+    for name in ("rings.csv", "ring_members.csv", "ring_evidence.csv", "accounts.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_known_ring_found_and_look_alikes_not_flagged() -> None:
+    result = linkage.run(TINY)
+    labels = read_csv(TINY_LABELS)
+    flagged = result.rings.filter(pl.col("flagged"))
+    assert flagged.height == 1
+    members = set(result.members.filter(pl.col("ring_id") == flagged["ring_id"][0])["account_id"].to_list())
+    assert members == set(labels.filter(pl.col("label") == "campaign_ring")["account_id"].to_list())
+    ringed = set(result.members["account_id"].to_list())
+    assert not any(a.startswith("nat_") for a in ringed), "a carrier NAT pool must not become a ring"
+    org_rings = result.rings.filter(pl.col("org_explained") > 0.5)
+    assert not org_rings["flagged"].any()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
+def test_threshold_setting_controls_flagging(threshold: float) -> None:
+    result = linkage.run(TINY, settings=Settings.load(overrides={"score.flag_threshold": threshold}))
+    assert result.rings["flagged"].to_list() == (result.rings["score"] >= threshold).to_list()
+    assert result.rings["flagged"].any() == (threshold <= result.rings["score"].max())

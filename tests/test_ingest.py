@@ -1,0 +1,182 @@
+"""Every input form of the contract, and every kind of bad input."""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+import linkage
+from linkage.cli import main
+from linkage.errors import InputError
+
+from .conftest import TINY, read_csv
+
+
+def _rewrite(src: Path, dst_dir: Path, fmt: str, parts: int = 1) -> None:
+    """Write the tiny fixture's tables in another format (requests optionally partitioned)."""
+    for table in ("accounts", "payments", "requests"):
+        frame = read_csv(src / f"{table}.csv")
+        if table == "requests" and parts > 1:
+            chunks = [frame[i::parts] for i in range(parts)]
+            for i, chunk in enumerate(chunks):
+                _write(chunk, dst_dir / "requests" / f"date=2026-02-0{i + 1}" / "hour=00" / "part-0", fmt)
+        else:
+            _write(frame, dst_dir / table, fmt)
+
+
+def _write(frame: pl.DataFrame, stem: Path, fmt: str) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        frame.write_parquet(stem.with_suffix(".parquet"))
+    elif fmt == "csv":
+        frame.write_csv(stem.with_suffix(".csv"))
+    elif fmt == "csv.gz":
+        with gzip.open(stem.with_suffix(".csv.gz"), "wb") as fh:
+            fh.write(frame.write_csv().encode())
+    elif fmt == "jsonl":
+        frame.write_ndjson(stem.with_suffix(".jsonl"))
+    elif fmt == "jsonl.gz":
+        with gzip.open(stem.with_suffix(".jsonl.gz"), "wb") as fh:
+            fh.write(frame.write_ndjson().encode())
+
+
+def _ring_sets(result) -> set[frozenset[str]]:
+    return {frozenset(g["account_id"].to_list()) for _, g in result.members.group_by("ring_id")}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "jsonl", "jsonl.gz", "parquet"])
+@pytest.mark.parametrize("parts", [1, 3])
+def test_every_format_gives_the_same_rings(tmp_path: Path, fmt: str, parts: int) -> None:
+    reference = linkage.run(TINY)
+    _rewrite(TINY, tmp_path / "in", fmt, parts)
+    result = linkage.run(tmp_path / "in")
+    assert _ring_sets(result) == _ring_sets(reference)
+    counts = result.summary["tables"]["requests"]
+    assert counts["rows_read"] == read_csv(TINY / "requests.csv").height
+    assert counts["files"] == parts
+
+
+def test_extra_columns_are_not_an_error(tiny: Path) -> None:
+    frame = read_csv(tiny / "accounts.csv").with_columns(pl.lit("x").alias("favourite_colour"))
+    frame.write_csv(tiny / "accounts.csv")
+    result = linkage.run(tiny)
+    assert result.summary["tables"]["accounts"]["rows_quarantined"] == 0
+
+
+def test_missing_table_names_it(tiny: Path, tmp_path: Path) -> None:
+    (tiny / "payments.csv").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"payments.*required table 'payments' not found"):
+        linkage.run(tiny, out)
+    assert not out.exists(), "nothing may be written when the run fails"
+
+
+def test_missing_required_column_names_file_and_column(tiny: Path) -> None:
+    read_csv(tiny / "requests.csv").drop("ts").write_csv(tiny / "requests.csv")
+    with pytest.raises(InputError, match=r"requests\.csv: required column 'ts' missing"):
+        linkage.run(tiny)
+
+
+def test_cli_error_is_one_line_and_nonzero(tiny: Path, tmp_path: Path) -> None:
+    read_csv(tiny / "accounts.csv").drop("created_at").write_csv(tiny / "accounts.csv")
+    outcome = CliRunner().invoke(main, ["run", str(tiny), "--out", str(tmp_path / "out")])
+    assert outcome.exit_code == 2
+    assert "accounts.csv" in outcome.output and "created_at" in outcome.output
+    assert len(outcome.output.strip().splitlines()) == 1
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path: Path) -> None:
+    _rewrite(TINY, tmp_path / "in", "csv.gz")
+    data = (tmp_path / "in" / "requests.csv.gz").read_bytes()
+    (tmp_path / "in" / "requests.csv.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"requests\.csv\.gz: unreadable, truncated or corrupt"):
+        linkage.run(tmp_path / "in")
+
+
+BAD_REQUESTS = [
+    # (column, bad value, expected field, reason fragment)
+    ("ts", "not-a-time", "ts", "unparseable timestamp"),
+    ("ip", "999.1.1.1", "ip", "unparseable IP"),
+    ("account_id", "", "account_id", "empty account_id"),
+    ("account_id", "nobody", "account_id", "not in accounts table"),
+    ("output_tokens", "-5", "output_tokens", "negative output_tokens"),
+    ("input_tokens", "lots", "input_tokens", "unparseable integer"),
+    ("device_id", "x" * 300, "device_id", "longer than 256"),
+]
+
+
+@pytest.mark.parametrize("column,value,field,reason", BAD_REQUESTS)
+def test_bad_request_rows_are_quarantined_with_file_row_field(tiny: Path, tmp_path: Path, column: str, value: str,
+                                                               field: str, reason: str) -> None:
+    frame = read_csv(tiny / "requests.csv")
+    frame = frame.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(pl.lit(value)).otherwise(pl.col(column))
+                               .alias(column))
+    frame.write_csv(tiny / "requests.csv")
+    out = tmp_path / "out"
+    result = linkage.run(tiny, out)
+    quarantined = read_csv(out / "quarantine" / "requests.csv")
+    assert quarantined.height == 1
+    row = quarantined.row(0, named=True)
+    assert row["source_file"].endswith("requests.csv")
+    assert row["row"] == "5"  # the fifth data record
+    assert row["field"] == field
+    assert reason in row["reason"]
+    counts = result.summary["tables"]["requests"]
+    assert counts["rows_read"] == frame.height
+    assert counts["rows_used"] + counts["rows_quarantined"] == counts["rows_read"]
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["tables"]["requests"]["rows_quarantined"] == 1
+
+
+def test_duplicate_account_and_request_ids(tiny: Path, tmp_path: Path) -> None:
+    accounts = read_csv(tiny / "accounts.csv")
+    pl.concat([accounts, accounts.head(2)]).write_csv(tiny / "accounts.csv")
+    requests = read_csv(tiny / "requests.csv")
+    pl.concat([requests, requests.head(3)]).write_csv(tiny / "requests.csv")
+    out = tmp_path / "out"
+    result = linkage.run(tiny, out)
+    acc = result.summary["tables"]["accounts"]
+    req = result.summary["tables"]["requests"]
+    assert (acc["rows_read"], acc["rows_used"], acc["rows_quarantined"]) == (accounts.height + 2, accounts.height, 2)
+    assert (req["rows_read"], req["rows_used"], req["rows_quarantined"]) == (requests.height + 3, requests.height, 3)
+    reasons = read_csv(out / "quarantine" / "accounts.csv")["reason"].to_list()
+    assert all("duplicate account_id (first at" in r for r in reasons)
+    assert int(result.graph.nodes["Account"]["requests"].sum()) == requests.height
+
+
+def test_malformed_csv_record_keeps_exact_row_number(tiny: Path, tmp_path: Path) -> None:
+    lines = (tiny / "payments.csv").read_text().splitlines()
+    lines.insert(3, "broken,line")  # becomes data record 3
+    (tiny / "payments.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    linkage.run(tiny, out)
+    q = read_csv(out / "quarantine" / "payments.csv")
+    assert q["row"].to_list() == ["3"]
+    assert "malformed record" in q["reason"][0]
+
+
+def test_malformed_json_line_is_quarantined(tmp_path: Path) -> None:
+    _rewrite(TINY, tmp_path / "in", "jsonl")
+    path = tmp_path / "in" / "accounts.jsonl"
+    lines = path.read_text().splitlines()
+    lines.insert(1, '{"account_id": "half')
+    path.write_text("\n".join(lines) + "\n")
+    result = linkage.run(tmp_path / "in", tmp_path / "out")
+    q = read_csv(tmp_path / "out" / "quarantine" / "accounts.csv")
+    assert q["row"].to_list() == ["2"] and "malformed JSON" in q["reason"][0]
+    assert result.summary["tables"]["accounts"]["rows_quarantined"] == 1
+
+
+def test_timestamp_forms(tiny: Path) -> None:
+    frame = read_csv(tiny / "accounts.csv")
+    forms = ["2026-02-01T00:00:00Z", "2026-02-01 00:00:00", "2026-02-01T02:00:00+02:00", "1769904000"]
+    frame = frame.with_columns(pl.Series("created_at", [forms[i % 4] for i in range(frame.height)]))
+    frame.write_csv(tiny / "accounts.csv")
+    result = linkage.run(tiny)
+    created = result.graph.nodes["Account"]["created_at"].dt.epoch("s").unique().to_list()
+    assert created == [1769904000]

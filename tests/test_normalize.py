@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import polars as pl
+
+from linkage.normalize import canonical_emails, parse_ips, parse_timestamps
+
+
+def test_ip_subnets_v4_and_v6() -> None:
+    parsed = parse_ips(pl.Series(["10.1.2.3", " 10.1.2.99", "2001:DB8:0:0:1::1", "::ffff:10.1.2.3", "1.2.3", "zz"]))
+    assert parsed["ip"].to_list() == ["10.1.2.3", "10.1.2.99", "2001:db8::1:0:0:1", "10.1.2.3", None, None]
+    assert parsed["subnet"].to_list() == ["10.1.2.0/24", "10.1.2.0/24", "2001:db8::/64", "10.1.2.0/24", None, None]
+
+
+def test_email_canonical_form() -> None:
+    frame = pl.DataFrame({"e": ["J.Doe+promo@GoogleMail.com", "jdoe@gmail.com", "a.b+x@corp.io", "4f2a9c"]})
+    canonical, domain = canonical_emails(pl.col("e"))
+    out = frame.select(canonical.alias("c"), domain.alias("d"))
+    assert out["c"].to_list() == ["jdoe@gmail.com", "jdoe@gmail.com", "a.b@corp.io", "4f2a9c"]
+    assert out["d"].to_list() == ["gmail.com", "gmail.com", "corp.io", None]
+
+
+def test_timestamps_offsets_epochs_and_garbage() -> None:
+    values = pl.Series(["2026-02-23T10:00:00Z", "2026-02-23T12:00:00+02:00", "2026-02-23 10:00", "1771840800",
+                        "yesterday", None])
+    parsed = parse_timestamps(values).dt.epoch("s").to_list()
+    assert parsed[:4] == [1771840800] * 4
+    assert parsed[4:] == [None, None]

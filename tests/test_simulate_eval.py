@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from click.testing import CliRunner
+
+from linkage.cli import main
+from linkage.evaluate import adjusted_rand_index, average_precision
+
+
+def test_average_precision_and_ari() -> None:
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([True, True, False])) == 1.0
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([False, True, True])) < 0.6
+    assert adjusted_rand_index(np.array([1, 1, 2, 2]), np.array(["a", "a", "b", "b"])) == 1.0
+    assert adjusted_rand_index(np.array([1, 2, 1, 2]), np.array(["a", "a", "b", "b"])) < 0.01
+
+
+def test_simulate_run_eval_end_to_end(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for seed in (5, 5):
+        out = tmp_path / f"sim{seed}"
+        assert runner.invoke(main, ["simulate", "--out", str(out), "--scale", "0.005", "--seed", str(seed)]).exit_code == 0
+    outcome = runner.invoke(main, ["run", str(tmp_path / "sim5" / "input"), "--out", str(tmp_path / "run")])
+    assert outcome.exit_code == 0, outcome.output
+    report = runner.invoke(main, ["eval", "--labels", str(tmp_path / "sim5" / "labels.parquet"), str(tmp_path / "run")])
+    assert report.exit_code == 0 and "average_precision" in report.output
+    evaluation = pl.read_json(tmp_path / "run" / "eval.json")
+    assert evaluation["f1"][0] > 0.8
+    base = runner.invoke(main, ["baseline", str(tmp_path / "sim5" / "input"), "--out", str(tmp_path / "base")])
+    assert base.exit_code == 0, base.output
+    assert (tmp_path / "base" / "rings.csv").exists()
+
+
+def test_simulation_is_deterministic(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for name in ("a", "b"):
+        runner.invoke(main, ["simulate", "--out", str(tmp_path / name), "--scale", "0.003", "--seed", "9",
+                             "--format", "csv"])
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.csv"))
+    assert files
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel

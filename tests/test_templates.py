@@ -1,0 +1,70 @@
+"""Requests filled into one scaffold share a template; unrelated prompts do not."""
+from __future__ import annotations
+
+import random
+
+import polars as pl
+
+from linkage.settings import TemplateSettings
+from linkage.templates import TemplateMiner
+
+WORDS = "apple river stone cloud market garden engine signal forest budget ladder window planet violin".split()
+
+
+def _filler(rng: random.Random, n: int = 7) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _templates_of(prompts: list[str]) -> list[str | None]:
+    settings = TemplateSettings(max_prompts_per_account=10_000)
+    miner = TemplateMiner(settings)
+    accounts = pl.Series([f"a{i}" for i in range(len(prompts))])
+    per_request = miner.add_batch(accounts, pl.Series(prompts))
+    counts = per_request.filter(pl.col("prompt_key").is_not_null()).group_by("prompt_key").len("requests")
+    result = miner.finish(counts)
+    return per_request.join(result.assignments, on="prompt_key", how="left", maintain_order="left")["template_id"].to_list()
+
+
+def test_same_scaffold_different_fillers_share_a_template() -> None:
+    rng = random.Random(1)
+    cot = [f"Here is a problem and its final answer. Write the full step-by-step reasoning.\nProblem: "
+           f"{_filler(rng)}?\nAnswer: {rng.randint(1, 9999)}" for _ in range(20)]
+    agent = [f"You are a coding agent in repo {_filler(rng, 2)}-{rng.randint(1, 99)}. Task: {_filler(rng)}.\n"
+             f"Emit each tool call as JSON." for _ in range(20)]
+    free = [f"{_filler(rng, 9)} {_filler(rng, 5)}" for _ in range(20)]
+    ids = _templates_of(cot + agent + free)
+    assert len(set(ids[:20])) == 1 and ids[0] is not None
+    assert len(set(ids[20:40])) == 1 and ids[20] is not None
+    assert ids[0] != ids[20], "different tasks must not share a template"
+    assert all(t is None for t in ids[40:]), "free-form prompts have no template"
+
+
+def test_scaffold_behind_a_popular_system_prompt_is_its_own_template() -> None:
+    rng = random.Random(2)
+    popular = [f"You are a helpful assistant.\n{_filler(rng, 9)}?" for _ in range(20)]
+    wrapped = [f"You are a helpful assistant.\nReconstruct the full chain of thought.\nQuestion: {_filler(rng)}?"
+               for _ in range(20)]
+    ids = _templates_of(popular + wrapped)
+    assert len(set(ids[:20])) == 1 and len(set(ids[20:])) == 1
+    assert ids[0] != ids[20]
+
+
+def test_masked_slots_numbers_ids_urls_quotes() -> None:
+    prompts = [f'Fetch https://api.example.com/v1/items/{i} for user_{1000 + i} and reply "{WORDS[i % 7]}" '
+               f"with id {i:08x}-{i:04d}." for i in range(12)]
+    ids = _templates_of(prompts)
+    assert len(set(ids)) == 1 and ids[0] is not None
+
+
+def test_near_duplicate_scaffolds_merge() -> None:
+    rng = random.Random(3)
+    a = [f"Write out the complete step by step reasoning that leads to the answer, as a careful expert would.\n"
+         f"Problem: {_filler(rng)}?" for _ in range(10)]
+    b = [f"Write out the complete step by step reasoning that leads to the answer, as a careful expert would do.\n"
+         f"Problem: {_filler(rng)}?" for _ in range(10)]
+    miner = TemplateMiner(TemplateSettings(max_prompts_per_account=10_000, near_duplicate_jaccard=0.6))
+    per_request = miner.add_batch(pl.Series([f"a{i}" for i in range(20)]), pl.Series(a + b))
+    counts = per_request.group_by("prompt_key").len("requests")
+    ids = per_request.join(miner.finish(counts).assignments, on="prompt_key", how="left",
+                           maintain_order="left")["template_id"].to_list()
+    assert len(set(ids)) == 1
