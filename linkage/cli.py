@@ -121,5 +121,87 @@ def baseline(input_dir: str, out_dir: str, verbose: int) -> None:
     run_baseline(Path(input_dir), Path(out_dir))
 
 
+@main.command()
+@click.option("--neo4j", "use_neo4j", is_flag=True, required=True, help="read the accumulated graph from Neo4j")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@common_config
+@click.option("--threshold", type=float)
+@click.option("--no-write-back", is_flag=True, help="do not replace the rings stored in Neo4j")
+@verbosity
+def detect(use_neo4j: bool, out_dir: str, config: str | None, threshold: float | None, no_write_back: bool,
+           verbose: int) -> None:
+    """Detect rings over the whole graph stored in Neo4j (not only the files of one run)."""
+    _setup_logging(verbose)
+    from .pipeline import detect_from_store
+    settings = _settings(config, {"score.flag_threshold": threshold})
+    store = _neo4j_store(settings)
+    try:
+        result = detect_from_store(store, Path(out_dir), settings, write_back=not no_write_back)
+    finally:
+        store.close()
+    rings = result.summary["rings"]
+    click.echo(f"{rings['total']} rings, {rings['flagged']} flagged → {out_dir}", err=True)
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise click.BadParameter(f"'{text}': expected name=value")
+    name, raw = text.split("=", 1)
+    for cast in (int, float):
+        try:
+            return name, cast(raw)
+        except ValueError:
+            pass
+    if raw.lower() in ("true", "false"):
+        return name, raw.lower() == "true"
+    return name, raw
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--list", "list_queries", is_flag=True, help="list the named queries")
+@click.option("--param", "params", multiple=True, help="name=value (numbers and true/false are typed)")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@common_config
+def query(name: str | None, list_queries: bool, params: tuple[str, ...], fmt: str, config: str | None) -> None:
+    """Run one of the investigators' named queries (cypher/queries) in a READ transaction."""
+    from .cypher import queries, query as named_query
+    if list_queries or not name:
+        for q in queries().values():
+            click.echo(f"{q.name:<30} {q.purpose}\n{'':<30} params: {', '.join(q.parameters) or '-'}\n"
+                       f"{'':<30} e.g. {q.example}")
+        return
+    chosen = named_query(name)
+    values = dict(_parse_param(p) for p in params)
+    missing = [p for p in chosen.parameters if p not in values]
+    if missing:
+        raise ConfigError(f"query '{name}' needs --param {missing[0]}=… (parameters: {', '.join(chosen.parameters)})")
+    store = _neo4j_store(_settings(config, {}))
+    try:
+        keys, rows = store.run_read_query(chosen.text, values)
+    finally:
+        store.close()
+    click.echo(_format_rows(keys, rows, fmt))
+
+
+def _format_rows(keys: list[str], rows: list[list[Any]], fmt: str) -> str:
+    import csv
+    import io
+    plain = [[v.iso_format() if hasattr(v, "iso_format") else v for v in row] for row in rows]
+    if fmt == "json":
+        return json.dumps([dict(zip(keys, row)) for row in plain], default=str, indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(keys)
+        writer.writerows(plain)
+        return buffer.getvalue().rstrip("\n")
+    cells = [keys] + [["" if v is None else str(v)[:60] for v in row] for row in plain]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(keys))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + [f"({len(rows)} rows)"])
+
+
 if __name__ == "__main__":
     main()

@@ -211,6 +211,26 @@ def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Sett
     return result
 
 
+def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, write_back: bool = True) -> RunResult:
+    """Detection over the whole graph accumulated in a store (Neo4j), not only one run's files."""
+    started = time.time()
+    clock = StageClock()
+    with clock.stage("read_store"):
+        graph = store.read_graph()
+    detection, rings, members, evidence = analyse(graph, settings, clock)
+    result = RunResult(rings, members, evidence, account_scores(graph, members), graph, detection)
+    if write_back:
+        with clock.stage("store"):
+            store.write_rings(rings, members, run_id=_run_id(started))
+    result.summary = summarise("neo4j", settings, Quarantine(), clock, graph, rings, started)
+    if out_dir is not None:
+        with clock.stage("export"):
+            export(Path(out_dir), result, Quarantine())
+        result.summary["timings_s"] = dict(clock.timings)
+        write_json(result.summary, Path(out_dir) / "run.json")
+    return result
+
+
 def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> None:
     write_quarantine(out_dir, {t: quarantine.rows(t) for t in quarantine.counts})
     write_rings(out_dir, result.rings, result.members, result.evidence, result.account_scores)

@@ -1,0 +1,42 @@
+# linkage — the two set-up commands of README.md are `make demo` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHON := $(CURDIR)/$(PY)
+
+.PHONY: install demo test test-fast neo4j-start neo4j-stop quality scale clean
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install  ## the main job on the embedded default, on the fixture with known rings
+	$(VENV)/bin/linkage run fixtures/tiny --out out/tiny
+	$(VENV)/bin/linkage eval --labels fixtures/tiny_labels.csv out/tiny
+
+test: install  ## everything, the Neo4j-marked tests against a real server included
+	./scripts/neo4j.sh start
+	set -a; . ./.neo4j/env; set +a; status=0; \
+	  LINKAGE_REQUIRE_NEO4J=1 $(PY) -m pytest -q || status=$$?; \
+	  ./scripts/neo4j.sh stop; exit $$status
+
+test-fast: install  ## unit tests only, no server
+	$(PY) -m pytest -q -m "not neo4j"
+
+neo4j-start: install
+	./scripts/neo4j.sh start
+
+neo4j-stop:
+	./scripts/neo4j.sh stop
+
+quality: install
+	$(PY) bench/quality.py
+
+scale: install
+	$(PY) bench/scale.py
+
+clean:
+	rm -rf out build dist *.egg-info .pytest_cache

@@ -1,0 +1,7 @@
+// Purpose: the current flagged rings, highest score first, with their size and evidence.
+// Parameters: $limit (integer)
+// Example: linkage query flagged_rings --param limit=20
+MATCH (r:Ring {flagged: true})
+RETURN r.ring_id AS ring_id, r.score AS score, r.size AS size, r.evidence AS evidence, r.run_id AS run_id
+ORDER BY score DESC, ring_id
+LIMIT $limit

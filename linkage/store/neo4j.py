@@ -1,0 +1,188 @@
+"""The Neo4j store: schema, idempotent batched loads, atomic ring write-back, reads for detection.
+
+Every statement comes from ``cypher/*.cypher`` and takes its data as parameters. Writes go
+through managed transactions (``execute_write``), which retry transient errors such as
+deadlocks between two concurrent loads; each unit of work is an idempotent MERGE batch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import polars as pl
+from neo4j import Driver, GraphDatabase, RoutingControl, unit_of_work
+from neo4j.exceptions import AuthError, ClientError, ServiceUnavailable
+
+from ..cypher import schema_statements, statements
+from ..errors import StoreError
+from ..graph import NODE_SPECS, REL_SPECS, Graph
+from ..settings import Neo4jSettings
+
+log = logging.getLogger(__name__)
+_TIME_COLUMNS = ("created_at", "first_seen", "last_seen", "added_at")
+
+
+def settings_from_env(base: Neo4jSettings | None = None) -> Neo4jSettings:
+    """NEO4J_URI / NEO4J_USERNAME / NEO4J_PASSWORD / NEO4J_DATABASE override the settings file."""
+    base = base or Neo4jSettings()
+    env = {"uri": "NEO4J_URI", "username": "NEO4J_USERNAME", "password": "NEO4J_PASSWORD", "database": "NEO4J_DATABASE"}
+    values = {key: os.environ[var] for key, var in env.items() if os.environ.get(var)}
+    return base.model_copy(update=values)
+
+
+@dataclass
+class LoadStats:
+    nodes: int = 0
+    relationships: int = 0
+    seconds: float = 0.0
+    per_type: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def relationships_per_second(self) -> float:
+        return self.relationships / self.seconds if self.seconds else 0.0
+
+
+class Neo4jStore:
+    def __init__(self, driver: Driver, settings: Neo4jSettings) -> None:
+        self.driver = driver
+        self.settings = settings
+        self.last_load = LoadStats()
+
+    @classmethod
+    def from_settings(cls, settings: Neo4jSettings | None = None) -> "Neo4jStore":
+        settings = settings_from_env(settings)
+        try:
+            driver = GraphDatabase.driver(settings.uri, auth=(settings.username, settings.password),
+                                          max_connection_lifetime=1800, liveness_check_timeout=60,
+                                          notifications_min_severity="OFF")
+            driver.verify_connectivity()
+        except AuthError as exc:
+            raise StoreError(f"neo4j at {settings.uri}: authentication failed for user '{settings.username}'") from exc
+        except (ServiceUnavailable, OSError, ValueError) as exc:
+            raise StoreError(f"neo4j at {settings.uri}: unreachable ({type(exc).__name__})") from exc
+        store = cls(driver, settings)
+        store.apply_schema()
+        return store
+
+    def close(self) -> None:
+        self.driver.close()
+
+    # ------------------------------------------------------------ writes
+    def apply_schema(self) -> None:
+        for statement in schema_statements():
+            self.driver.execute_query(statement, database_=self.settings.database)
+
+    def _write_batches(self, statement: str, rows: list[dict[str, Any]]) -> None:
+        size = self.settings.batch_size
+        with self.driver.session(database=self.settings.database) as session:
+            for start in range(0, len(rows), size):
+                batch = rows[start:start + size]
+                session.execute_write(lambda tx, b=batch: tx.run(statement, rows=b).consume())
+
+    def write_graph(self, graph: Graph) -> LoadStats:
+        """Nodes first, then relationships (sorted, so concurrent loads lock hubs in one order)."""
+        load = statements("load.cypher")
+        stats = LoadStats()
+        start = time.perf_counter()
+        for spec in NODE_SPECS:
+            frame = graph.nodes.get(spec.label)
+            if frame is None or frame.height == 0:
+                continue
+            rows = _records(frame.filter(pl.col(spec.key).is_not_null()).unique(spec.key, keep="first").sort(spec.key))
+            self._write_batches(load[f"node_{spec.label}"], rows)
+            stats.nodes += len(rows)
+        for rel in REL_SPECS:
+            frame = graph.rels.get(rel.type)
+            if frame is None or frame.height == 0:
+                continue
+            began = time.perf_counter()
+            rows = _records(frame.select("src", "dst", "count", "first_seen", "last_seen").sort("src", "dst"))
+            self._write_batches(load[f"rel_{rel.type}"], rows)
+            stats.relationships += len(rows)
+            stats.per_type[rel.type] = round(time.perf_counter() - began, 3)
+        stats.seconds = time.perf_counter() - start
+        self.last_load = stats
+        log.info("neo4j load: %d nodes, %d relationships in %.1fs (%.0f rel/s)", stats.nodes, stats.relationships,
+                 stats.seconds, stats.relationships_per_second)
+        return stats
+
+    def write_rings(self, rings: pl.DataFrame, members: pl.DataFrame, run_id: str, run_props: dict | None = None) -> None:
+        """Replace the rings in one transaction: readers see the old set or the new one, never a mix."""
+        ring_rows = _records(rings.with_columns(pl.lit(run_id).alias("run_id")))
+        member_rows = _records(members.select("ring_id", "account_id", "account_score", "attachment"))
+        props = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rings": rings.height,
+                 "flagged": int(rings["flagged"].sum()) if rings.height else 0} | (run_props or {})
+        sql = statements("rings.cypher")
+
+        def replace(tx) -> None:
+            tx.run(sql["delete_rings"]).consume()
+            for start in range(0, max(len(ring_rows), 1), 5000):
+                tx.run(sql["create_rings"], rings=ring_rows[start:start + 5000]).consume()
+            for start in range(0, len(member_rows), 10000):
+                tx.run(sql["create_members"], members=member_rows[start:start + 10000]).consume()
+            tx.run(sql["record_run"], run_id=run_id, props=_plain(props)).consume()
+
+        with self.driver.session(database=self.settings.database) as session:
+            session.execute_write(replace)
+
+    # ------------------------------------------------------------ reads
+    def read_graph(self) -> Graph:
+        reads = statements("read.cypher")
+        graph = Graph()
+        for spec in NODE_SPECS:
+            graph.nodes[spec.label] = _frame(self._read(reads[f"read_{spec.label}"]), spec.key)
+        for rel in REL_SPECS:
+            graph.rels[rel.type] = _frame(self._read(reads[f"read_{rel.type}"]), None,
+                                          ["src", "dst", "count", "first_seen", "last_seen"])
+        graph.nodes["Account"] = graph.nodes["Account"].sort("account_id")
+        return graph
+
+    def _read(self, statement: str, **params: Any) -> list[dict[str, Any]]:
+        records, _, _ = self.driver.execute_query(statement, params, database_=self.settings.database,
+                                                  routing_=RoutingControl.READ)
+        return [r["row"] for r in records]
+
+    def run_read_query(self, text: str, params: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+        """An investigator's query in a READ transaction: the server itself refuses any write."""
+        @unit_of_work(timeout=300)
+        def work(tx):
+            result = tx.run(text, params)
+            return result.keys(), [list(r.values()) for r in result]
+
+        try:
+            with self.driver.session(database=self.settings.database, default_access_mode="READ") as session:
+                keys, rows = session.execute_read(work)
+        except ClientError as exc:
+            raise StoreError(f"neo4j refused the query: {exc.message}") from exc
+        return list(keys), rows
+
+    def counts(self) -> dict[str, int]:
+        records, _, _ = self.driver.execute_query(statements("rings.cypher")["graph_counts"],
+                                                  database_=self.settings.database, routing_=RoutingControl.READ)
+        return dict(records[0])
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if isinstance(v, (str, int, float, bool)) or v is None}
+
+
+def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows as driver parameters: datetimes stay datetimes (Neo4j DATETIME), nested lists stay lists."""
+    return frame.to_dicts()
+
+
+def _frame(rows: Iterable[dict[str, Any]], key: str | None, columns: list[str] | None = None) -> pl.DataFrame:
+    rows = list(rows)
+    if not rows:
+        return pl.DataFrame(schema={c: pl.Utf8 for c in (columns or [key or "id"])})
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    times = [c for c in _TIME_COLUMNS if c in frame.columns]
+    frame = frame.with_columns([pl.col(c).cast(pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
+                                for c in times])
+    if columns:
+        frame = frame.select(columns)
+    return frame.sort(key) if key else frame.sort("src", "dst")

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A real Neo4j Community 5.26 server, assembled from Maven Central (no Docker, no other download
+# host), run on loopback with a generated password and its store under .neo4j/ (git-ignored).
+#   scripts/neo4j.sh start | stop | status
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HOME_DIR="$PWD/.neo4j"
+LIB="$HOME_DIR/lib"
+PORT="${LINKAGE_NEO4J_PORT:-17687}"
+PYTHON="${PYTHON:-.venv/bin/python}"
+
+fetch() {
+  if [ -f "$LIB/.complete" ]; then return; fi
+  mkdir -p "$LIB"
+  echo "neo4j: resolving the server's jars from Maven Central (once)…" >&2
+  mvn -q -B -Dstyle.color=never -f neo4j/pom.xml dependency:copy-dependencies -DoutputDirectory="$LIB" -DincludeScope=runtime
+  touch "$LIB/.complete"
+}
+
+configure() {
+  mkdir -p "$HOME_DIR/conf" "$HOME_DIR/data" "$HOME_DIR/logs" "$HOME_DIR/run"
+  cat > "$HOME_DIR/conf/neo4j.conf" <<CONF
+server.default_listen_address=127.0.0.1
+server.bolt.listen_address=127.0.0.1:$PORT
+server.bolt.advertised_address=127.0.0.1:$PORT
+server.http.enabled=false
+server.https.enabled=false
+server.directories.data=$HOME_DIR/data
+server.directories.logs=$HOME_DIR/logs
+server.directories.run=$HOME_DIR/run
+server.memory.heap.initial_size=1g
+server.memory.heap.max_size=2g
+server.memory.pagecache.size=1g
+dbms.usage_report.enabled=false
+dbms.security.auth_enabled=true
+db.transaction.timeout=10m
+CONF
+}
+
+running() {
+  [ -f "$HOME_DIR/neo4j.pid" ] && kill -0 "$(cat "$HOME_DIR/neo4j.pid")" 2>/dev/null
+}
+
+start() {
+  if running; then echo "neo4j: already running (pid $(cat "$HOME_DIR/neo4j.pid"))" >&2; return; fi
+  fetch
+  configure
+  nohup java -Xms1g -Xmx2g -XX:+UseG1GC \
+    --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED \
+    --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED \
+    --enable-native-access=ALL-UNNAMED -Dio.netty.tryReflectionSetAccessible=true \
+    -cp "$LIB/*" org.neo4j.server.CommunityEntryPoint \
+    --home-dir="$HOME_DIR" --config-dir="$HOME_DIR/conf" > "$HOME_DIR/logs/console.log" 2>&1 &
+  echo $! > "$HOME_DIR/neo4j.pid"
+  # the first start has the default password; a generated one is set and kept in .neo4j/env
+  if [ ! -f "$HOME_DIR/password" ]; then
+    "$PYTHON" -c "import secrets; print(secrets.token_urlsafe(18))" > "$HOME_DIR/password"
+    chmod 600 "$HOME_DIR/password"
+  fi
+  "$PYTHON" scripts/neo4j_ready.py "bolt://127.0.0.1:$PORT" "$HOME_DIR/password" || {
+    echo "neo4j: did not come up; see $HOME_DIR/logs/neo4j.log" >&2; tail -20 "$HOME_DIR/logs/neo4j.log" >&2 || true; exit 1; }
+  umask 077
+  cat > "$HOME_DIR/env" <<ENV
+NEO4J_URI=bolt://127.0.0.1:$PORT
+NEO4J_USERNAME=neo4j
+NEO4J_PASSWORD=$(cat "$HOME_DIR/password")
+NEO4J_DATABASE=neo4j
+ENV
+  echo "neo4j: up on bolt://127.0.0.1:$PORT (settings in .neo4j/env)" >&2
+}
+
+stop() {
+  if ! running; then echo "neo4j: not running" >&2; rm -f "$HOME_DIR/neo4j.pid"; return; fi
+  pid=$(cat "$HOME_DIR/neo4j.pid")
+  kill -TERM "$pid"
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" || true
+  rm -f "$HOME_DIR/neo4j.pid"
+  echo "neo4j: stopped" >&2
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) if running; then echo "running"; else echo "stopped"; exit 1; fi ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
