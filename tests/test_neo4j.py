@@ -1,0 +1,158 @@
+"""Against the real Neo4j server started by `make neo4j-start` (CI: `make test`). Never a mock."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+import linkage
+from linkage.cli import main
+from linkage.cypher import queries
+from linkage.errors import StoreError
+from linkage.pipeline import detect_from_store
+from linkage.settings import Settings
+
+from .conftest import TINY
+
+pytestmark = pytest.mark.neo4j
+
+
+def _connect():
+    from linkage.store.neo4j import Neo4jStore
+    if not os.environ.get("NEO4J_URI"):
+        if os.environ.get("LINKAGE_REQUIRE_NEO4J"):
+            pytest.fail("NEO4J_URI is not set but the Neo4j tests are required (CI)")
+        pytest.skip("no Neo4j server: run `make neo4j-start` and source .neo4j/env")
+    return Neo4jStore.from_settings(Settings().neo4j)
+
+
+@pytest.fixture
+def store():
+    store = _connect()
+    with store.driver.session() as session:  # CALL … IN TRANSACTIONS needs an auto-commit transaction
+        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    return linkage.run(TINY)
+
+
+def _snapshot(store) -> tuple[dict, list]:
+    counts = store.counts()
+    props, _, _ = store.driver.execute_query(
+        "MATCH (a:Account) OPTIONAL MATCH (a)-[r]->(x) WHERE NOT x:Ring "
+        "RETURN a.account_id AS a, a.requests AS n, type(r) AS t, r.count AS c ORDER BY a, t, c")
+    return counts, [tuple(r.values()) for r in props]
+
+
+def test_schema_is_idempotent(store) -> None:
+    store.apply_schema()
+    store.apply_schema()
+    constraints, _, _ = store.driver.execute_query("SHOW CONSTRAINTS YIELD name RETURN count(*) AS n")
+    assert constraints[0]["n"] == 12
+
+
+def test_reload_leaves_the_graph_identical(store, tiny_result) -> None:
+    store.write_graph(tiny_result.graph)
+    first = _snapshot(store)
+    store.write_graph(tiny_result.graph)
+    assert _snapshot(store) == first
+    assert first[0]["nodes"] == sum(f.height for f in tiny_result.graph.nodes.values())
+
+
+def test_parallel_loads_neither_deadlock_nor_duplicate(store, tiny_result) -> None:
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            other = _connect()
+            other.write_graph(tiny_result.graph)
+            other.close()
+        except BaseException as exc:  # noqa: BLE001 — reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    counts = store.counts()
+    assert counts["nodes"] == sum(f.height for f in tiny_result.graph.nodes.values())
+    assert counts["relationships"] == sum(f.height for f in tiny_result.graph.rels.values())
+
+
+def test_detection_from_the_store_equals_the_embedded_run(store, tiny_result, tmp_path: Path) -> None:
+    store.write_graph(tiny_result.graph)
+    from_store = detect_from_store(store, tmp_path / "out", Settings())
+    assert from_store.rings.drop("evidence").equals(tiny_result.rings.drop("evidence"))
+    assert from_store.members.equals(tiny_result.members)
+    assert (tmp_path / "out" / "rings.csv").exists()
+
+
+def test_ring_write_back_replaces_previous_rings(store, tiny_result) -> None:
+    store.write_graph(tiny_result.graph)
+    store.write_rings(tiny_result.rings, tiny_result.members, run_id="r1")
+    store.write_rings(tiny_result.rings.head(1), tiny_result.members.filter(
+        pl.col("ring_id") == tiny_result.rings["ring_id"][0]), run_id="r2")
+    rings, _, _ = store.driver.execute_query("MATCH (r:Ring) RETURN collect(DISTINCT r.run_id) AS runs, count(r) AS n")
+    assert rings[0]["runs"] == ["r2"] and rings[0]["n"] == 1
+
+
+def _cli(*args: str) -> str:
+    outcome = CliRunner().invoke(main, list(args))
+    assert outcome.exit_code == 0, outcome.output
+    return outcome.output
+
+
+def test_every_named_query_on_known_answers(store, tiny_result) -> None:
+    store.write_graph(tiny_result.graph)
+    store.write_rings(tiny_result.rings, tiny_result.members, run_id="r1")
+    ring = tiny_result.rings.filter(pl.col("flagged"))["ring_id"][0]
+    members = pl.read_json(_cli("query", "ring_members", "--param", f"ring_id={ring}", "--format", "json").encode())
+    assert sorted(members["account_id"].to_list()) == [f"ring_{i:02d}" for i in range(12)]
+    why = pl.read_json(_cli("query", "why_linked", "--param", "a=ring_00", "--param", "b=ring_03",
+                            "--format", "json").encode())
+    assert {"card_ring_0", "fp:ring-client"} <= set(why["entity"].to_list())
+    near = pl.read_json(_cli("query", "neighbourhood", "--param", "account_id=family_0", "--param", "depth=1",
+                             "--param", "max_shared=50", "--param", "limit=50", "--format", "json").encode())
+    assert sorted(near["account_id"].to_list()) == ["family_1", "family_2"]
+    tied = pl.read_json(_cli("query", "accounts_by_entity", "--param", "value=card_acme", "--format", "json").encode())
+    assert sorted(tied["account_id"].to_list()) == [f"org_{i:02d}" for i in range(10)]
+    templates = pl.read_json(_cli("query", "ring_templates", "--param", f"ring_id={ring}", "--param", "limit=3",
+                                  "--format", "json").encode())
+    assert templates["members"][0] == 12 and "step-by-step" in templates["scaffold"][0]
+    flagged = pl.read_json(_cli("query", "flagged_rings", "--param", "limit=5", "--format", "json").encode())
+    assert flagged["ring_id"].to_list() == [ring]
+    sharing = _cli("query", "rings_sharing_infrastructure", "--param", "min_shared=1", "--param", "limit=5")
+    assert "(0 rows)" in sharing  # the tiny rings share nothing
+    assert "ring_id" in _cli("query", "rings_new_or_grown", "--param", "min_growth=0")
+    assert set(queries()) >= {"ring_members", "why_linked", "neighbourhood", "accounts_by_entity", "ring_templates",
+                              "rings_sharing_infrastructure", "rings_new_or_grown"}
+
+
+def test_investigator_queries_cannot_write(store) -> None:
+    with pytest.raises(StoreError, match="(?i)write"):
+        store.run_read_query("CREATE (:Account {account_id: 'evil'})", {})
+    found, _, _ = store.driver.execute_query("MATCH (a:Account {account_id: 'evil'}) RETURN count(a) AS n")
+    assert found[0]["n"] == 0
+
+
+def test_injection_in_ids_and_parameters_is_inert(store, tiny_result) -> None:
+    graph = tiny_result.graph
+    evil = "x'}) DETACH DELETE n //"
+    graph.nodes["Account"] = pl.concat([graph.nodes["Account"], graph.nodes["Account"].head(1).with_columns(
+        pl.lit(evil).alias("account_id"))])
+    store.write_graph(graph)
+    keys, rows = store.run_read_query("MATCH (a:Account {account_id: $id}) RETURN a.account_id", {"id": evil})
+    assert rows == [[evil]]
+    output = _cli("query", "why_linked", "--param", f"a={evil}", "--param", "b=' OR 1=1 MATCH (n) DETACH DELETE n //")
+    assert "(0 rows)" in output
+    assert store.counts()["nodes"] == sum(f.height for f in graph.nodes.values())
