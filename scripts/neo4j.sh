@@ -43,6 +43,9 @@ running() {
 
 start() {
   if running; then echo "neo4j: already running (pid $(cat "$HOME_DIR/neo4j.pid"))" >&2; return; fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    echo "neo4j: port $PORT is taken by another process; set LINKAGE_NEO4J_PORT" >&2; exit 1
+  fi
   fetch
   configure
   nohup java -Xms1g -Xmx2g -XX:+UseG1GC \
