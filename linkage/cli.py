@@ -143,6 +143,35 @@ def detect(use_neo4j: bool, out_dir: str, config: str | None, threshold: float |
     click.echo(f"{rings['total']} rings, {rings['flagged']} flagged → {out_dir}", err=True)
 
 
+@main.command()
+@click.argument("input_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--neo4j", "use_neo4j", is_flag=True, help="also keep the graph and rings in Neo4j")
+@click.option("--full", is_flag=True, help="forget what was ingested and rebuild from scratch")
+@common_config
+@verbosity
+def rebuild(input_dir: str, out_dir: str, use_neo4j: bool, full: bool, config: str | None, verbose: int) -> None:
+    """Nightly rebuild for cron: ingest new or changed files only, recompute rings over everything.
+
+    Prints one JSON line on stdout. Exit codes: 0 done, 1 internal error, 2 bad input or
+    settings, 3 Neo4j unreachable or refusing, 75 another rebuild holds the lock (retry later)."""
+    _setup_logging(verbose)
+    from .rebuild import rebuild as run_rebuild, summary_line
+    reasons = {75: "lock_held", 3: "store_error", 2: "input_or_config_error"}
+    store = None
+    try:
+        settings = _settings(config, {})
+        store = _neo4j_store(settings) if use_neo4j else None
+        summary = run_rebuild(input_dir, out_dir, settings, store=store, full=full)
+    except LinkageError as exc:
+        click.echo(json.dumps({"exit_reason": reasons.get(exc.exit_code, "error"), "error": str(exc)}))
+        raise
+    finally:
+        if store is not None:
+            store.close()
+    click.echo(summary_line(summary))
+
+
 def _parse_param(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise click.BadParameter(f"'{text}': expected name=value")

@@ -58,10 +58,15 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- stages
-def ingest_accounts(input_dir: Path, settings: Settings, quarantine: Quarantine,
-                    files: list[Path] | None = None) -> pl.DataFrame:
-    frames = [batch for _, batch in read_table(input_dir, ACCOUNTS, settings.ingest, quarantine, files)]
-    accounts = pl.concat(frames, how="diagonal_relaxed") if frames else _empty(ACCOUNTS)
+def read_rows(input_dir: Path, spec, settings: Settings, quarantine: Quarantine,
+              files: list[Path] | None = None) -> pl.DataFrame:
+    """All valid rows of a (small) table, in file and row order."""
+    frames = [batch for _, batch in read_table(input_dir, spec, settings.ingest, quarantine, files)]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else _empty(spec)
+
+
+def prepare_accounts(accounts: pl.DataFrame, quarantine: Quarantine) -> pl.DataFrame:
+    """Quarantine repeated account_ids (the first occurrence counts) and normalise."""
     first = accounts.with_columns(pl.col("account_id").is_first_distinct().alias("_first"))
     duplicates = first.filter(~pl.col("_first"))
     if duplicates.height:
@@ -72,12 +77,8 @@ def ingest_accounts(input_dir: Path, settings: Settings, quarantine: Quarantine,
     return normalize_accounts(first.filter(pl.col("_first")).drop("_first"))
 
 
-def ingest_payments(input_dir: Path, settings: Settings, quarantine: Quarantine, known: pl.DataFrame,
-                    files: list[Path] | None = None) -> pl.DataFrame:
-    frames = [batch for _, batch in read_table(input_dir, PAYMENTS, settings.ingest, quarantine, files)]
-    payments = pl.concat(frames, how="diagonal_relaxed") if frames else _empty(PAYMENTS)
-    payments = _drop_unknown_accounts(payments, known, quarantine, "payments")
-    return normalize_payments(payments)
+def prepare_payments(payments: pl.DataFrame, known: pl.DataFrame, quarantine: Quarantine) -> pl.DataFrame:
+    return normalize_payments(_drop_unknown_accounts(payments, known, quarantine, "payments"))
 
 
 def ingest_requests(input_dir: Path, settings: Settings, quarantine: Quarantine, miner: TemplateMiner,
@@ -89,7 +90,7 @@ def ingest_requests(input_dir: Path, settings: Settings, quarantine: Quarantine,
         for _, batch in read_table(input_dir, REQUESTS, settings.ingest, quarantine, [path]):
             compact.append(normalize_requests(batch, miner))
     if not compact:
-        return pl.DataFrame()
+        return _empty_compact()
     return pl.concat(compact, how="vertical_relaxed")
 
 
@@ -147,11 +148,9 @@ def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clo
     with clock.stage("ingest"):
         for spec in (ACCOUNTS, PAYMENTS, REQUESTS):
             table_files(input_dir, spec)  # fail fast on a missing table, before any work
-        accounts = ingest_accounts(input_dir, settings, quarantine)
-        payments = ingest_payments(input_dir, settings, quarantine, accounts)
+        accounts = prepare_accounts(read_rows(input_dir, ACCOUNTS, settings, quarantine), quarantine)
+        payments = prepare_payments(read_rows(input_dir, PAYMENTS, settings, quarantine), accounts, quarantine)
         requests = ingest_requests(input_dir, settings, quarantine, miner)
-        if requests.height == 0:
-            requests = _empty_compact()
         requests = clean_requests(requests, accounts, quarantine)
     with clock.stage("templates"):
         requests, templates = attach_templates(requests, miner)

@@ -43,12 +43,35 @@ class TemplateMiner:
     _segment_text: list[pl.DataFrame] = field(default_factory=list)
     _examples: list[pl.DataFrame] = field(default_factory=list)
 
+    def state(self) -> dict[str, pl.DataFrame]:
+        """What this miner learnt from its batches, to be stored and merged later (incremental rebuilds)."""
+        return {
+            "segments": pl.concat(self._distinct) if self._distinct else
+            pl.DataFrame(schema={"prompt_key": pl.UInt64, "segment_key": pl.UInt64, "batch": pl.Int32}),
+            "segment_text": self._texts(),
+            "examples": pl.concat(self._examples) if self._examples else
+            pl.DataFrame(schema={"prompt_key": pl.UInt64, "example": pl.Utf8}),
+        }
+
+    @classmethod
+    def from_states(cls, settings: TemplateSettings, states: list[dict[str, pl.DataFrame]]) -> "TemplateMiner":
+        """A miner equal to one that had seen the states' batches in this order."""
+        miner = cls(settings)
+        offset = 0
+        for state in states:
+            segments = state["segments"]
+            miner._distinct.append(segments.with_columns((pl.col("batch") + offset).cast(pl.Int32)))
+            offset += int(segments["batch"].max()) + 1 if segments.height else 0
+            miner._segment_text.append(state["segment_text"])
+            miner._examples.append(state["examples"])
+        return miner
+
     def _segments_once(self) -> pl.DataFrame:
         """All batches' (prompt_key, segment_key) rows, each distinct prompt once, in segment order."""
         if not self._distinct:
             return pl.DataFrame(schema={"prompt_key": pl.UInt64, "segment_key": pl.UInt64})
-        tagged = [frame.with_columns(pl.lit(i, pl.Int32).alias("batch")) for i, frame in enumerate(self._distinct)]
-        segments = pl.concat(tagged)
+        # each distinct prompt counted once: its rows from the first batch that saw it
+        segments = pl.concat(self._distinct)
         owner = segments.select("prompt_key", "batch").unique("prompt_key", keep="first", maintain_order=True)
         return segments.join(owner, on=["prompt_key", "batch"], how="semi", maintain_order="left").drop("batch")
 
@@ -81,7 +104,8 @@ class TemplateMiner:
                  .unique("prompt_key", keep="first", maintain_order=True))
         exploded = split_segments(first["prompt_key"], first["masked"], self.settings.max_segments) \
             .rename({"key": "prompt_key"}).with_columns(pl.col("segment").hash(_SEED).alias("segment_key"))
-        self._distinct.append(exploded.select("prompt_key", "segment_key"))
+        self._distinct.append(exploded.select("prompt_key", "segment_key",
+                                              pl.lit(len(self._distinct), pl.Int32).alias("batch")))
         repeated = exploded.group_by("segment_key").agg(pl.col("segment").first(), pl.len().alias("n")) \
             .filter(pl.col("n") >= 2).select("segment_key", "segment")
         self._segment_text.append(repeated)

@@ -1,0 +1,352 @@
+"""Periodic rebuilds for cron: incremental, locked, crash-safe, with stable ring identity.
+
+State lives in ``OUT_DIR/state/``:
+
+- ``manifest.json``: every ingested file with its size, mtime, SHA-256 and the staged data it became;
+- ``staged/<key>/``: per input file, its validated and normalised rows (requests reduced to
+  compact columns plus what the template miner learnt), its quarantined rows and counts;
+- ``rings.parquet``: the previous run's rings with their persistent ids, for identity matching.
+
+A run stages only files that are new or changed (a changed file replaces its staged data, so
+nothing is counted twice), then recomputes rings over *all* staged data — which is why two
+nights of partitions give exactly the rings of one full rebuild over the same files. Each
+staged file and the manifest are written to a temporary name and renamed; a run killed at any
+point leaves either the old or the new version of each, and the next run converges.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from .errors import InputError, LockHeldError
+from .export import atomic_write, write_csv, write_json, write_parquet
+from .graph import build_graph
+from .ingest import Quarantine, TableCounts, read_table, table_files
+from .normalize import normalize_requests
+from .pipeline import (RunResult, _empty, _empty_compact, account_scores, analyse, attach_templates,
+                       clean_requests, export, prepare_accounts, prepare_payments, summarise)
+from .progress import StageClock
+from .schema import ACCOUNTS, PAYMENTS, REQUESTS, TableSpec
+from .settings import Settings
+from .templates import TemplateMiner
+
+log = logging.getLogger(__name__)
+EXIT_CODES = {"ok": 0, "internal_error": 1, "input_or_config_error": 2, "store_error": 3, "lock_held": 75}
+
+
+# ---------------------------------------------------------------- locking
+class RunLock:
+    """An exclusive ``flock`` on ``OUT_DIR/.lock``. The kernel drops it when its holder dies, so a
+    lock left by a killed run is simply taken over; the file names the holder for the message."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: Any = None
+        self.previous_holder: str | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown holder"
+            self.handle.close()
+            raise LockHeldError(f"another rebuild holds {self.path} ({holder})") from None
+        self.handle.seek(0)
+        self.previous_holder = self.handle.read().strip() or None
+        if self.previous_holder:
+            log.warning("taking over the lock left by a run that did not finish (%s)", self.previous_holder)
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.seek(0)
+        self.handle.truncate()  # an empty file: the run finished
+        self.handle.flush()
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+# ---------------------------------------------------------------- manifest and staging
+def _checksum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class StateDir:
+    root: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def load_manifest(self) -> dict[str, dict[str, Any]]:
+        if not self.manifest_path.exists():
+            return {}
+        return json.loads(self.manifest_path.read_text())["files"]
+
+    def save_manifest(self, files: dict[str, dict[str, Any]]) -> None:
+        write_json({"version": 1, "files": dict(sorted(files.items()))}, self.manifest_path)
+
+    def staged(self, key: str) -> Path:
+        return self.root / "staged" / key
+
+    def reset(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _stage_file(table: TableSpec, path: Path, input_dir: Path, settings: Settings, target: Path) -> dict[str, Any]:
+    """Validate and normalise one input file into ``target`` (written under a temporary name)."""
+    quarantine = Quarantine()
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if table.name == "requests":
+        miner = TemplateMiner(settings.templates)
+        rows = [normalize_requests(batch, miner) for _, batch in
+                read_table(input_dir, REQUESTS, settings.ingest, quarantine, [path])]
+        frame = pl.concat(rows, how="vertical_relaxed") if rows else _empty_compact()
+        frame = frame.with_columns(pl.col("_file").cast(pl.Utf8))
+        for name, part in miner.state().items():
+            part.write_parquet(tmp / f"miner_{name}.parquet")
+    else:
+        batches = [b for _, b in read_table(input_dir, table, settings.ingest, quarantine, [path])]
+        frame = pl.concat(batches, how="diagonal_relaxed") if batches else _empty(table)
+    frame.write_parquet(tmp / "rows.parquet")
+    quarantine.rows(table.name).write_parquet(tmp / "quarantine.parquet")
+    counts = quarantine.table_counts(table.name).as_dict()
+    (tmp / "counts.json").write_text(json.dumps(counts))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return counts
+
+
+def _file_key(table: str, relative: str) -> str:
+    return f"{table}-{hashlib.sha1(relative.encode()).hexdigest()[:16]}"
+
+
+def sync_staging(input_dir: Path, state: StateDir, settings: Settings) -> dict[str, Any]:
+    """Stage new and changed files, forget removed ones; report what changed."""
+    manifest = state.load_manifest()
+    seen: set[str] = set()
+    report = {"new": [], "changed": [], "removed": [], "unchanged": 0}
+    for spec in (ACCOUNTS, PAYMENTS, REQUESTS):
+        for path in table_files(input_dir, spec):
+            relative = str(path.relative_to(input_dir))
+            seen.add(relative)
+            stat = path.stat()
+            entry = manifest.get(relative)
+            if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns \
+                    and state.staged(entry["staged"]).exists():
+                report["unchanged"] += 1
+                continue
+            checksum = _checksum(path)
+            if entry and entry["sha256"] == checksum and state.staged(entry["staged"]).exists():
+                entry["mtime_ns"] = stat.st_mtime_ns  # touched, not changed
+                report["unchanged"] += 1
+                continue
+            report["changed" if entry else "new"].append(relative)
+            if entry:
+                log.warning("%s changed since it was ingested; re-ingesting it", relative)
+            key = _file_key(spec.name, relative)
+            counts = _stage_file(spec, path, input_dir, settings, state.staged(key))
+            manifest[relative] = {"table": spec.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                  "sha256": checksum, "staged": key, "rows_read": counts["rows_read"]}
+            state.save_manifest(manifest)  # after every file: a kill loses at most the file in hand
+    for relative in sorted(set(manifest) - seen):
+        report["removed"].append(relative)
+        shutil.rmtree(state.staged(manifest.pop(relative)["staged"]), ignore_errors=True)
+    state.save_manifest(manifest)
+    _remove_orphans(state, manifest)
+    return report | {"manifest": manifest}
+
+
+def _remove_orphans(state: StateDir, manifest: dict[str, dict[str, Any]]) -> None:
+    keep = {entry["staged"] for entry in manifest.values()}
+    staged_root = state.root / "staged"
+    if staged_root.exists():
+        for child in staged_root.iterdir():
+            if child.name not in keep:
+                shutil.rmtree(child, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- assembly
+def assemble(input_dir: Path, state: StateDir, manifest: dict[str, dict[str, Any]], settings: Settings,
+             quarantine: Quarantine, clock: StageClock):
+    """All staged data, in sorted file order, through the same cross-file checks as a full run."""
+    by_table: dict[str, list[Path]] = {"accounts": [], "payments": [], "requests": []}
+    for relative in sorted(manifest):
+        by_table[manifest[relative]["table"]].append(state.staged(manifest[relative]["staged"]))
+    if not by_table["accounts"] or not by_table["requests"]:
+        raise InputError(f"{input_dir}: no accounts or requests files ingested")
+    for table, dirs in by_table.items():
+        counts = quarantine.table_counts(table)
+        for directory in dirs:
+            saved = json.loads((directory / "counts.json").read_text())
+            counts.files += saved["files"]
+            counts.rows_read += saved["rows_read"]
+            counts.rows_used += saved["rows_used"]
+            counts.rows_quarantined += saved["rows_quarantined"]
+            counts.reasons.update(saved["quarantine_reasons"])
+            rows = pl.read_parquet(directory / "quarantine.parquet")
+            if rows.height:
+                quarantine.frames.setdefault(table, []).append(rows)
+    with clock.stage("assemble"):
+        accounts = prepare_accounts(_concat([d / "rows.parquet" for d in by_table["accounts"]], ACCOUNTS), quarantine)
+        payments = prepare_payments(_concat([d / "rows.parquet" for d in by_table["payments"]], PAYMENTS),
+                                    accounts, quarantine)
+        requests = _concat([d / "rows.parquet" for d in by_table["requests"]], None)
+        requests = clean_requests(requests, accounts, quarantine)
+    with clock.stage("templates"):
+        states = [{name: pl.read_parquet(d / f"miner_{name}.parquet") for name in ("segments", "segment_text", "examples")}
+                  for d in by_table["requests"]]
+        miner = TemplateMiner.from_states(settings.templates, states)
+        requests, templates = attach_templates(requests, miner)
+    return accounts, payments, requests, templates
+
+
+def _concat(paths: list[Path], spec: TableSpec | None) -> pl.DataFrame:
+    frames = [pl.read_parquet(p) for p in paths]
+    frames = [f for f in frames if f.height] or frames[:1]
+    if not frames:
+        return _empty(spec) if spec else _empty_compact()
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+# ---------------------------------------------------------------- ring identity
+def match_rings(previous: pl.DataFrame, current: pl.DataFrame, run_id: str) -> tuple[dict[str, str], pl.DataFrame]:
+    """Persistent ids for the current rings, matched to the previous run's by member overlap.
+
+    ``previous``/``current``: ring_id, account_id. A current ring inherits the id of the previous
+    ring that gave it most members, provided that is at least half of that previous ring (or of the
+    current ring); each previous id passes to one ring at most. Returns (content id → persistent
+    id, changes table)."""
+    prev_sizes = previous.group_by("ring_id").len("prev_size")
+    cur_sizes = current.group_by("ring_id").len("size")
+    overlap = current.join(previous.rename({"ring_id": "prev_id"}), on="account_id").group_by("ring_id", "prev_id") \
+        .len("shared").join(prev_sizes.rename({"ring_id": "prev_id"}), on="prev_id").join(cur_sizes, on="ring_id")
+    strong = overlap.filter((2 * pl.col("shared") >= pl.col("prev_size")) | (2 * pl.col("shared") >= pl.col("size")))
+    ranked = strong.sort(["shared", "prev_id", "ring_id"], descending=[True, False, False])
+    assigned: dict[str, str] = {}
+    taken: set[str] = set()
+    for ring_id, prev_id in ranked.select("ring_id", "prev_id").iter_rows():  # over ring pairs: few
+        if ring_id not in assigned and prev_id not in taken:
+            assigned[ring_id] = prev_id
+            taken.add(prev_id)
+    sources = strong.group_by("ring_id").agg(pl.col("prev_id").sort().alias("from"))
+    splits = strong.group_by("prev_id").len("pieces").filter(pl.col("pieces") > 1)["prev_id"].to_list()
+    rows = []
+    for ring_id, size in cur_sizes.sort("ring_id").iter_rows():
+        origin = sources.filter(pl.col("ring_id") == ring_id)["from"].to_list()
+        origin = origin[0] if origin else []
+        persistent = assigned.get(ring_id) or "L" + hashlib.sha1(f"{run_id}|{ring_id}".encode()).hexdigest()[:12]
+        prev_size = int(prev_sizes.filter(pl.col("ring_id") == persistent)["prev_size"].sum()) if ring_id in assigned else None
+        if len(origin) > 1:
+            change = "merged"
+        elif not origin:
+            change = "new"
+        elif ring_id not in assigned or origin[0] in splits:
+            change = "split"
+        else:
+            change = "grown" if size > prev_size else "shrunk" if size < prev_size else "unchanged"
+        assigned[ring_id] = persistent
+        rows.append({"ring_id": persistent, "change": change, "previous_size": prev_size, "size": size,
+                     "previous_ring_ids": "|".join(origin)})
+    for prev_id, prev_size in prev_sizes.sort("ring_id").iter_rows():
+        if prev_id not in taken and prev_id not in set(strong["prev_id"].to_list()):
+            rows.append({"ring_id": prev_id, "change": "vanished", "previous_size": prev_size, "size": 0,
+                         "previous_ring_ids": prev_id})
+    changes = pl.DataFrame(rows, schema={"ring_id": pl.Utf8, "change": pl.Utf8, "previous_size": pl.Int64,
+                                         "size": pl.Int64, "previous_ring_ids": pl.Utf8})
+    return assigned, changes
+
+
+# ---------------------------------------------------------------- the job
+def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | None = None, store: Any = None,
+            full: bool = False) -> dict[str, Any]:
+    settings = settings or Settings()
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    started = time.time()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    clock = StageClock()
+    with RunLock(out_dir / ".lock") as lock:
+        state = StateDir(out_dir / "state")
+        if full:
+            state.reset()
+        with clock.stage("ingest"):
+            sync = sync_staging(input_dir, state, settings)
+        quarantine = Quarantine()
+        accounts, payments, requests, templates = assemble(input_dir, state, sync["manifest"], settings, quarantine, clock)
+        with clock.stage("graph"):
+            graph = build_graph(accounts, payments, requests, templates, settings.detect.activity_window_minutes)
+        del requests
+        detection, rings, members, evidence = analyse(graph, settings, clock)
+        previous_path = state.root / "rings.parquet"
+        previous = pl.read_parquet(previous_path) if previous_path.exists() else \
+            pl.DataFrame(schema={"ring_id": pl.Utf8, "account_id": pl.Utf8})
+        mapping, changes = match_rings(previous, members.select("ring_id", "account_id"), run_id)
+        rename = pl.col("ring_id").replace_strict(mapping, default=pl.col("ring_id"))
+        rings = rings.with_columns(rename).join(changes.select("ring_id", "change", "previous_size"), on="ring_id",
+                                               how="left")
+        members = members.with_columns(rename)
+        evidence = evidence.with_columns(rename)
+        result = RunResult(rings, members, evidence, account_scores(graph, members), graph, detection)
+        if store is not None:
+            with clock.stage("store"):
+                store.write_graph(graph)
+                store.write_rings(rings, members, run_id=run_id,
+                                  run_props={"new_files": len(sync["new"]), "changed_files": len(sync["changed"])})
+        summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
+        with clock.stage("export"):
+            export(out_dir, result, quarantine)
+            write_csv(changes, out_dir / "ring_changes.csv")
+            write_parquet(members.select("ring_id", "account_id"), previous_path)
+        change_counts = {k: int(v) for k, v in changes.group_by("change").len().iter_rows()}
+        summary |= {"run_id": run_id, "exit_reason": "ok", "files": {k: sync[k] if k == "unchanged" else len(sync[k])
+                                                                      for k in ("new", "changed", "removed", "unchanged")},
+                    "ring_changes": change_counts, "lock_taken_over": lock.previous_holder,
+                    "timings_s": dict(clock.timings)}
+        write_json(summary, out_dir / "run.json")
+        _append_history(out_dir / "runs.jsonl", summary)
+    return summary
+
+
+def _append_history(path: Path, summary: dict[str, Any]) -> None:
+    line = json.dumps({k: summary[k] for k in ("run_id", "started_at", "exit_reason", "files", "rings",
+                                               "ring_changes", "timings_s", "peak_rss_mb") if k in summary})
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one JSON line a cron job prints on stdout."""
+    keys = ("run_id", "exit_reason", "files", "rings", "ring_changes", "timings_s", "tables")
+    short = {k: summary[k] for k in keys if k in summary}
+    if "tables" in short:
+        short["tables"] = {t: {k: c[k] for k in ("rows_read", "rows_used", "rows_quarantined")}
+                           for t, c in short["tables"].items()}
+    return json.dumps(short, separators=(",", ":"))
