@@ -256,6 +256,7 @@ def summarise(input_dir: Any, settings: Settings, quarantine: Quarantine, clock:
                   "accounts_in_flagged": int(rings.filter(pl.col("flagged"))["size"].sum()) if rings.height else 0},
         "timings_s": dict(clock.timings),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "stage_peak_rss_mb": dict(clock.peak_rss),
         "parameters": settings.public_dict(),
         "versions": _versions(),
     }

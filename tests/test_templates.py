@@ -15,8 +15,8 @@ def _filler(rng: random.Random, n: int = 7) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def _templates_of(prompts: list[str]) -> list[str | None]:
-    settings = TemplateSettings(max_prompts_per_account=10_000)
+def _templates_of(prompts: list[str], settings: TemplateSettings | None = None) -> list[str | None]:
+    settings = settings or TemplateSettings(max_prompts_per_account=10_000)
     miner = TemplateMiner(settings)
     accounts = pl.Series([f"a{i}" for i in range(len(prompts))])
     per_request = miner.add_batch(accounts, pl.Series(prompts))
@@ -62,9 +62,5 @@ def test_near_duplicate_scaffolds_merge() -> None:
          f"Problem: {_filler(rng)}?" for _ in range(10)]
     b = [f"Write out the complete step by step reasoning that leads to the answer, as a careful expert would do.\n"
          f"Problem: {_filler(rng)}?" for _ in range(10)]
-    miner = TemplateMiner(TemplateSettings(max_prompts_per_account=10_000, near_duplicate_jaccard=0.6))
-    per_request = miner.add_batch(pl.Series([f"a{i}" for i in range(20)]), pl.Series(a + b))
-    counts = per_request.group_by("prompt_key").len("requests")
-    ids = per_request.join(miner.finish(counts).assignments, on="prompt_key", how="left",
-                           maintain_order="left")["template_id"].to_list()
+    ids = _templates_of(a + b, TemplateSettings(max_prompts_per_account=10_000, near_duplicate_jaccard=0.6))
     assert len(set(ids)) == 1

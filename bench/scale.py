@@ -1,0 +1,94 @@
+"""Scale benchmark: simulate → embedded run (per-stage wall time and peak RSS) → Neo4j load, against
+the floor of merely scanning the same request log with pyarrow.
+
+    python bench/scale.py [--scales 0.05,0.25,1.0] [--work /tmp/linkage-scale] [--neo4j-scales 0.05]
+
+Each run is a separate process (peak RSS per run); the Neo4j load needs NEO4J_* in the environment
+(`make neo4j-start; set -a; . .neo4j/env`). Results are printed and appended to bench/results/scale.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def scan_floor(input_dir: Path) -> float:
+    """Seconds to read every request partition with pyarrow, all columns, and nothing else."""
+    code = ("import glob,sys,pyarrow.parquet as pq\n"
+            "n=0\n"
+            "for f in sorted(glob.glob(sys.argv[1] + '/requests/**/*.parquet', recursive=True)):\n"
+            "    n += pq.read_table(f).num_rows\n")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(input_dir)], check=True)
+    return time.perf_counter() - start
+
+
+def timed(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB of the child)."""
+    start = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def neo4j_load(out_dir: Path) -> dict:
+    """Load the run's graph (its Parquet copy) into Neo4j and measure relationships per second."""
+    code = ("import json,sys,linkage\n"
+            "from linkage.store.neo4j import Neo4jStore\n"
+            "from linkage.settings import Settings\n"
+            "store = Neo4jStore.from_settings(Settings().neo4j)\n"
+            "with store.driver.session() as s:\n"
+            "    s.run('MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 20000 ROWS').consume()\n"
+            "result = linkage.run(sys.argv[1])\n"
+            "stats = store.write_graph(result.graph)\n"
+            "again = store.write_graph(result.graph)\n"
+            "print(json.dumps({'nodes': stats.nodes, 'relationships': stats.relationships, 'seconds': round(stats.seconds, 1),\n"
+            "                  'rel_per_s': round(stats.relationships_per_second), 'reload_seconds': round(again.seconds, 1),\n"
+            "                  'batch_size': store.settings.batch_size}))\n")
+    output = subprocess.run([sys.executable, "-c", code, str(out_dir)], check=True, capture_output=True, text=True)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scales", default="0.05,0.25,1.0")
+    parser.add_argument("--neo4j-scales", default="0.05")
+    parser.add_argument("--work", default="/tmp/linkage-scale")
+    parser.add_argument("--seed", type=int, default=31)
+    args = parser.parse_args()
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    linkage_cli = [sys.executable, "-m", "linkage.cli"]
+    print(f"{'scale':>6} {'requests':>10} {'scan s':>7} {'run s':>7} {'x scan':>7} {'s/M req':>8} {'peak MB':>8}  stages")
+    for scale in [float(s) for s in args.scales.split(",")]:
+        data = Path(args.work) / f"s{scale}"
+        if not (data / "simulation.json").exists():
+            subprocess.run(linkage_cli + ["simulate", "--out", str(data), "--scale", str(scale), "--seed", str(args.seed)],
+                           check=True, stdout=subprocess.DEVNULL)
+        requests = json.loads((data / "simulation.json").read_text())["requests"]
+        floor = scan_floor(data / "input")
+        out = data / "out"
+        wall, _ = timed(linkage_cli + ["run", str(data / "input"), "--out", str(out)])
+        run = json.loads((out / "run.json").read_text())
+        row = {"scale": scale, "requests": requests, "scan_s": round(floor, 2), "run_s": round(wall, 1),
+               "x_scan": round(wall / floor, 1), "s_per_million": round(wall / requests * 1e6, 2),
+               "peak_rss_mb": run["peak_rss_mb"], "stages_s": run["timings_s"],
+               "stage_peak_rss_mb": run.get("stage_peak_rss_mb")}
+        if str(scale) in args.neo4j_scales.split(",") and os.environ.get("NEO4J_URI"):
+            row["neo4j"] = neo4j_load(data / "input")
+        print(f"{scale:>6} {requests:>10} {floor:>7.1f} {wall:>7.1f} {wall / floor:>7.1f} "
+              f"{row['s_per_million']:>8.2f} {run['peak_rss_mb']:>8.0f}  {run['timings_s']}"
+              + (f"  neo4j: {row['neo4j']}" if "neo4j" in row else ""), flush=True)
+        with open(results / "scale.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
