@@ -90,19 +90,22 @@ def activity_signatures(requests: pl.DataFrame, window_minutes: int) -> pl.DataF
     """Per account, a MinHash of the set of time windows it was active in (lockstep detection).
 
     Stored on the Account node so that detection from the store needs no request log."""
-    active = requests.select("account_id", (pl.col("ts").dt.epoch("s") // (window_minutes * 60)).alias("w")) \
-        .unique().sort("account_id")
+    codes = requests.select(pl.col("account_id").cast(pl.Categorical).to_physical().alias("code"),
+                            (pl.col("ts").dt.epoch("s") // (window_minutes * 60)).alias("w"), "account_id")
+    active = codes.select("code", "w").unique().sort("code", "w")  # integers: far cheaper than strings
     if active.height == 0:
         return pl.DataFrame(schema={"account_id": pl.Utf8, "activity_signature": pl.List(pl.Int64)})
-    names = active["account_id"]
-    starts = np.flatnonzero(np.r_[True, (names[1:] != names[:-1]).to_numpy()])
+    code = active["code"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    names = codes.select("code", "account_id").unique("code").sort("code")
+    names = pl.DataFrame({"code": code[starts]}).join(names, on="code", how="left", maintain_order="left")["account_id"]
     windows = active["w"].to_numpy().astype(np.uint64)
     signature = np.empty((len(starts), ACTIVITY_SIGNATURE_SIZE), dtype=np.int64)
     for k in range(ACTIVITY_SIGNATURE_SIZE):
         hashed = mix64(windows * np.uint64(2 * k + 1) + np.uint64((k * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFF))
         # 31-bit values: exact in Neo4j integers and half the memory of pair comparisons downstream
         signature[:, k] = np.minimum.reduceat(hashed >> np.uint64(33), starts).astype(np.int64)
-    return pl.DataFrame({"account_id": names.gather(starts), "activity_signature": signature}).with_columns(
+    return pl.DataFrame({"account_id": names, "activity_signature": signature}).with_columns(
         pl.col("activity_signature").cast(pl.List(pl.Int64)))
 
 
@@ -127,15 +130,20 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     graph.nodes["PaymentInstrument"] = (payments.group_by("instrument_id").agg(
         pl.col("instrument_type").drop_nulls().mode().sort().first(), pl.col("bin").drop_nulls().mode().sort().first(),
         pl.col("issuer_country").drop_nulls().mode().sort().first()).sort("instrument_id"))
-    ips = pl.concat([
-        requests.select("ip", "subnet", "asn", "ip_type"),
-        accounts.filter(pl.col("signup_ip").is_not_null()).select(
-            pl.col("signup_ip").alias("ip"), pl.col("signup_subnet").alias("subnet"),
-            pl.lit(None, pl.Int64).alias("asn"), pl.lit(None, pl.Utf8).alias("ip_type")),
-    ])
-    graph.nodes["IP"] = ips.group_by("ip").agg(
+    # one pass over the request log per address; everything about an IP derives from it
+    per_ip = requests.group_by("ip").agg(
         pl.col("subnet").first(), pl.col("asn").drop_nulls().mode().sort().first(),
-        pl.col("ip_type").drop_nulls().mode().sort().first(), pl.len().alias("_n")).drop("_n").sort("ip")
+        pl.col("ip_type").drop_nulls().mode().sort().first(),
+        pl.col("ts").min().alias("first_seen"), pl.col("ts").max().alias("last_seen"))
+    signup = accounts.filter(pl.col("signup_ip").is_not_null()).group_by("signup_ip").agg(
+        pl.col("signup_subnet").first().alias("subnet"), pl.col("created_at").min().alias("first_seen"),
+        pl.col("created_at").max().alias("last_seen")).rename({"signup_ip": "ip"})
+    ips = pl.concat([per_ip, signup.with_columns(pl.lit(None, pl.Int64).alias("asn"), pl.lit(None, pl.Utf8).alias("ip_type"))
+                     .select(per_ip.columns)])
+    ips = ips.group_by("ip").agg(pl.col("subnet").first(), pl.col("asn").drop_nulls().first(),
+                                 pl.col("ip_type").drop_nulls().first(), pl.col("first_seen").min(),
+                                 pl.col("last_seen").max())
+    graph.nodes["IP"] = ips.select("ip", "subnet", "asn", "ip_type").sort("ip")
     graph.nodes["Subnet"] = graph.nodes["IP"].select("subnet").drop_nulls().unique().sort("subnet")
     graph.nodes["ASN"] = graph.nodes["IP"].select("asn").drop_nulls().unique().sort("asn")
     graph.nodes["Device"] = requests.select("device_id").drop_nulls().unique().sort("device_id")
@@ -154,9 +162,9 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     graph.rels["IN_ORG"] = _rel(accounts, "account_id", "org_id", "created_at")
     graph.rels["HAS_EMAIL_DOMAIN"] = _rel(accounts, "account_id", "email_domain", "created_at")
     graph.rels["USED_MODEL"] = _rel(requests, "account_id", "model", "ts")
-    ip_rows = pl.concat([requests.select("ip", "subnet", "asn", "ts"),
-                         accounts.select(pl.col("signup_ip").alias("ip"), pl.col("signup_subnet").alias("subnet"),
-                                         pl.lit(None, pl.Int64).alias("asn"), pl.col("created_at").alias("ts"))])
-    graph.rels["IN_SUBNET"] = _rel(ip_rows, "ip", "subnet", "ts").with_columns(pl.lit(1, pl.Int64).alias("count"))
-    graph.rels["ROUTED_BY"] = _rel(ip_rows, "ip", "asn", "ts").with_columns(pl.lit(1, pl.Int64).alias("count"))
+    structural = ips.select(pl.col("ip").alias("src"), pl.lit(1, pl.Int64).alias("count"), "first_seen", "last_seen")
+    graph.rels["IN_SUBNET"] = structural.with_columns(ips["subnet"].alias("dst")).filter(pl.col("dst").is_not_null()) \
+        .select(REL_COLUMNS).sort("src", "dst")
+    graph.rels["ROUTED_BY"] = structural.with_columns(ips["asn"].alias("dst")).filter(pl.col("dst").is_not_null()) \
+        .select(REL_COLUMNS).sort("src", "dst")
     return graph
