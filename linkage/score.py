@@ -69,7 +69,8 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
                 .join(_signup_burst(members, accounts), on="ring_id", how="left")
                 .join(_lockstep(detection, members), on="ring_id", how="left")
                 .with_columns(pl.col(pl.Float64).fill_null(0.0)))
-    behaviour = sum(pl.col(name) * weight for name, weight in FEATURE_WEIGHTS.items()) / sum(FEATURE_WEIGHTS.values())
+    available = _available_features(graph)
+    behaviour = sum(pl.col(name) * FEATURE_WEIGHTS[name] for name in available) / sum(FEATURE_WEIGHTS[n] for n in available)
     size_factor = (pl.col("size").cast(pl.Float64) / 5).clip(0, 1) ** 0.5
     rings = features.with_columns(
         (behaviour * (1 - 0.85 * pl.col("org_explained")) * size_factor).round(6).alias("score"))
@@ -99,6 +100,19 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
     evidence = evidence.with_columns(pl.col(pl.Float64).round(6))
     return rings, ring_members, evidence.join(rings.select("ring_id"), on="ring_id").sort(
         "ring_id", "value_total", "entity", descending=[False, True, False])
+
+
+def _available_features(graph: Graph) -> list[str]:
+    """Features the input can support. Prompts, ip_type and the like are optional columns: a
+    feature whose column is absent from the whole input is left out of the mean rather than
+    counted as evidence of innocence."""
+    accounts = graph.nodes["Account"]
+    missing: set[str] = set()
+    if int(accounts["sampled_prompts"].sum() or 0) == 0:
+        missing |= {"owned_templates", "reasoning_style"}
+    if graph.nodes["IP"]["ip_type"].null_count() == graph.nodes["IP"].height:
+        missing.add("proxy_share")
+    return [name for name in FEATURE_WEIGHTS if name not in missing]
 
 
 def _empty_rings() -> pl.DataFrame:
@@ -163,8 +177,9 @@ def _traffic_features(accounts: pl.DataFrame, ring_of: pl.DataFrame) -> pl.DataF
     return per_account.group_by("ring_id").agg(
         pl.when(total > 0).then(pl.col("proxy_requests").sum() / total).otherwise(0.0).alias("proxy_share"),
         pl.when(sampled > 0).then(pl.col("reasoning_requests").sum() / sampled).otherwise(0.0).alias("reasoning_style"),
-        pl.when(pl.col("n").mean() > 0).then(1 - (pl.col("n").std(ddof=0) / pl.col("n").mean()).clip(0, 1))
-        .otherwise(0.0).alias("equal_volume"),
+        # equal volumes among three accounts happen by chance; among thirty they are scheduled
+        (pl.when(pl.col("n").mean() > 0).then(1 - (pl.col("n").std(ddof=0) / pl.col("n").mean()).clip(0, 1))
+         .otherwise(0.0) * ((pl.len() - 1) / 9).clip(0, 1)).alias("equal_volume"),
         total.cast(pl.Int64).alias("requests"))
 
 

@@ -122,3 +122,13 @@ def test_threshold_setting_controls_flagging(threshold: float) -> None:
     result = linkage.run(TINY, settings=Settings.load(overrides={"score.flag_threshold": threshold}))
     assert result.rings["flagged"].to_list() == (result.rings["score"] >= threshold).to_list()
     assert result.rings["flagged"].any() == (threshold <= result.rings["score"].max())
+
+
+def test_optional_columns_absent_does_not_silence_detection(tiny: Path) -> None:
+    """Without prompts, ip_type or devices, the features they feed are left out, not counted as 0."""
+    read_csv(tiny / "requests.csv").drop("prompt", "ip_type", "device_id").write_csv(tiny / "requests.csv")
+    result = linkage.run(tiny)
+    flagged = result.rings.filter(pl.col("flagged"))
+    assert flagged.height == 1
+    members = result.members.filter(pl.col("ring_id") == flagged["ring_id"][0])["account_id"].to_list()
+    assert sorted(members) == [f"ring_{i:02d}" for i in range(12)]
