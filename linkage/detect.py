@@ -57,8 +57,17 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
                                      (pl.lit(entity_type + "|") + pl.col("dst").cast(pl.Utf8)).alias("entity"),
                                      pl.lit(entity_type).alias("type"), pl.lit(1.0).alias("factor"), "count")
 
-    used = rels["USED_IP"].join(ip_info, left_on="dst", right_on="ip", how="left").with_columns(type_factor.alias("factor"))
+    used = rels["USED_IP"].lazy().join(ip_info.lazy(), left_on="dst", right_on="ip", how="left") \
+        .with_columns(type_factor.alias("factor"))
     instruments = rels["PAID_WITH"].join(graph.nodes["PaymentInstrument"], left_on="dst", right_on="instrument_id")
+
+    def network(column: str, entity_type: str) -> pl.LazyFrame:
+        """Per account and subnet (or ASN): several addresses of one network collapse into one entity."""
+        return used.filter(pl.col(column).is_not_null()).group_by("src", column).agg(
+            pl.col("factor").max(), pl.col("count").sum()).select(
+            pl.col("src").alias("account_id"), (pl.lit(entity_type + "|") + pl.col(column).cast(pl.Utf8)).alias("entity"),
+            pl.lit(entity_type).alias("type"), "factor", "count")
+
     parts = [
         rel("PAID_WITH", "PaymentInstrument"),
         rel("USED_DEVICE", "Device"),
@@ -70,30 +79,28 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
             pl.lit(1.0).alias("factor")),
         used.select(pl.col("src").alias("account_id"), (pl.lit("IP|") + pl.col("dst")).alias("entity"),
                     pl.lit("IP").alias("type"), "factor", "count"),
-        used.filter(pl.col("subnet").is_not_null()).select(
-            pl.col("src").alias("account_id"), (pl.lit("Subnet|") + pl.col("subnet")).alias("entity"),
-            pl.lit("Subnet").alias("type"), "factor", "count"),
-        used.filter(pl.col("asn").is_not_null()).select(
-            pl.col("src").alias("account_id"), (pl.lit("ASN|") + pl.col("asn").cast(pl.Utf8)).alias("entity"),
-            pl.lit("ASN").alias("type"), "factor", "count"),
+        network("subnet", "Subnet"),
+        network("asn", "ASN"),
         instruments.filter(pl.col("bin").is_not_null() & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
+        .group_by("src", "bin").agg(pl.len().alias("count"))
         .select(pl.col("src").alias("account_id"), (pl.lit("Bin|") + pl.col("bin")).alias("entity"),
-                pl.lit("Bin").alias("type"), pl.lit(1.0).alias("factor")),
+                pl.lit("Bin").alias("type"), pl.lit(1.0).alias("factor"), "count"),
         _signup_bursts(accounts, settings),
         _model_switches(graph, settings),
     ]
-    evidence = pl.concat([p.select("account_id", "entity", "type", pl.col("factor").cast(pl.Float64),
-                                   (pl.col("count") if "count" in p.columns else pl.lit(1)).cast(pl.Int64).alias("count"))
+    # every part holds one row per (account, entity) already: no global de-duplication needed
+    evidence = pl.concat([p.lazy().select("account_id", "entity", "type", pl.col("factor").cast(pl.Float64),
+                                          (pl.col("count") if "count" in p.collect_schema().names() else pl.lit(1))
+                                          .cast(pl.Int64).alias("count"))
                           for p in parts])
-    evidence = evidence.group_by("account_id", "entity", "type").agg(pl.col("factor").max(), pl.col("count").sum())
-    evidence = evidence.join(accounts.select("account_id", "idx"), on="account_id", how="inner")
-    degree = evidence.group_by("entity").agg(pl.len().alias("degree"))
-    evidence = evidence.join(degree, on="entity").filter(
+    evidence = evidence.join(accounts.lazy().select("account_id", "idx"), on="account_id", how="inner")
+    degree = evidence.group_by("entity").agg(pl.len().alias("degree")).filter(
         (pl.col("degree") >= 2) & (pl.col("degree") <= settings.max_entity_accounts))
+    evidence = evidence.join(degree, on="entity")
     # an account's most-used shared entities of each type speak for it; a proxy-rotating
     # account's long tail of exit addresses would only multiply the pair arithmetic
     evidence = evidence.sort(["idx", "type", "count", "entity"], descending=[False, False, True, False]) \
-        .group_by("idx", "type", maintain_order=True).head(settings.max_entities_per_type)
+        .group_by("idx", "type", maintain_order=True).head(settings.max_entities_per_type).collect()
     n = max(accounts.height, 4)
     weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())})
     evidence = evidence.join(weights, on="type", how="left").with_columns(
@@ -208,17 +215,22 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     ha, hb = _hub_cycles(entity_code[proposing], idx[proposing], settings.hub_partners, settings.seed)
     keep = ha != hb
     hub_pairs = np.minimum(ha[keep], hb[keep]) * n + np.maximum(ha[keep], hb[keep])
-    candidates = np.unique(np.concatenate([np.unique(contrib_pair), hub_pairs]))
+    candidates = np.unique(np.concatenate([contrib_pair, hub_pairs]))
     log.info("projection: %d small-entity contributions, %d candidate pairs", len(contrib_pair), len(candidates))
     if len(candidates) == 0:
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64, "activity": pl.Float64})
 
     n_types = len(type_names)
-    type_sum = np.zeros((len(candidates), n_types))
-    type_max = np.zeros((len(candidates), n_types))
-    position = np.searchsorted(candidates, contrib_pair)
-    np.add.at(type_sum, (position, contrib_type), contrib_value)
-    np.maximum.at(type_max, (position, contrib_type), contrib_value)
+    cell = np.searchsorted(candidates, contrib_pair) * n_types + contrib_type
+    type_sum = np.bincount(cell, weights=contrib_value, minlength=len(candidates) * n_types) \
+        .reshape(len(candidates), n_types)
+    type_max = np.zeros(len(candidates) * n_types)
+    if len(cell):  # per-cell maximum by sorting, far cheaper than np.maximum.at
+        order = np.argsort(cell, kind="stable")
+        sorted_cells = cell[order]
+        starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
+        type_max[sorted_cells[starts]] = np.maximum.reduceat(contrib_value[order], starts)
+    type_max = type_max.reshape(len(candidates), n_types)
     ca, cb = candidates // n, candidates % n
     if len(h_rows):
         width = int(entity_code.max()) + 1
