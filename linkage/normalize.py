@@ -148,10 +148,10 @@ def canonical_emails(emails: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
 # Slots that vary from one filled-in prompt to the next; the scaffold around them does not.
 # Few, cheap patterns: each pass over 16M prompts costs seconds (see PERFORMANCE_NOTES).
 _MASKS: tuple[tuple[str, str], ...] = (
-    (r"(?s)```.*?(```|$)", " ‹code› "),
-    (r"https?://\S+|www\.\S+|[\w.+-]+@[\w-]+\.[\w.-]+", "‹url›"),
-    (r"\"[^\"\n]{0,400}\"|“[^”\n]{0,400}”|«[^»\n]{0,400}»|'[^'\n]{2,400}'|`[^`\n]{1,200}`", "‹q›"),
-    (r"[\w-]*\d[\w-]*", "‹n›"),  # numbers, ids, hashes, uuids: any token with a digit
+    # one alternation, one pass: code blocks, URLs and emails, quoted spans, any token with a digit
+    # (numbers, ids, hashes, uuids); the kind of slot does not matter to the scaffold, only its place
+    (r"(?s)```.*?(?:```|$)|\S+://\S+|www\.\S+|\S+@\S+\.\w+|\"[^\"\n]{0,400}\"|“[^”\n]{0,400}”|«[^»\n]{0,400}»"
+     r"|'[^'\n]{2,400}'|`[^`\n]{1,200}`|[\w-]*\d[\w-]*", "‹n›"),
     (r"([a-z,;] )[A-Z][a-z]+(?: [A-Z][a-z]+)*", "${1}‹name›"),  # capitalised words mid-sentence
 )
 _BREAKS = [". ", "? ", "! ", ": ", "; ", "。", "？", "！", "：", "\r"]

@@ -83,22 +83,24 @@ class TemplateMiner:
         a hash of their text: a campaign account's thousandth scaffolded prompt says nothing its
         tenth did not, and masking text is the costliest step of the run."""
         sampled = _sample_per_account(accounts, prompts, self.settings.max_prompts_per_account)
-        prompts = pl.select(pl.when(pl.Series(sampled)).then(prompts)).to_series().alias("prompt")
+        rows = np.flatnonzero(sampled)
+        chosen = prompts.gather(rows)  # all text work happens on the sample only
         # mask each distinct raw prompt once: retries and verbatim repeats are common in real logs
-        raw_key = prompts.hash(_SEED + 1)
-        distinct = pl.DataFrame({"raw_key": raw_key, "prompt": prompts}).filter(pl.col("prompt").is_not_null()) \
-            .unique("raw_key", keep="first")
+        raw_key = chosen.hash(_SEED + 1)
+        distinct = pl.DataFrame({"raw_key": raw_key, "prompt": chosen}).unique("raw_key", keep="first")
         distinct = distinct.with_columns(mask_prompts(distinct["prompt"], self.settings.max_prompt_chars).alias("masked"))
         masked = pl.DataFrame({"raw_key": raw_key}).join(distinct.select("raw_key", "masked"), on="raw_key",
                                                          how="left", maintain_order="left")["masked"]
-        masked = pl.select(pl.when(prompts.is_not_null()).then(masked)).to_series()
-        keys = masked.hash(_SEED)
-        keys = pl.select(pl.when(masked.is_not_null()).then(keys)).to_series().alias("prompt_key")
-        per_request = pl.DataFrame({
-            "prompt_key": keys,
-            "reasoning_style": prompts.str.slice(0, self.settings.max_prompt_chars)
-            .str.contains_any(REASONING_STYLE, ascii_case_insensitive=True).fill_null(False),
-        })
+        keys = masked.hash(_SEED).alias("prompt_key")
+        reasoning = chosen.str.slice(0, self.settings.max_prompt_chars) \
+            .str.contains_any(REASONING_STYLE, ascii_case_insensitive=True).fill_null(False)
+        full_keys = pl.Series("prompt_key", [None] * len(prompts), dtype=pl.UInt64)
+        full_reasoning = pl.Series("reasoning_style", [False] * len(prompts), dtype=pl.Boolean)
+        if len(rows):
+            full_keys = full_keys.scatter(rows, keys)
+            full_reasoning = full_reasoning.scatter(rows, reasoning)
+        per_request = pl.DataFrame({"prompt_key": full_keys, "reasoning_style": full_reasoning})
+        prompts = chosen
         first = (pl.DataFrame({"prompt_key": keys, "masked": masked, "raw": prompts})
                  .filter(pl.col("prompt_key").is_not_null())
                  .unique("prompt_key", keep="first", maintain_order=True))
