@@ -69,13 +69,18 @@ class Graph:
                 "relationships": {k: v.height for k, v in self.rels.items()}}
 
 
+def _text(frame: pl.DataFrame) -> pl.DataFrame:
+    """Categorical columns back to text, for the (small, aggregated) graph tables."""
+    return frame.with_columns([pl.col(c).cast(pl.Utf8) for c, t in frame.schema.items() if isinstance(t, pl.Categorical)])
+
+
 def _rel(frame: pl.DataFrame, src: str, dst: str, ts: str | None = None) -> pl.DataFrame:
     """Aggregate (src, dst) pairs with count and first/last time."""
     frame = frame.filter(pl.col(src).is_not_null() & pl.col(dst).is_not_null())
     time = pl.col(ts) if ts else pl.lit(None, pl.Datetime("ms", "UTC"))
-    return (frame.group_by(pl.col(src).alias("src"), pl.col(dst).alias("dst"))
-            .agg(pl.len().cast(pl.Int64).alias("count"), time.min().alias("first_seen"), time.max().alias("last_seen"))
-            .sort("src", "dst"))
+    return _text(frame.group_by(pl.col(src).alias("src"), pl.col(dst).alias("dst"))
+                 .agg(pl.len().cast(pl.Int64).alias("count"), time.min().alias("first_seen"), time.max().alias("last_seen"))
+                 ).sort("src", "dst")
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -97,7 +102,7 @@ def activity_signatures(requests: pl.DataFrame, window_minutes: int) -> pl.DataF
         return pl.DataFrame(schema={"account_id": pl.Utf8, "activity_signature": pl.List(pl.Int64)})
     code = active["code"].to_numpy()
     starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
-    names = codes.select("code", "account_id").unique("code").sort("code")
+    names = _text(codes.select("code", "account_id").unique("code")).sort("code")
     names = pl.DataFrame({"code": code[starts]}).join(names, on="code", how="left", maintain_order="left")["account_id"]
     windows = active["w"].to_numpy().astype(np.uint64)
     signature = np.empty((len(starts), ACTIVITY_SIGNATURE_SIZE), dtype=np.int64)
@@ -114,7 +119,7 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     """accounts: normalised account rows; payments: valid rows; requests: compact, de-duplicated requests
     with template_id already attached."""
     graph = Graph()
-    activity = requests.group_by("account_id").agg(
+    activity = requests.group_by(pl.col("account_id").cast(pl.Utf8)).agg(
         pl.len().cast(pl.Int64).alias("requests"), pl.col("ts").min().alias("first_seen"),
         pl.col("ts").max().alias("last_seen"), pl.col("input_tokens").sum().alias("input_tokens"),
         pl.col("output_tokens").sum().alias("output_tokens"),
@@ -131,9 +136,9 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
         pl.col("instrument_type").drop_nulls().mode().sort().first(), pl.col("bin").drop_nulls().mode().sort().first(),
         pl.col("issuer_country").drop_nulls().mode().sort().first()).sort("instrument_id"))
     # one pass over the request log per address; everything about an IP derives from it
-    per_ip = requests.group_by("ip").agg(
-        pl.col("subnet").first(), pl.col("asn").drop_nulls().mode().sort().first(),
-        pl.col("ip_type").drop_nulls().mode().sort().first(),
+    per_ip = requests.group_by(pl.col("ip").cast(pl.Utf8)).agg(
+        pl.col("subnet").cast(pl.Utf8).first(), pl.col("asn").drop_nulls().mode().sort().first(),
+        pl.col("ip_type").cast(pl.Utf8).drop_nulls().mode().sort().first(),
         pl.col("ts").min().alias("first_seen"), pl.col("ts").max().alias("last_seen"))
     signup = accounts.filter(pl.col("signup_ip").is_not_null()).group_by("signup_ip").agg(
         pl.col("signup_subnet").first().alias("subnet"), pl.col("created_at").min().alias("first_seen"),
@@ -146,12 +151,12 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     graph.nodes["IP"] = ips.select("ip", "subnet", "asn", "ip_type").sort("ip")
     graph.nodes["Subnet"] = graph.nodes["IP"].select("subnet").drop_nulls().unique().sort("subnet")
     graph.nodes["ASN"] = graph.nodes["IP"].select("asn").drop_nulls().unique().sort("asn")
-    graph.nodes["Device"] = requests.select("device_id").drop_nulls().unique().sort("device_id")
+    graph.nodes["Device"] = _text(requests.select("device_id").drop_nulls().unique()).sort("device_id")
     usage = requests.filter(pl.col("template_id").is_not_null()).group_by("template_id").agg(
         pl.len().cast(pl.Int64).alias("requests"), pl.col("account_id").n_unique().cast(pl.Int64).alias("accounts"))
     graph.nodes["PromptTemplate"] = templates.templates.join(usage, on="template_id", how="inner").sort("template_id")
     graph.nodes["Org"] = accounts.select("org_id").drop_nulls().unique().sort("org_id")
-    graph.nodes["Model"] = requests.select("model").drop_nulls().unique().sort("model")
+    graph.nodes["Model"] = _text(requests.select("model").drop_nulls().unique()).sort("model")
     graph.nodes["EmailDomain"] = accounts.select(pl.col("email_domain").alias("domain")).drop_nulls().unique().sort("domain")
 
     graph.rels["PAID_WITH"] = _rel(payments, "account_id", "instrument_id", "added_at")

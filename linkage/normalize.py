@@ -211,12 +211,15 @@ def normalize_requests(batch: pl.DataFrame, miner) -> pl.DataFrame:
     prompts = batch["prompt"] if "prompt" in batch.columns else pl.Series("prompt", [None] * batch.height, pl.Utf8)
     per_prompt = miner.add_batch(batch["account_id"], prompts)
     request_key = pl.when(pl.col("request_id").is_not_null()).then(pl.col("request_id").hash(11))
+    # identifiers repeat across millions of requests: categoricals hold each string once and
+    # turn every later group-by into an integer one
+    cat = pl.Categorical
     return batch.select(
-        "account_id", "ts", "ip",
-        pl.col("ip_subnet").alias("subnet"),
+        pl.col("account_id").cast(cat), "ts", pl.col("ip").cast(cat),
+        pl.col("ip_subnet").alias("subnet").cast(cat),
         "asn",
-        pl.col("ip_type").str.to_lowercase(),
-        "device_id", "model", "input_tokens", "output_tokens",
+        pl.col("ip_type").str.to_lowercase().cast(cat),
+        pl.col("device_id").cast(cat), pl.col("model").cast(cat), "input_tokens", "output_tokens",
         request_key.alias("request_key"),
         per_prompt["prompt_key"], per_prompt["reasoning_style"],
         pl.col("_file").cast(pl.Categorical), "_row",

@@ -110,7 +110,7 @@ def clean_requests(requests: pl.DataFrame, known: pl.DataFrame, quarantine: Quar
 def _drop_unknown_accounts(frame: pl.DataFrame, known: pl.DataFrame, quarantine: Quarantine, table: str) -> pl.DataFrame:
     if frame.height == 0:
         return frame
-    ids = known.select("account_id")
+    ids = known.select(pl.col("account_id").cast(frame.schema["account_id"]))
     unknown = frame.join(ids, on="account_id", how="anti")
     if unknown.height:
         _requarantine(quarantine, table, unknown, "account_id", pl.lit("account_id not in accounts table"))
@@ -159,8 +159,9 @@ def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clo
 
 def _empty_compact() -> pl.DataFrame:
     return pl.DataFrame(schema={
-        "account_id": pl.Utf8, "ts": pl.Datetime("ms", "UTC"), "ip": pl.Utf8, "subnet": pl.Utf8, "asn": pl.Int64,
-        "ip_type": pl.Utf8, "device_id": pl.Utf8, "model": pl.Utf8, "input_tokens": pl.Int64,
+        "account_id": pl.Categorical, "ts": pl.Datetime("ms", "UTC"), "ip": pl.Categorical, "subnet": pl.Categorical,
+        "asn": pl.Int64, "ip_type": pl.Categorical, "device_id": pl.Categorical, "model": pl.Categorical,
+        "input_tokens": pl.Int64,
         "output_tokens": pl.Int64, "request_key": pl.UInt64, "prompt_key": pl.UInt64, "reasoning_style": pl.Boolean,
         FILE_COL: pl.Categorical, ROW_COL: pl.Int64})
 
