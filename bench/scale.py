@@ -9,7 +9,6 @@ Each run is a separate process (peak RSS per run); the Neo4j load needs NEO4J_* 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import resource

@@ -86,9 +86,17 @@ def _numbered(table: pa.Table | pl.DataFrame, first_row: int) -> pl.DataFrame:
 def _read_parquet(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
     """polars' native reader (straight into its string layout, no Arrow conversion); a large
     file is sliced so that only the row groups of the slice in hand are decoded."""
-    total = pq.ParquetFile(path).metadata.num_rows
-    for start in range(0, total, batch_rows):
-        yield _numbered(pl.scan_parquet(path).slice(start, batch_rows).collect(), start + 1)
+    meta = pq.ParquetFile(path).metadata
+    # slices follow row-group boundaries, so no row group is decoded twice
+    bounds, rows_so_far = [0], 0
+    for group in range(meta.num_row_groups):
+        rows_so_far += meta.row_group(group).num_rows
+        if rows_so_far - bounds[-1] >= batch_rows:
+            bounds.append(rows_so_far)
+    if bounds[-1] < meta.num_rows:
+        bounds.append(meta.num_rows)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        yield _numbered(pl.scan_parquet(path).slice(start, end - start).collect(), start + 1)
 
 
 def _csv_header(path: Path) -> list[str]:

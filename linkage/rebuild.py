@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from .errors import InputError, LockHeldError
-from .export import atomic_write, write_csv, write_json, write_parquet
+from .export import write_csv, write_json, write_parquet
 from .graph import build_graph
-from .ingest import Quarantine, TableCounts, read_table, table_files
+from .ingest import Quarantine, read_table, table_files
 from .normalize import normalize_requests
 from .pipeline import (RunResult, _empty, _empty_compact, account_scores, analyse, attach_templates,
                        clean_requests, export, prepare_accounts, prepare_payments, summarise)

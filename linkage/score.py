@@ -25,7 +25,6 @@ import polars as pl
 
 from .detect import Detection
 from .graph import Graph
-from .schema import PROXY_IP_TYPES
 from .settings import ScoreSettings
 
 FEATURE_WEIGHTS = {
