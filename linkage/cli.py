@@ -62,19 +62,23 @@ def main() -> None:
 @click.option("--seed", type=int, help="Leiden seed (detect.seed)")
 @click.option("--resolution", type=float, help="Leiden resolution (detect.resolution)")
 @click.option("--neo4j", "use_neo4j", is_flag=True, help="also load the graph and rings into Neo4j (NEO4J_* env)")
+@click.option("--graph", "write_graph", is_flag=True, help="also write the graph tables as Parquet to OUT/graph")
 @verbosity
 def run(input_dir: str, out_dir: str, config: str | None, threshold: float | None, seed: int | None,
-        resolution: float | None, use_neo4j: bool, verbose: int) -> None:
+        resolution: float | None, use_neo4j: bool, write_graph: bool, verbose: int) -> None:
     """Run the whole pipeline on INPUT_DIR and write rings to --out."""
     _setup_logging(verbose)
     from .pipeline import run as run_pipeline
+    from .store.embedded import EmbeddedStore
     settings = _settings(config, {"score.flag_threshold": threshold, "detect.seed": seed,
                                   "detect.resolution": resolution})
-    store = _neo4j_store(settings) if use_neo4j else None
+    stores = [EmbeddedStore(Path(out_dir) / "graph")] if write_graph else []
+    if use_neo4j:
+        stores.append(_neo4j_store(settings))
     try:
-        result = run_pipeline(input_dir, out_dir, settings, store=store)
+        result = run_pipeline(input_dir, out_dir, settings, store=stores)
     finally:
-        if store is not None:
+        for store in stores:
             store.close()
     rings = result.summary["rings"]
     click.echo(f"{rings['total']} rings, {rings['flagged']} flagged ({rings['accounts_in_flagged']} accounts) → {out_dir}",
@@ -122,19 +126,23 @@ def baseline(input_dir: str, out_dir: str, verbose: int) -> None:
 
 
 @main.command()
-@click.option("--neo4j", "use_neo4j", is_flag=True, required=True, help="read the accumulated graph from Neo4j")
+@click.option("--neo4j", "use_neo4j", is_flag=True, help="read the accumulated graph from Neo4j")
+@click.option("--graph-dir", type=click.Path(exists=True, file_okay=False), help="read a graph written by `run --graph`")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @common_config
 @click.option("--threshold", type=float)
-@click.option("--no-write-back", is_flag=True, help="do not replace the rings stored in Neo4j")
+@click.option("--no-write-back", is_flag=True, help="do not replace the rings kept in the store")
 @verbosity
-def detect(use_neo4j: bool, out_dir: str, config: str | None, threshold: float | None, no_write_back: bool,
-           verbose: int) -> None:
-    """Detect rings over the whole graph stored in Neo4j (not only the files of one run)."""
+def detect(use_neo4j: bool, graph_dir: str | None, out_dir: str, config: str | None, threshold: float | None,
+           no_write_back: bool, verbose: int) -> None:
+    """Detect rings over a stored graph (Neo4j or a graph directory), not only the files of one run."""
     _setup_logging(verbose)
     from .pipeline import detect_from_store
+    from .store.embedded import EmbeddedStore
+    if use_neo4j == bool(graph_dir):
+        raise ConfigError("detect: give exactly one of --neo4j or --graph-dir")
     settings = _settings(config, {"score.flag_threshold": threshold})
-    store = _neo4j_store(settings)
+    store = _neo4j_store(settings) if use_neo4j else EmbeddedStore(graph_dir)
     try:
         result = detect_from_store(store, Path(out_dir), settings, write_back=not no_write_back)
     finally:

@@ -183,10 +183,6 @@ def split_segments(keys: pl.Series, masked: pl.Series, max_segments: int) -> pl.
 
 
 # ---------------------------------------------------------------- table normalisers
-REQUEST_COLUMNS = ("account_id", "ts", "ip", "subnet", "asn", "ip_type", "device_id", "model",
-                   "input_tokens", "output_tokens", "request_key", "prompt_key", "reasoning_style",
-                   "_file", "_row")
-
 
 def normalize_accounts(accounts: pl.DataFrame) -> pl.DataFrame:
     canonical, domain = canonical_emails(pl.col("email"))

@@ -185,7 +185,10 @@ def account_scores(graph: Graph, members: pl.DataFrame) -> pl.DataFrame:
 # ---------------------------------------------------------------- facade
 def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Settings | None = None,
         store: Any = None) -> RunResult:
-    """Files in, ranked rings out. ``out_dir=None`` computes without writing (notebooks)."""
+    """Files in, ranked rings out. ``out_dir=None`` computes without writing (notebooks).
+
+    ``store``: a graph store, or a list of them (Neo4j, the embedded Parquet store), that receive
+    the graph and the rings."""
     settings = settings or Settings()
     started = time.time()
     clock = StageClock()
@@ -198,10 +201,10 @@ def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Sett
     detection, rings, members, evidence = analyse(graph, settings, clock)
     scores = account_scores(graph, members)
     result = RunResult(rings, members, evidence, scores, graph, detection)
-    if store is not None:
+    for target in (store if isinstance(store, list) else [store] if store is not None else []):
         with clock.stage("store"):
-            store.write_graph(graph)
-            store.write_rings(rings, members, run_id=_run_id(started))
+            target.write_graph(graph)
+            target.write_rings(rings, members, run_id=_run_id(started))
     result.summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
     if out_dir is not None:
         with clock.stage("export"):
@@ -212,7 +215,8 @@ def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Sett
 
 
 def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, write_back: bool = True) -> RunResult:
-    """Detection over the whole graph accumulated in a store (Neo4j), not only one run's files."""
+    """Detection over the whole graph accumulated in a store (Neo4j, or an embedded graph directory),
+    not only one run's files."""
     started = time.time()
     clock = StageClock()
     with clock.stage("read_store"):

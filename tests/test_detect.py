@@ -132,3 +132,16 @@ def test_optional_columns_absent_does_not_silence_detection(tiny: Path) -> None:
     assert flagged.height == 1
     members = result.members.filter(pl.col("ring_id") == flagged["ring_id"][0])["account_id"].to_list()
     assert sorted(members) == [f"ring_{i:02d}" for i in range(12)]
+
+
+def test_detection_from_the_embedded_graph_store_equals_the_run(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from linkage.cli import main
+    runner = CliRunner()
+    assert runner.invoke(main, ["run", str(TINY), "--out", str(tmp_path / "run"), "--graph"]).exit_code == 0
+    outcome = runner.invoke(main, ["detect", "--graph-dir", str(tmp_path / "run" / "graph"), "--out", str(tmp_path / "again")])
+    assert outcome.exit_code == 0, outcome.output
+    for name in ("rings.csv", "ring_members.csv"):
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    assert runner.invoke(main, ["detect", "--out", str(tmp_path / "x")]).exit_code == 2
