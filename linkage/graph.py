@@ -69,6 +69,23 @@ class Graph:
                 "relationships": {k: v.height for k, v in self.rels.items()}}
 
 
+def graph_delta(current: Graph, previous: Graph) -> Graph:
+    """Rows of ``current`` that ``previous`` lacks or held with other values: what an incremental
+    load must write (MERGE makes writing them again harmless, so any superset is also correct)."""
+    delta = Graph()
+    for kind in ("nodes", "rels"):
+        for name, frame in getattr(current, kind).items():
+            old = getattr(previous, kind).get(name)
+            if old is None or old.columns != frame.columns:
+                getattr(delta, kind)[name] = frame
+                continue
+            row_hash = pl.struct(pl.all()).hash(3).alias("_row_hash")
+            seen = old.select(row_hash)
+            getattr(delta, kind)[name] = frame.with_columns(row_hash).join(seen, on="_row_hash", how="anti") \
+                .drop("_row_hash")
+    return delta
+
+
 def _text(frame: pl.DataFrame) -> pl.DataFrame:
     """Categorical columns back to text, for the (small, aggregated) graph tables."""
     return frame.with_columns([pl.col(c).cast(pl.Utf8) for c, t in frame.schema.items() if isinstance(t, pl.Categorical)])

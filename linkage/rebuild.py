@@ -31,7 +31,7 @@ import polars as pl
 
 from .errors import InputError, LockHeldError
 from .export import write_csv, write_json, write_parquet
-from .graph import build_graph
+from .graph import build_graph, graph_delta
 from .ingest import Quarantine, read_table, table_files
 from .normalize import normalize_requests
 from .pipeline import (RunResult, _empty, _empty_compact, account_scores, analyse, attach_templates,
@@ -39,6 +39,7 @@ from .pipeline import (RunResult, _empty, _empty_compact, account_scores, analys
 from .progress import StageClock
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS, TableSpec
 from .settings import Settings
+from .store.embedded import EmbeddedStore
 from .templates import TemplateMiner
 
 log = logging.getLogger(__name__)
@@ -312,11 +313,19 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
         members = members.with_columns(rename)
         evidence = evidence.with_columns(rename)
         result = RunResult(rings, members, evidence, account_scores(graph, members), graph, detection)
+        loaded = None
         if store is not None:
             with clock.stage("store"):
-                store.write_graph(graph)
+                # only what changed since the last completed load goes to the server; the snapshot is
+                # replaced after the load, so a run killed mid-load sends the same rows again
+                snapshot = EmbeddedStore(state.root / "graph")
+                previous_graph = snapshot.read_graph() if (state.root / "graph" / "nodes").exists() else None
+                delta = graph_delta(graph, previous_graph) if previous_graph is not None else graph
+                stats = store.write_graph(delta)
                 store.write_rings(rings, members, run_id=run_id,
                                   run_props={"new_files": len(sync["new"]), "changed_files": len(sync["changed"])})
+                snapshot.write_graph(graph)
+                loaded = {"nodes": stats.nodes, "relationships": stats.relationships, "seconds": round(stats.seconds, 2)}
         summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
         with clock.stage("export"):
             export(out_dir, result, quarantine)
@@ -325,7 +334,7 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
         change_counts = {k: int(v) for k, v in changes.group_by("change").len().iter_rows()}
         summary |= {"run_id": run_id, "exit_reason": "ok", "files": {k: sync[k] if k == "unchanged" else len(sync[k])
                                                                       for k in ("new", "changed", "removed", "unchanged")},
-                    "ring_changes": change_counts, "lock_taken_over": lock.previous_holder,
+                    "ring_changes": change_counts, "lock_taken_over": lock.previous_holder, "neo4j_load": loaded,
                     "timings_s": dict(clock.timings)}
         write_json(summary, out_dir / "run.json")
         _append_history(out_dir / "runs.jsonl", summary)
@@ -343,7 +352,7 @@ def _append_history(path: Path, summary: dict[str, Any]) -> None:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """The one JSON line a cron job prints on stdout."""
-    keys = ("run_id", "exit_reason", "files", "rings", "ring_changes", "timings_s", "tables")
+    keys = ("run_id", "exit_reason", "files", "rings", "ring_changes", "neo4j_load", "timings_s", "tables")
     short = {k: summary[k] for k in keys if k in summary}
     if "tables" in short:
         short["tables"] = {t: {k: c[k] for k in ("rows_read", "rows_used", "rows_quarantined")}

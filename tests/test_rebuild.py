@@ -168,3 +168,27 @@ def test_sigkill_with_neo4j_converges_to_the_same_graph(tmp_path: Path) -> None:
     rings, _, _ = store.driver.execute_query("MATCH (r:Ring) RETURN count(r) AS n, count(DISTINCT r.run_id) AS runs")
     assert rings[0]["runs"] == 1 and rings[0]["n"] == len(set(read_csv(victim / "rings.csv")["ring_id"]))
     store.close()
+
+
+@pytest.mark.neo4j
+def test_nightly_neo4j_load_sends_only_what_changed(tmp_path: Path) -> None:
+    from .test_neo4j import _connect
+    store = _connect()
+    with store.driver.session() as session:
+        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+    data = _partitioned(tmp_path / "in")
+    partitions = sorted((data / "requests").iterdir())
+    held_back = tmp_path / "later"
+    shutil.move(str(partitions[-1]), held_back)
+    first = rebuild(data, tmp_path / "out", store=store)
+    shutil.move(str(held_back), partitions[-1])
+    second = rebuild(data, tmp_path / "out", store=store)
+    again = rebuild(data, tmp_path / "out", store=store)
+    assert 0 < second["neo4j_load"]["relationships"] < first["neo4j_load"]["relationships"]
+    assert again["neo4j_load"]["relationships"] == 0 and again["neo4j_load"]["nodes"] == 0
+    full_counts = store.counts()
+    with store.driver.session() as session:
+        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+    rebuild(data, tmp_path / "fresh", store=store, full=True)
+    assert store.counts()["relationships"] == full_counts["relationships"]
+    store.close()
