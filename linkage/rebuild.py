@@ -292,6 +292,7 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
     clock = StageClock()
     with RunLock(out_dir / ".lock") as lock:
+        _remove_temporaries(out_dir)
         state = StateDir(out_dir / "state")
         if full:
             state.reset()
@@ -339,6 +340,16 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
         write_json(summary, out_dir / "run.json")
         _append_history(out_dir / "runs.jsonl", summary)
     return summary
+
+
+def _remove_temporaries(out_dir: Path) -> None:
+    """Half-written files of a killed run (``.name.XXXX.tmp``, ``staged/…tmp``): under the lock no
+    one else can be writing them, so they are garbage."""
+    for leftover in sorted(out_dir.rglob("*.tmp")):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _append_history(path: Path, summary: dict[str, Any]) -> None:
