@@ -21,8 +21,8 @@ from .settings import Settings
 def run_baseline(input_dir: Path, out_dir: Path, settings: Settings | None = None) -> pl.DataFrame:
     settings = settings or Settings()
     clock = StageClock()
-    inputs, templates = load_inputs(Path(input_dir), settings, Quarantine(), clock)
-    graph = build_graph(inputs.accounts, inputs.payments, inputs.requests, templates)
+    inputs = load_inputs(Path(input_dir), settings, Quarantine(), clock)
+    graph = build_graph(inputs.accounts, inputs.payments, inputs.requests, inputs.templates)
     accounts = graph.nodes["Account"].select("account_id").with_row_index("idx")
     links = pl.concat([graph.rels[r].select(pl.col("src").alias("account_id"), pl.col("dst").cast(pl.Utf8).alias("entity"))
                        .with_columns(pl.lit(r).alias("kind")) for r in ("PAID_WITH", "USED_IP", "USED_DEVICE")])

@@ -39,7 +39,7 @@ class Inputs:
     accounts: pl.DataFrame
     payments: pl.DataFrame
     requests: pl.DataFrame  # compact, de-duplicated, with template_id
-    miner_templates: Any = None
+    templates: Any = None  # TemplateResult
 
 
 @dataclass
@@ -142,7 +142,7 @@ def attach_templates(requests: pl.DataFrame, miner: TemplateMiner):
     return requests, result
 
 
-def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clock: StageClock) -> tuple[Inputs, Any]:
+def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clock: StageClock) -> Inputs:
     input_dir = Path(input_dir)
     miner = TemplateMiner(settings.templates)
     with clock.stage("ingest"):
@@ -154,7 +154,7 @@ def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clo
         requests = clean_requests(requests, accounts, quarantine)
     with clock.stage("templates"):
         requests, templates = attach_templates(requests, miner)
-    return Inputs(accounts, payments, requests, templates), templates
+    return Inputs(accounts, payments, requests, templates)
 
 
 def _empty_compact() -> pl.DataFrame:
@@ -193,9 +193,9 @@ def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Sett
     started = time.time()
     clock = StageClock()
     quarantine = Quarantine()
-    inputs, _ = load_inputs(Path(input_dir), settings, quarantine, clock)
+    inputs = load_inputs(Path(input_dir), settings, quarantine, clock)
     with clock.stage("graph"):
-        graph = build_graph(inputs.accounts, inputs.payments, inputs.requests, inputs.miner_templates,
+        graph = build_graph(inputs.accounts, inputs.payments, inputs.requests, inputs.templates,
                             settings.detect.activity_window_minutes)
     del inputs
     detection, rings, members, evidence = analyse(graph, settings, clock)
