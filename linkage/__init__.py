@@ -6,7 +6,14 @@ Notebook use::
     result = linkage.run("fixtures/campaign_small", "/tmp/out")
     rings, members = result.to_pandas()
 """
+import os as _os
+
 __version__ = "0.1.0"
+
+# polars allocates through jemalloc, which by default hands freed pages straight back to the
+# kernel; a run that builds and drops multi-GB columns then spends a fifth of its time in page
+# faults. Keeping freed pages for a few seconds (read once, when polars loads) avoids that.
+_os.environ.setdefault("_RJEM_MALLOC_CONF", "background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:10000")
 
 from .settings import Settings  # noqa: E402
 

@@ -18,6 +18,7 @@ cut apart) and every such candidate pair is then weighed on *all* it shares. Pai
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from .settings import DetectSettings
 
 log = logging.getLogger(__name__)
 _NO_BIN_TYPES = ["wallet", "crypto", "invoice"]
+_ENTITY_SEED = 17
 
 
 @dataclass
@@ -52,63 +54,75 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
     ip_info = graph.nodes["IP"].select("ip", "subnet", "asn", "ip_type")
     type_factor = _ip_type_factor(settings)
 
-    def rel(rel_type: str, entity_type: str) -> pl.DataFrame:
-        return rels[rel_type].select(pl.col("src").alias("account_id"),
-                                     (pl.lit(entity_type + "|") + pl.col("dst").cast(pl.Utf8)).alias("entity"),
-                                     pl.lit(entity_type).alias("type"), pl.lit(1.0).alias("factor"), "count")
+    def rel(rel_type: str) -> pl.LazyFrame:
+        return rels[rel_type].lazy().select(pl.col("src").alias("account_id"), pl.col("dst").alias("key"),
+                                            pl.lit(1.0).alias("factor"), "count")
 
     used = rels["USED_IP"].lazy().join(ip_info.lazy(), left_on="dst", right_on="ip", how="left") \
         .with_columns(type_factor.alias("factor"))
     instruments = rels["PAID_WITH"].join(graph.nodes["PaymentInstrument"], left_on="dst", right_on="instrument_id")
 
-    def network(column: str, entity_type: str) -> pl.LazyFrame:
+    def network(column: str) -> pl.LazyFrame:
         """Per account and subnet (or ASN): several addresses of one network collapse into one entity."""
         return used.filter(pl.col(column).is_not_null()).group_by("src", column).agg(
             pl.col("factor").max(), pl.col("count").sum()).select(
-            pl.col("src").alias("account_id"), (pl.lit(entity_type + "|") + pl.col(column).cast(pl.Utf8)).alias("entity"),
-            pl.lit(entity_type).alias("type"), "factor", "count")
+            pl.col("src").alias("account_id"), pl.col(column).alias("key"), "factor", "count")
 
-    parts = [
-        rel("PAID_WITH", "PaymentInstrument"),
-        rel("USED_DEVICE", "Device"),
-        rel("SENT_TEMPLATE", "PromptTemplate"),
-        rel("HAS_EMAIL_DOMAIN", "EmailDomain"),
-        rel("SIGNED_UP_FROM", "SignupIP"),
-        accounts.filter(pl.col("email").is_not_null()).select(
-            "account_id", (pl.lit("Email|") + pl.col("email")).alias("entity"), pl.lit("Email").alias("type"),
-            pl.lit(1.0).alias("factor")),
-        used.select(pl.col("src").alias("account_id"), (pl.lit("IP|") + pl.col("dst")).alias("entity"),
-                    pl.lit("IP").alias("type"), "factor", "count"),
-        network("subnet", "Subnet"),
-        network("asn", "ASN"),
-        instruments.filter(pl.col("bin").is_not_null() & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
+    parts = {
+        "PaymentInstrument": rel("PAID_WITH"),
+        "Device": rel("USED_DEVICE"),
+        "PromptTemplate": rel("SENT_TEMPLATE"),
+        "EmailDomain": rel("HAS_EMAIL_DOMAIN"),
+        "SignupIP": rel("SIGNED_UP_FROM"),
+        "Email": accounts.lazy().filter(pl.col("email").is_not_null()).select(
+            "account_id", pl.col("email").alias("key"), pl.lit(1.0).alias("factor"), pl.lit(1).alias("count")),
+        "IP": used.select(pl.col("src").alias("account_id"), pl.col("dst").alias("key"), "factor", "count"),
+        "Subnet": network("subnet"),
+        "ASN": network("asn"),
+        "Bin": instruments.lazy().filter(pl.col("bin").is_not_null()
+                                         & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
         .group_by("src", "bin").agg(pl.len().alias("count"))
-        .select(pl.col("src").alias("account_id"), (pl.lit("Bin|") + pl.col("bin")).alias("entity"),
-                pl.lit("Bin").alias("type"), pl.lit(1.0).alias("factor"), "count"),
-        _signup_bursts(accounts, settings),
-        _model_switches(graph, settings),
-    ]
-    # every part holds one row per (account, entity) already: no global de-duplication needed
-    evidence = pl.concat([p.lazy().select("account_id", "entity", "type", pl.col("factor").cast(pl.Float64),
-                                          (pl.col("count") if "count" in p.collect_schema().names() else pl.lit(1))
-                                          .cast(pl.Int64).alias("count"))
-                          for p in parts])
-    evidence = evidence.join(accounts.lazy().select("account_id", "idx"), on="account_id", how="inner")
-    degree = evidence.group_by("entity").agg(pl.len().alias("degree")).filter(
-        (pl.col("degree") >= 2) & (pl.col("degree") <= settings.max_entity_accounts))
-    evidence = evidence.join(degree, on="entity")
-    # an account's most-used shared entities of each type speak for it; a proxy-rotating
-    # account's long tail of exit addresses would only multiply the pair arithmetic
-    evidence = evidence.sort(["idx", "type", "count", "entity"], descending=[False, False, True, False]) \
-        .group_by("idx", "type", maintain_order=True).head(settings.max_entities_per_type).collect()
+        .select(pl.col("src").alias("account_id"), pl.col("bin").alias("key"), pl.lit(1.0).alias("factor"), "count"),
+        "SignupBurst": _signup_bursts(accounts, settings),
+        "ModelSwitch": _model_switches(graph, settings),
+    }
+    # every part holds one row per (account, entity) and is one evidence type, so rarity and the
+    # per-type cap are settled part by part, before any text is built for the survivors
+    types = pl.Enum(sorted(set(settings.type_weights) | set(parts)))
+    evidence = pl.concat([_shared_entities(part, name, types, settings) for name, part in parts.items()]) \
+        .join(accounts.lazy().select("account_id", "idx"), on="account_id", how="inner").collect()
     n = max(accounts.height, 4)
-    weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())})
+    weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())},
+                           schema={"type": types, "type_weight": pl.Float64})
     evidence = evidence.join(weights, on="type", how="left").with_columns(
         (pl.col("type_weight").fill_null(0.0) * pl.col("factor")
          * ((np.log(n) - pl.col("degree").cast(pl.Float64).log()) / np.log(n / 2)).clip(0, 1)
          * (1 - pl.col("degree").cast(pl.Float64) / (settings.ubiquity_share * n)).clip(0, 1)).alias("value"))
-    evidence = evidence.filter(pl.col("value") > 0).select("idx", "account_id", "entity", "type", "value", "degree")
-    return accounts, evidence.sort("entity", "idx")
+    evidence = evidence.filter(pl.col("value") > 0).select("idx", "account_id", "entity", "entity_key",
+                                                           pl.col("type").cast(pl.Utf8), "value", "degree")
+    return accounts, evidence.sort("entity_key", "idx")
+
+
+def _shared_entities(part: pl.LazyFrame, type_name: str, types: pl.Enum, settings: DetectSettings) -> pl.LazyFrame:
+    """One evidence type's (account, entity) rows: entities shared by ≥ 2 accounts (and not past
+    ``max_entity_accounts``), and per account only its ``max_entities_per_type`` most used ones —
+    a proxy-rotating account's long tail of exit addresses would only multiply the pair arithmetic."""
+    part = part.with_columns(pl.col("key").cast(pl.Utf8)).with_columns(
+        pl.col("key").hash(_ENTITY_SEED).alias("entity_key"), pl.col("count").cast(pl.Int64),
+        pl.col("factor").cast(pl.Float64))
+    part = part.with_columns(pl.len().over("entity_key").alias("degree")).filter(
+        (pl.col("degree") >= 2) & (pl.col("degree") <= settings.max_entity_accounts))
+    ranked = part.sort(["count", "entity_key"], descending=[True, False]) \
+        .with_columns(pl.int_range(pl.len()).over("account_id").alias("rank"))
+    return ranked.filter(pl.col("rank") < settings.max_entities_per_type).select(
+        "account_id", (pl.lit(type_name + "|") + pl.col("key")).alias("entity"),
+        (pl.col("entity_key") ^ pl.lit(hash_text(type_name), pl.UInt64)).alias("entity_key"),
+        pl.lit(type_name).cast(types).alias("type"), "factor", "count", "degree")
+
+
+def hash_text(text: str) -> int:
+    """A stable 64-bit number for a short string (Python's ``hash`` changes between processes)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def _ip_type_factor(settings: DetectSettings) -> pl.Expr:
@@ -128,9 +142,8 @@ def _burst_windows(times: pl.DataFrame, window: pl.Expr, settings: DetectSetting
 def _signup_bursts(accounts: pl.DataFrame, settings: DetectSettings) -> pl.DataFrame:
     window = pl.col("created_at").dt.epoch("s") // (settings.signup_window_minutes * 60)
     bursts = _burst_windows(accounts, window, settings)
-    return accounts.with_columns(window.alias("window")).join(bursts, on="window").select(
-        "account_id", (pl.lit("SignupBurst|") + pl.col("window").cast(pl.Utf8)).alias("entity"),
-        pl.lit("SignupBurst").alias("type"), pl.lit(1.0).alias("factor"))
+    return accounts.lazy().with_columns(window.alias("window")).join(bursts.lazy(), on="window").select(
+        "account_id", pl.col("window").cast(pl.Utf8).alias("key"), pl.lit(1.0).alias("factor"), pl.lit(1).alias("count"))
 
 
 def _model_switches(graph: Graph, settings: DetectSettings) -> pl.DataFrame:
@@ -141,9 +154,9 @@ def _model_switches(graph: Graph, settings: DetectSettings) -> pl.DataFrame:
     switches = firsts.filter(pl.col("ts") > pl.col("account_first"))
     window = pl.col("ts").dt.epoch("s") // 3600
     bursts = _burst_windows(switches, window, settings)
-    return switches.with_columns(window.alias("window")).join(bursts, on="window").select(
-        "account_id", (pl.lit("ModelSwitch|") + pl.col("model") + "@" + pl.col("window").cast(pl.Utf8)).alias("entity"),
-        pl.lit("ModelSwitch").alias("type"), pl.lit(1.0).alias("factor"))
+    return switches.lazy().with_columns(window.alias("window")).join(bursts.lazy(), on="window").select(
+        "account_id", (pl.col("model") + "@" + pl.col("window").cast(pl.Utf8)).alias("key"), pl.lit(1.0).alias("factor"),
+        pl.lit(1).alias("count"))
 
 
 # ---------------------------------------------------------------- candidates
@@ -190,7 +203,7 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     type_names = sorted(settings.type_weights)
     type_code = {t: i for i, t in enumerate(type_names)}
     ev = evidence.with_columns(pl.col("type").replace_strict(type_code, return_dtype=pl.Int32).alias("type_code"),
-                               pl.col("entity").rank("dense").cast(pl.Int64).alias("entity_code")).sort("entity_code", "idx")
+                               pl.col("entity_key").rank("dense").cast(pl.Int64).alias("entity_code")).sort("entity_code", "idx")
     idx = ev["idx"].to_numpy().astype(np.int64)
     entity_code = ev["entity_code"].to_numpy()
     value = ev["value"].to_numpy()
@@ -215,7 +228,7 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     ha, hb = _hub_cycles(entity_code[proposing], idx[proposing], settings.hub_partners, settings.seed)
     keep = ha != hb
     hub_pairs = np.minimum(ha[keep], hb[keep]) * n + np.maximum(ha[keep], hb[keep])
-    candidates = np.unique(np.concatenate([contrib_pair, hub_pairs]))
+    candidates = sorted_unique(np.concatenate([contrib_pair, hub_pairs]))
     log.info("projection: %d small-entity contributions, %d candidate pairs", len(contrib_pair), len(candidates))
     if len(candidates) == 0:
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64, "activity": pl.Float64})
@@ -232,21 +245,11 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
         type_max[sorted_cells[starts]] = np.maximum.reduceat(contrib_value[order], starts)
     type_max = type_max.reshape(len(candidates), n_types)
     ca, cb = candidates // n, candidates % n
-    if len(h_rows):
-        width = int(entity_code.max()) + 1
-        for t in np.unique(types[h_rows]):
-            rows = h_rows[types[h_rows] == t]
-            has = np.zeros(n, bool)
-            has[idx[rows]] = True
-            both = np.flatnonzero(has[ca] & has[cb])  # only pairs where both ends hold a hub of this type
-            if len(both) == 0:
-                continue
-            matrix = sp.csr_matrix((value[rows], (idx[rows], entity_code[rows])), shape=(n, width))
-            binary = matrix.copy()
-            binary.data[:] = 1.0
-            shared = matrix[ca[both]].multiply(binary[cb[both]]).tocsr()
-            type_sum[both, t] += np.asarray(shared.sum(axis=1)).ravel()
-            type_max[both, t] = np.maximum(type_max[both, t], shared.max(axis=1).toarray().ravel())
+    for t in np.unique(types[h_rows]):
+        rows = h_rows[types[h_rows] == t]
+        shared_sum, shared_max, both = _shared_hub_values(ca, cb, idx[rows], entity_code[rows], value[rows])
+        type_sum[both, t] += shared_sum
+        type_max[both, t] = np.maximum(type_max[both, t], shared_max)
     # within one evidence type, shared entities are correlated (users of one framework share all its
     # templates): the strongest counts in full, the rest only a little
     caps = np.array([2.0 * settings.type_weights[t] for t in type_names])
@@ -266,6 +269,34 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     weight = np.where(same_org, weight * settings.org_discount, weight)
     keep = weight >= settings.min_pair_weight
     return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[keep], "activity": activity[keep]})
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. (numpy 2's hash-based ``np.unique`` is ~50× slower on 20M int64.)"""
+    ordered = np.sort(values)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
+
+
+def _shared_hub_values(ca: np.ndarray, cb: np.ndarray, member: np.ndarray, entity: np.ndarray,
+                       value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For candidate pairs whose both ends hold hubs of one type: the sum and the maximum value
+    (on the ``ca`` side) of the hubs they share, and the positions of those pairs.
+
+    Never expands a hub into its clique: only the candidate pairs' rows are compared."""
+    n = max(int(ca.max(initial=0)), int(cb.max(initial=0)), int(member.max())) + 1
+    held = np.bincount(member, minlength=n)
+    both = np.flatnonzero((held[ca] > 0) & (held[cb] > 0))
+    if held.max(initial=0) <= 1:  # one hub per account (a card, a client build): compare directly
+        own_entity, own_value = np.full(n, -1, np.int64), np.zeros(n)
+        own_entity[member], own_value[member] = entity, value
+        shared = np.where(own_entity[ca[both]] == own_entity[cb[both]], own_value[ca[both]], 0.0)
+        return shared, shared, both
+    width = int(entity.max()) + 1
+    matrix = sp.csr_matrix((value, (member, entity)), shape=(n, width))
+    binary = matrix.copy()
+    binary.data[:] = 1.0
+    products = matrix[ca[both]].multiply(binary[cb[both]]).tocsr()
+    return np.asarray(products.sum(axis=1)).ravel(), products.max(axis=1).toarray().ravel(), both
 
 
 def _activity_similarity(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
@@ -291,9 +322,10 @@ def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
     membership = np.full(n, -1, dtype=np.int64)
     if pairs.height == 0:
         return membership
-    nodes, edges = np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]), return_inverse=True)
-    edges = edges.reshape(2, -1).T
-    graph = ig.Graph(n=len(nodes), edges=edges, directed=False)
+    ends = np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()])
+    nodes = sorted_unique(ends)
+    edges = np.searchsorted(nodes, ends).reshape(2, -1).T
+    graph = ig.Graph(n=len(nodes), edges=edges.tolist(), directed=False)
     random.seed(settings.seed)
     ig.set_random_number_generator(random)
     partition = graph.community_leiden(objective_function="modularity", weights=pairs["weight"].to_numpy(),
@@ -318,7 +350,8 @@ def merge_close_communities(membership: np.ndarray, pairs: pl.DataFrame, ratio: 
     if len(lo) == 0:
         return membership
     key = lo * (membership.max() + 1) + hi
-    keys, inverse = np.unique(key, return_inverse=True)
+    keys = sorted_unique(key)
+    inverse = np.searchsorted(keys, key)
     between = np.bincount(inverse, weights=w[~inside])
     left, right = keys // (membership.max() + 1), keys % (membership.max() + 1)
     close = between >= ratio * np.minimum(internal[left], internal[right])

@@ -239,6 +239,18 @@ class Quarantine:
         for reason, n in frame.group_by("reason").len().iter_rows():
             counts.reasons[f"{reason}"] += n
 
+    def merge(self, other: "Quarantine") -> None:
+        """Take over another quarantine's rows and counts (one file's, processed on its own)."""
+        for table, frames in other.frames.items():
+            self.frames.setdefault(table, []).extend(frames)
+        for table, theirs in other.counts.items():
+            mine = self.table_counts(table)
+            mine.rows_read += theirs.rows_read
+            mine.rows_used += theirs.rows_used
+            mine.rows_quarantined += theirs.rows_quarantined
+            mine.files += theirs.files
+            mine.reasons.update(theirs.reasons)
+
     def rows(self, table: str) -> pl.DataFrame:
         frames = self.frames.get(table)
         return pl.concat(frames) if frames else pl.DataFrame(schema=QUARANTINE_SCHEMA)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -81,17 +82,46 @@ def prepare_payments(payments: pl.DataFrame, known: pl.DataFrame, quarantine: Qu
     return normalize_payments(_drop_unknown_accounts(payments, known, quarantine, "payments"))
 
 
-def ingest_requests(input_dir: Path, settings: Settings, quarantine: Quarantine, miner: TemplateMiner,
-                    files: list[Path] | None = None) -> pl.DataFrame:
-    """Stream the request log file by file; only compact columns survive each batch."""
+@dataclass
+class RequestFile:
+    """One request-log file, validated and reduced: its compact rows, what the template miner
+    learnt from it and its quarantine. Files are independent, so they are processed concurrently."""
+
+    rows: pl.DataFrame
+    miner_state: dict[str, pl.DataFrame]
+    quarantine: Quarantine
+
+
+def ingest_request_file(path: Path, settings: Settings) -> RequestFile:
+    quarantine = Quarantine()
+    miner = TemplateMiner(settings.templates)
+    rows = [normalize_requests(batch, miner)
+            for _, batch in read_table(path.parent, REQUESTS, settings.ingest, quarantine, [path])]
+    frame = pl.concat(rows, how="vertical_relaxed") if rows else _empty_compact()
+    return RequestFile(frame, miner.state(), quarantine)
+
+
+def ingest_requests(input_dir: Path, settings: Settings, quarantine: Quarantine,
+                    files: list[Path] | None = None) -> tuple[pl.DataFrame, TemplateMiner]:
+    """Stream the request log file by file (several at once: polars releases the GIL); only
+    compact columns survive each file. Results are combined in file order, so the outcome does
+    not depend on which file finished first."""
     paths = table_files(input_dir, REQUESTS) if files is None else files
     compact: list[pl.DataFrame] = []
-    for path in progress(paths, "requests", total=len(paths)):
-        for _, batch in read_table(input_dir, REQUESTS, settings.ingest, quarantine, [path]):
-            compact.append(normalize_requests(batch, miner))
-    if not compact:
-        return _empty_compact()
-    return pl.concat(compact, how="vertical_relaxed")
+    states: list[dict[str, pl.DataFrame]] = []
+    with ThreadPoolExecutor(max_workers=settings.ingest.workers) as pool:
+        done = pool.map(lambda path: ingest_request_file(path, settings), paths)
+        try:
+            for part in progress(done, "requests", total=len(paths)):
+                compact.append(part.rows)
+                states.append(part.miner_state)
+                quarantine.merge(part.quarantine)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    miner = TemplateMiner.from_states(settings.templates, states)
+    compact = [frame for frame in compact if frame.height]
+    return (pl.concat(compact, how="vertical_relaxed") if compact else _empty_compact()), miner
 
 
 def clean_requests(requests: pl.DataFrame, known: pl.DataFrame, quarantine: Quarantine) -> pl.DataFrame:
@@ -144,13 +174,12 @@ def attach_templates(requests: pl.DataFrame, miner: TemplateMiner):
 
 def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clock: StageClock) -> Inputs:
     input_dir = Path(input_dir)
-    miner = TemplateMiner(settings.templates)
     with clock.stage("ingest"):
         for spec in (ACCOUNTS, PAYMENTS, REQUESTS):
             table_files(input_dir, spec)  # fail fast on a missing table, before any work
         accounts = prepare_accounts(read_rows(input_dir, ACCOUNTS, settings, quarantine), quarantine)
         payments = prepare_payments(read_rows(input_dir, PAYMENTS, settings, quarantine), accounts, quarantine)
-        requests = ingest_requests(input_dir, settings, quarantine, miner)
+        requests, miner = ingest_requests(input_dir, settings, quarantine)
         requests = clean_requests(requests, accounts, quarantine)
     with clock.stage("templates"):
         requests, templates = attach_templates(requests, miner)

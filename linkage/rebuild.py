@@ -33,9 +33,8 @@ from .errors import InputError, LockHeldError
 from .export import write_csv, write_json, write_parquet
 from .graph import build_graph, graph_delta
 from .ingest import Quarantine, read_table, table_files
-from .normalize import normalize_requests
 from .pipeline import (RunResult, _empty, _empty_compact, account_scores, analyse, attach_templates,
-                       clean_requests, export, prepare_accounts, prepare_payments, summarise)
+                       clean_requests, export, ingest_request_file, prepare_accounts, prepare_payments, summarise)
 from .progress import StageClock
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS, TableSpec
 from .settings import Settings
@@ -124,13 +123,11 @@ def _stage_file(table: TableSpec, path: Path, input_dir: Path, settings: Setting
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if table.name == "requests":
-        miner = TemplateMiner(settings.templates)
-        rows = [normalize_requests(batch, miner) for _, batch in
-                read_table(input_dir, REQUESTS, settings.ingest, quarantine, [path])]
-        frame = pl.concat(rows, how="vertical_relaxed") if rows else _empty_compact()
-        frame = frame.with_columns(pl.col("_file").cast(pl.Utf8))
-        for name, part in miner.state().items():
-            part.write_parquet(tmp / f"miner_{name}.parquet")
+        part = ingest_request_file(path, settings)
+        quarantine = part.quarantine
+        frame = part.rows.with_columns(pl.col("_file").cast(pl.Utf8))
+        for name, state in part.miner_state.items():
+            state.write_parquet(tmp / f"miner_{name}.parquet")
     else:
         batches = [b for _, b in read_table(input_dir, table, settings.ingest, quarantine, [path])]
         frame = pl.concat(batches, how="diagonal_relaxed") if batches else _empty(table)

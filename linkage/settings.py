@@ -22,6 +22,7 @@ class IngestSettings(_Section):
     max_id_chars: int = Field(256, gt=0, description="longer ids, ips, emails are quarantined")
     max_text_chars: int = Field(1_000_000, gt=0, description="longer prompts / user agents are quarantined")
     max_tokens: int = Field(10_000_000, gt=0, description="token counts above this are quarantined")
+    workers: int = Field(2, ge=1, description="request files validated and normalised at once (threads)")
 
 
 class TemplateSettings(_Section):

@@ -145,3 +145,35 @@ def test_detection_from_the_embedded_graph_store_equals_the_run(tmp_path: Path) 
     for name in ("rings.csv", "ring_members.csv"):
         assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     assert runner.invoke(main, ["detect", "--out", str(tmp_path / "x")]).exit_code == 2
+
+
+def test_shared_hub_values_match_brute_force():
+    """The walk over the smaller hub list finds exactly the hubs both ends hold, valued on the a side."""
+    from linkage.detect import _shared_hub_values
+    rng = np.random.default_rng(5)
+    member = rng.integers(0, 60, 900)
+    entity = rng.integers(0, 40, 900)
+    keep = np.unique(member * 1000 + entity, return_index=True)[1]
+    member, entity = member[keep], entity[keep]
+    value = rng.random(len(member))
+    ca = rng.integers(0, 70, 3000)
+    cb = rng.integers(0, 70, 3000)
+    held = {}
+    for m, e, v in zip(member, entity, value):
+        held.setdefault(int(m), {})[int(e)] = v
+    sums, maxima, both = _shared_hub_values(ca, cb, member, entity, value)
+    expected_both = [p for p in range(len(ca)) if int(ca[p]) in held and int(cb[p]) in held]
+    assert both.tolist() == expected_both
+    for position, p in enumerate(both):
+        a, b = held[int(ca[p])], held[int(cb[p])]
+        shared = [a[e] for e in a if e in b]
+        assert sums[position] == pytest.approx(sum(shared))
+        assert maxima[position] == pytest.approx(max(shared, default=0.0))
+
+
+def test_shared_hub_values_one_hub_per_account():
+    from linkage.detect import _shared_hub_values
+    member, entity, value = np.array([0, 1, 2, 3]), np.array([7, 7, 8, 9]), np.array([0.5, 0.6, 0.7, 0.8])
+    sums, maxima, both = _shared_hub_values(np.array([0, 0, 2, 4]), np.array([1, 2, 3, 1]), member, entity, value)
+    assert both.tolist() == [0, 1, 2]
+    assert sums.tolist() == [0.5, 0.0, 0.0] and maxima.tolist() == [0.5, 0.0, 0.0]
