@@ -54,6 +54,24 @@ def main() -> None:
     """linkage: find coordinated extraction rings among API accounts."""
 
 
+@main.command(name="bulk-import")
+@click.argument("graph_dir", type=click.Path(exists=True, file_okay=False))
+@common_config
+@verbosity
+def bulk_import_cmd(graph_dir: str, config: str | None, verbose: int) -> None:
+    """Replace the Neo4j database with a graph written by `run --graph`, through neo4j-admin's
+    offline importer (full rebuilds; stop the server first, start it again afterwards)."""
+    _setup_logging(verbose)
+    from .store.embedded import EmbeddedStore
+    from .store.neo4j import settings_from_env
+    from .store.neo4j_import import bulk_import
+    settings = settings_from_env(_settings(config, {}).neo4j)
+    stats = bulk_import(EmbeddedStore(graph_dir).read_graph(), settings.admin_command, settings.database)
+    click.echo(json.dumps({"nodes": stats.nodes, "relationships": stats.relationships, "seconds": round(stats.seconds, 1),
+                           "relationships_per_second": round(stats.relationships_per_second),
+                           "stages_s": stats.per_type}))
+
+
 @main.command()
 @click.argument("input_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="output directory")

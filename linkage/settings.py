@@ -100,6 +100,9 @@ class Neo4jSettings(_Section):
     password: str = Field("", repr=False)
     database: str = "neo4j"
     batch_size: int = Field(10_000, gt=0)
+    # the offline importer for full rebuilds (`linkage bulk-import`): the project's own server by
+    # default; for a packaged install, e.g. "/usr/bin/neo4j-admin" (as the neo4j user)
+    admin_command: str = Field("scripts/neo4j.sh admin", description="neo4j-admin, as a command line")
 
 
 class Settings(_Section):

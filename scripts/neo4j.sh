@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real Neo4j Community 5.26 server, assembled from Maven Central (no Docker, no other download
 # host), run on loopback with a generated password and its store under .neo4j/ (git-ignored).
-#   scripts/neo4j.sh start | stop | status
+#   scripts/neo4j.sh start | stop | status | admin ARGS… (neo4j-admin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOME_DIR="$PWD/.neo4j"
@@ -82,9 +82,17 @@ stop() {
   echo "neo4j: stopped" >&2
 }
 
+admin() {
+  # neo4j-admin of the same server build (e.g. `admin database import full …`; stop the server first)
+  fetch
+  configure
+  NEO4J_HOME="$HOME_DIR" NEO4J_CONF="$HOME_DIR/conf" exec java -Xmx2g -cp "$LIB/*" org.neo4j.cli.AdminTool "$@"
+}
+
 case "${1:-}" in
   start) start ;;
+  admin) shift; admin "$@" ;;
   stop) stop ;;
   status) if running; then echo "running"; else echo "stopped"; exit 1; fi ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|admin ARGS…" >&2; exit 2 ;;
 esac
