@@ -146,7 +146,8 @@ def test_investigator_queries_cannot_write(store) -> None:
 
 
 def test_injection_in_ids_and_parameters_is_inert(store, tiny_result) -> None:
-    graph = tiny_result.graph
+    from linkage.graph import Graph
+    graph = Graph(dict(tiny_result.graph.nodes), dict(tiny_result.graph.rels))  # the module's result stays as it was
     evil = "x'}) DETACH DELETE n //"
     graph.nodes["Account"] = pl.concat([graph.nodes["Account"], graph.nodes["Account"].head(1).with_columns(
         pl.lit(evil).alias("account_id"))])
