@@ -99,9 +99,10 @@ def write_import_files(graph: Graph, directory: Path) -> tuple[list[str], int, i
 
 def _resolve(command: list[str]) -> list[str]:
     """A relative program path is taken from the project checkout (``scripts/neo4j.sh``), wherever cron runs."""
-    project_file = CYPHER_DIR.parent / command[0]
-    if command and not Path(command[0]).is_absolute() and "/" in command[0] and project_file.exists():
-        return [str(project_file), *command[1:]]
+    if command and not Path(command[0]).is_absolute() and "/" in command[0]:
+        project_file = CYPHER_DIR.parent / command[0]
+        if project_file.exists():
+            return [str(project_file), *command[1:]]
     return command
 
 
