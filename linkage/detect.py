@@ -58,8 +58,11 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
         return rels[rel_type].lazy().select(pl.col("src").alias("account_id"), pl.col("dst").alias("key"),
                                             pl.lit(1.0).alias("factor"), "count")
 
-    used = rels["USED_IP"].lazy().join(ip_info.lazy(), left_on="dst", right_on="ip", how="left") \
-        .with_columns(type_factor.alias("factor"))
+    # address use is by far the largest table: joined once, accounts and subnets as categoricals so
+    # that the per-network group-bys below work on integers
+    used = rels["USED_IP"].lazy().join(
+        ip_info.lazy().with_columns(pl.col("subnet").cast(pl.Categorical)), left_on="dst", right_on="ip", how="left"
+    ).with_columns(pl.col("src").cast(pl.Categorical), type_factor.alias("factor")).collect(engine="streaming").lazy()
     instruments = rels["PAID_WITH"].join(graph.nodes["PaymentInstrument"], left_on="dst", right_on="instrument_id")
 
     def network(column: str) -> pl.LazyFrame:
@@ -90,7 +93,7 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
     # per-type cap are settled part by part, before any text is built for the survivors
     types = pl.Enum(sorted(set(settings.type_weights) | set(parts)))
     evidence = pl.concat([_shared_entities(part, name, types, settings) for name, part in parts.items()]) \
-        .join(accounts.lazy().select("account_id", "idx"), on="account_id", how="inner").collect()
+        .join(accounts.lazy().select("account_id", "idx"), on="account_id", how="inner").collect(engine="streaming")
     n = max(accounts.height, 4)
     weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())},
                            schema={"type": types, "type_weight": pl.Float64})
@@ -112,10 +115,16 @@ def _shared_entities(part: pl.LazyFrame, type_name: str, types: pl.Enum, setting
         pl.col("factor").cast(pl.Float64))
     part = part.with_columns(pl.len().over("entity_key").alias("degree")).filter(
         (pl.col("degree") >= 2) & (pl.col("degree") <= settings.max_entity_accounts))
-    ranked = part.sort(["count", "entity_key"], descending=[True, False]) \
-        .with_columns(pl.int_range(pl.len()).over("account_id").alias("rank"))
-    return ranked.filter(pl.col("rank") < settings.max_entities_per_type).select(
-        "account_id", (pl.lit(type_name + "|") + pl.col("key")).alias("entity"),
+    # per account its most used entities (ties: smallest key hash), ranked only where an account
+    # has more than the cap: a per-group sort of those few accounts, never a global one
+    cap = settings.max_entities_per_type
+    columns = ["key", "entity_key", "factor", "count", "degree"]
+    part = part.with_columns(pl.len().over("account_id").alias("held"))
+    within = part.filter(pl.col("held") <= cap).select("account_id", *columns)
+    over = part.filter(pl.col("held") > cap).group_by("account_id").agg(
+        pl.col(columns).sort_by(["count", "entity_key"], descending=[True, False]).head(cap)).explode(columns)
+    return pl.concat([within, over]).select(
+        pl.col("account_id").cast(pl.Utf8), (pl.lit(type_name + "|") + pl.col("key")).alias("entity"),
         (pl.col("entity_key") ^ pl.lit(hash_text(type_name), pl.UInt64)).alias("entity_key"),
         pl.lit(type_name).cast(types).alias("type"), "factor", "count", "degree")
 

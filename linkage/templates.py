@@ -70,10 +70,17 @@ class TemplateMiner:
         """All batches' (prompt_key, segment_key) rows, each distinct prompt once, in segment order."""
         if not self._distinct:
             return pl.DataFrame(schema={"prompt_key": pl.UInt64, "segment_key": pl.UInt64})
-        # each distinct prompt counted once: its rows from the first batch that saw it
         segments = pl.concat(self._distinct)
-        owner = segments.select("prompt_key", "batch").unique("prompt_key", keep="first", maintain_order=True)
-        return segments.join(owner, on=["prompt_key", "batch"], how="semi", maintain_order="left").drop("batch")
+        # a prompt's rows are contiguous within its batch, and batches are in order: each prompt
+        # counts with its rows from the first batch that saw it
+        key, batch = segments["prompt_key"].to_numpy(), segments["batch"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]) | (batch[1:] != batch[:-1])]) if len(key) \
+            else np.zeros(0, np.int64)
+        first_seen = pl.Series(key[starts]).is_first_distinct().to_numpy()
+        segments = segments.drop("batch")
+        if first_seen.all():
+            return segments
+        return segments.filter(pl.Series(np.repeat(first_seen, np.diff(np.r_[starts, len(key)]))))
 
     def add_batch(self, accounts: pl.Series, prompts: pl.Series) -> pl.DataFrame:
         """Per request: ``prompt_key`` (hash of the masked prompt; null when the request has no prompt
@@ -118,19 +125,22 @@ class TemplateMiner:
     def finish(self, request_counts: pl.DataFrame) -> TemplateResult:
         """``request_counts``: prompt_key, requests (after de-duplication of requests)."""
         segments = self._segments_once()
-        support = segments.unique(["prompt_key", "segment_key"]).group_by("segment_key").len("support")
+        support = segments.lazy().group_by("segment_key").agg(
+            pl.col("prompt_key").n_unique().cast(pl.UInt32).alias("support")).collect(engine="streaming")
         with_support = segments.join(support, on="segment_key", how="left", maintain_order="left")
+        # rows of a prompt are contiguous: per-prompt work is done on runs, not by grouping
+        key = with_support["prompt_key"].to_numpy()
+        starts = np.r_[True, key[1:] != key[:-1]] if len(key) else np.zeros(0, bool)
+        run_starts = np.flatnonzero(starts)
+        support_values = with_support["support"].to_numpy()
         # a segment far rarer than the scaffold around it is a filled slot that happened to repeat
         # (a repository name typed into "You are an agent in repo …" a few times)
-        strongest = with_support.group_by("prompt_key").agg(pl.col("support").max().alias("strongest"))
-        marked = with_support.join(strongest, on="prompt_key", how="left", maintain_order="left").with_columns(
-            ((pl.col("support") >= self.settings.min_segment_accounts)
-             & (pl.col("support") >= self.settings.sibling_support_ratio * pl.col("strongest"))).alias("is_scaffold")
-        ).select("prompt_key", "segment_key", "is_scaffold")
-        # collapse each run of filled slots into a single SLOT marker (rows of a prompt are contiguous)
-        key = marked["prompt_key"].to_numpy()
-        is_scaffold = marked["is_scaffold"].to_numpy()
-        starts = np.r_[True, key[1:] != key[:-1]] if len(key) else np.zeros(0, bool)
+        strongest = np.repeat(np.maximum.reduceat(support_values, run_starts), np.diff(np.r_[run_starts, len(key)])) \
+            if len(key) else support_values
+        is_scaffold = (support_values >= self.settings.min_segment_accounts) \
+            & (support_values >= self.settings.sibling_support_ratio * strongest)
+        marked = with_support.select("prompt_key", "segment_key").with_columns(pl.Series("is_scaffold", is_scaffold))
+        # collapse each run of filled slots into a single SLOT marker
         previous = np.r_[True, is_scaffold[:-1]] if len(key) else np.zeros(0, bool)
         keep = is_scaffold | starts | previous
         marked = marked.with_columns(
@@ -160,8 +170,9 @@ class TemplateMiner:
 
     def _template_texts(self, keyed: pl.DataFrame) -> pl.DataFrame:
         """template_key → readable scaffold text, slots shown as ‹…›."""
-        representatives = keyed.sort("requests", "prompt_key", descending=[True, False]) \
-            .unique("template_key", keep="first", maintain_order=True).select("template_key", "token")
+        # each template's most requested prompt (ties: smallest key)
+        representatives = keyed.group_by("template_key").agg(
+            pl.col("token").sort_by(["requests", "prompt_key"], descending=[True, False]).first())
         tokens = representatives.explode("token").with_columns(pl.int_range(pl.len()).over("template_key").alias("pos"))
         tokens = tokens.join(self._texts(), left_on="token", right_on="segment_key", how="left").sort("template_key", "pos")
         return tokens.group_by("template_key").agg(
