@@ -312,11 +312,12 @@ def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
                 typed.append(pl.Series(f"{column.name}_subnet", [None] * raw.height, dtype=pl.Utf8))
             continue
         original = raw[column.name]
-        if original.dtype == pl.Utf8:  # an empty CSV/JSON field is a missing value, whatever the reader made of it
-            original = pl.select(pl.when(original.str.len_bytes() > 0).then(original)).to_series().alias(column.name)
+        if original.dtype == pl.Utf8:
+            # an empty CSV/JSON field is a missing value, whatever the reader made of it; outside
+            # free text, surrounding blanks are not part of a value (stripped once, here)
+            text = original if column.kind == "text" else original.str.strip_chars()
+            original = pl.select(pl.when(text.str.len_bytes() > 0).then(text)).to_series().alias(column.name)
         present = original.is_not_null()
-        if original.dtype == pl.Utf8 and column.kind != "text":
-            present = present & (original.str.strip_chars().str.len_chars() > 0)
         value, problem = _convert(original, column.kind, column.name, settings)
         if column.required:
             problem = pl.when(~present).then(pl.lit(f"empty {column.name}")).otherwise(problem)
@@ -341,29 +342,28 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
         return value, problem
     if kind == "int":
         if original.dtype == pl.Utf8:
-            as_float = original.str.strip_chars().cast(pl.Float64, strict=False)
+            as_float = original.cast(pl.Float64, strict=False)
             value = pl.select(pl.when(as_float == as_float.round(0)).then(as_float)).to_series().cast(pl.Int64, strict=False)
         else:
             value = original.cast(pl.Int64, strict=False)
         unparseable = present & value.is_null()
-        if original.dtype == pl.Utf8:
-            unparseable = unparseable & (original.str.strip_chars().str.len_chars() > 0)
         problem = (pl.when(unparseable).then(pl.lit(f"unparseable integer in {name}"))
                    .when(value < 0).then(pl.lit(f"negative {name}"))
                    .when(value > settings.max_tokens).then(pl.lit(f"{name} above {settings.max_tokens}")))
         return value, problem
-    text = original.cast(pl.Utf8)
+    text = original.cast(pl.Utf8)  # (blank values are already null: see _typed_columns)
     if kind == "ip":
         parsed = parse_ips(text)
-        nonblank = present & (text.str.strip_chars().str.len_chars() > 0)
-        problem = pl.when(nonblank & parsed["ip"].is_null()).then(pl.lit(f"unparseable IP address in {name}"))
+        problem = pl.when(present & parsed["ip"].is_null()).then(pl.lit(f"unparseable IP address in {name}"))
         # the subnet rides along as a struct field so that normalisation need not parse again
         return parsed.select(pl.struct("ip", "subnet")).to_series(), problem
     limit = settings.max_text_chars if kind == "text" else settings.max_id_chars
-    stripped = text if kind == "text" else text.str.strip_chars()
-    value = pl.select(pl.when(stripped.str.len_chars() > 0).then(stripped)).to_series()
-    problem = pl.when(text.str.len_chars() > limit).then(pl.lit(f"{name} longer than {limit} characters"))
-    return value, problem
+    # a text has at least as many bytes as characters: count characters only where bytes exceed the limit
+    too_long = text.str.len_bytes() > limit
+    if too_long.any():
+        too_long = too_long & (text.str.len_chars() > limit)
+    problem = pl.when(too_long).then(pl.lit(f"{name} longer than {limit} characters"))
+    return text, problem
 
 
 def read_table(input_dir: Path, spec: TableSpec, settings: IngestSettings, quarantine: Quarantine,

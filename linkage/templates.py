@@ -101,8 +101,8 @@ class TemplateMiner:
         keys = masked.hash(_SEED).alias("prompt_key")
         reasoning = chosen.str.slice(0, self.settings.max_prompt_chars) \
             .str.contains_any(REASONING_STYLE, ascii_case_insensitive=True).fill_null(False)
-        full_keys = pl.Series("prompt_key", [None] * len(prompts), dtype=pl.UInt64)
-        full_reasoning = pl.Series("reasoning_style", [False] * len(prompts), dtype=pl.Boolean)
+        full_keys = pl.repeat(None, len(prompts), dtype=pl.UInt64, eager=True).alias("prompt_key")
+        full_reasoning = pl.repeat(False, len(prompts), dtype=pl.Boolean, eager=True).alias("reasoning_style")
         if len(rows):
             full_keys = full_keys.scatter(rows, keys)
             full_reasoning = full_reasoning.scatter(rows, reasoning)
@@ -224,19 +224,12 @@ class TemplateMiner:
 
 
 def _sample_per_account(accounts: pl.Series, prompts: pl.Series, limit: int) -> np.ndarray:
-    """Boolean mask: at most ``limit`` prompted rows per account, chosen by hash (order-independent)."""
-    has_prompt = prompts.is_not_null().to_numpy()
-    if len(prompts) == 0:
-        return has_prompt
-    account_code = accounts.hash(_SEED + 2).to_numpy()
-    text_hash = prompts.hash(_SEED + 3).to_numpy()
-    order = np.lexsort((text_hash, account_code, ~has_prompt))
-    sorted_account = account_code[order]
-    starts = np.r_[0, np.flatnonzero(sorted_account[1:] != sorted_account[:-1]) + 1]
-    group_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order)) - group_start
-    return has_prompt & (rank < limit)
+    """Boolean mask: at most ``limit`` prompted rows per account, those with the smallest text hash
+    (order-independent; a repeated text ranks by position)."""
+    frame = pl.DataFrame({"account": accounts, "text": prompts.hash(_SEED + 3), "has": prompts.is_not_null()})
+    chosen = frame.lazy().select(pl.when(pl.col("has")).then(pl.col("text")).rank("ordinal").over("account")
+                                 .le(limit).fill_null(False)).collect().to_series()
+    return chosen.to_numpy()
 
 
 def _template_id(key: pl.Expr) -> pl.Expr:
