@@ -24,9 +24,9 @@ import random
 from dataclasses import dataclass
 
 import igraph as ig
+import numba
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from .graph import ACTIVITY_SIGNATURE_SIZE, Graph, mix64, sorted_unique
 from .settings import DetectSettings
@@ -242,35 +242,15 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     if len(candidates) == 0:
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64, "activity": pl.Float64})
 
-    n_types = len(type_names)
-    cell = np.searchsorted(candidates, contrib_pair) * n_types + contrib_type
-    type_sum = np.bincount(cell, weights=contrib_value, minlength=len(candidates) * n_types) \
-        .reshape(len(candidates), n_types)
-    type_max = np.zeros(len(candidates) * n_types)
-    if len(cell):  # per-cell maximum by sorting, far cheaper than np.maximum.at
-        order = np.argsort(cell, kind="stable")
-        sorted_cells = cell[order]
-        starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
-        type_max[sorted_cells[starts]] = np.maximum.reduceat(contrib_value[order], starts)
-    type_max = type_max.reshape(len(candidates), n_types)
     ca, cb = candidates // n, candidates % n
-    for t in np.unique(types[h_rows]):
-        rows = h_rows[types[h_rows] == t]
-        shared_sum, shared_max, both = _shared_hub_values(ca, cb, idx[rows], entity_code[rows], value[rows])
-        type_sum[both, t] += shared_sum
-        type_max[both, t] = np.maximum(type_max[both, t], shared_max)
-    # within one evidence type, shared entities are correlated (users of one framework share all its
-    # templates): the strongest counts in full, the rest only a little
     caps = np.array([2.0 * settings.type_weights[t] for t in type_names])
-    extra = settings.within_type_extra
-    per_type = np.minimum(type_max + extra * np.minimum(type_sum - type_max, type_max), caps)
-    weight = np.zeros(len(candidates))
     family_of = {t: f for f, members in settings.type_families.items() for t in members}
-    for family in {family_of.get(t, t) for t in type_names}:
-        columns = [type_code[t] for t in type_names if family_of.get(t, t) == family]
-        block = per_type[:, columns]
-        strongest = block.max(axis=1)
-        weight += strongest + extra * np.minimum(block.sum(axis=1) - strongest, strongest)
+    families = sorted({family_of.get(t, t) for t in type_names})
+    family_code = np.array([families.index(family_of.get(t, t)) for t in type_names], dtype=np.int64)
+    weight = pair_weights(
+        n, ca, cb, Shared(np.searchsorted(candidates, contrib_pair), contrib_type, contrib_value),
+        Held(idx[h_rows], types[h_rows], entity_code[h_rows], value[h_rows]),
+        TypeRules(caps, family_code, len(families), settings.within_type_extra))
     activity = _activity_similarity(accounts, ca, cb)
     weight += settings.type_weights.get("ActivityWindow", 0.0) * activity
     org = accounts["org_id"].to_numpy()
@@ -280,26 +260,88 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[keep], "activity": activity[keep]})
 
 
-def _shared_hub_values(ca: np.ndarray, cb: np.ndarray, member: np.ndarray, entity: np.ndarray,
-                       value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For candidate pairs whose both ends hold hubs of one type: the sum and the maximum value
-    (on the ``ca`` side) of the hubs they share, and the positions of those pairs.
+@dataclass
+class Shared:
+    """Small-entity evidence already resolved to pairs: per row the candidate's position, the type, the value."""
 
-    Never expands a hub into its clique: only the candidate pairs' rows are compared."""
-    n = max(int(ca.max(initial=0)), int(cb.max(initial=0)), int(member.max())) + 1
-    held = np.bincount(member, minlength=n)
-    both = np.flatnonzero((held[ca] > 0) & (held[cb] > 0))
-    if held.max(initial=0) <= 1:  # one hub per account (a card, a client build): compare directly
-        own_entity, own_value = np.full(n, -1, np.int64), np.zeros(n)
-        own_entity[member], own_value[member] = entity, value
-        shared = np.where(own_entity[ca[both]] == own_entity[cb[both]], own_value[ca[both]], 0.0)
-        return shared, shared, both
-    width = int(entity.max()) + 1
-    matrix = sp.csr_matrix((value, (member, entity)), shape=(n, width))
-    binary = matrix.copy()
-    binary.data[:] = 1.0
-    products = matrix[ca[both]].multiply(binary[cb[both]]).tocsr()
-    return np.asarray(products.sum(axis=1)).ravel(), products.max(axis=1).toarray().ravel(), both
+    position: np.ndarray
+    type_code: np.ndarray
+    value: np.ndarray
+
+
+@dataclass
+class Held:
+    """Hub memberships: per row the account, the type, the entity, the value."""
+
+    member: np.ndarray
+    type_code: np.ndarray
+    entity: np.ndarray
+    value: np.ndarray
+
+
+@dataclass
+class TypeRules:
+    caps: np.ndarray  # per type: the most its shared entities can add
+    family_code: np.ndarray  # per type: its family (correlated types)
+    n_families: int
+    extra: float  # within a type or family, what the others add at most, as a share of the strongest
+
+
+def pair_weights(n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared, held: Held,
+                 rules: TypeRules) -> np.ndarray:
+    """Each candidate pair's evidence weight: its small-entity contributions plus the hubs both ends
+    hold (valued on the ``ca`` side), combined per type and family.
+
+    Never expands a hub into its clique: a pair's shared hubs are a merge of its two ends' hub lists."""
+    by_pair = np.argsort(shared.position, kind="stable")
+    shared_start = np.r_[0, np.cumsum(np.bincount(shared.position, minlength=len(ca)))].astype(np.int64)
+    # each account's hubs as one run sorted by entity (entity codes are unique across types)
+    hub_order = np.lexsort((held.entity, held.member))
+    hub_start = np.r_[0, np.cumsum(np.bincount(held.member, minlength=n_accounts))].astype(np.int64)
+    return _weigh_pairs(ca.astype(np.int64), cb.astype(np.int64), shared_start,
+                        shared.type_code[by_pair].astype(np.int64), shared.value[by_pair].astype(np.float64),
+                        hub_start, held.entity[hub_order].astype(np.int64), held.type_code[hub_order].astype(np.int64),
+                        held.value[hub_order].astype(np.float64), rules.caps.astype(np.float64),
+                        rules.family_code.astype(np.int64), rules.n_families, float(rules.extra))
+
+
+@numba.njit(cache=True, nogil=True)
+def _weigh_pairs(ca, cb, shared_start, shared_type, shared_value, hub_start, hub_entity, hub_type, hub_value,
+                 caps, family_code, n_families, extra):  # pragma: no cover — compiled; tested through pair_weights
+    n_types = len(caps)
+    weight = np.zeros(len(ca))
+    sums, maxima = np.zeros(n_types), np.zeros(n_types)
+    strongest, total = np.zeros(n_families), np.zeros(n_families)
+    for p in range(len(ca)):
+        sums[:] = 0.0
+        maxima[:] = 0.0
+        for k in range(shared_start[p], shared_start[p + 1]):
+            t = shared_type[k]
+            sums[t] += shared_value[k]
+            maxima[t] = max(maxima[t], shared_value[k])
+        i, i_end = hub_start[ca[p]], hub_start[ca[p] + 1]
+        j, j_end = hub_start[cb[p]], hub_start[cb[p] + 1]
+        while i < i_end and j < j_end:
+            if hub_entity[i] == hub_entity[j]:
+                t = hub_type[i]
+                sums[t] += hub_value[i]
+                maxima[t] = max(maxima[t], hub_value[i])
+                i += 1
+                j += 1
+            elif hub_entity[i] < hub_entity[j]:
+                i += 1
+            else:
+                j += 1
+        strongest[:] = 0.0
+        total[:] = 0.0
+        for t in range(n_types):
+            value = min(maxima[t] + extra * min(sums[t] - maxima[t], maxima[t]), caps[t])
+            f = family_code[t]
+            strongest[f] = max(strongest[f], value)
+            total[f] += value
+        for f in range(n_families):
+            weight[p] += strongest[f] + extra * min(total[f] - strongest[f], strongest[f])
+    return weight
 
 
 def _activity_similarity(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray) -> np.ndarray:

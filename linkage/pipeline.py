@@ -129,6 +129,9 @@ def clean_requests(requests: pl.DataFrame, known: pl.DataFrame, quarantine: Quar
     if requests.height == 0:
         return requests
     requests = _drop_unknown_accounts(requests, known, quarantine, "requests")
+    keys = requests["request_key"].drop_nulls()
+    if keys.n_unique() == keys.len():  # the usual case, and far cheaper to establish than the flags below
+        return requests
     repeated = requests["request_key"].is_not_null() & ~requests["request_key"].is_first_distinct()
     if repeated.any():
         _requarantine(quarantine, "requests", requests.filter(repeated), "request_id",

@@ -76,10 +76,11 @@ class TemplateMiner:
         key, batch = segments["prompt_key"].to_numpy(), segments["batch"].to_numpy()
         starts = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]) | (batch[1:] != batch[:-1])]) if len(key) \
             else np.zeros(0, np.int64)
-        first_seen = pl.Series(key[starts]).is_first_distinct().to_numpy()
+        heads = pl.Series(key[starts])
         segments = segments.drop("batch")
-        if first_seen.all():
+        if heads.n_unique() == heads.len():  # no prompt seen in two batches (cheap to establish)
             return segments
+        first_seen = heads.is_first_distinct().to_numpy()
         return segments.filter(pl.Series(np.repeat(first_seen, np.diff(np.r_[starts, len(key)]))))
 
     def add_batch(self, accounts: pl.Series, prompts: pl.Series) -> pl.DataFrame:

@@ -147,33 +147,48 @@ def test_detection_from_the_embedded_graph_store_equals_the_run(tmp_path: Path) 
     assert runner.invoke(main, ["detect", "--out", str(tmp_path / "x")]).exit_code == 2
 
 
-def test_shared_hub_values_match_brute_force():
-    """The walk over the smaller hub list finds exactly the hubs both ends hold, valued on the a side."""
-    from linkage.detect import _shared_hub_values
+def _brute_force_weight(small: dict, a: dict, b: dict, rules) -> float:
+    """The pair-weight rule written out plainly: per type the strongest value plus a capped share of
+    the rest; per family the same again."""
+    values: dict[int, list[float]] = {t: list(v) for t, v in small.items()}
+    for (t, e), v in a.items():
+        if (t, e) in b:
+            values.setdefault(t, []).append(v)
+    per_family: dict[int, list[float]] = {}
+    for t, shared in values.items():
+        best = max(shared)
+        capped = min(best + rules.extra * min(sum(shared) - best, best), rules.caps[t])
+        per_family.setdefault(int(rules.family_code[t]), []).append(capped)
+    return sum(max(v) + rules.extra * min(sum(v) - max(v), max(v)) for v in per_family.values())
+
+
+def test_pair_weights_match_brute_force():
+    """Small-entity contributions and hubs both ends hold (valued on the first end), combined per
+    type and family with caps, exactly as the rule says — including pairs sharing nothing."""
+    from linkage.detect import Held, Shared, TypeRules, pair_weights
     rng = np.random.default_rng(5)
+    n_accounts, n_types = 70, 4
     member = rng.integers(0, 60, 900)
     entity = rng.integers(0, 40, 900)
     keep = np.unique(member * 1000 + entity, return_index=True)[1]
     member, entity = member[keep], entity[keep]
-    value = rng.random(len(member))
-    ca = rng.integers(0, 70, 3000)
-    cb = rng.integers(0, 70, 3000)
-    held = {}
-    for m, e, v in zip(member, entity, value):
-        held.setdefault(int(m), {})[int(e)] = v
-    sums, maxima, both = _shared_hub_values(ca, cb, member, entity, value)
-    expected_both = [p for p in range(len(ca)) if int(ca[p]) in held and int(cb[p]) in held]
-    assert both.tolist() == expected_both
-    for position, p in enumerate(both):
-        a, b = held[int(ca[p])], held[int(cb[p])]
-        shared = [a[e] for e in a if e in b]
-        assert sums[position] == pytest.approx(sum(shared))
-        assert maxima[position] == pytest.approx(max(shared, default=0.0))
-
-
-def test_shared_hub_values_one_hub_per_account():
-    from linkage.detect import _shared_hub_values
-    member, entity, value = np.array([0, 1, 2, 3]), np.array([7, 7, 8, 9]), np.array([0.5, 0.6, 0.7, 0.8])
-    sums, maxima, both = _shared_hub_values(np.array([0, 0, 2, 4]), np.array([1, 2, 3, 1]), member, entity, value)
-    assert both.tolist() == [0, 1, 2]
-    assert sums.tolist() == [0.5, 0.0, 0.0] and maxima.tolist() == [0.5, 0.0, 0.0]
+    hub_type = entity % n_types  # an entity belongs to one type
+    hub_value = rng.random(len(member))
+    ca = rng.integers(0, n_accounts, 400)
+    cb = rng.integers(0, n_accounts, 400)
+    position = rng.integers(0, len(ca), 300)
+    small_type = rng.integers(0, n_types, 300)
+    small_value = rng.random(300)
+    rules = TypeRules(caps=np.array([1.5, 0.8, 2.0, 0.5]), family_code=np.array([0, 1, 1, 2]), n_families=3, extra=0.25)
+    weights = pair_weights(n_accounts, ca, cb, Shared(position, small_type, small_value),
+                           Held(member, hub_type, entity, hub_value), rules)
+    hubs: dict[int, dict] = {}
+    for m, t, e, v in zip(member, hub_type, entity, hub_value):
+        hubs.setdefault(int(m), {})[(int(t), int(e))] = v
+    for p in range(len(ca)):
+        small: dict[int, list[float]] = {}
+        for k in np.flatnonzero(position == p):
+            small.setdefault(int(small_type[k]), []).append(small_value[k])
+        expected = _brute_force_weight(small, hubs.get(int(ca[p]), {}), hubs.get(int(cb[p]), {}), rules)
+        assert weights[p] == pytest.approx(expected), p
+    assert (weights == 0).any() and (weights > 0).any()
