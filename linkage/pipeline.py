@@ -121,7 +121,8 @@ def ingest_requests(input_dir: Path, settings: Settings, quarantine: Quarantine,
             raise
     miner = TemplateMiner.from_states(settings.templates, states)
     compact = [frame for frame in compact if frame.height]
-    return (pl.concat(compact, how="vertical_relaxed") if compact else _empty_compact()), miner
+    # one contiguous frame: later joins and group-bys over many small chunks are several times slower
+    return (pl.concat(compact, how="vertical_relaxed", rechunk=True) if compact else _empty_compact()), miner
 
 
 def clean_requests(requests: pl.DataFrame, known: pl.DataFrame, quarantine: Quarantine) -> pl.DataFrame:
@@ -143,11 +144,11 @@ def clean_requests(requests: pl.DataFrame, known: pl.DataFrame, quarantine: Quar
 def _drop_unknown_accounts(frame: pl.DataFrame, known: pl.DataFrame, quarantine: Quarantine, table: str) -> pl.DataFrame:
     if frame.height == 0:
         return frame
-    ids = known.select(pl.col("account_id").cast(frame.schema["account_id"]))
-    unknown = frame.join(ids, on="account_id", how="anti")
-    if unknown.height:
-        _requarantine(quarantine, table, unknown, "account_id", pl.lit("account_id not in accounts table"))
-        frame = frame.join(ids, on="account_id", how="semi")
+    ids = known["account_id"].cast(frame.schema["account_id"])
+    unknown = ~frame["account_id"].is_in(ids.implode())  # a membership test, not a join of the whole frame
+    if unknown.any():
+        _requarantine(quarantine, table, frame.filter(unknown), "account_id", pl.lit("account_id not in accounts table"))
+        frame = frame.filter(~unknown)
     return frame
 
 
