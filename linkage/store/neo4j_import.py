@@ -25,7 +25,7 @@ from ..graph import NODE_SPECS, REL_SPECS, Graph
 from .neo4j import LoadStats
 
 log = logging.getLogger(__name__)
-_DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
+_DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"  # whole seconds without a fraction: the importer parses datetimes slowly
 
 
 def _csv_type(dtype: pl.DataType) -> str:
@@ -67,13 +67,17 @@ def write_import_files(graph: Graph, directory: Path) -> tuple[list[str], int, i
     arguments: list[str] = []
     multiline: list[str] = []
     nodes = relationships = 0
+    positions: dict[str, pl.DataFrame] = {}
     for spec in NODE_SPECS:
         frame = graph.nodes.get(spec.label)
         if frame is None or frame.height == 0:
             continue
         frame = frame.filter(pl.col(spec.key).is_not_null()).unique(spec.key, keep="first").sort(spec.key)
-        # the id column is the key as text (id space per label); the key property keeps its own type
-        out = _typed(frame).with_columns(frame[spec.key].cast(pl.Utf8).alias(f":ID({spec.label})"))
+        # the importer's id is the row number (an integer id space per label, cheaper for it than
+        # text); the key stays a property of its own type
+        positions[spec.label] = frame.select(pl.col(spec.key).cast(pl.Utf8).alias("key"),
+                                             pl.int_range(pl.len(), dtype=pl.Int64).alias("id"))
+        out = _typed(frame).with_columns(positions[spec.label]["id"].alias(f":ID({spec.label})"))
         path = directory / f"node_{spec.label}.csv"
         out.select(f":ID({spec.label})", pl.exclude(f":ID({spec.label})")).write_csv(path, datetime_format=_DATETIME_FORMAT)
         arguments.append(f"--nodes={spec.label}={path}")
@@ -82,16 +86,19 @@ def write_import_files(graph: Graph, directory: Path) -> tuple[list[str], int, i
         nodes += frame.height
     for rel in REL_SPECS:
         frame = graph.rels.get(rel.type)
-        if frame is None or frame.height == 0:
+        if frame is None or frame.height == 0 or rel.src.label not in positions or rel.dst.label not in positions:
             continue
-        out = _typed(frame.select("count", "first_seen", "last_seen")).with_columns(
-            frame["src"].cast(pl.Utf8).alias(f":START_ID({rel.src.label})"),
-            frame["dst"].cast(pl.Utf8).alias(f":END_ID({rel.dst.label})"))
+        start, end = f":START_ID({rel.src.label})", f":END_ID({rel.dst.label})"
+        ends = frame.with_columns(pl.col("src").cast(pl.Utf8), pl.col("dst").cast(pl.Utf8)) \
+            .join(positions[rel.src.label].rename({"key": "src", "id": start}), on="src", how="inner", maintain_order="left") \
+            .join(positions[rel.dst.label].rename({"key": "dst", "id": end}), on="dst", how="inner", maintain_order="left")
+        if ends.height < frame.height:
+            log.warning("%s: %d relationships name a node the graph lacks; not imported", rel.type, frame.height - ends.height)
+        out = _typed(ends.select("count", "first_seen", "last_seen")).with_columns(ends[start], ends[end])
         path = directory / f"rel_{rel.type}.csv"
-        out.select(f":START_ID({rel.src.label})", f":END_ID({rel.dst.label})", pl.exclude("^:.*$")) \
-            .write_csv(path, datetime_format=_DATETIME_FORMAT)
+        out.select(start, end, pl.exclude("^:.*$")).write_csv(path, datetime_format=_DATETIME_FORMAT)
         arguments.append(f"--relationships={rel.type}={path}")
-        relationships += frame.height
+        relationships += ends.height
     if multiline:
         arguments += ["--multiline-fields-format=v2", f"--multiline-fields={','.join(multiline)}"]
     return arguments, nodes, relationships
@@ -117,6 +124,7 @@ def bulk_import(graph: Graph, admin_command: str, database: str = "neo4j", work_
         command = _resolve(shlex.split(admin_command)) + [
             # the database name first: --nodes/--relationships take several values and would swallow it
             "database", "import", "full", database, "--overwrite-destination=true", "--skip-duplicate-nodes=false",
+            "--id-type=integer",
             "--array-delimiter=;", f"--report-file={work / 'import.report'}", *arguments]
         log.info("neo4j bulk import: %s", " ".join(command[:6]))
         began = time.perf_counter()
