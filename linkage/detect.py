@@ -369,8 +369,10 @@ def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
         return membership
     ends = np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()])
     nodes = sorted_unique(ends)
-    edges = np.searchsorted(nodes, ends).reshape(2, -1).T
-    graph = ig.Graph(n=len(nodes), edges=edges.tolist(), directed=False)
+    ends = np.searchsorted(nodes, ends)
+    half = pairs.height
+    # tuples from two flat lists: half the time of a 2-D array's tolist()
+    graph = ig.Graph(n=len(nodes), edges=list(zip(ends[:half].tolist(), ends[half:].tolist())), directed=False)
     random.seed(settings.seed)
     ig.set_random_number_generator(random)
     partition = graph.community_leiden(objective_function="modularity", weights=pairs["weight"].to_numpy(),

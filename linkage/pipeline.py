@@ -170,7 +170,8 @@ def _empty(spec) -> pl.DataFrame:
 
 
 def attach_templates(requests: pl.DataFrame, miner: TemplateMiner):
-    counts = requests.filter(pl.col("prompt_key").is_not_null()).group_by("prompt_key").len("requests")
+    counts = requests.lazy().filter(pl.col("prompt_key").is_not_null()).group_by("prompt_key").len("requests") \
+        .collect(engine="streaming")
     result = miner.finish(counts)
     requests = requests.join(result.assignments, on="prompt_key", how="left")
     return requests, result
