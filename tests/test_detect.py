@@ -192,3 +192,23 @@ def test_pair_weights_match_brute_force():
         expected = _brute_force_weight(small, hubs.get(int(ca[p]), {}), hubs.get(int(cb[p]), {}), rules)
         assert weights[p] == pytest.approx(expected), p
     assert (weights == 0).any() and (weights > 0).any()
+
+
+def test_relationship_tables_are_in_text_order_whatever_the_category_codes():
+    """Aggregates over categorical request columns are ordered by integer ranks of their texts; the
+    order must be the plain text order even when category codes were handed out in another order
+    (files ingested concurrently)."""
+    from linkage.graph import _rel
+    rng = np.random.default_rng(3)
+    words = [f"{w}{n}" for w in ("b", "a", "ab", "Z", "é", "10", "9") for n in range(5)]
+    # categories first seen in a scrambled order, then rows drawn from them
+    pl.Series(list(reversed(words))).cast(pl.Categorical)
+    rows = pl.DataFrame({"account_id": rng.choice(words, 400), "ip": rng.choice(words, 400),
+                         "ts": pl.datetime_range(datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc),
+                                                 "1m", time_unit="ms", eager=True)[:400]}) \
+        .with_columns(pl.col("account_id", "ip").cast(pl.Categorical))
+    ordered = _rel(rows, "account_id", "ip", "ts")
+    expected = _rel(rows.with_columns(pl.col("account_id", "ip").cast(pl.Utf8)), "account_id", "ip", "ts")
+    assert ordered.schema["src"] == pl.Utf8
+    assert ordered.equals(expected)
+    assert ordered.select("src", "dst").equals(ordered.select("src", "dst").sort("src", "dst"))
