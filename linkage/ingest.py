@@ -282,7 +282,8 @@ def validate_batch(raw: pl.DataFrame, spec: TableSpec, source: str, settings: In
     counts.rows_read += raw.height
     raw_columns = [c for c in raw.columns if c != ROW_COL]
     typed, problems = _typed_columns(raw, spec, settings)
-    frame = raw.with_columns(typed).with_columns(pl.lit(source).alias(FILE_COL))
+    # the source as a categorical constant: one string, not one copy per row
+    frame = raw.with_columns(typed).with_columns(pl.lit(source).cast(pl.Categorical).alias(FILE_COL))
     if problems.width:
         names = problems.columns
         frame = frame.with_columns(
