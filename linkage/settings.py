@@ -77,7 +77,6 @@ class DetectSettings(_Section):
     within_type_extra: float = Field(0.25, ge=0, le=1, description="further shared entities of a type (or types of a family) add at most this share of the strongest")
     org_discount: float = Field(0.15, ge=0, le=1, description="factor on evidence two seats of one declared org share")
     min_pair_weight: float = Field(1.0, ge=0, description="pairs below this total weight are not linked")
-    min_entity_share: float = Field(0.02, ge=0, le=1, description="an entity below this share of an account's requests is ignored for it")
     signup_window_minutes: int = Field(30, gt=0)
     activity_window_minutes: int = Field(60, gt=0, description="time slot for lockstep activity (schedulers fill whole hours)")
     burst_min_excess: float = Field(4.0, gt=1, description="window count over its expected count to be a burst")
