@@ -307,7 +307,10 @@ def pair_weights(n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared
 
 @numba.njit(cache=True, nogil=True)
 def _weigh_pairs(ca, cb, shared_start, shared_type, shared_value, hub_start, hub_entity, hub_type, hub_value,
-                 caps, family_code, n_families, extra):  # pragma: no cover — compiled; tested through pair_weights
+                 caps, family_code, n_families, extra):
+    """Compiled loop behind :func:`pair_weights` (arrays prepared there). Shared entities of one type,
+    or of types of one family, are correlated (users of one framework share all its templates): in
+    each, the strongest counts in full and the rest add at most ``extra`` of it; each type is capped."""
     n_types = len(caps)
     weight = np.zeros(len(ca))
     sums, maxima = np.zeros(n_types), np.zeros(n_types)
