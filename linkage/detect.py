@@ -45,55 +45,52 @@ class Detection:
 
 
 # ---------------------------------------------------------------- evidence
+@dataclass
+class Part:
+    """One evidence type's (account, entity) rows, one row per pair: ``idx`` (the account's index),
+    ``entity`` (dense rank of the entity's key hash: equal keys, equal ranks), ``factor``, ``count``
+    (uses), and ``key`` (the entity as text) and ``entity_key`` (its 64-bit hash) either on the rows
+    or, for large parts, in ``keys`` (one row per entity), joined only to the rows kept."""
+
+    rows: pl.DataFrame
+    keys: pl.DataFrame | None = None
+
+
 def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(accounts with a dense ``idx``, one row per account × shared entity with the entity's value).
 
     Reads nothing but the graph tables, so it runs the same on the embedded store and on Neo4j."""
     accounts = graph.nodes["Account"].sort("account_id").with_row_index("idx")
     rels = graph.rels
-    ip_info = graph.nodes["IP"].select("ip", "subnet", "asn", "ip_type")
-    type_factor = _ip_type_factor(settings)
 
-    def rel(rel_type: str) -> pl.LazyFrame:
-        return rels[rel_type].lazy().select(pl.col("src").alias("account_id"), pl.col("dst").alias("key"),
-                                            pl.lit(1.0).alias("factor"), "count")
+    def rel(rel_type: str) -> pl.DataFrame:
+        return rels[rel_type].select(pl.col("src").alias("account_id"), pl.col("dst").alias("key"),
+                                     pl.lit(1.0).alias("factor"), "count")
 
-    # address use is by far the largest table: joined once, accounts and subnets as categoricals so
-    # that the per-network group-bys below work on integers
-    used = rels["USED_IP"].lazy().join(
-        ip_info.lazy().with_columns(pl.col("subnet").cast(pl.Categorical)), left_on="dst", right_on="ip", how="left"
-    ).with_columns(pl.col("src").cast(pl.Categorical), type_factor.alias("factor")).collect(engine="streaming").lazy()
     instruments = rels["PAID_WITH"].join(graph.nodes["PaymentInstrument"], left_on="dst", right_on="instrument_id")
-
-    def network(column: str) -> pl.LazyFrame:
-        """Per account and subnet (or ASN): several addresses of one network collapse into one entity."""
-        return used.filter(pl.col(column).is_not_null()).group_by("src", column).agg(
-            pl.col("factor").max(), pl.col("count").sum()).select(
-            pl.col("src").alias("account_id"), pl.col(column).alias("key"), "factor", "count")
-
     parts = {
         "PaymentInstrument": rel("PAID_WITH"),
         "Device": rel("USED_DEVICE"),
         "PromptTemplate": rel("SENT_TEMPLATE"),
         "EmailDomain": rel("HAS_EMAIL_DOMAIN"),
         "SignupIP": rel("SIGNED_UP_FROM"),
-        "Email": accounts.lazy().filter(pl.col("email").is_not_null()).select(
+        "Email": accounts.filter(pl.col("email").is_not_null()).select(
             "account_id", pl.col("email").alias("key"), pl.lit(1.0).alias("factor"), pl.lit(1).alias("count")),
-        "IP": used.select(pl.col("src").alias("account_id"), pl.col("dst").alias("key"), "factor", "count"),
-        "Subnet": network("subnet"),
-        "ASN": network("asn"),
-        "Bin": instruments.lazy().filter(pl.col("bin").is_not_null()
-                                         & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
+        "Bin": instruments.filter(pl.col("bin").is_not_null()
+                                  & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
         .group_by("src", "bin").agg(pl.len().alias("count"))
         .select(pl.col("src").alias("account_id"), pl.col("bin").alias("key"), pl.lit(1.0).alias("factor"), "count"),
         "SignupBurst": _signup_bursts(accounts, settings),
         "ModelSwitch": _model_switches(graph, settings),
     }
+    index = accounts.lazy().select("account_id", "idx")
+    coded = {name: _keyed_part(frame, index) for name, frame in parts.items()}
+    coded |= _network_parts(graph, pl.Enum(accounts["account_id"]), settings)
     # every part holds one row per (account, entity) and is one evidence type, so rarity and the
     # per-type cap are settled part by part, before any text is built for the survivors
-    types = pl.Enum(sorted(set(settings.type_weights) | set(parts)))
-    evidence = pl.concat([_shared_entities(part, name, types, settings) for name, part in parts.items()]) \
-        .join(accounts.lazy().select("account_id", "idx"), on="account_id", how="inner").collect(engine="streaming")
+    types = pl.Enum(sorted(set(settings.type_weights) | set(coded)))
+    evidence = pl.concat([_shared_entities(part, name, types, settings) for name, part in coded.items()])
+    evidence = evidence.with_columns(accounts["account_id"].gather(evidence["idx"]).alias("account_id"))
     n = max(accounts.height, 4)
     weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())},
                            schema={"type": types, "type_weight": pl.Float64})
@@ -106,27 +103,155 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
     return accounts, evidence.sort("entity_key", "idx")
 
 
-def _shared_entities(part: pl.LazyFrame, type_name: str, types: pl.Enum, settings: DetectSettings) -> pl.LazyFrame:
+def _keyed_part(frame: pl.DataFrame | pl.LazyFrame, index: pl.LazyFrame) -> Part:
+    """A part from (account_id, key, factor, count) rows: accounts indexed, keys hashed and ranked."""
+    rows = frame.lazy().select(
+        pl.col("account_id").cast(pl.Utf8), pl.col("key").cast(pl.Utf8), pl.col("factor").cast(pl.Float64),
+        pl.col("count").cast(pl.Int64),
+    ).filter(pl.col("key").is_not_null()).join(index, on="account_id", how="inner", maintain_order="left").drop(
+        "account_id").with_columns(
+        pl.col("key").hash(_ENTITY_SEED).alias("entity_key")).with_columns(
+        pl.col("entity_key").rank("dense").cast(pl.Int64).alias("entity")).collect()
+    return Part(rows)
+
+
+def _network_parts(graph: Graph, account_index: pl.Enum, settings: DetectSettings) -> dict[str, Part]:
+    """IP, Subnet and ASN parts from address use, by far the largest table. Everything about an
+    address (its hash, subnet, ASN, type factor) is worked out once per address on the IP table and
+    gathered; several addresses of one network collapse into one (account, network) row."""
+    ips = graph.nodes["IP"].select("ip", "subnet", pl.col("asn").cast(pl.Utf8), "ip_type") \
+        .with_columns(_ip_type_factor(settings).alias("factor"))
+    per_ip = {"ip": _ranked_keys(ips["ip"]), "subnet": _ranked_keys(ips["subnet"]), "asn": _ranked_keys(ips["asn"])}
+    # account ids → idx through an enum of the sorted ids (a lookup per row, no join of millions of rows)
+    used = graph.rels["USED_IP"].select(
+        pl.col("src").cast(account_index, strict=False).to_physical().alias("idx"),
+        pl.col("dst").cast(pl.Enum(ips["ip"]), strict=False).to_physical().alias("ip_row"), "count",
+    ).filter(pl.col("idx").is_not_null() & pl.col("ip_row").is_not_null())
+    idx, ip_row, count = (used[c].to_numpy() for c in ("idx", "ip_row", "count"))
+    if not _in_runs(idx):  # (tables from this build are in account order; from elsewhere, maybe not)
+        order = np.argsort(idx, kind="stable")
+        idx, ip_row, count = idx[order], ip_row[order], count[order]
+    factor = ips["factor"].to_numpy()[ip_row]
+    parts: dict[str, Part] = {}
+    for name, level in (("IP", "ip"), ("Subnet", "subnet"), ("ASN", "asn")):
+        keys = per_ip[level]
+        entity = keys["entity"].to_numpy()[ip_row]
+        columns = (idx, entity, factor, count)
+        known = entity >= 0
+        if not known.all():  # addresses without a subnet or ASN
+            columns = tuple(column[known] for column in columns)
+        if level != "ip":  # several addresses of one network: one (account, network) row
+            columns = _collapse_runs(*columns, max(int(keys["entity"].max() or 0), 0) + 1)
+        rows = pl.DataFrame(dict(zip(("idx", "entity", "factor", "count"), columns)))
+        parts[name] = Part(rows, keys.filter(pl.col("entity") >= 0).unique("entity"))
+    return parts
+
+
+def _ranked_keys(keys: pl.Series) -> pl.DataFrame:
+    """Per row of a (small) node table: key text, its hash and the hash's dense rank (-1 when null)."""
+    frame = pl.DataFrame({"key": keys.cast(pl.Utf8)}).with_columns(pl.col("key").hash(_ENTITY_SEED).alias("entity_key"))
+    return frame.with_columns(pl.when(pl.col("key").is_not_null()).then(
+        pl.col("entity_key").rank("dense")).cast(pl.Int64).fill_null(-1).alias("entity"))
+
+
+def _shared_entities(part: Part, type_name: str, types: pl.Enum, settings: DetectSettings) -> pl.DataFrame:
     """One evidence type's (account, entity) rows: entities shared by ≥ 2 accounts (and not past
     ``max_entity_accounts``), and per account only its ``max_entities_per_type`` most used ones —
     a proxy-rotating account's long tail of exit addresses would only multiply the pair arithmetic."""
-    part = part.with_columns(pl.col("key").cast(pl.Utf8)).with_columns(
-        pl.col("key").hash(_ENTITY_SEED).alias("entity_key"), pl.col("count").cast(pl.Int64),
-        pl.col("factor").cast(pl.Float64))
-    part = part.with_columns(pl.len().over("entity_key").alias("degree")).filter(
-        (pl.col("degree") >= 2) & (pl.col("degree") <= settings.max_entity_accounts))
-    # per account its most used entities (ties: smallest key hash), ranked only where an account
-    # has more than the cap: a per-group sort of those few accounts, never a global one
-    cap = settings.max_entities_per_type
-    columns = ["key", "entity_key", "factor", "count", "degree"]
-    part = part.with_columns(pl.len().over("account_id").alias("held"))
-    within = part.filter(pl.col("held") <= cap).select("account_id", *columns)
-    over = part.filter(pl.col("held") > cap).group_by("account_id").agg(
-        pl.col(columns).sort_by(["count", "entity_key"], descending=[True, False]).head(cap)).explode(columns)
-    return pl.concat([within, over]).select(
-        pl.col("account_id").cast(pl.Utf8), (pl.lit(type_name + "|") + pl.col("key")).alias("entity"),
+    rows = part.rows
+    entity = rows["entity"].to_numpy()
+    degree = np.bincount(entity, minlength=int(entity.max()) + 1 if len(entity) else 0)[entity]
+    shared = np.flatnonzero((degree >= 2) & (degree <= settings.max_entity_accounts))
+    keep = shared[_top_per_account(rows["idx"].to_numpy()[shared], rows["count"].to_numpy()[shared],
+                                   entity[shared], settings.max_entities_per_type)]
+    kept = rows[keep] if part.keys is None else rows[keep].join(part.keys, on="entity", how="left", maintain_order="left")
+    return kept.select(
+        pl.col("idx").cast(pl.UInt32), (pl.lit(type_name + "|") + pl.col("key")).alias("entity"),
         (pl.col("entity_key") ^ pl.lit(hash_text(type_name), pl.UInt64)).alias("entity_key"),
-        pl.lit(type_name).cast(types).alias("type"), "factor", "count", "degree")
+        pl.lit(type_name).cast(types).alias("type"), "factor", "count",
+        pl.Series("degree", degree[keep], dtype=pl.UInt32))
+
+
+def _top_per_account(account: np.ndarray, count: np.ndarray, entity: np.ndarray, cap: int) -> np.ndarray:
+    """Positions of the rows kept: per account its ``cap`` most used entities (ties: lowest entity rank,
+    i.e. smallest key hash). Accounts at or under the cap keep everything without any sorting."""
+    held = np.bincount(account)[account] if len(account) else account
+    within = held <= cap
+    over = np.flatnonzero(~within)
+    if len(over) == 0:
+        return np.flatnonzero(within)
+    order = _grouped(account[over], over)
+    # one sortable key: more uses first, then the lower rank
+    rank_key = ((np.uint64(np.iinfo(np.uint32).max) - np.minimum(count[order], np.iinfo(np.uint32).max).astype(np.uint64))
+                << np.uint64(32)) | entity[order].astype(np.uint64)
+    chosen = order[_smallest_of_runs(account[order], rank_key, cap)]
+    return np.sort(np.concatenate([np.flatnonzero(within), chosen]))
+
+
+def _grouped(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``positions`` reordered so that equal ``values`` are contiguous (already so for tables in account order)."""
+    return positions if _in_runs(values) else positions[np.argsort(values, kind="stable")]
+
+
+def _in_runs(values: np.ndarray) -> bool:
+    """Whether the values are in ascending order (so equal values are contiguous)."""
+    return len(values) < 2 or bool(np.all(values[1:] >= values[:-1]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _smallest_of_runs(run_ids, keys, cap):
+    """Positions of the ``cap`` smallest keys of each run of equal ``run_ids`` (keys distinct within a
+    run). A bounded buffer per run: runs are long (an account's exit addresses) and ``cap`` small."""
+    chosen = np.empty(len(run_ids), np.int64)
+    buffer_keys = np.empty(cap, keys.dtype)
+    buffer_rows = np.empty(cap, np.int64)
+    n_chosen, start, n = 0, 0, len(run_ids)
+    while start < n:
+        end = start + 1
+        while end < n and run_ids[end] == run_ids[start]:
+            end += 1
+        filled, largest = 0, 0
+        for row in range(start, end):
+            if filled < cap:
+                buffer_keys[filled], buffer_rows[filled] = keys[row], row
+                filled += 1
+                if filled == cap:
+                    largest = np.argmax(buffer_keys)
+            elif keys[row] < buffer_keys[largest]:
+                buffer_keys[largest], buffer_rows[largest] = keys[row], row
+                largest = np.argmax(buffer_keys)
+        chosen[n_chosen:n_chosen + filled] = buffer_rows[:filled]
+        n_chosen += filled
+        start = end
+    return chosen[:n_chosen]
+
+
+@numba.njit(cache=True, nogil=True)
+def _collapse_runs(run_ids, entity, factor, count, n_entities):
+    """Within each run of equal ``run_ids`` (an account's rows), one row per entity: the largest factor
+    and the summed count. Rows out in order of first appearance; no sort, no hash table."""
+    seen_in = np.full(n_entities, -1, np.int64)
+    slot = np.zeros(n_entities, np.int64)
+    out_run = np.empty(len(run_ids), run_ids.dtype)
+    out_entity = np.empty(len(run_ids), np.int64)
+    out_factor = np.empty(len(run_ids), np.float64)
+    out_count = np.empty(len(run_ids), np.int64)
+    n_out = 0
+    for row in range(len(run_ids)):
+        e = entity[row]
+        if row == 0 or run_ids[row] != run_ids[row - 1]:
+            run_start = row
+        if seen_in[e] != run_start:
+            seen_in[e] = run_start
+            slot[e] = n_out
+            out_run[n_out], out_entity[n_out] = run_ids[row], e
+            out_factor[n_out], out_count[n_out] = factor[row], count[row]
+            n_out += 1
+        else:
+            s = slot[e]
+            out_factor[s] = max(out_factor[s], factor[row])
+            out_count[s] += count[row]
+    return out_run[:n_out], out_entity[:n_out], out_factor[:n_out], out_count[:n_out]
 
 
 def hash_text(text: str) -> int:
