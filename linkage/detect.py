@@ -314,10 +314,13 @@ def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: in
     lefts, rights = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     if len(idx) == 0:
         return lefts[0], rights[0]
+    entity_bits = max(int(entity_codes.max()).bit_length(), 1)
     for r in range(cycles):
         key = mix64(idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ entity_codes.astype(np.uint64)
                    ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF))
-        order = np.lexsort((key, entity_codes))
+        # by entity, then by key: one sort of a packed key (entity in the high bits) instead of a lexsort
+        order = np.argsort((entity_codes.astype(np.uint64) << np.uint64(64 - entity_bits)) | (key >> np.uint64(entity_bits)),
+                           kind="stable")
         ent, members = entity_codes[order], idx[order]
         same = ent[1:] == ent[:-1]
         lefts.append(members[:-1][same])
@@ -378,8 +381,8 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
         TypeRules(caps, family_code, len(families), settings.within_type_extra))
     activity = _activity_similarity(accounts, ca, cb)
     weight += settings.type_weights.get("ActivityWindow", 0.0) * activity
-    org = accounts["org_id"].to_numpy()
-    same_org = (org[ca] == org[cb]) & (org[ca] != None)  # noqa: E711 — elementwise on object arrays
+    org = accounts["org_id"].cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
+    same_org = (org[ca] == org[cb]) & (org[ca] >= 0)
     weight = np.where(same_org, weight * settings.org_discount, weight)
     keep = weight >= settings.min_pair_weight
     return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[keep], "activity": activity[keep]})
@@ -421,45 +424,59 @@ def pair_weights(n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared
     by_pair = np.argsort(shared.position, kind="stable")
     shared_start = np.r_[0, np.cumsum(np.bincount(shared.position, minlength=len(ca)))].astype(np.int64)
     # each account's hubs as one run sorted by entity (entity codes are unique across types)
-    hub_order = np.lexsort((held.entity, held.member))
+    hub_order = _order_by(held.member, held.entity)
     hub_start = np.r_[0, np.cumsum(np.bincount(held.member, minlength=n_accounts))].astype(np.int64)
     return _weigh_pairs(ca.astype(np.int64), cb.astype(np.int64), shared_start,
                         shared.type_code[by_pair].astype(np.int64), shared.value[by_pair].astype(np.float64),
                         hub_start, held.entity[hub_order].astype(np.int64), held.type_code[hub_order].astype(np.int64),
-                        held.value[hub_order].astype(np.float64), rules.caps.astype(np.float64),
-                        rules.family_code.astype(np.int64), rules.n_families, float(rules.extra))
+                        held.value[hub_order].astype(np.float64), int(held.entity.max(initial=-1)) + 1,
+                        rules.caps.astype(np.float64), rules.family_code.astype(np.int64), rules.n_families,
+                        float(rules.extra))
+
+
+def _order_by(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``np.lexsort((second, first))`` for non-negative integers, as one sort of a packed key when both fit."""
+    bits = [max(int(values.max(initial=0)).bit_length(), 1) for values in (first, second)]
+    if sum(bits) > 64:
+        return np.lexsort((second, first))
+    return np.argsort((first.astype(np.uint64) << np.uint64(bits[1])) | second.astype(np.uint64), kind="stable")
 
 
 @numba.njit(cache=True, nogil=True)
 def _weigh_pairs(ca, cb, shared_start, shared_type, shared_value, hub_start, hub_entity, hub_type, hub_value,
-                 caps, family_code, n_families, extra):
+                 n_entities, caps, family_code, n_families, extra):
     """Compiled loop behind :func:`pair_weights` (arrays prepared there). Shared entities of one type,
     or of types of one family, are correlated (users of one framework share all its templates): in
-    each, the strongest counts in full and the rest add at most ``extra`` of it; each type is capped."""
+    each, the strongest counts in full and the rest add at most ``extra`` of it; each type is capped.
+
+    Candidates come grouped by ``ca``: the hubs of ``ca`` are marked once per group, and each
+    partner's hubs are looked up in the marks (its list in entity order, so sums keep one order)."""
     n_types = len(caps)
     weight = np.zeros(len(ca))
     sums, maxima = np.zeros(n_types), np.zeros(n_types)
     strongest, total = np.zeros(n_families), np.zeros(n_families)
+    marked_at = np.full(n_entities, -1, np.int64)
+    marked = -1
     for p in range(len(ca)):
+        if ca[p] != marked:
+            if marked >= 0:
+                for i in range(hub_start[marked], hub_start[marked + 1]):
+                    marked_at[hub_entity[i]] = -1
+            marked = ca[p]
+            for i in range(hub_start[marked], hub_start[marked + 1]):
+                marked_at[hub_entity[i]] = i
         sums[:] = 0.0
         maxima[:] = 0.0
         for k in range(shared_start[p], shared_start[p + 1]):
             t = shared_type[k]
             sums[t] += shared_value[k]
             maxima[t] = max(maxima[t], shared_value[k])
-        i, i_end = hub_start[ca[p]], hub_start[ca[p] + 1]
-        j, j_end = hub_start[cb[p]], hub_start[cb[p] + 1]
-        while i < i_end and j < j_end:
-            if hub_entity[i] == hub_entity[j]:
+        for j in range(hub_start[cb[p]], hub_start[cb[p] + 1]):
+            i = marked_at[hub_entity[j]]
+            if i >= 0:
                 t = hub_type[i]
                 sums[t] += hub_value[i]
                 maxima[t] = max(maxima[t], hub_value[i])
-                i += 1
-                j += 1
-            elif hub_entity[i] < hub_entity[j]:
-                i += 1
-            else:
-                j += 1
         strongest[:] = 0.0
         total[:] = 0.0
         for t in range(n_types):
