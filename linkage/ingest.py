@@ -317,7 +317,7 @@ def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
             text = original if column.kind == "text" else original.str.strip_chars()
             original = pl.select(pl.when(text.str.len_bytes() > 0).then(text)).to_series().alias(column.name)
         present = original.is_not_null()
-        value, problem = _convert(original, column.kind, column.name, settings)
+        value, problem = _convert(original, column.kind, column.name, settings, spec.categorical_ids)
         if column.required:
             problem = pl.when(~present).then(pl.lit(f"empty {column.name}")).otherwise(problem)
         if column.kind == "ip":
@@ -332,7 +332,8 @@ def _dtype(kind: str) -> pl.DataType:
     return {"timestamp": TS_DTYPE, "int": pl.Int64}.get(kind, pl.Utf8)
 
 
-def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings) -> tuple[pl.Series, pl.Expr]:
+def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings,
+             categorical: bool = False) -> tuple[pl.Series, pl.Expr]:
     """(typed value, problem text or null) for one column."""
     present = original.is_not_null()
     if kind == "timestamp":
@@ -352,7 +353,7 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
         return value, problem
     text = original.cast(pl.Utf8)  # (blank values are already null: see _typed_columns)
     if kind == "ip":
-        parsed = parse_ips(text)
+        parsed = parse_ips(text, categorical)
         problem = pl.when(present & parsed["ip"].is_null()).then(pl.lit(f"unparseable IP address in {name}"))
         # the subnet rides along as a struct field so that normalisation need not parse again
         return parsed.select(pl.struct("ip", "subnet")).to_series(), problem

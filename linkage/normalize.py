@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 
+import numpy as np
 import polars as pl
 
 TS_DTYPE = pl.Datetime("ms", "UTC")
@@ -86,12 +87,14 @@ _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
 
 
-def parse_ips(values: pl.Series) -> pl.DataFrame:
+def parse_ips(values: pl.Series, categorical: bool = False) -> pl.DataFrame:
     """For each input value: canonical IP text (null if invalid), version, and its subnet (/24, /64).
 
     IPv4 is validated and cut with regexes; IPv6 goes through the standard library but only
-    once per distinct string.
-    """
+    once per distinct string. ``categorical``: ip and subnet come out as categoricals (for the
+    request log, where each address repeats many times)."""
+    if categorical:
+        return _parse_ips_by_category(values)
     original = values.cast(pl.Utf8)
     raw = original.unique()  # parse each distinct address once, then join back
     frame = pl.DataFrame({"raw": raw})
@@ -114,6 +117,22 @@ def parse_ips(values: pl.Series) -> pl.DataFrame:
     )
     return pl.DataFrame({"raw": original}).join(parsed, on="raw", how="left", maintain_order="left", nulls_equal=True) \
         .drop("raw")
+
+
+def _parse_ips_by_category(values: pl.Series) -> pl.DataFrame:
+    """:func:`parse_ips` through the categories: each distinct address parsed once and the results
+    gathered by category code (no join of the rows back on their text)."""
+    category = values.cast(pl.Categorical)
+    distinct = category.unique().drop_nulls()
+    parsed = parse_ips(distinct.cast(pl.Utf8)).select(
+        pl.col("ip").cast(pl.Categorical), "ip_version", pl.col("subnet").cast(pl.Categorical))
+    codes = category.to_physical()
+    known = distinct.to_physical().to_numpy()
+    position = np.full(int(known.max(initial=0)) + 1, len(distinct), np.int64)  # (len: the null row below)
+    position[known] = np.arange(len(distinct))
+    rows = position[codes.fill_null(0).to_numpy()]
+    rows[codes.is_null().to_numpy()] = len(distinct)
+    return pl.concat([parsed, parsed.clear(1)])[rows]
 
 
 @functools.lru_cache(maxsize=1 << 20)

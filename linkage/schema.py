@@ -16,6 +16,8 @@ class TableSpec:
     name: str
     columns: tuple[Column, ...]
     required_table: bool = True
+    # identifiers that repeat across millions of rows (the request log) are read into categoricals
+    categorical_ids: bool = False
 
     @property
     def required_columns(self) -> list[str]:
@@ -56,7 +58,7 @@ REQUESTS = TableSpec("requests", (
     Column("prompt", "text"),
     Column("input_tokens", "int"),
     Column("output_tokens", "int"),
-))
+), categorical_ids=True)
 
 LABELS = TableSpec("labels", (
     Column("account_id", "id", True),

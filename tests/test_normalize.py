@@ -11,6 +11,15 @@ def test_ip_subnets_v4_and_v6() -> None:
     assert parsed["subnet"].to_list() == ["10.1.2.0/24", "10.1.2.0/24", "2001:db8::/64", "10.1.2.0/24", None, None]
 
 
+def test_ip_parsing_through_categories_gives_the_same_values() -> None:
+    raw = pl.Series(["10.1.2.3", "10.1.2.3", None, "2001:DB8:0:0:1::1", "zz", "10.1.2.99", None, "::ffff:10.1.2.3"])
+    by_text = parse_ips(raw)
+    by_category = parse_ips(raw, categorical=True)
+    assert by_category.schema["ip"] == pl.Categorical and by_category.schema["subnet"] == pl.Categorical
+    assert by_category.with_columns(pl.col("ip", "subnet").cast(pl.Utf8)).equals(by_text)
+    assert parse_ips(pl.Series([None, None], dtype=pl.Utf8), categorical=True)["ip"].null_count() == 2
+
+
 def test_email_canonical_form() -> None:
     frame = pl.DataFrame({"e": ["J.Doe+promo@GoogleMail.com", "jdoe@gmail.com", "a.b+x@corp.io", "4f2a9c"]})
     canonical, domain = canonical_emails(pl.col("e"))
