@@ -224,13 +224,14 @@ def normalize_requests(batch: pl.DataFrame, miner) -> pl.DataFrame:
     """A validated request batch reduced to the compact columns the graph needs; prompt text is
     consumed here (by the template miner) and not kept."""
     prompts = batch["prompt"] if "prompt" in batch.columns else pl.Series("prompt", [None] * batch.height, pl.Utf8)
-    per_prompt = miner.add_batch(batch["account_id"], prompts)
+    accounts = batch["account_id"].cast(pl.Categorical)
+    per_prompt = miner.add_batch(accounts, prompts)
     request_key = pl.when(pl.col("request_id").is_not_null()).then(pl.col("request_id").hash(11))
     # identifiers repeat across millions of requests: categoricals hold each string once and
     # turn every later group-by into an integer one
     cat = pl.Categorical
     return batch.select(
-        pl.col("account_id").cast(cat), "ts", pl.col("ip").cast(cat),
+        accounts, "ts", pl.col("ip").cast(cat),
         pl.col("ip_subnet").alias("subnet").cast(cat),
         "asn",
         pl.col("ip_type").str.to_lowercase().cast(cat),

@@ -64,3 +64,20 @@ def test_near_duplicate_scaffolds_merge() -> None:
          f"Problem: {_filler(rng)}?" for _ in range(10)]
     ids = _templates_of(a + b, TemplateSettings(max_prompts_per_account=10_000, near_duplicate_jaccard=0.6))
     assert len(set(ids)) == 1
+
+
+def test_prompt_sample_is_each_accounts_smallest_hashes() -> None:
+    """Per account the ``limit`` prompted rows with the smallest text hash (a repeat ranks by position)."""
+    from linkage.templates import _SEED, _sample_per_account
+
+    rng = random.Random(5)
+    accounts = pl.Series([f"a{rng.randrange(40)}" for _ in range(3000)])
+    prompts = pl.Series([None if rng.random() < 0.1 else _filler(rng, 2) for _ in range(3000)])
+    hashes = prompts.hash(_SEED + 3).to_list()
+    for limit in (1, 2, 5):
+        expected = set()
+        for account in set(accounts):
+            rows = [r for r in range(3000) if accounts[r] == account and prompts[r] is not None]
+            expected |= set(sorted(rows, key=lambda r: (hashes[r], r))[:limit])
+        chosen = _sample_per_account(accounts, prompts, limit)
+        assert set(chosen.nonzero()[0].tolist()) == expected
