@@ -187,11 +187,20 @@ def _per_ip(requests: pl.DataFrame) -> pl.DataFrame:
         pl.col("ts").max().alias("last_seen")).collect(engine="streaming")
     by_variant = _text(by_variant)
     per_ip = by_variant.group_by("ip").agg(pl.col("subnet").first(), pl.col("first_seen").min(), pl.col("last_seen").max())
-    for column in ("asn", "ip_type"):
-        mode = (by_variant.filter(pl.col(column).is_not_null()).group_by("ip", column).agg(pl.col("n").sum())
-                .sort(["ip", "n", column], descending=[False, True, False]).unique("ip", keep="first"))
-        per_ip = per_ip.join(mode.select("ip", column), on="ip", how="left")
+    per_ip = per_ip.join(_modes(by_variant, "ip", ["asn", "ip_type"], weight="n"), on="ip", how="left")
     return per_ip.select("ip", "subnet", "asn", "ip_type", "first_seen", "last_seen")
+
+
+def _modes(frame: pl.DataFrame, key: str, columns: list[str], weight: str | None = None) -> pl.DataFrame:
+    """Per key, each column's most frequent non-null value (ties: the smallest; null when none), counting
+    rows or summing ``weight``. Group-bys and a sort instead of per-group ``mode()``, which is slow."""
+    result = frame.select(key).unique()
+    for column in columns:
+        counts = frame.filter(pl.col(column).is_not_null()).group_by(key, column).agg(
+            (pl.col(weight).sum() if weight else pl.len()).alias("_n"))
+        mode = counts.sort([key, "_n", column], descending=[False, True, False]).unique(key, keep="first")
+        result = result.join(mode.select(key, column), on=key, how="left")
+    return result
 
 
 def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.DataFrame,
@@ -213,9 +222,8 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
                               .join(activity, on="account_id", how="left")
                               .with_columns(pl.col("requests", "proxy_requests", "reasoning_requests", "sampled_prompts").fill_null(0))
                               .sort("account_id"))
-    graph.nodes["PaymentInstrument"] = (payments.group_by("instrument_id").agg(
-        pl.col("instrument_type").drop_nulls().mode().sort().first(), pl.col("bin").drop_nulls().mode().sort().first(),
-        pl.col("issuer_country").drop_nulls().mode().sort().first()).sort("instrument_id"))
+    graph.nodes["PaymentInstrument"] = _modes(payments, "instrument_id", ["instrument_type", "bin", "issuer_country"]) \
+        .sort("instrument_id")
     per_ip = _per_ip(requests)
     signup = accounts.filter(pl.col("signup_ip").is_not_null()).group_by("signup_ip").agg(
         pl.col("signup_subnet").first().alias("subnet"), pl.col("created_at").min().alias("first_seen"),

@@ -16,6 +16,8 @@ Counting support over distinct masked prompts, not requests, is what tells a sca
 """
 from __future__ import annotations
 
+import importlib
+import threading
 from dataclasses import dataclass, field
 
 import numba
@@ -37,12 +39,27 @@ class TemplateResult:
     templates: pl.DataFrame  # template_id, text, example, distinct_prompts, scaffold_segments
 
 
+_lsh_import: threading.Thread | None = None
+
+
+def _prefetch_lsh() -> None:
+    """Import datasketch (it pulls in scipy: about a second) in the background, once per process, so
+    that the near-duplicate merge at the end of mining does not wait for it."""
+    global _lsh_import
+    if _lsh_import is None:
+        _lsh_import = threading.Thread(target=importlib.import_module, args=("datasketch",), daemon=True)
+        _lsh_import.start()
+
+
 @dataclass
 class TemplateMiner:
     settings: TemplateSettings
     _distinct: list[pl.DataFrame] = field(default_factory=list)
     _segment_text: list[pl.DataFrame] = field(default_factory=list)
     _examples: list[pl.DataFrame] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _prefetch_lsh()
 
     def state(self) -> dict[str, pl.DataFrame]:
         """What this miner learnt from its batches, to be stored and merged later (incremental rebuilds)."""
