@@ -57,6 +57,8 @@ class TemplateMiner:
     _distinct: list[pl.DataFrame] = field(default_factory=list)
     _segment_text: list[pl.DataFrame] = field(default_factory=list)
     _examples: list[pl.DataFrame] = field(default_factory=list)
+    # (prompt_key, token) rows of every signature, in order: set by finish() for the template texts
+    _tokens: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"prompt_key": pl.UInt64, "token": pl.UInt64}))
 
     def __post_init__(self) -> None:
         _prefetch_lsh()
@@ -165,17 +167,22 @@ class TemplateMiner:
         marked = marked.with_columns(
             pl.when(pl.col("is_scaffold")).then(pl.col("segment_key")).otherwise(pl.lit(SLOT, pl.UInt64)).alias("token"),
         ).filter(pl.Series(keep))
-        signatures = marked.group_by("prompt_key").agg(
-            pl.col("token"), pl.col("is_scaffold").sum().alias("scaffold_segments"))
+        # a prompt's signature is its token sequence: hashed run by run, no per-prompt lists
+        kept_starts = np.flatnonzero(starts[keep])
+        sequence_key, scaffold_segments = _hash_runs(kept_starts, marked["token"].to_numpy(),
+                                                     marked["is_scaffold"].to_numpy())
+        signatures = pl.DataFrame({"prompt_key": marked["prompt_key"].gather(kept_starts),
+                                   "sequence_key": sequence_key, "scaffold_segments": scaffold_segments})
         signatures = signatures.join(request_counts, on="prompt_key", how="left").with_columns(
             pl.col("requests").fill_null(0))
         with_scaffold = signatures.filter(pl.col("scaffold_segments") > 0)
         verbatim = signatures.filter((pl.col("scaffold_segments") == 0)
                                      & (pl.col("requests") >= self.settings.min_segment_accounts))
         keyed = pl.concat([
-            with_scaffold.with_columns(pl.col("token").hash(_SEED).alias("template_key")),
+            with_scaffold.with_columns(pl.col("sequence_key").alias("template_key")),
             verbatim.with_columns((pl.col("prompt_key") ^ pl.lit(0x5BD1E995, pl.UInt64)).alias("template_key")),
-        ])
+        ]).drop("sequence_key")
+        self._tokens = marked.select("prompt_key", "token")
         keyed = self._merge_near_duplicates(keyed)
         assignments = keyed.select("prompt_key", _template_id(pl.col("template_key")).alias("template_id"))
         templates = self._describe(keyed)
@@ -189,10 +196,12 @@ class TemplateMiner:
 
     def _template_texts(self, keyed: pl.DataFrame) -> pl.DataFrame:
         """template_key → readable scaffold text, slots shown as ‹…›."""
-        # each template's most requested prompt (ties: smallest key)
+        # each template's most requested prompt (ties: smallest key), and its tokens in order
         representatives = keyed.group_by("template_key").agg(
-            pl.col("token").sort_by(["requests", "prompt_key"], descending=[True, False]).first())
-        tokens = representatives.explode("token").with_columns(pl.int_range(pl.len()).over("template_key").alias("pos"))
+            pl.col("prompt_key").sort_by(["requests", "prompt_key"], descending=[True, False]).first())
+        tokens = self._tokens.filter(pl.col("prompt_key").is_in(representatives["prompt_key"].implode())) \
+            .join(representatives, on="prompt_key", how="left", maintain_order="left") \
+            .with_columns(pl.int_range(pl.len()).over("template_key").alias("pos"))
         tokens = tokens.join(self._texts(), left_on="token", right_on="segment_key", how="left").sort("template_key", "pos")
         return tokens.group_by("template_key").agg(
             pl.when(pl.col("token") == SLOT).then(pl.lit("‹…›")).otherwise(pl.col("segment").fill_null("‹?›"))
@@ -281,6 +290,25 @@ def _bottom_k_rows(codes, hashes, present, n_codes, k):
             chosen[n] = best_row[code, j]
             n += 1
     return chosen
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_runs(run_starts, tokens, scaffold):
+    """Per run of rows (one prompt's kept tokens, in order): a 64-bit hash of the token sequence
+    (splitmix64 over length and tokens; order matters) and the number of scaffold tokens."""
+    n_runs, n_rows = len(run_starts), len(tokens)
+    keys = np.empty(n_runs, np.uint64)
+    counts = np.zeros(n_runs, np.int64)
+    for run in range(n_runs):
+        end = run_starts[run + 1] if run + 1 < n_runs else n_rows
+        h = np.uint64(0x9E3779B97F4A7C15) * np.uint64(end - run_starts[run] + 1)
+        for row in range(run_starts[run], end):
+            h = (h ^ tokens[row]) * np.uint64(0xBF58476D1CE4E5B9)
+            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            h = h ^ (h >> np.uint64(31))
+            counts[run] += scaffold[row]
+        keys[run] = h
+    return keys, counts
 
 
 def _template_id(key: pl.Expr) -> pl.Expr:
