@@ -420,7 +420,8 @@ def pair_weights(n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared
     """Each candidate pair's evidence weight: its small-entity contributions plus the hubs both ends
     hold (valued on the ``ca`` side), combined per type and family.
 
-    Never expands a hub into its clique: a pair's shared hubs are a merge of its two ends' hub lists."""
+    Never expands a hub into its clique: a pair's shared hubs are found by looking up one end's hub
+    list in the other's (see :func:`_weigh_pairs`)."""
     by_pair = np.argsort(shared.position, kind="stable")
     shared_start = np.r_[0, np.cumsum(np.bincount(shared.position, minlength=len(ca)))].astype(np.int64)
     # each account's hubs as one run sorted by entity (entity codes are unique across types)

@@ -229,7 +229,7 @@ def _concat(paths: list[Path], spec: TableSpec | None) -> pl.DataFrame:
     frames = [f for f in frames if f.height] or frames[:1]
     if not frames:
         return _empty(spec) if spec else _empty_compact()
-    return pl.concat(frames, how="diagonal_relaxed", rechunk=True)
+    return pl.concat(frames, how="diagonal_relaxed")  # per-file chunks, as in a full run (see ingest_requests)
 
 
 # ---------------------------------------------------------------- ring identity

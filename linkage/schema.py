@@ -16,7 +16,8 @@ class TableSpec:
     name: str
     columns: tuple[Column, ...]
     required_table: bool = True
-    # identifiers that repeat across millions of rows (the request log) are read into categoricals
+    # a table of millions of rows whose addresses repeat (the request log): its IP columns are parsed
+    # per distinct value and come out as categoricals
     categorical_ids: bool = False
 
     @property
