@@ -215,7 +215,7 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
         pl.col("output_tokens").sum().alias("output_tokens"),
         pl.col("ip_type").cast(pl.Utf8).is_in(list(PROXY_IP_TYPES)).sum().cast(pl.Int64).alias("proxy_requests"),
         pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"),
-        pl.col("prompt_key").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts")).collect(engine="streaming"))
+        pl.col("reasoning_style").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts")).collect(engine="streaming"))
     activity = activity.join(activity_signatures(requests, activity_window_minutes), on="account_id", how="left")
     graph.nodes["Account"] = (accounts.select("account_id", "created_at", "email", "email_domain", "org_id",
                                               "country", "signup_ip")
@@ -237,8 +237,8 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     graph.nodes["Subnet"] = graph.nodes["IP"].select("subnet").drop_nulls().unique().sort("subnet")
     graph.nodes["ASN"] = graph.nodes["IP"].select("asn").drop_nulls().unique().sort("asn")
     graph.nodes["Device"] = _text(requests.select("device_id").drop_nulls().unique()).sort("device_id")
-    usage = requests.filter(pl.col("template_id").is_not_null()).group_by("template_id").agg(
-        pl.len().cast(pl.Int64).alias("requests"), pl.col("account_id").n_unique().cast(pl.Int64).alias("accounts"))
+    usage = _text(requests.filter(pl.col("template_id").is_not_null()).group_by("template_id").agg(
+        pl.len().cast(pl.Int64).alias("requests"), pl.col("account_id").n_unique().cast(pl.Int64).alias("accounts")))
     graph.nodes["PromptTemplate"] = templates.templates.join(usage, on="template_id", how="inner").sort("template_id")
     graph.nodes["Org"] = accounts.select("org_id").drop_nulls().unique().sort("org_id")
     graph.nodes["Model"] = _text(requests.select("model").drop_nulls().unique()).sort("model")

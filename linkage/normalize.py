@@ -220,12 +220,12 @@ def normalize_payments(payments: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def normalize_requests(batch: pl.DataFrame, miner) -> pl.DataFrame:
+def normalize_requests(batch: pl.DataFrame, miner, bound=None) -> pl.DataFrame:
     """A validated request batch reduced to the compact columns the graph needs; prompt text is
     consumed here (by the template miner) and not kept."""
     prompts = batch["prompt"] if "prompt" in batch.columns else pl.Series("prompt", [None] * batch.height, pl.Utf8)
     accounts = batch["account_id"].cast(pl.Categorical)
-    per_prompt = miner.add_batch(accounts, prompts)
+    per_prompt = miner.add_batch(accounts, prompts, bound)
     request_key = pl.when(pl.col("request_id").is_not_null()).then(pl.col("request_id").hash(11))
     # identifiers repeat across millions of requests: categoricals hold each string once and
     # turn every later group-by into an integer one
@@ -237,6 +237,6 @@ def normalize_requests(batch: pl.DataFrame, miner) -> pl.DataFrame:
         pl.col("ip_type").str.to_lowercase().cast(cat),
         pl.col("device_id").cast(cat), pl.col("model").cast(cat), "input_tokens", "output_tokens",
         request_key.alias("request_key"),
-        per_prompt["prompt_key"], per_prompt["reasoning_style"],
+        per_prompt["prompt_key"],
         pl.col("_file").cast(pl.Categorical), "_row",
     )

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from . import __version__
@@ -92,10 +93,12 @@ class RequestFile:
     quarantine: Quarantine
 
 
-def ingest_request_file(path: Path, settings: Settings) -> RequestFile:
+def ingest_request_file(path: Path, settings: Settings, bound: Any = None) -> RequestFile:
+    """``bound``: the run's prompt sample so far (:attr:`TemplateMiner.bound`), or None for a
+    self-contained sample of this file (staging)."""
     quarantine = Quarantine()
     miner = TemplateMiner(settings.templates)
-    rows = [normalize_requests(batch, miner)
+    rows = [normalize_requests(batch, miner, bound)
             for _, batch in read_table(path.parent, REQUESTS, settings.ingest, quarantine, [path])]
     frame = pl.concat(rows, how="vertical_relaxed") if rows else _empty_compact()
     return RequestFile(frame, miner.state(), quarantine)
@@ -108,18 +111,18 @@ def ingest_requests(input_dir: Path, settings: Settings, quarantine: Quarantine,
     not depend on which file finished first."""
     paths = table_files(input_dir, REQUESTS) if files is None else files
     compact: list[pl.DataFrame] = []
-    states: list[dict[str, pl.DataFrame]] = []
+    miner = TemplateMiner(settings.templates)
     with ThreadPoolExecutor(max_workers=settings.ingest.workers) as pool:
-        done = pool.map(lambda path: ingest_request_file(path, settings), paths)
+        # each file reads the sample's bound when it starts: the later the file, the fewer texts it keeps
+        done = pool.map(lambda path: ingest_request_file(path, settings, miner.bound), paths)
         try:
             for part in progress(done, "requests", total=len(paths)):
                 compact.append(part.rows)
-                states.append(part.miner_state)
+                miner.absorb(part.miner_state)  # as files arrive: only the sample so far is held
                 quarantine.merge(part.quarantine)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-    miner = TemplateMiner.from_states(settings.templates, states)
     compact = [frame for frame in compact if frame.height]
     # one chunk per file, not copied into one contiguous frame: first-touching gigabytes of new memory
     # costs seconds here, and the group-bys downstream run as fast on a few dozen chunks
@@ -171,14 +174,18 @@ def _empty(spec) -> pl.DataFrame:
 
 
 def attach_templates(requests: pl.DataFrame, miner: TemplateMiner):
-    counts = requests.lazy().filter(pl.col("prompt_key").is_not_null()).group_by("prompt_key").len("requests") \
-        .collect(engine="streaming")
-    result = miner.finish(counts)
-    # look up the one key column and add the result as a column: joining the whole (chunked) frame
-    # would gather every column of every request
-    template = requests.select("prompt_key").join(result.assignments, on="prompt_key", how="left",
-                                                  maintain_order="left")["template_id"]
-    return requests.with_columns(template), result
+    """Mine the sample and give every request whose text is in it the text's template and reasoning
+    flag (``reasoning_style`` null: the text was not sampled)."""
+    keys = miner.sampled_keys()
+    # one lookup of the key column (joining the whole chunked frame would gather every column of
+    # every request); counts and results then follow by position in the sample
+    position = requests.select("prompt_key").join(
+        pl.DataFrame({"prompt_key": keys}).with_row_index("position"), on="prompt_key", how="left",
+        maintain_order="left")["position"]
+    counts = np.bincount(position.drop_nulls().to_numpy(), minlength=len(keys))
+    result = miner.finish(pl.DataFrame({"prompt_key": keys, "requests": counts}))
+    return requests.with_columns(result.assignments["template_id"].gather(position),
+                                 result.assignments["reasoning_style"].gather(position)), result
 
 
 def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clock: StageClock) -> Inputs:
@@ -200,7 +207,7 @@ def _empty_compact() -> pl.DataFrame:
         "account_id": pl.Categorical, "ts": pl.Datetime("ms", "UTC"), "ip": pl.Categorical, "subnet": pl.Categorical,
         "asn": pl.Int64, "ip_type": pl.Categorical, "device_id": pl.Categorical, "model": pl.Categorical,
         "input_tokens": pl.Int64,
-        "output_tokens": pl.Int64, "request_key": pl.UInt64, "prompt_key": pl.UInt64, "reasoning_style": pl.Boolean,
+        "output_tokens": pl.Int64, "request_key": pl.UInt64, "prompt_key": pl.UInt64,
         FILE_COL: pl.Categorical, ROW_COL: pl.Int64})
 
 

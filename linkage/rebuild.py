@@ -217,9 +217,9 @@ def assemble(input_dir: Path, state: StateDir, manifest: dict[str, dict[str, Any
         requests = _concat([d / "rows.parquet" for d in by_table["requests"]], None)
         requests = clean_requests(requests, accounts, quarantine)
     with clock.stage("templates"):
-        states = [{name: pl.read_parquet(d / f"miner_{name}.parquet") for name in ("segments", "segment_text", "examples")}
-                  for d in by_table["requests"]]
-        miner = TemplateMiner.from_states(settings.templates, states)
+        miner = TemplateMiner(settings.templates)
+        for staged in by_table["requests"]:  # one file's sample at a time, as in a full run
+            miner.absorb({name: pl.read_parquet(staged / f"miner_{name}.parquet") for name in TemplateMiner.STATE_PARTS})
         requests, templates = attach_templates(requests, miner)
     return accounts, payments, requests, templates
 

@@ -2,14 +2,17 @@
 
 Two phases so that the request log streams:
 
-1. per batch (:meth:`TemplateMiner.add_batch`): mask variable slots, cut the masked prompt
-   into sentence/line segments and hash them; keep one row per distinct masked prompt.
-2. once over everything (:meth:`TemplateMiner.finish`): a segment that occurs in at least
-   ``min_segment_accounts`` *distinct* masked prompts is scaffold; anything rarer is a
-   filled slot. A prompt's template is the ordered scaffold segments with each run of slots
-   collapsed into one. A prompt with no scaffold but sent that often verbatim (after
-   masking) is its own template. Templates whose scaffold text is near-identical (MinHash
-   LSH over word shingles) are merged.
+1. per batch (:meth:`TemplateMiner.add_batch`): every prompt's text is hashed (the request's
+   ``prompt_key``) and each account's ``max_prompts_per_account`` distinct texts of smallest hash
+   over the *whole* input are kept as the sample (:class:`PromptSample`; the same sample whatever
+   the file layout). Nothing is masked yet.
+2. once over the sample (:meth:`TemplateMiner.finish`): variable slots are masked, masked prompts
+   cut into sentence/line segments; a segment that occurs in at least ``min_segment_accounts``
+   *distinct* masked prompts is scaffold, anything rarer a filled slot. A prompt's template is the
+   ordered scaffold segments with each run of slots collapsed into one. A prompt with no scaffold
+   but sent that often verbatim (after masking) is its own template. Templates whose scaffold text
+   is near-identical (MinHash LSH over word shingles) are merged. Every request whose text was
+   sampled (for any account) gets the text's template.
 
 Counting support over distinct masked prompts, not requests, is what tells a scaffold
 (seen around many different fillers) from a filler that is merely re-sent often.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numba
@@ -35,7 +39,7 @@ _SEED = 7
 class TemplateResult:
     """prompt_key → template_id, and one row per template for the graph."""
 
-    assignments: pl.DataFrame  # prompt_key (u64), template_id (str)
+    assignments: pl.DataFrame  # per sampled text: prompt_key (u64), template_id (str, null: none), reasoning_style
     templates: pl.DataFrame  # template_id, text, example, distinct_prompts, scaffold_segments
 
 
@@ -52,100 +56,200 @@ def _prefetch_lsh() -> None:
 
 
 @dataclass
+class PromptSample:
+    """Each account's ``k`` distinct prompt texts of smallest text hash, over everything offered.
+
+    The bottom-k of a union is the bottom-k of its parts' bottom-ks, so every file is sampled on
+    its own and the merged sample is the same whatever the layout (one file, daily partitions,
+    files staged night by night) and whatever the order of merging: a full run and a nightly
+    rebuild over the same files mine the same prompts. Rows that lose their place are dropped as
+    files are merged, so memory stays near the size of the final sample.
+
+    Candidate rows: ``account_id`` (categorical: its codes are process-wide and index the
+    per-account buffers), ``prompt_key`` (hash of the text), ``prompt``."""
+
+    k: int
+    _frames: list[pl.DataFrame] = field(default_factory=list)
+    _slot_of: np.ndarray = field(default_factory=lambda: np.full(0, -1, np.int64))  # code → buffer row
+    _hash: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.uint64))
+    _ref: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.int64))  # frame << 32 | row
+    _filled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    _slots: int = 0
+    _dead: int = 0
+    # per categorical code, the hash a new text must stay under to enter its account's sample (a
+    # copy made after each merge, read by other threads: the sample only improves, so a stale bound
+    # still never drops a text that would have entered)
+    bound: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    _texts: pl.DataFrame | None = None
+
+    def offer(self, candidates: pl.DataFrame) -> None:
+        """Merge candidate rows; only those that enter some account's bottom-k are kept."""
+        if candidates.height == 0:
+            return
+        self._texts = None
+        codes = candidates["account_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+        self._reserve(codes)
+        accepted, self._slots, evicted = _merge_bottom_k(
+            codes, candidates["prompt_key"].to_numpy(), self._slot_of, self._slots, self._hash, self._ref,
+            self._filled, len(self._frames))
+        self._frames.append(candidates.filter(pl.Series(accepted)))
+        self._dead += evicted
+        if self._dead > max(int(self._filled.sum()), 100_000):
+            self._compact()
+        self._publish_bound()
+
+    def _publish_bound(self) -> None:
+        kth = np.where(self._filled[:self._slots] == self.k, self._hash[:self._slots, self.k - 1],
+                       np.iinfo(np.uint64).max)
+        bound = np.full(len(self._slot_of), np.iinfo(np.uint64).max, np.uint64)
+        known = self._slot_of >= 0
+        bound[known] = kth[self._slot_of[known]]
+        self.bound = bound
+
+    def candidates(self) -> pl.DataFrame:
+        """The rows currently in the sample (one per account and text)."""
+        self._compact()
+        return self._frames[0] if self._frames else pl.DataFrame(schema=_CANDIDATE_SCHEMA)
+
+    def texts(self) -> pl.DataFrame:
+        """The sampled texts, each once, in key order: prompt_key, prompt."""
+        if self._texts is None:
+            self._texts = self.candidates().select("prompt_key", "prompt").unique("prompt_key", keep="first") \
+                .sort("prompt_key")
+        return self._texts
+
+    def _reserve(self, codes: np.ndarray) -> None:
+        if len(codes) and codes.max() >= len(self._slot_of):
+            grown = np.full(max(int(codes.max()) + 1, 2 * len(self._slot_of)), -1, np.int64)
+            grown[:len(self._slot_of)] = self._slot_of
+            self._slot_of = grown
+        needed = self._slots + len(codes)  # (at most one new account per row)
+        if needed > len(self._filled) or self._hash.shape[1] != self.k:
+            size = max(needed, 2 * len(self._filled))
+            for name, fill in (("_hash", 0), ("_ref", 0)):
+                old = getattr(self, name)
+                new = np.full((size, self.k), fill, old.dtype)
+                new[:len(old)] = old if old.shape[1] == self.k else new[:len(old)]
+                setattr(self, name, new)
+            filled = np.zeros(size, np.int64)
+            filled[:len(self._filled)] = self._filled
+            self._filled = filled
+
+    def _compact(self) -> None:
+        """One frame holding exactly the rows in the buffers (refs renumbered)."""
+        if len(self._frames) <= 1 and self._dead == 0:
+            return
+        live = np.arange(self.k)[None, :] < self._filled[:self._slots, None]
+        refs_view = self._ref[:self._slots]
+        refs = refs_view[live]
+        order = np.argsort(refs, kind="stable")
+        frame_of, row = refs[order] >> 32, refs[order] & 0xFFFFFFFF
+        bounds = np.searchsorted(frame_of, np.arange(len(self._frames) + 1))
+        parts = [frame[row[bounds[f]:bounds[f + 1]]] for f, frame in enumerate(self._frames) if bounds[f + 1] > bounds[f]]
+        renumbered = np.empty_like(refs)
+        renumbered[order] = np.arange(len(refs))
+        refs_view[live] = renumbered
+        self._frames = [pl.concat(parts) if parts else self._frames[0].clear()]
+        self._dead = 0
+
+
+_CANDIDATE_SCHEMA = {"account_id": pl.Categorical, "prompt_key": pl.UInt64, "prompt": pl.Utf8}
+
+
+@dataclass
 class TemplateMiner:
+    """Samples prompts while the request log streams (:meth:`add_batch`), mines templates once at the
+    end (:meth:`finish`). Only the sample's texts are ever masked: masking is the costliest text work
+    of a run, and a campaign account's thousandth scaffolded prompt says nothing its tenth did not."""
+
     settings: TemplateSettings
-    _distinct: list[pl.DataFrame] = field(default_factory=list)
-    _segment_text: list[pl.DataFrame] = field(default_factory=list)
-    _examples: list[pl.DataFrame] = field(default_factory=list)
+    _sample: PromptSample = field(init=False)
+    _segment_text: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"segment_key": pl.UInt64, "segment": pl.Utf8}))
+    _examples: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"prompt_key": pl.UInt64, "example": pl.Utf8}))
     # (prompt_key, token) rows of every signature, in order: set by finish() for the template texts
     _tokens: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"prompt_key": pl.UInt64, "token": pl.UInt64}))
 
+    STATE_PARTS = ("candidates",)
+
     def __post_init__(self) -> None:
+        self._sample = PromptSample(self.settings.max_prompts_per_account)
         _prefetch_lsh()
 
     def state(self) -> dict[str, pl.DataFrame]:
-        """What this miner learnt from its batches, to be stored and merged later (incremental rebuilds)."""
-        return {
-            "segments": pl.concat(self._distinct) if self._distinct else
-            pl.DataFrame(schema={"prompt_key": pl.UInt64, "segment_key": pl.UInt64, "batch": pl.Int32}),
-            "segment_text": self._texts(),
-            "examples": pl.concat(self._examples) if self._examples else
-            pl.DataFrame(schema={"prompt_key": pl.UInt64, "example": pl.Utf8}),
-        }
+        """What this miner sampled, to be stored and merged later (per-file staging of rebuilds)."""
+        return {"candidates": self._sample.candidates()}
 
-    @classmethod
-    def from_states(cls, settings: TemplateSettings, states: list[dict[str, pl.DataFrame]]) -> "TemplateMiner":
-        """A miner equal to one that had seen the states' batches in this order."""
-        miner = cls(settings)
-        offset = 0
-        for state in states:
-            segments = state["segments"]
-            miner._distinct.append(segments.with_columns((pl.col("batch") + offset).cast(pl.Int32)))
-            offset += int(segments["batch"].max()) + 1 if segments.height else 0
-            miner._segment_text.append(state["segment_text"])
-            miner._examples.append(state["examples"])
-        return miner
+    def absorb(self, state: dict[str, pl.DataFrame]) -> None:
+        """Merge another miner's state (one file's, sampled on its own)."""
+        self._sample.offer(state["candidates"])
 
-    def _segments_once(self) -> pl.DataFrame:
-        """All batches' (prompt_key, segment_key) rows, each distinct prompt once, in segment order."""
-        if not self._distinct:
-            return pl.DataFrame(schema={"prompt_key": pl.UInt64, "segment_key": pl.UInt64})
-        segments = pl.concat(self._distinct)
-        # a prompt's rows are contiguous within its batch, and batches are in order: each prompt
-        # counts with its rows from the first batch that saw it
-        key, batch = segments["prompt_key"].to_numpy(), segments["batch"].to_numpy()
-        starts = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]) | (batch[1:] != batch[:-1])]) if len(key) \
-            else np.zeros(0, np.int64)
-        heads = pl.Series(key[starts])
-        segments = segments.drop("batch")
-        if heads.n_unique() == heads.len():  # no prompt seen in two batches (cheap to establish)
-            return segments
-        first_seen = heads.is_first_distinct().to_numpy()
-        return segments.filter(pl.Series(np.repeat(first_seen, np.diff(np.r_[starts, len(key)]))))
+    @property
+    def bound(self) -> np.ndarray:
+        """See :meth:`add_batch`."""
+        return self._sample.bound
 
-    def add_batch(self, accounts: pl.Series, prompts: pl.Series) -> pl.DataFrame:
-        """Per request: ``prompt_key`` (hash of the masked prompt; null when the request has no prompt
-        or was not sampled) and ``reasoning_style``.
+    def sampled_keys(self) -> pl.Series:
+        """The sample's text hashes, ascending (the order of :meth:`finish`'s assignments)."""
+        return self._sample.texts()["prompt_key"]
 
-        Only up to ``max_prompts_per_account`` prompts per account and batch are mined, picked by
-        a hash of their text: a campaign account's thousandth scaffolded prompt says nothing its
-        tenth did not, and masking text is the costliest step of the run."""
-        sampled = _sample_per_account(accounts, prompts, self.settings.max_prompts_per_account)
-        rows = np.flatnonzero(sampled)
-        chosen = prompts.gather(rows)  # all text work happens on the sample only
-        # mask each distinct raw prompt once: retries and verbatim repeats are common in real logs
-        raw_key = chosen.hash(_SEED + 1)
-        distinct = pl.DataFrame({"raw_key": raw_key, "prompt": chosen}).unique("raw_key", keep="first")
-        distinct = distinct.with_columns(mask_prompts(distinct["prompt"], self.settings.max_prompt_chars).alias("masked"))
-        masked = pl.DataFrame({"raw_key": raw_key}).join(distinct.select("raw_key", "masked"), on="raw_key",
-                                                         how="left", maintain_order="left")["masked"]
-        keys = masked.hash(_SEED).alias("prompt_key")
-        reasoning = chosen.str.slice(0, self.settings.max_prompt_chars) \
-            .str.contains_any(REASONING_STYLE, ascii_case_insensitive=True).fill_null(False)
-        full_keys = pl.repeat(None, len(prompts), dtype=pl.UInt64, eager=True).alias("prompt_key")
-        full_reasoning = pl.repeat(False, len(prompts), dtype=pl.Boolean, eager=True).alias("reasoning_style")
-        if len(rows):
-            full_keys = full_keys.scatter(rows, keys)
-            full_reasoning = full_reasoning.scatter(rows, reasoning)
-        per_request = pl.DataFrame({"prompt_key": full_keys, "reasoning_style": full_reasoning})
-        prompts = chosen
-        first = (pl.DataFrame({"prompt_key": keys, "masked": masked, "raw": prompts})
-                 .filter(pl.col("prompt_key").is_not_null())
-                 .unique("prompt_key", keep="first", maintain_order=True))
-        exploded = split_segments(first["prompt_key"], first["masked"], self.settings.max_segments) \
-            .rename({"key": "prompt_key"}).with_columns(pl.col("segment").hash(_SEED).alias("segment_key"))
-        self._distinct.append(exploded.select("prompt_key", "segment_key",
-                                              pl.lit(len(self._distinct), pl.Int32).alias("batch")))
-        repeated = exploded.group_by("segment_key").agg(pl.col("segment").first(), pl.len().alias("n")) \
+    def add_batch(self, accounts: pl.Series, prompts: pl.Series, bound: np.ndarray | None = None) -> pl.DataFrame:
+        """Per request: ``prompt_key``, the hash of its text (null without a prompt); the batch's
+        candidates for the sample (per account its ``max_prompts_per_account`` distinct texts of
+        smallest hash) are kept. Costs a hash per prompt; no text is masked here.
+
+        ``bound``: another sample's :attr:`PromptSample.bound` (the run's sample so far); texts that
+        could not enter it are not kept (an exact shortcut: this file's sample then holds only what
+        can still matter to that one)."""
+        keys = pl.select(pl.when(prompts.is_not_null()).then(prompts.hash(_SEED + 1))).to_series().alias("prompt_key")
+        accounts = accounts.cast(pl.Categorical)
+        codes = accounts.to_physical().to_numpy()
+        hashes, present = keys.fill_null(0).to_numpy(), keys.is_not_null().to_numpy()
+        if bound is not None and len(bound):
+            known = codes < len(bound)
+            present &= ~known | (hashes < bound[np.where(known, codes, 0)])
+        dense = np.unique(codes, return_inverse=True)[1].astype(np.int64)
+        rows = _bottom_k_rows(dense, hashes, present, int(dense.max(initial=-1)) + 1, self.settings.max_prompts_per_account)
+        self._sample.offer(pl.DataFrame({"account_id": accounts.gather(rows), "prompt_key": keys.gather(rows),
+                                         "prompt": prompts.gather(rows).str.slice(0, self.settings.max_prompt_chars)}))
+        return pl.DataFrame({"prompt_key": keys})
+
+    def _mine_texts(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(per sampled text: prompt_key, masked_key, reasoning_style; per distinct masked prompt its
+        segments in order: prompt_key (the masked key), segment_key). Both halves of the sample are
+        worked on at once (polars releases the GIL)."""
+        texts = self._sample.texts()
+        settings = self.settings
+
+        def mask(part: pl.DataFrame) -> pl.DataFrame:
+            masked = mask_prompts(part["prompt"], settings.max_prompt_chars)
+            return part.select("prompt_key", "prompt").with_columns(
+                masked.alias("masked"), masked.hash(_SEED).alias("masked_key"),
+                part["prompt"].str.contains_any(REASONING_STYLE, ascii_case_insensitive=True).fill_null(False)
+                .alias("reasoning_style"))
+
+        masked = _in_halves(mask, texts)
+        distinct = masked.unique("masked_key", keep="first", maintain_order=True)
+
+        def segment(part: pl.DataFrame) -> pl.DataFrame:
+            return split_segments(part["masked_key"], part["masked"], settings.max_segments) \
+                .rename({"key": "prompt_key"}).with_columns(pl.col("segment").hash(_SEED).alias("segment_key"))
+
+        exploded = _in_halves(segment, distinct)
+        self._segment_text = exploded.group_by("segment_key").agg(pl.col("segment").first(), pl.len().alias("n")) \
             .filter(pl.col("n") >= 2).select("segment_key", "segment")
-        self._segment_text.append(repeated)
-        sampled = first.filter(pl.col("prompt_key") % self.settings.example_sample_modulus == 0)
-        self._examples.append(sampled.select("prompt_key", pl.col("raw").str.slice(0, 600).alias("example")))
-        return per_request
+        examples = distinct.filter(pl.col("masked_key") % settings.example_sample_modulus == 0)
+        self._examples = examples.select(pl.col("masked_key").alias("prompt_key"), pl.col("prompt").str.slice(0, 600).alias("example"))
+        return masked.select("prompt_key", "masked_key", "reasoning_style"), exploded.select("prompt_key", "segment_key")
 
     def finish(self, request_counts: pl.DataFrame) -> TemplateResult:
-        """``request_counts``: prompt_key, requests (after de-duplication of requests)."""
-        segments = self._segments_once()
+        """``request_counts``: prompt_key (text hash), requests (after de-duplication of requests).
+
+        Assignments are per sampled text, in key order: prompt_key → template_id (null for free-form
+        prompts) and reasoning_style; a text not in the sample has no row."""
+        sampled, segments = self._mine_texts()
+        # from here on a "prompt" is a distinct masked prompt (prompt_key = its masked key)
+        request_counts = sampled.join(request_counts, on="prompt_key", how="left").group_by("masked_key").agg(
+            pl.col("requests").fill_null(0).sum()).rename({"masked_key": "prompt_key"})
         support = segments.lazy().group_by("segment_key").agg(
             pl.col("prompt_key").n_unique().cast(pl.UInt32).alias("support")).collect(engine="streaming")
         with_support = segments.join(support, on="segment_key", how="left", maintain_order="left")
@@ -184,16 +288,13 @@ class TemplateMiner:
         ]).drop("sequence_key")
         self._tokens = marked.select("prompt_key", "token")
         keyed = self._merge_near_duplicates(keyed)
-        assignments = keyed.select("prompt_key", _template_id(pl.col("template_key")).alias("template_id"))
+        by_masked = keyed.select(pl.col("prompt_key").alias("masked_key"), _template_id(pl.col("template_key")).alias("template_id"))
+        assignments = sampled.join(by_masked, on="masked_key", how="left", maintain_order="left") \
+            .select("prompt_key", pl.col("template_id").cast(pl.Categorical), "reasoning_style")
         templates = self._describe(keyed)
         return TemplateResult(assignments=assignments, templates=templates)
 
     # ------------------------------------------------------------ helpers
-    def _texts(self) -> pl.DataFrame:
-        texts = pl.concat(self._segment_text) if self._segment_text else \
-            pl.DataFrame(schema={"segment_key": pl.UInt64, "segment": pl.Utf8})
-        return texts.unique("segment_key", keep="first", maintain_order=True)
-
     def _template_texts(self, keyed: pl.DataFrame) -> pl.DataFrame:
         """template_key → readable scaffold text, slots shown as ‹…›."""
         # each template's most requested prompt (ties: smallest key), and its tokens in order
@@ -202,7 +303,7 @@ class TemplateMiner:
         tokens = self._tokens.filter(pl.col("prompt_key").is_in(representatives["prompt_key"].implode())) \
             .join(representatives, on="prompt_key", how="left", maintain_order="left") \
             .with_columns(pl.int_range(pl.len()).over("template_key").alias("pos"))
-        tokens = tokens.join(self._texts(), left_on="token", right_on="segment_key", how="left").sort("template_key", "pos")
+        tokens = tokens.join(self._segment_text, left_on="token", right_on="segment_key", how="left").sort("template_key", "pos")
         return tokens.group_by("template_key").agg(
             pl.when(pl.col("token") == SLOT).then(pl.lit("‹…›")).otherwise(pl.col("segment").fill_null("‹?›"))
             .str.join(" ").alias("text"))
@@ -238,8 +339,7 @@ class TemplateMiner:
 
     def _describe(self, keyed: pl.DataFrame) -> pl.DataFrame:
         texts = self._template_texts(keyed)
-        examples = pl.concat(self._examples) if self._examples else \
-            pl.DataFrame(schema={"prompt_key": pl.UInt64, "example": pl.Utf8})
+        examples = self._examples
         example = keyed.select("template_key", "prompt_key", "requests").join(examples, on="prompt_key") \
             .sort("requests", "prompt_key", descending=[True, False]) \
             .unique("template_key", keep="first", maintain_order=True).select("template_key", "example")
@@ -251,22 +351,20 @@ class TemplateMiner:
                 .sort("template_id"))
 
 
-def _sample_per_account(accounts: pl.Series, prompts: pl.Series, limit: int) -> np.ndarray:
-    """Boolean mask: at most ``limit`` prompted rows per account, those with the smallest text hash
-    (order-independent; a repeated text ranks by position)."""
-    codes = accounts.cast(pl.Categorical).to_physical().to_numpy()
-    dense = np.unique(codes, return_inverse=True)[1].astype(np.int64)  # (category codes are process-wide)
-    rows = _bottom_k_rows(dense, prompts.hash(_SEED + 3).to_numpy(), prompts.is_not_null().to_numpy(),
-                          int(dense.max(initial=-1)) + 1, limit)
-    chosen = np.zeros(len(prompts), bool)
-    chosen[rows] = True
-    return chosen
+def _in_halves(work, frame: pl.DataFrame) -> pl.DataFrame:
+    """``work`` on both halves of ``frame`` at once (two threads), results concatenated in order."""
+    if frame.height < 50_000:
+        return work(frame)
+    half = frame.height // 2
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        parts = list(pool.map(work, [frame.slice(0, half), frame.slice(half)]))
+    return pl.concat(parts)
 
 
 @numba.njit(cache=True, nogil=True)
 def _bottom_k_rows(codes, hashes, present, n_codes, k):
-    """Rows of the ``k`` smallest (hash, row) per code among present rows: one pass keeping a sorted
-    buffer of ``k`` per code (a window rank over the batch cost twice the CPU)."""
+    """Rows of the ``k`` smallest distinct hashes per code among present rows (a repeated hash: its
+    first row): one pass keeping a sorted buffer of ``k`` per code."""
     best_hash = np.zeros((n_codes, k), np.uint64)
     best_row = np.zeros((n_codes, k), np.int64)
     filled = np.zeros(n_codes, np.int64)
@@ -276,7 +374,14 @@ def _bottom_k_rows(codes, hashes, present, n_codes, k):
         code, value = codes[row], hashes[row]
         size = filled[code]
         if size == k and value >= best_hash[code, k - 1]:
-            continue  # (an equal hash on a later row ranks after the earlier one)
+            continue
+        repeated = False
+        for j in range(size):
+            if best_hash[code, j] == value:
+                repeated = True
+                break
+        if repeated:
+            continue
         position = min(size, k - 1)
         while position > 0 and value < best_hash[code, position - 1]:
             best_hash[code, position], best_row[code, position] = best_hash[code, position - 1], best_row[code, position - 1]
@@ -289,7 +394,46 @@ def _bottom_k_rows(codes, hashes, present, n_codes, k):
         for j in range(filled[code]):
             chosen[n] = best_row[code, j]
             n += 1
-    return chosen
+    return np.sort(chosen)
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_bottom_k(codes, hashes, slot_of, n_slots, best_hash, best_ref, filled, frame_no):
+    """Offer rows to per-account buffers of the ``k`` smallest distinct hashes (ascending). Returns
+    which rows entered (their ref: ``frame_no`` << 32 | rank among the entered rows), the new number
+    of accounts and how many buffered rows were pushed out."""
+    k = best_hash.shape[1]
+    accepted = np.zeros(len(codes), np.bool_)
+    n_accepted, evicted = 0, 0
+    for row in range(len(codes)):
+        slot = slot_of[codes[row]]
+        if slot < 0:
+            slot = n_slots
+            slot_of[codes[row]] = slot
+            n_slots += 1
+        value, size = hashes[row], filled[slot]
+        if size == k and value >= best_hash[slot, k - 1]:
+            continue
+        repeated = False
+        for j in range(size):
+            if best_hash[slot, j] == value:
+                repeated = True
+                break
+        if repeated:
+            continue
+        if size == k:  # the largest falls out
+            size -= 1
+            evicted += 1
+        position = size
+        while position > 0 and value < best_hash[slot, position - 1]:
+            best_hash[slot, position], best_ref[slot, position] = best_hash[slot, position - 1], best_ref[slot, position - 1]
+            position -= 1
+        best_hash[slot, position] = value
+        best_ref[slot, position] = (frame_no << 32) | n_accepted
+        filled[slot] = size + 1
+        accepted[row] = True
+        n_accepted += 1
+    return accepted, n_slots, evicted
 
 
 @numba.njit(cache=True, nogil=True)

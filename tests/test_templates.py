@@ -66,18 +66,50 @@ def test_near_duplicate_scaffolds_merge() -> None:
     assert len(set(ids)) == 1
 
 
-def test_prompt_sample_is_each_accounts_smallest_hashes() -> None:
-    """Per account the ``limit`` prompted rows with the smallest text hash (a repeat ranks by position)."""
-    from linkage.templates import _SEED, _sample_per_account
+def test_prompt_sample_is_each_accounts_smallest_distinct_hashes_whatever_the_layout() -> None:
+    """The sample is per account the ``k`` distinct texts of smallest hash over all rows: the same
+    whether the rows come as one batch or as several files merged in any order."""
+    from linkage.templates import _SEED
 
     rng = random.Random(5)
-    accounts = pl.Series([f"a{rng.randrange(40)}" for _ in range(3000)])
-    prompts = pl.Series([None if rng.random() < 0.1 else _filler(rng, 2) for _ in range(3000)])
-    hashes = prompts.hash(_SEED + 3).to_list()
-    for limit in (1, 2, 5):
-        expected = set()
+    n = 4000
+    accounts = [f"a{rng.randrange(60)}" for _ in range(n)]
+    # few distinct texts per account, so repeats of one text are common
+    prompts = [None if rng.random() < 0.1 else _filler(rng, 1) + " " + rng.choice(WORDS) for _ in range(n)]
+    hashes = pl.Series(prompts).hash(_SEED + 1).to_list()
+    for k in (1, 3, 12):
+        expected: dict[str, set[int]] = {}
         for account in set(accounts):
-            rows = [r for r in range(3000) if accounts[r] == account and prompts[r] is not None]
-            expected |= set(sorted(rows, key=lambda r: (hashes[r], r))[:limit])
-        chosen = _sample_per_account(accounts, prompts, limit)
-        assert set(chosen.nonzero()[0].tolist()) == expected
+            texts = {hashes[r] for r in range(n) if accounts[r] == account and prompts[r] is not None}
+            expected[account] = set(sorted(texts)[:k])
+        layouts = {"one batch": [range(n)], "files": [range(0, 1500), range(1500, 1700), range(1700, n)]}
+        layouts["files, reversed"] = list(reversed(layouts["files"]))
+        for name, parts in layouts.items():
+            merged = TemplateMiner(TemplateSettings(max_prompts_per_account=k))
+            for part in parts:  # each part sampled on its own (a file), then merged (as ingest and rebuild do)
+                one_file = TemplateMiner(TemplateSettings(max_prompts_per_account=k))
+                one_file.add_batch(pl.Series([accounts[r] for r in part]), pl.Series([prompts[r] for r in part], dtype=pl.Utf8))
+                merged.absorb(one_file.state())
+            got = merged.state()["candidates"].group_by(pl.col("account_id").cast(pl.Utf8)).agg("prompt_key")
+            assert {a: set(keys) for a, keys in got.iter_rows()} == {a: e for a, e in expected.items() if e}, (name, k)
+            texts = merged._sample.texts()
+            assert texts["prompt_key"].is_unique().all() and texts["prompt_key"].is_sorted()
+            by_key = dict(zip(hashes, prompts))
+            assert all(by_key[key] == text for key, text in texts.iter_rows())
+
+
+def test_every_request_with_a_sampled_text_gets_its_template() -> None:
+    """Texts outside an account's own sample still get the template when another account's sample
+    holds the same text; unsampled texts get no row (reasoning_style null = not mined)."""
+    rng = random.Random(9)
+    scaffold = [f"Grade the response below against the rubric.\nResponse: {_filler(rng)}." for _ in range(30)]
+    settings = TemplateSettings(max_prompts_per_account=2)
+    miner = TemplateMiner(settings)
+    # account a sends every text; b..p two each (so every text is in someone's sample)
+    accounts = ["a"] * 30 + [chr(ord("b") + i // 2) for i in range(30)]
+    per_request = miner.add_batch(pl.Series(accounts), pl.Series(scaffold + scaffold))
+    counts = per_request.group_by("prompt_key").len("requests")
+    result = miner.finish(counts)
+    mined = per_request.join(result.assignments, on="prompt_key", how="left", maintain_order="left")
+    assert mined["template_id"].null_count() == 0 and mined["template_id"].n_unique() == 1
+    assert mined["reasoning_style"].all()
