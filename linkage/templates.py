@@ -76,10 +76,10 @@ class PromptSample:
     _filled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     _slots: int = 0
     _dead: int = 0
-    # per categorical code, the hash a new text must stay under to enter its account's sample (a
-    # copy made after each merge, read by other threads: the sample only improves, so a stale bound
-    # still never drops a text that would have entered)
-    bound: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    # (code → slot, per slot the hash a new text must stay under to enter that account's sample):
+    # copies made after each merge, read by other threads; the sample only improves, so a stale
+    # bound still never drops a text that would have entered
+    bound: tuple[np.ndarray, np.ndarray] | None = None
     _texts: pl.DataFrame | None = None
 
     def offer(self, candidates: pl.DataFrame) -> None:
@@ -101,10 +101,7 @@ class PromptSample:
     def _publish_bound(self) -> None:
         kth = np.where(self._filled[:self._slots] == self.k, self._hash[:self._slots, self.k - 1],
                        np.iinfo(np.uint64).max)
-        bound = np.full(len(self._slot_of), np.iinfo(np.uint64).max, np.uint64)
-        known = self._slot_of >= 0
-        bound[known] = kth[self._slot_of[known]]
-        self.bound = bound
+        self.bound = (self._slot_of.copy(), kth)
 
     def candidates(self) -> pl.DataFrame:
         """The rows currently in the sample (one per account and text)."""
@@ -123,7 +120,7 @@ class PromptSample:
             grown = np.full(max(int(codes.max()) + 1, 2 * len(self._slot_of)), -1, np.int64)
             grown[:len(self._slot_of)] = self._slot_of
             self._slot_of = grown
-        needed = self._slots + len(codes)  # (at most one new account per row)
+        needed = self._slots + len(np.unique(codes[self._slot_of[codes] < 0]))
         if needed > len(self._filled) or self._hash.shape[1] != self.k:
             size = max(needed, 2 * len(self._filled))
             for name, fill in (("_hash", 0), ("_ref", 0)):
@@ -184,7 +181,7 @@ class TemplateMiner:
         self._sample.offer(state["candidates"])
 
     @property
-    def bound(self) -> np.ndarray:
+    def bound(self) -> tuple[np.ndarray, np.ndarray] | None:
         """See :meth:`add_batch`."""
         return self._sample.bound
 
@@ -192,7 +189,8 @@ class TemplateMiner:
         """The sample's text hashes, ascending (the order of :meth:`finish`'s assignments)."""
         return self._sample.texts()["prompt_key"]
 
-    def add_batch(self, accounts: pl.Series, prompts: pl.Series, bound: np.ndarray | None = None) -> pl.DataFrame:
+    def add_batch(self, accounts: pl.Series, prompts: pl.Series,
+                  bound: tuple[np.ndarray, np.ndarray] | None = None) -> pl.DataFrame:
         """Per request: ``prompt_key``, the hash of its text (null without a prompt); the batch's
         candidates for the sample (per account its ``max_prompts_per_account`` distinct texts of
         smallest hash) are kept. Costs a hash per prompt; no text is masked here.
@@ -204,9 +202,12 @@ class TemplateMiner:
         accounts = accounts.cast(pl.Categorical)
         codes = accounts.to_physical().to_numpy()
         hashes, present = keys.fill_null(0).to_numpy(), keys.is_not_null().to_numpy()
-        if bound is not None and len(bound):
-            known = codes < len(bound)
-            present &= ~known | (hashes < bound[np.where(known, codes, 0)])
+        if bound is not None:
+            slot_of, kth = bound
+            slot = np.where(codes < len(slot_of), slot_of[np.minimum(codes, len(slot_of) - 1)], -1) \
+                if len(slot_of) else np.full(len(codes), -1)
+            bounded = (slot >= 0) & (slot < len(kth))
+            present &= ~bounded | (hashes < kth[np.where(bounded, slot, 0)])
         dense = np.unique(codes, return_inverse=True)[1].astype(np.int64)
         rows = _bottom_k_rows(dense, hashes, present, int(dense.max(initial=-1)) + 1, self.settings.max_prompts_per_account)
         self._sample.offer(pl.DataFrame({"account_id": accounts.gather(rows), "prompt_key": keys.gather(rows),
