@@ -184,8 +184,9 @@ def _top_per_account(account: np.ndarray, count: np.ndarray, entity: np.ndarray,
     # one sortable key: more uses first, then the lower rank
     rank_key = ((np.uint64(np.iinfo(np.uint32).max) - np.minimum(count[order], np.iinfo(np.uint32).max).astype(np.uint64))
                 << np.uint64(32)) | entity[order].astype(np.uint64)
-    chosen = order[_smallest_of_runs(account[order], rank_key, cap)]
-    return np.sort(np.concatenate([np.flatnonzero(within), chosen]))
+    kept = within.copy()  # (a mask, not a sort of millions of positions: the same sorted result)
+    kept[order[_smallest_of_runs(account[order], rank_key, cap)]] = True
+    return np.flatnonzero(kept)
 
 
 def _grouped(values: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -81,12 +81,29 @@ class PromptSample:
     # bound still never drops a text that would have entered
     bound: tuple[np.ndarray, np.ndarray] | None = None
     _texts: pl.DataFrame | None = None
+    _pending: pl.DataFrame | None = None  # a first batch's own bottom-k, merged only when it must be
 
-    def offer(self, candidates: pl.DataFrame) -> None:
-        """Merge candidate rows; only those that enter some account's bottom-k are kept."""
+    def offer(self, candidates: pl.DataFrame, is_sample: bool = False) -> None:
+        """Merge candidate rows; only those that enter some account's bottom-k are kept.
+
+        ``is_sample``: the rows already are a sample (per account at most ``k`` distinct texts): into an
+        empty sample they are kept as they are, and merged only if more rows come (a file of one batch,
+        the usual case, then costs no merge)."""
         if candidates.height == 0:
             return
         self._texts = None
+        if is_sample and self._pending is None and not self._frames:
+            self._pending = candidates
+            return
+        self._settle()
+        self._merge(candidates)
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._merge(pending)
+
+    def _merge(self, candidates: pl.DataFrame) -> None:
         codes = candidates["account_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
         self._reserve(codes)
         accepted, self._slots, evicted = _merge_bottom_k(
@@ -105,6 +122,9 @@ class PromptSample:
 
     def candidates(self) -> pl.DataFrame:
         """The rows currently in the sample (one per account and text)."""
+        if self._pending is not None and not self._frames:
+            return self._pending
+        self._settle()
         self._compact()
         return self._frames[0] if self._frames else pl.DataFrame(schema=_CANDIDATE_SCHEMA)
 
@@ -208,10 +228,10 @@ class TemplateMiner:
                 if len(slot_of) else np.full(len(codes), -1)
             bounded = (slot >= 0) & (slot < len(kth))
             present &= ~bounded | (hashes < kth[np.where(bounded, slot, 0)])
-        dense = np.unique(codes, return_inverse=True)[1].astype(np.int64)
-        rows = _bottom_k_rows(dense, hashes, present, int(dense.max(initial=-1)) + 1, self.settings.max_prompts_per_account)
+        rows = _bottom_k_rows(codes.astype(np.int64), hashes, present, self.settings.max_prompts_per_account)
         self._sample.offer(pl.DataFrame({"account_id": accounts.gather(rows), "prompt_key": keys.gather(rows),
-                                         "prompt": prompts.gather(rows).str.slice(0, self.settings.max_prompt_chars)}))
+                                         "prompt": prompts.gather(rows).str.slice(0, self.settings.max_prompt_chars)}),
+                           is_sample=True)
         return pl.DataFrame({"prompt_key": keys})
 
     def _mine_texts(self) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -363,16 +383,23 @@ def _in_halves(work, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 @numba.njit(cache=True, nogil=True)
-def _bottom_k_rows(codes, hashes, present, n_codes, k):
-    """Rows of the ``k`` smallest distinct hashes per code among present rows (a repeated hash: its
-    first row): one pass keeping a sorted buffer of ``k`` per code."""
+def _bottom_k_rows(codes, hashes, present, k):
+    """Rows (ascending) of the ``k`` smallest distinct hashes per code among present rows (a repeated
+    hash: its first row): one pass keeping a sorted buffer of ``k`` per code, after one pass that
+    numbers the codes present (codes are process-wide categorical codes, sparse in a batch)."""
+    slot_of = np.full(codes.max() + 1 if len(codes) else 0, -1, np.int64)
+    n_codes = 0
+    for row in range(len(codes)):
+        if present[row] and slot_of[codes[row]] < 0:
+            slot_of[codes[row]] = n_codes
+            n_codes += 1
     best_hash = np.zeros((n_codes, k), np.uint64)
     best_row = np.zeros((n_codes, k), np.int64)
     filled = np.zeros(n_codes, np.int64)
     for row in range(len(codes)):
         if not present[row]:
             continue
-        code, value = codes[row], hashes[row]
+        code, value = slot_of[codes[row]], hashes[row]
         size = filled[code]
         if size == k and value >= best_hash[code, k - 1]:
             continue
