@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import igraph as ig
@@ -33,6 +34,8 @@ from .settings import DetectSettings
 
 log = logging.getLogger(__name__)
 _NO_BIN_TYPES = ["wallet", "crypto", "invoice"]
+_NETWORK_TYPES = ("IP", "Subnet", "ASN")
+PARALLEL_MIN_PAIRS = 100_000  # fewer candidate pairs are weighed on one thread
 _ENTITY_SEED = 17
 
 
@@ -84,12 +87,15 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
         "ModelSwitch": _model_switches(graph, settings),
     }
     index = accounts.lazy().select("account_id", "idx")
-    coded = {name: _keyed_part(frame, index) for name, frame in parts.items()}
-    coded |= _network_parts(graph, pl.Enum(accounts["account_id"]), settings)
     # every part holds one row per (account, entity) and is one evidence type, so rarity and the
-    # per-type cap are settled part by part, before any text is built for the survivors
-    types = pl.Enum(sorted(set(settings.type_weights) | set(coded)))
-    evidence = pl.concat([_shared_entities(part, name, types, settings) for name, part in coded.items()])
+    # per-type cap are settled part by part, before any text is built for the survivors. The network
+    # parts (address use: by far the largest) are worked out on a second thread meanwhile.
+    types = pl.Enum(sorted(set(settings.type_weights) | set(parts) | set(_NETWORK_TYPES)))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        network = pool.submit(lambda: [_shared_entities(part, name, types, settings) for name, part in
+                                       _network_parts(graph, pl.Enum(accounts["account_id"]), settings).items()])
+        evidence = [_shared_entities(_keyed_part(frame, index), name, types, settings) for name, frame in parts.items()]
+        evidence = pl.concat(evidence + network.result())
     evidence = evidence.with_columns(accounts["account_id"].gather(evidence["idx"]).alias("account_id"))
     n = max(accounts.height, 4)
     weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())},
@@ -133,7 +139,7 @@ def _network_parts(graph: Graph, account_index: pl.Enum, settings: DetectSetting
         idx, ip_row, count = idx[order], ip_row[order], count[order]
     factor = ips["factor"].to_numpy()[ip_row]
     parts: dict[str, Part] = {}
-    for name, level in (("IP", "ip"), ("Subnet", "subnet"), ("ASN", "asn")):
+    for name, level in zip(_NETWORK_TYPES, ("ip", "subnet", "asn")):
         keys = per_ip[level]
         entity = keys["entity"].to_numpy()[ip_row]
         columns = (idx, entity, factor, count)
@@ -428,12 +434,18 @@ def pair_weights(n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared
     # each account's hubs as one run sorted by entity (entity codes are unique across types)
     hub_order = _order_by(held.member, held.entity)
     hub_start = np.r_[0, np.cumsum(np.bincount(held.member, minlength=n_accounts))].astype(np.int64)
-    return _weigh_pairs(ca.astype(np.int64), cb.astype(np.int64), shared_start,
-                        shared.type_code[by_pair].astype(np.int64), shared.value[by_pair].astype(np.float64),
-                        hub_start, held.entity[hub_order].astype(np.int64), held.type_code[hub_order].astype(np.int64),
-                        held.value[hub_order].astype(np.float64), int(held.entity.max(initial=-1)) + 1,
-                        rules.caps.astype(np.float64), rules.family_code.astype(np.int64), rules.n_families,
-                        float(rules.extra))
+    ca, cb = ca.astype(np.int64), cb.astype(np.int64)
+    fixed = (shared.type_code[by_pair].astype(np.int64), shared.value[by_pair].astype(np.float64),
+             hub_start, held.entity[hub_order].astype(np.int64), held.type_code[hub_order].astype(np.int64),
+             held.value[hub_order].astype(np.float64), int(held.entity.max(initial=-1)) + 1,
+             rules.caps.astype(np.float64), rules.family_code.astype(np.int64), rules.n_families, float(rules.extra))
+    # two halves on two threads (the kernel releases the GIL), cut where a group of ``ca`` starts;
+    # each pair's weight is computed alone, so the result does not depend on the cut
+    cut = int(np.searchsorted(ca, ca[len(ca) // 2])) if len(ca) >= PARALLEL_MIN_PAIRS else len(ca)
+    halves = [slice(0, cut), slice(cut, len(ca))]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        weights = pool.map(lambda h: _weigh_pairs(ca[h], cb[h], shared_start[h.start:h.stop + 1], *fixed), halves)
+        return np.concatenate(list(weights))
 
 
 def _order_by(first: np.ndarray, second: np.ndarray) -> np.ndarray:

@@ -162,7 +162,10 @@ def _brute_force_weight(small: dict, a: dict, b: dict, rules) -> float:
     return sum(max(v) + rules.extra * min(sum(v) - max(v), max(v)) for v in per_family.values())
 
 
-def test_pair_weights_match_brute_force():
+@pytest.mark.parametrize("threads", ["one", "two"])
+def test_pair_weights_match_brute_force(threads, monkeypatch):
+    if threads == "two":  # the candidates cut in two halves weighed on two threads
+        monkeypatch.setattr("linkage.detect.PARALLEL_MIN_PAIRS", 2)
     """Small-entity contributions and hubs both ends hold (valued on the first end), combined per
     type and family with caps, exactly as the rule says — including pairs sharing nothing."""
     from linkage.detect import Held, Shared, TypeRules, pair_weights
