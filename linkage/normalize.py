@@ -96,27 +96,32 @@ def parse_ips(values: pl.Series, categorical: bool = False) -> pl.DataFrame:
     if categorical:
         return _parse_ips_by_category(values)
     original = values.cast(pl.Utf8)
-    raw = original.unique()  # parse each distinct address once, then join back
-    frame = pl.DataFrame({"raw": raw})
-    raw = raw.str.strip_chars()
+    distinct = original.unique()  # parse each distinct address once, then join back
+    parsed = _parse_distinct(distinct).with_columns(distinct.alias("raw"))
+    return pl.DataFrame({"raw": original}).join(parsed, on="raw", how="left", maintain_order="left", nulls_equal=True) \
+        .drop("raw")
+
+
+def _parse_distinct(values: pl.Series) -> pl.DataFrame:
+    """ip, ip_version, subnet for each of ``values`` (row for row; meant for distinct values)."""
+    raw = values.str.strip_chars()
+    # octets with leading zeros ("010.1.2.3") do not match: ambiguous (octal to some parsers), and
+    # rejected like Python's ipaddress does; a matching address is already canonical
     is_v4 = raw.str.contains(_IPV4).fill_null(False)
-    v4 = raw.str.replace(r"^0+(\d)", "$1").str.replace_all(r"\.0+(\d)", ".$1")
-    v4_subnet = v4.str.replace(r"\.\d+$", ".0/24")
-    distinct_v6 = raw.filter(~is_v4 & raw.str.contains(":").fill_null(False)).unique()
-    v6_rows = [_v6_info(text) for text in distinct_v6.to_list()]  # cached: few distinct addresses
-    v6 = pl.DataFrame(
-        v6_rows, schema={"raw": pl.Utf8, "v6_ip": pl.Utf8, "v6_subnet": pl.Utf8}, orient="row"
-    )
-    frame = frame.with_columns(is_v4=is_v4, v4=v4, v4_subnet=v4_subnet).join(v6, on="raw", how="left")
-    parsed = frame.select(
-        "raw",
+    v4 = raw
+    v6_ip = pl.Series("v6_ip", [None] * len(raw), pl.Utf8)
+    v6_subnet = pl.Series("v6_subnet", [None] * len(raw), pl.Utf8)
+    maybe_v6 = (~is_v4 & raw.str.contains(":").fill_null(False)).arg_true()
+    if len(maybe_v6):
+        info = [_v6_info(text) for text in raw.gather(maybe_v6).to_list()]  # cached: few distinct addresses
+        v6_ip = v6_ip.scatter(maybe_v6, pl.Series([row[1] for row in info], dtype=pl.Utf8))
+        v6_subnet = v6_subnet.scatter(maybe_v6, pl.Series([row[2] for row in info], dtype=pl.Utf8))
+    return pl.DataFrame({"is_v4": is_v4, "v4": v4, "v6_ip": v6_ip, "v6_subnet": v6_subnet}).select(
         ip=pl.when(pl.col("is_v4")).then(pl.col("v4")).otherwise(pl.col("v6_ip")),
         ip_version=pl.when(pl.col("is_v4")).then(pl.lit(4, pl.Int8))
         .when(pl.col("v6_ip").is_not_null()).then(pl.lit(6, pl.Int8)),
-        subnet=pl.when(pl.col("is_v4")).then(pl.col("v4_subnet")).otherwise(pl.col("v6_subnet")),
+        subnet=pl.when(pl.col("is_v4")).then(pl.col("v4").str.replace(r"\.\d+$", ".0/24")).otherwise(pl.col("v6_subnet")),
     )
-    return pl.DataFrame({"raw": original}).join(parsed, on="raw", how="left", maintain_order="left", nulls_equal=True) \
-        .drop("raw")
 
 
 def _parse_ips_by_category(values: pl.Series) -> pl.DataFrame:
@@ -124,7 +129,7 @@ def _parse_ips_by_category(values: pl.Series) -> pl.DataFrame:
     gathered by category code (no join of the rows back on their text)."""
     category = values.cast(pl.Categorical)
     distinct = category.unique().drop_nulls()
-    parsed = parse_ips(distinct.cast(pl.Utf8)).select(
+    parsed = _parse_distinct(distinct.cast(pl.Utf8)).select(
         pl.col("ip").cast(pl.Categorical), "ip_version", pl.col("subnet").cast(pl.Categorical))
     codes = category.to_physical()
     known = distinct.to_physical().to_numpy()

@@ -11,6 +11,14 @@ def test_ip_subnets_v4_and_v6() -> None:
     assert parsed["subnet"].to_list() == ["10.1.2.0/24", "10.1.2.0/24", "2001:db8::/64", "10.1.2.0/24", None, None]
 
 
+def test_ip_octets_with_leading_zeros_are_rejected_not_reinterpreted() -> None:
+    """"010.1.2.3" is octal to some parsers and decimal to others: unparseable (so quarantined), like ipaddress."""
+    for categorical in (False, True):
+        parsed = parse_ips(pl.Series(["010.001.002.003", "10.1.2.3", "0.0.0.0", "192.168.000.010"]), categorical)
+        assert parsed["ip"].cast(pl.Utf8).to_list() == [None, "10.1.2.3", "0.0.0.0", None]
+        assert parsed["subnet"].cast(pl.Utf8).to_list() == [None, "10.1.2.0/24", "0.0.0.0/24", None]
+
+
 def test_ip_parsing_through_categories_gives_the_same_values() -> None:
     raw = pl.Series(["10.1.2.3", "10.1.2.3", None, "2001:DB8:0:0:1::1", "zz", "10.1.2.99", None, "::ffff:10.1.2.3"])
     by_text = parse_ips(raw)
