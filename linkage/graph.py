@@ -213,7 +213,7 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
         pl.len().cast(pl.Int64).alias("requests"), pl.col("ts").min().alias("first_seen"),
         pl.col("ts").max().alias("last_seen"), pl.col("input_tokens").sum().alias("input_tokens"),
         pl.col("output_tokens").sum().alias("output_tokens"),
-        pl.col("ip_type").cast(pl.Utf8).is_in(list(PROXY_IP_TYPES)).sum().cast(pl.Int64).alias("proxy_requests"),
+        pl.col("ip_type").is_in(list(PROXY_IP_TYPES)).sum().cast(pl.Int64).alias("proxy_requests"),
         pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"),
         pl.col("reasoning_style").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts")).collect(engine="streaming"))
     activity = activity.join(activity_signatures(requests, activity_window_minutes), on="account_id", how="left")
