@@ -71,8 +71,8 @@ class PromptSample:
     k: int
     _frames: list[pl.DataFrame] = field(default_factory=list)
     _slot_of: np.ndarray = field(default_factory=lambda: np.full(0, -1, np.int64))  # code → buffer row
-    _hash: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.uint64))
-    _ref: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.int64))  # frame << 32 | row
+    _hash: np.ndarray = field(init=False)  # (slots, k): each account's smallest hashes, ascending
+    _ref: np.ndarray = field(init=False)  # (slots, k): frame << 32 | row of each
     _filled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     _slots: int = 0
     _dead: int = 0
@@ -82,6 +82,10 @@ class PromptSample:
     bound: tuple[np.ndarray, np.ndarray] | None = None
     _texts: pl.DataFrame | None = None
     _pending: pl.DataFrame | None = None  # a first batch's own bottom-k, merged only when it must be
+
+    def __post_init__(self) -> None:
+        self._hash = np.zeros((0, self.k), np.uint64)
+        self._ref = np.zeros((0, self.k), np.int64)
 
     def offer(self, candidates: pl.DataFrame, is_sample: bool = False) -> None:
         """Merge candidate rows; only those that enter some account's bottom-k are kept.
@@ -141,16 +145,13 @@ class PromptSample:
             grown[:len(self._slot_of)] = self._slot_of
             self._slot_of = grown
         needed = self._slots + len(np.unique(codes[self._slot_of[codes] < 0]))
-        if needed > len(self._filled) or self._hash.shape[1] != self.k:
+        if needed > len(self._filled):
             size = max(needed, 2 * len(self._filled))
-            for name, fill in (("_hash", 0), ("_ref", 0)):
+            for name in ("_hash", "_ref", "_filled"):
                 old = getattr(self, name)
-                new = np.full((size, self.k), fill, old.dtype)
-                new[:len(old)] = old if old.shape[1] == self.k else new[:len(old)]
+                new = np.zeros((size, *old.shape[1:]), old.dtype)
+                new[:len(old)] = old
                 setattr(self, name, new)
-            filled = np.zeros(size, np.int64)
-            filled[:len(self._filled)] = self._filled
-            self._filled = filled
 
     def _compact(self) -> None:
         """One frame holding exactly the rows in the buffers (refs renumbered)."""
