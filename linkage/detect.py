@@ -179,25 +179,14 @@ def _shared_entities(part: Part, type_name: str, types: pl.Enum, settings: Detec
 
 
 def _top_per_account(account: np.ndarray, count: np.ndarray, entity: np.ndarray, cap: int) -> np.ndarray:
-    """Positions of the rows kept: per account its ``cap`` most used entities (ties: lowest entity rank,
-    i.e. smallest key hash). Accounts at or under the cap keep everything without any sorting."""
-    held = np.bincount(account)[account] if len(account) else account
-    within = held <= cap
-    over = np.flatnonzero(~within)
-    if len(over) == 0:
-        return np.flatnonzero(within)
-    order = _grouped(account[over], over)
-    # one sortable key: more uses first, then the lower rank
-    rank_key = ((np.uint64(np.iinfo(np.uint32).max) - np.minimum(count[order], np.iinfo(np.uint32).max).astype(np.uint64))
-                << np.uint64(32)) | entity[order].astype(np.uint64)
-    kept = within.copy()  # (a mask, not a sort of millions of positions: the same sorted result)
-    kept[order[_smallest_of_runs(account[order], rank_key, cap)]] = True
-    return np.flatnonzero(kept)
-
-
-def _grouped(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """``positions`` reordered so that equal ``values`` are contiguous (already so for tables in account order)."""
-    return positions if _in_runs(values) else positions[np.argsort(values, kind="stable")]
+    """Positions (ascending) of the rows kept: per account its ``cap`` most used entities (ties: lowest
+    entity rank, i.e. smallest key hash); an account at or under the cap keeps everything."""
+    if _in_runs(account):  # (tables from this build are in account order)
+        return np.flatnonzero(_top_of_runs(account, count, entity, cap))
+    order = np.argsort(account, kind="stable")
+    keep = np.zeros(len(account), bool)
+    keep[order] = _top_of_runs(account[order], count[order], entity[order], cap)
+    return np.flatnonzero(keep)
 
 
 def _in_runs(values: np.ndarray) -> bool:
@@ -206,31 +195,39 @@ def _in_runs(values: np.ndarray) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
-def _smallest_of_runs(run_ids, keys, cap):
-    """Positions of the ``cap`` smallest keys of each run of equal ``run_ids`` (keys distinct within a
-    run). A bounded buffer per run: runs are long (an account's exit addresses) and ``cap`` small."""
-    chosen = np.empty(len(run_ids), np.int64)
-    buffer_keys = np.empty(cap, keys.dtype)
+def _top_of_runs(account, count, entity, cap):
+    """Mask of the rows kept by :func:`_top_per_account`, in one pass over runs of equal ``account``: a
+    run of at most ``cap`` rows is kept whole, a longer one (an account's many exit addresses) keeps
+    its ``cap`` smallest keys (fewer uses, larger key; one (account, entity) per row, so keys are
+    distinct within a run) through a bounded buffer."""
+    keep = np.zeros(len(account), np.bool_)
+    buffer_keys = np.empty(cap, np.uint64)
     buffer_rows = np.empty(cap, np.int64)
-    n_chosen, start, n = 0, 0, len(run_ids)
+    most = np.uint64(0xFFFFFFFF)
+    start, n = 0, len(account)
     while start < n:
         end = start + 1
-        while end < n and run_ids[end] == run_ids[start]:
+        while end < n and account[end] == account[start]:
             end += 1
-        filled, largest = 0, 0
-        for row in range(start, end):
-            if filled < cap:
-                buffer_keys[filled], buffer_rows[filled] = keys[row], row
-                filled += 1
-                if filled == cap:
+        if end - start <= cap:
+            keep[start:end] = True
+        else:
+            filled, largest = 0, 0
+            for row in range(start, end):
+                uses = min(np.uint64(count[row]), most)
+                key = ((most - uses) << np.uint64(32)) | np.uint64(entity[row])
+                if filled < cap:
+                    buffer_keys[filled], buffer_rows[filled] = key, row
+                    filled += 1
+                    if filled == cap:
+                        largest = np.argmax(buffer_keys)
+                elif key < buffer_keys[largest]:
+                    buffer_keys[largest], buffer_rows[largest] = key, row
                     largest = np.argmax(buffer_keys)
-            elif keys[row] < buffer_keys[largest]:
-                buffer_keys[largest], buffer_rows[largest] = keys[row], row
-                largest = np.argmax(buffer_keys)
-        chosen[n_chosen:n_chosen + filled] = buffer_rows[:filled]
-        n_chosen += filled
+            for j in range(filled):
+                keep[buffer_rows[j]] = True
         start = end
-    return chosen[:n_chosen]
+    return keep
 
 
 @numba.njit(cache=True, nogil=True)

@@ -215,3 +215,25 @@ def test_relationship_tables_are_in_text_order_whatever_the_category_codes():
     assert ordered.schema["src"] == pl.Utf8
     assert ordered.equals(expected)
     assert ordered.select("src", "dst").equals(ordered.select("src", "dst").sort("src", "dst"))
+
+
+def test_top_per_account_keeps_each_accounts_most_used_entities():
+    """Per account all rows when it has at most ``cap``, else its ``cap`` most used (ties: lower entity),
+    whether or not the rows come in account order."""
+    from linkage.detect import _top_per_account
+
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        n = int(rng.integers(0, 3000))
+        account = rng.integers(0, max(1, n // 10), n)
+        if trial % 2:
+            account = np.sort(account)
+        entity = rng.permutation(10 * n + 10)[:n]  # one row per (account, entity)
+        count = rng.integers(1, 6, n)
+        for cap in (1, 3, 24):
+            expected = set()
+            for a in set(account.tolist()):
+                rows = [r for r in range(n) if account[r] == a]
+                expected |= set(sorted(rows, key=lambda r: (-count[r], entity[r]))[:cap])
+            got = _top_per_account(account, count, entity, cap)
+            assert got.tolist() == sorted(expected), (trial, cap)
