@@ -78,7 +78,7 @@ def main() -> None:
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     linkage_cli = [sys.executable, "-m", "linkage.cli"]
-    print(f"{'scale':>6} {'requests':>10} {'scan s':>7} {'run s':>7} {'x scan':>7} {'s/M req':>8} {'peak MB':>8}  stages")
+    print(f"{'scale':>6} {'requests':>10} {'scan s':>7} {'run s':>7} {'x scan':>7} {'s/M req':>8} {'peak MB':>8}")
     for scale in [float(s) for s in args.scales.split(",")]:
         data = Path(args.work) / f"s{scale}"
         if not (data / "simulation.json").exists():
@@ -98,9 +98,12 @@ def main() -> None:
         if str(scale) in args.bulk_scales.split(","):
             row["neo4j_bulk"] = bulk_load(data / "input", data / "out-graph")
         print(f"{scale:>6} {requests:>10} {floor:>7.1f} {wall:>7.1f} {wall / floor:>7.1f} "
-              f"{row['s_per_million']:>8.2f} {run['peak_rss_mb']:>8.0f}  {run['timings_s']}"
+              f"{row['s_per_million']:>8.2f} {run['peak_rss_mb']:>8.0f}"
               + (f"  neo4j: {row['neo4j']}" if "neo4j" in row else "")
               + (f"  neo4j bulk: {row['neo4j_bulk']}" if "neo4j_bulk" in row else ""), flush=True)
+        peaks = run.get("stage_peak_rss_mb") or {}
+        for stage, seconds in run["timings_s"].items():  # detect/… are parts of detect
+            print(f"{'':>6}   {stage:<20} {seconds:>7.2f} s   peak RSS so far {peaks.get(stage, 0):>7.0f} MB", flush=True)
         with open(results / "scale.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
 

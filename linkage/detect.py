@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from .graph import ACTIVITY_SIGNATURE_SIZE, Graph, mix64, sorted_unique
+from .progress import StageClock
 from .settings import DetectSettings
 
 log = logging.getLogger(__name__)
@@ -596,13 +597,20 @@ def prune_weak_members(communities: pl.DataFrame, pairs: pl.DataFrame, min_attac
     return scored.filter(keep).drop("strength")
 
 
-def detect(graph: Graph, settings: DetectSettings) -> Detection:
-    accounts, evidence = memberships(graph, settings)
-    pairs = project(accounts, evidence, settings)
-    community = merge_close_communities(leiden(accounts.height, pairs, settings), pairs, settings.merge_ratio)
-    frame = accounts.select("idx", "account_id").with_columns(pl.Series("community", community))
-    frame = prune_weak_members(frame.filter(pl.col("community") >= 0), pairs, settings.min_attachment)
-    sizes = frame.group_by("community").len()
-    frame = frame.join(sizes.filter(pl.col("len") >= settings.min_ring_size), on="community").drop("len")
+def detect(graph: Graph, settings: DetectSettings, clock: StageClock | None = None) -> Detection:
+    """Memberships → projection → Leiden → clean-up; ``clock`` times each as ``detect/…``."""
+    clock = clock or StageClock()
+    with clock.stage("detect/memberships"):
+        accounts, evidence = memberships(graph, settings)
+    with clock.stage("detect/projection"):
+        pairs = project(accounts, evidence, settings)
+    with clock.stage("detect/leiden"):
+        community = leiden(accounts.height, pairs, settings)
+    with clock.stage("detect/clean_up"):
+        community = merge_close_communities(community, pairs, settings.merge_ratio)
+        frame = accounts.select("idx", "account_id").with_columns(pl.Series("community", community))
+        frame = prune_weak_members(frame.filter(pl.col("community") >= 0), pairs, settings.min_attachment)
+        sizes = frame.group_by("community").len()
+        frame = frame.join(sizes.filter(pl.col("len") >= settings.min_ring_size), on="community").drop("len")
     return Detection(accounts=accounts, memberships=evidence, pairs=pairs,
                      communities=frame.select("account_id", "idx", "community").sort("community", "account_id"))

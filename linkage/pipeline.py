@@ -214,7 +214,7 @@ def _empty_compact() -> pl.DataFrame:
 def analyse(graph: Graph, settings: Settings, clock: StageClock) -> tuple[Detection, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Detection and scoring over a graph, whichever store it came from."""
     with clock.stage("detect"):
-        detection = detect(graph, settings.detect)
+        detection = detect(graph, settings.detect, clock)
     with clock.stage("score"):
         rings, members, evidence = score_rings(detection, graph, settings.score)
     return detection, rings, members, evidence
@@ -254,7 +254,7 @@ def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Sett
     if out_dir is not None:
         with clock.stage("export"):
             export(Path(out_dir), result, quarantine)
-        result.summary["timings_s"] = dict(clock.timings)
+        result.summary |= clock_figures(clock)  # export is timed too
         write_json(result.summary, Path(out_dir) / "run.json")
     return result
 
@@ -275,7 +275,7 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
     if out_dir is not None:
         with clock.stage("export"):
             export(Path(out_dir), result, Quarantine())
-        result.summary["timings_s"] = dict(clock.timings)
+        result.summary |= clock_figures(clock)  # export is timed too
         write_json(result.summary, Path(out_dir) / "run.json")
     return result
 
@@ -304,12 +304,16 @@ def summarise(input_dir: Any, settings: Settings, quarantine: Quarantine, clock:
         "graph": graph.counts(),
         "rings": {"total": rings.height, "flagged": int(rings["flagged"].sum()) if rings.height else 0,
                   "accounts_in_flagged": int(rings.filter(pl.col("flagged"))["size"].sum()) if rings.height else 0},
-        "timings_s": dict(clock.timings),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "stage_peak_rss_mb": dict(clock.peak_rss),
+        **clock_figures(clock),
         "parameters": settings.public_dict(),
         "versions": _versions(),
     }
+
+
+def clock_figures(clock: StageClock) -> dict[str, Any]:
+    """Timings and peak memory per stage (the process's running maximum at the end of each), and overall."""
+    return {"timings_s": dict(clock.timings), "stage_peak_rss_mb": dict(clock.peak_rss),
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def _versions() -> dict[str, str]:

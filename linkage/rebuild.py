@@ -33,7 +33,7 @@ from .errors import InputError, LockHeldError
 from .export import write_csv, write_json, write_parquet
 from .graph import build_graph, graph_delta
 from .ingest import Quarantine, read_table, table_files
-from .pipeline import (RunResult, _empty, _empty_compact, account_scores, analyse, attach_templates,
+from .pipeline import (RunResult, _empty, _empty_compact, account_scores, analyse, attach_templates, clock_figures,
                        clean_requests, export, ingest_request_file, prepare_accounts, prepare_payments, summarise)
 from .progress import StageClock
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS, TableSpec
@@ -333,7 +333,7 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
         summary |= {"run_id": run_id, "exit_reason": "ok", "files": {k: sync[k] if k == "unchanged" else len(sync[k])
                                                                       for k in ("new", "changed", "removed", "unchanged")},
                     "ring_changes": change_counts, "lock_taken_over": lock.previous_holder, "neo4j_load": loaded,
-                    "timings_s": dict(clock.timings)}
+                    **clock_figures(clock)}
         write_json(summary, out_dir / "run.json")
         _append_history(out_dir / "runs.jsonl", summary)
     return summary
