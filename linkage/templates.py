@@ -384,6 +384,31 @@ def _in_halves(work, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 @numba.njit(cache=True, nogil=True)
+def _insert_smallest(best_hash, best_ref, filled, slot, value, ref):
+    """Put ``value`` (with ``ref``) into ``slot``'s ascending buffer of its smallest distinct values.
+    0: refused (not below a full buffer's largest, or held already); 1: added; 2: added, and the
+    largest fell out."""
+    k = best_hash.shape[1]
+    size = filled[slot]
+    if size == k and value >= best_hash[slot, k - 1]:
+        return 0
+    for j in range(size):
+        if best_hash[slot, j] == value:
+            return 0
+    entered = 1
+    if size == k:
+        size -= 1
+        entered = 2
+    position = size
+    while position > 0 and value < best_hash[slot, position - 1]:
+        best_hash[slot, position], best_ref[slot, position] = best_hash[slot, position - 1], best_ref[slot, position - 1]
+        position -= 1
+    best_hash[slot, position], best_ref[slot, position] = value, ref
+    filled[slot] = size + 1
+    return entered
+
+
+@numba.njit(cache=True, nogil=True)
 def _bottom_k_rows(codes, hashes, present, k):
     """Rows (ascending) of the ``k`` smallest distinct hashes per code among present rows (a repeated
     hash: its first row): one pass keeping a sorted buffer of ``k`` per code, after one pass that
@@ -398,25 +423,8 @@ def _bottom_k_rows(codes, hashes, present, k):
     best_row = np.zeros((n_codes, k), np.int64)
     filled = np.zeros(n_codes, np.int64)
     for row in range(len(codes)):
-        if not present[row]:
-            continue
-        code, value = slot_of[codes[row]], hashes[row]
-        size = filled[code]
-        if size == k and value >= best_hash[code, k - 1]:
-            continue
-        repeated = False
-        for j in range(size):
-            if best_hash[code, j] == value:
-                repeated = True
-                break
-        if repeated:
-            continue
-        position = min(size, k - 1)
-        while position > 0 and value < best_hash[code, position - 1]:
-            best_hash[code, position], best_row[code, position] = best_hash[code, position - 1], best_row[code, position - 1]
-            position -= 1
-        best_hash[code, position], best_row[code, position] = value, row
-        filled[code] = min(size + 1, k)
+        if present[row]:
+            _insert_smallest(best_hash, best_row, filled, slot_of[codes[row]], hashes[row], row)
     chosen = np.empty(filled.sum(), np.int64)
     n = 0
     for code in range(n_codes):
@@ -431,7 +439,6 @@ def _merge_bottom_k(codes, hashes, slot_of, n_slots, best_hash, best_ref, filled
     """Offer rows to per-account buffers of the ``k`` smallest distinct hashes (ascending). Returns
     which rows entered (their ref: ``frame_no`` << 32 | rank among the entered rows), the new number
     of accounts and how many buffered rows were pushed out."""
-    k = best_hash.shape[1]
     accepted = np.zeros(len(codes), np.bool_)
     n_accepted, evicted = 0, 0
     for row in range(len(codes)):
@@ -440,28 +447,11 @@ def _merge_bottom_k(codes, hashes, slot_of, n_slots, best_hash, best_ref, filled
             slot = n_slots
             slot_of[codes[row]] = slot
             n_slots += 1
-        value, size = hashes[row], filled[slot]
-        if size == k and value >= best_hash[slot, k - 1]:
-            continue
-        repeated = False
-        for j in range(size):
-            if best_hash[slot, j] == value:
-                repeated = True
-                break
-        if repeated:
-            continue
-        if size == k:  # the largest falls out
-            size -= 1
-            evicted += 1
-        position = size
-        while position > 0 and value < best_hash[slot, position - 1]:
-            best_hash[slot, position], best_ref[slot, position] = best_hash[slot, position - 1], best_ref[slot, position - 1]
-            position -= 1
-        best_hash[slot, position] = value
-        best_ref[slot, position] = (frame_no << 32) | n_accepted
-        filled[slot] = size + 1
-        accepted[row] = True
-        n_accepted += 1
+        entered = _insert_smallest(best_hash, best_ref, filled, slot, hashes[row], (frame_no << 32) | n_accepted)
+        if entered:
+            accepted[row] = True
+            n_accepted += 1
+            evicted += entered == 2
     return accepted, n_slots, evicted
 
 
