@@ -199,8 +199,8 @@ def _in_runs(values: np.ndarray) -> bool:
 def _top_of_runs(account, count, entity, cap):
     """Mask of the rows kept by :func:`_top_per_account`, in one pass over runs of equal ``account``: a
     run of at most ``cap`` rows is kept whole, a longer one (an account's many exit addresses) keeps
-    its ``cap`` smallest keys (fewer uses, larger key; one (account, entity) per row, so keys are
-    distinct within a run) through a bounded buffer."""
+    its ``cap`` smallest keys through a bounded buffer. The key orders most uses first, then the lower
+    entity rank; one (account, entity) per row, so keys are distinct within a run."""
     keep = np.zeros(len(account), np.bool_)
     buffer_keys = np.empty(cap, np.uint64)
     buffer_rows = np.empty(cap, np.int64)

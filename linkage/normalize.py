@@ -108,7 +108,6 @@ def _parse_distinct(values: pl.Series) -> pl.DataFrame:
     # octets with leading zeros ("010.1.2.3") do not match: ambiguous (octal to some parsers), and
     # rejected like Python's ipaddress does; a matching address is already canonical
     is_v4 = raw.str.contains(_IPV4).fill_null(False)
-    v4 = raw
     v6_ip = pl.Series("v6_ip", [None] * len(raw), pl.Utf8)
     v6_subnet = pl.Series("v6_subnet", [None] * len(raw), pl.Utf8)
     maybe_v6 = (~is_v4 & raw.str.contains(":").fill_null(False)).arg_true()
@@ -116,7 +115,7 @@ def _parse_distinct(values: pl.Series) -> pl.DataFrame:
         info = [_v6_info(text) for text in raw.gather(maybe_v6).to_list()]  # cached: few distinct addresses
         v6_ip = v6_ip.scatter(maybe_v6, pl.Series([row[1] for row in info], dtype=pl.Utf8))
         v6_subnet = v6_subnet.scatter(maybe_v6, pl.Series([row[2] for row in info], dtype=pl.Utf8))
-    return pl.DataFrame({"is_v4": is_v4, "v4": v4, "v6_ip": v6_ip, "v6_subnet": v6_subnet}).select(
+    return pl.DataFrame({"is_v4": is_v4, "v4": raw, "v6_ip": v6_ip, "v6_subnet": v6_subnet}).select(
         ip=pl.when(pl.col("is_v4")).then(pl.col("v4")).otherwise(pl.col("v6_ip")),
         ip_version=pl.when(pl.col("is_v4")).then(pl.lit(4, pl.Int8))
         .when(pl.col("v6_ip").is_not_null()).then(pl.lit(6, pl.Int8)),
@@ -225,7 +224,7 @@ def normalize_payments(payments: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def normalize_requests(batch: pl.DataFrame, miner, bound=None) -> pl.DataFrame:
+def normalize_requests(batch: pl.DataFrame, miner, bound: tuple[np.ndarray, np.ndarray] | None = None) -> pl.DataFrame:
     """A validated request batch reduced to the compact columns the graph needs; prompt text is
     consumed here (by the template miner) and not kept."""
     prompts = batch["prompt"] if "prompt" in batch.columns else pl.Series("prompt", [None] * batch.height, pl.Utf8)

@@ -40,7 +40,7 @@ class Inputs:
 
     accounts: pl.DataFrame
     payments: pl.DataFrame
-    requests: pl.DataFrame  # compact, de-duplicated, with template_id
+    requests: pl.DataFrame  # compact, de-duplicated, with template_id and reasoning_style (null: not sampled)
     templates: Any = None  # TemplateResult
 
 
@@ -93,7 +93,7 @@ class RequestFile:
     quarantine: Quarantine
 
 
-def ingest_request_file(path: Path, settings: Settings, bound: Any = None) -> RequestFile:
+def ingest_request_file(path: Path, settings: Settings, bound: tuple[np.ndarray, np.ndarray] | None = None) -> RequestFile:
     """``bound``: the run's prompt sample so far (:attr:`TemplateMiner.bound`), or None for a
     self-contained sample of this file (staging)."""
     quarantine = Quarantine()
