@@ -42,3 +42,33 @@ def test_timestamps_offsets_epochs_and_garbage() -> None:
     parsed = parse_timestamps(values).dt.epoch("s").to_list()
     assert parsed[:4] == [1771840800] * 4
     assert parsed[4:] == [None, None]
+
+
+def test_ipv6_compiled_parser_agrees_with_the_standard_library() -> None:
+    """Canonical text and /64 exactly as ipaddress gives them, for random and edge-case forms."""
+    import ipaddress
+    import random
+
+    from linkage.normalize import _parse_v6
+
+    rng = random.Random(7)
+    cases = ["::", "::1", "1::", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8", "2001:DB8::1",
+             "2001:0db8:0000:0000:0000:ff00:0042:8329", "fe80::1%eth0", "::ffff:1.2.3.4", "::ffff:a01:203",
+             "64:ff9b::1.2.3.4", "1:0:0:2:0:0:0:3", "1:0:0:2:0:0:3:4", "0:0:1:0:0:1:0:0", ":::", "1:2:3:4:5:6:7:8:9",
+             "12345::", "g::1", "1::2::3", ":1::", "1:", ":1", "1:2:3:4:5:6:7", "", "1:2:3:4:5:6:7:8::"]
+    for _ in range(3000):
+        words = [rng.choice([0, 0, 0, rng.randrange(1 << 16)]) for _ in range(8)]
+        text = ":".join(f"{w:x}" if rng.random() < 0.7 else f"{w:04X}" for w in words)
+        cases.append(str(ipaddress.IPv6Address(text)) if rng.random() < 0.5 else text)
+    ip, subnet = _parse_v6(pl.Series(cases, dtype=pl.Utf8))
+    for text, got_ip, got_subnet in zip(cases, ip.to_list(), subnet.to_list()):
+        try:
+            address = ipaddress.ip_address(text.split("%")[0])
+        except ValueError:
+            assert (got_ip, got_subnet) == (None, None), text
+            continue
+        if address.ipv4_mapped is not None:
+            v4 = str(address.ipv4_mapped)
+            assert (got_ip, got_subnet) == (v4, v4.rsplit(".", 1)[0] + ".0/24"), text
+        else:
+            assert (got_ip, got_subnet) == (str(address), str(ipaddress.ip_network(f"{address}/64", strict=False))), text
