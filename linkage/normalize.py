@@ -24,6 +24,13 @@ _ISO = (
 )
 
 
+_ISO_FORMS = (  # without an offset: UTC. "+00:00" literally first: parsing any offset (%:z) is slower
+    "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%.fZ", "%Y-%m-%dT%H:%M:%S+00:00", "%Y-%m-%dT%H:%M:%S%.f+00:00",
+    "%Y-%m-%dT%H:%M:%S%:z", "%Y-%m-%dT%H:%M:%S%.f%:z",
+    "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S%.f",
+)
+
+
 def parse_timestamps(values: pl.Series) -> pl.Series:
     """ISO-8601 (UTC when no offset), epoch seconds (or milliseconds), or native datetimes → UTC ms.
 
@@ -39,13 +46,23 @@ def parse_timestamps(values: pl.Series) -> pl.Series:
     if dtype.is_numeric():
         return _from_epoch(values.cast(pl.Float64))
     text = values.cast(pl.Utf8)
-    # fast path: the usual canonical form; everything else takes the general path below
-    fast = text.str.to_datetime("%Y-%m-%dT%H:%M:%SZ", strict=False, time_unit="ms", time_zone="UTC")
-    pending = fast.is_null() & text.is_not_null()
-    if not pending.any():
-        return fast.alias(values.name)
-    general = _parse_general(text.filter(pending))
-    result = fast.scatter(pending.arg_true(), general) if general.len() else fast
+    result = pl.repeat(None, len(text), dtype=TS_DTYPE, eager=True)
+    pending = text.is_not_null()
+    # fast paths: the common ISO forms, each parsed natively (the general path below is ~15× slower).
+    # A form is tried on the rows still pending only if it fits the first of them, so a file in one
+    # form costs one parse, and a file mixing forms takes each form in turn.
+    for form in _ISO_FORMS:
+        rows = pending.arg_true()
+        if len(rows) == 0:
+            return result.alias(values.name)
+        part = text if len(rows) == len(text) else text.gather(rows)
+        if part.head(64).str.to_datetime(form, strict=False, time_unit="ms", time_zone="UTC").null_count() == min(64, len(part)):
+            continue
+        result = result.scatter(rows, part.str.to_datetime(form, strict=False, time_unit="ms", time_zone="UTC"))
+        pending = result.is_null() & text.is_not_null()
+    rows = pending.arg_true()
+    if len(rows):
+        result = result.scatter(rows, _parse_general(text.gather(rows)))
     return result.alias(values.name)
 
 

@@ -72,3 +72,19 @@ def test_ipv6_compiled_parser_agrees_with_the_standard_library() -> None:
             assert (got_ip, got_subnet) == (v4, v4.rsplit(".", 1)[0] + ".0/24"), text
         else:
             assert (got_ip, got_subnet) == (str(address), str(ipaddress.ip_network(f"{address}/64", strict=False))), text
+
+
+def test_timestamp_fast_forms_agree_with_the_general_parser() -> None:
+    """Each common ISO form (fractions, offsets, no zone = UTC), alone or mixed in one column, gives
+    what the general parser gives."""
+    from linkage.normalize import _parse_general
+
+    values = ["2026-02-23T10:00:00Z", "2026-02-23T10:00:00.250Z", "2026-02-23T12:00:00+02:00",
+              "2026-02-23T10:00:00+00:00", "2026-02-23T10:00:00.001+00:00",
+              "2026-02-23T04:30:00.5-05:30", "2026-02-23T10:00:00", "2026-02-23T10:00:00.125",
+              "2026-02-23 10:00:00", "2026-02-23 10:00:00.75", "2026-02-23T10:00", "1771840800", "soon", None]
+    expected = _parse_general(pl.Series(values, dtype=pl.Utf8)).dt.epoch("ms").to_list()
+    assert expected[0] == 1771840800000 and expected[2] == 1771840800000 and expected[5] == 1771840800500
+    assert parse_timestamps(pl.Series(values)).dt.epoch("ms").to_list() == expected  # mixed
+    for value, want in zip(values, expected):  # one form per column, as in most files
+        assert parse_timestamps(pl.Series([value] * 70, dtype=pl.Utf8)).dt.epoch("ms").to_list() == [want] * 70, value
