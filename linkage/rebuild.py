@@ -93,21 +93,43 @@ def _checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
+STAGING_VERSION = 2  # 2: each file's prompt sample (candidates), no longer per-batch mined segments
+
+
+def staging_fingerprint(settings: Settings) -> str:
+    """What staged files depend on besides the input: their format and the settings that shape them."""
+    shaping = {"version": STAGING_VERSION, "templates": settings.templates.model_dump(),
+               "ingest": settings.ingest.model_dump(exclude={"workers", "batch_rows"})}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass
 class StateDir:
     root: Path
+    fingerprint: str  # staging_fingerprint of this run's settings
+    staging_reset: bool = False  # set when staged files of another version or settings were dropped
 
     @property
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"
 
     def load_manifest(self) -> dict[str, dict[str, Any]]:
+        """The staged files, or none when they were written by another version or other ingest or
+        template settings: then they are dropped and every file is staged again (ring history stays)."""
         if not self.manifest_path.exists():
             return {}
-        return json.loads(self.manifest_path.read_text())["files"]
+        manifest = json.loads(self.manifest_path.read_text())
+        if manifest.get("staging") != self.fingerprint:
+            log.warning("staged files were written by another linkage version or other ingest/template settings; "
+                        "staging every input file again")
+            shutil.rmtree(self.root / "staged", ignore_errors=True)
+            self.staging_reset = True
+            return {}
+        return manifest["files"]
 
     def save_manifest(self, files: dict[str, dict[str, Any]]) -> None:
-        write_json({"version": 1, "files": dict(sorted(files.items()))}, self.manifest_path)
+        write_json({"version": STAGING_VERSION, "staging": self.fingerprint, "files": dict(sorted(files.items()))},
+                   self.manifest_path)
 
     def staged(self, key: str) -> Path:
         return self.root / "staged" / key
@@ -290,7 +312,7 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
     clock = StageClock()
     with RunLock(out_dir / ".lock") as lock:
         _remove_temporaries(out_dir)
-        state = StateDir(out_dir / "state")
+        state = StateDir(out_dir / "state", staging_fingerprint(settings))
         if full:
             state.reset()
         with clock.stage("ingest"):
@@ -330,8 +352,8 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
             write_csv(changes, out_dir / "ring_changes.csv")
             write_parquet(members.select("ring_id", "account_id"), previous_path)
         change_counts = {k: int(v) for k, v in changes.group_by("change").len().iter_rows()}
-        summary |= {"run_id": run_id, "exit_reason": "ok", "files": {k: sync[k] if k == "unchanged" else len(sync[k])
-                                                                      for k in ("new", "changed", "removed", "unchanged")},
+        files = {k: sync[k] if k == "unchanged" else len(sync[k]) for k in ("new", "changed", "removed", "unchanged")}
+        summary |= {"run_id": run_id, "exit_reason": "ok", "files": files | {"staging_reset": state.staging_reset},
                     "ring_changes": change_counts, "lock_taken_over": lock.previous_holder, "neo4j_load": loaded,
                     **clock_figures(clock)}
         write_json(summary, out_dir / "run.json")

@@ -192,3 +192,26 @@ def test_nightly_neo4j_load_sends_only_what_changed(tmp_path: Path) -> None:
     rebuild(data, tmp_path / "fresh", store=store, full=True)
     assert store.counts()["relationships"] == full_counts["relationships"]
     store.close()
+
+
+def test_staged_files_of_another_format_or_settings_are_staged_again(tmp_path: Path) -> None:
+    """After an upgrade (another staging format) or a change of template settings, every file is
+    staged again instead of merging stale staged data; rings and their ids come out as before."""
+    data = _partitioned(tmp_path / "in")
+    out = tmp_path / "out"
+    first = rebuild(data, out)
+    assert first["files"]["staging_reset"] is False
+    before = _content(out)
+    manifest_path = out / "state" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["staging"] = "written-by-an-older-version"
+    manifest_path.write_text(json.dumps(manifest))
+    upgraded = rebuild(data, out)
+    assert upgraded["files"]["staging_reset"] is True
+    assert upgraded["files"]["new"] == len(manifest["files"]) and upgraded["files"]["unchanged"] == 0
+    assert _content(out) == before and upgraded["ring_changes"] == {"unchanged": first["rings"]["total"]}
+    again = rebuild(data, out)
+    assert again["files"]["staging_reset"] is False and again["files"]["new"] == 0
+    from linkage.settings import Settings
+    changed = rebuild(data, out, Settings.load(overrides={"templates.max_prompts_per_account": 3}))
+    assert changed["files"]["staging_reset"] is True
