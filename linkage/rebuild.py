@@ -212,6 +212,37 @@ def _remove_orphans(state: StateDir, manifest: dict[str, dict[str, Any]]) -> Non
 
 
 # ---------------------------------------------------------------- assembly
+def merged_sample(state: StateDir, manifest: dict[str, dict[str, Any]], staged: list[Path],
+                  settings: Settings) -> TemplateMiner:
+    """The prompt sample of all staged request files, saved for the next run as ``state/sample/``.
+
+    The bottom-k of a union is the bottom-k of (an earlier bottom-k ∪ what came since): when every file
+    the last saved sample covered is still staged unchanged, only the files staged after it are
+    absorbed into it. Otherwise (a file removed or changed, staging redone) every staged file's sample
+    is merged again."""
+    checksum = {entry["staged"]: entry["sha256"] for entry in manifest.values()}
+    covered = {directory.name: checksum[directory.name] for directory in staged}
+    miner = TemplateMiner(settings.templates)
+    saved, todo = state.root / "sample", staged
+    if (saved / "covered.json").exists():
+        previous = json.loads((saved / "covered.json").read_text())
+        if previous["staging"] == state.fingerprint and all(covered.get(k) == v for k, v in previous["files"].items()):
+            miner.absorb({"candidates": pl.read_parquet(saved / "candidates.parquet")})
+            todo = [directory for directory in staged if directory.name not in previous["files"]]
+    for directory in todo:  # one file's sample at a time, as in a full run
+        miner.absorb({name: pl.read_parquet(directory / f"miner_{name}.parquet") for name in TemplateMiner.STATE_PARTS})
+    # written as a new directory renamed into place: a run killed half-way leaves the old sample, none
+    # (then every file is merged again) or the new one, each consistent with what it says it covers
+    tmp = state.root / "sample.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    miner.state()["candidates"].write_parquet(tmp / "candidates.parquet")
+    (tmp / "covered.json").write_text(json.dumps({"staging": state.fingerprint, "files": covered}))
+    shutil.rmtree(saved, ignore_errors=True)
+    os.replace(tmp, saved)
+    return miner
+
+
 def assemble(input_dir: Path, state: StateDir, manifest: dict[str, dict[str, Any]], settings: Settings,
              quarantine: Quarantine, clock: StageClock):
     """All staged data, in sorted file order, through the same cross-file checks as a full run."""
@@ -239,9 +270,7 @@ def assemble(input_dir: Path, state: StateDir, manifest: dict[str, dict[str, Any
         requests = _concat([d / "rows.parquet" for d in by_table["requests"]], None)
         requests = clean_requests(requests, accounts, quarantine)
     with clock.stage("templates"):
-        miner = TemplateMiner(settings.templates)
-        for staged in by_table["requests"]:  # one file's sample at a time, as in a full run
-            miner.absorb({name: pl.read_parquet(staged / f"miner_{name}.parquet") for name in TemplateMiner.STATE_PARTS})
+        miner = merged_sample(state, manifest, by_table["requests"], settings)
         requests, templates = attach_templates(requests, miner)
     return accounts, payments, requests, templates
 

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from linkage.cli import main
 from linkage.rebuild import RunLock, rebuild
+from linkage.settings import Settings
 
 from .conftest import TINY, read_csv
 
@@ -60,6 +61,7 @@ def test_two_nights_equal_one_full_rebuild(tmp_path: Path) -> None:
     assert second["files"]["new"] == len(partitions) - half and second["files"]["unchanged"] == half + 2
     full = rebuild(full_input, tmp_path / "full", full=True)
     assert _content(tmp_path / "out") == _content(tmp_path / "full")
+    assert _sample(tmp_path / "out") == _sample(tmp_path / "full")  # the second night started from the first's
     assert second["tables"]["requests"]["rows_used"] == full["tables"]["requests"]["rows_used"]
     assert first["tables"]["requests"]["rows_read"] < second["tables"]["requests"]["rows_read"]
 
@@ -212,6 +214,31 @@ def test_staged_files_of_another_format_or_settings_are_staged_again(tmp_path: P
     assert _content(out) == before and upgraded["ring_changes"] == {"unchanged": first["rings"]["total"]}
     again = rebuild(data, out)
     assert again["files"]["staging_reset"] is False and again["files"]["new"] == 0
-    from linkage.settings import Settings
     changed = rebuild(data, out, Settings.load(overrides={"templates.max_prompts_per_account": 3}))
     assert changed["files"]["staging_reset"] is True
+
+
+def test_nights_that_remove_or_change_files_equal_a_full_rebuild(tmp_path: Path) -> None:
+    """Nights that only add files start from the last night's merged prompt sample; a night that removes
+    or changes a file must not (its texts would linger or be missed): each equals a full rebuild."""
+    data = _partitioned(tmp_path / "in")
+    out = tmp_path / "out"
+    rebuild(data, out, Settings.load(overrides={"templates.max_prompts_per_account": 1}))
+    assert (out / "state" / "sample" / "covered.json").exists()
+    partitions = sorted((data / "requests").iterdir())
+    shutil.rmtree(partitions[0])  # removed
+    victim = sorted(partitions[-1].rglob("*.csv"))[0]
+    frame = read_csv(victim)
+    frame.head(frame.height // 2).write_csv(victim)  # changed
+    for night, settings in enumerate([Settings.load(overrides={"templates.max_prompts_per_account": 1})] * 2):
+        summary = rebuild(data, out, settings)
+        full = rebuild(data, tmp_path / f"full{night}", settings, full=True)
+        assert _content(out) == _content(tmp_path / f"full{night}")
+        assert summary["tables"]["requests"]["rows_used"] == full["tables"]["requests"]["rows_used"]
+        assert _sample(out) == _sample(tmp_path / f"full{night}")
+
+
+def _sample(out: Path) -> set[tuple[str, int]]:
+    """The merged prompt sample a rebuild saved: (account, text hash) pairs."""
+    frame = pl.read_parquet(out / "state" / "sample" / "candidates.parquet")
+    return set(zip(frame["account_id"].cast(pl.Utf8).to_list(), frame["prompt_key"].to_list()))
