@@ -2,9 +2,12 @@
 
 State lives in ``OUT_DIR/state/``:
 
-- ``manifest.json``: every ingested file with its size, mtime, SHA-256 and the staged data it became;
+- ``manifest.json``: every ingested file with its size, mtime, SHA-256 and the staged data it became,
+  and the staging format and settings fingerprint (a mismatch stages every file again);
 - ``staged/<key>/``: per input file, its validated and normalised rows (requests reduced to
-  compact columns plus what the template miner learnt), its quarantined rows and counts;
+  compact columns plus the file's own prompt sample), its quarantined rows and counts;
+- ``sample/``: the prompt sample merged over all staged files, and which staged files it covers
+  (a night that only adds files starts from it);
 - ``rings.parquet``: the previous run's rings with their persistent ids, for identity matching.
 
 A run stages only files that are new or changed (a changed file replaces its staged data, so
