@@ -28,7 +28,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 
@@ -100,9 +100,12 @@ STAGING_VERSION = 2  # 2: each file's prompt sample (candidates), no longer per-
 
 
 def staging_fingerprint(settings: Settings) -> str:
-    """What staged files depend on besides the input: their format and the settings that shape them."""
-    shaping = {"version": STAGING_VERSION, "templates": settings.templates.model_dump(),
-               "ingest": settings.ingest.model_dump(exclude={"workers", "batch_rows"})}
+    """What staged files depend on besides the input: their format and the settings that shape them
+    (validation limits, the per-file prompt sample). Settings used only after staging are left out, so
+    changing them never re-ingests the input."""
+    shaping = {"version": STAGING_VERSION,
+               "templates": settings.templates.model_dump(include={"max_prompts_per_account", "max_prompt_chars"}),
+               "ingest": settings.ingest.model_dump(include={"max_id_chars", "max_text_chars", "max_tokens"})}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -144,25 +147,36 @@ class StateDir:
 def _stage_file(table: TableSpec, path: Path, input_dir: Path, settings: Settings, target: Path) -> dict[str, Any]:
     """Validate and normalise one input file into ``target`` (written under a temporary name)."""
     quarantine = Quarantine()
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    miner_state: dict[str, pl.DataFrame] = {}
     if table.name == "requests":
         part = ingest_request_file(path, settings)
-        quarantine = part.quarantine
+        quarantine, miner_state = part.quarantine, part.miner_state
         frame = part.rows.with_columns(pl.col("_file").cast(pl.Utf8))
-        for name, state in part.miner_state.items():
-            state.write_parquet(tmp / f"miner_{name}.parquet")
     else:
         batches = [b for _, b in read_table(input_dir, table, settings.ingest, quarantine, [path])]
         frame = pl.concat(batches, how="diagonal_relaxed") if batches else _empty(table)
-    frame.write_parquet(tmp / "rows.parquet")
-    quarantine.rows(table.name).write_parquet(tmp / "quarantine.parquet")
     counts = quarantine.table_counts(table.name).as_dict()
-    (tmp / "counts.json").write_text(json.dumps(counts))
+
+    def fill(tmp: Path) -> None:
+        for name, state in miner_state.items():
+            state.write_parquet(tmp / f"miner_{name}.parquet")
+        frame.write_parquet(tmp / "rows.parquet")
+        quarantine.rows(table.name).write_parquet(tmp / "quarantine.parquet")
+        (tmp / "counts.json").write_text(json.dumps(counts))
+
+    _replace_dir(target, fill)
+    return counts
+
+
+def _replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a new directory and rename it over ``target``: a run killed half-way leaves the old
+    directory, none, or the new one, never a partial one under the final name."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fill(tmp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
-    return counts
 
 
 def _file_key(table: str, relative: str) -> str:
@@ -234,15 +248,14 @@ def merged_sample(state: StateDir, manifest: dict[str, dict[str, Any]], staged: 
             todo = [directory for directory in staged if directory.name not in previous["files"]]
     for directory in todo:  # one file's sample at a time, as in a full run
         miner.absorb({name: pl.read_parquet(directory / f"miner_{name}.parquet") for name in TemplateMiner.STATE_PARTS})
-    # written as a new directory renamed into place: a run killed half-way leaves the old sample, none
-    # (then every file is merged again) or the new one, each consistent with what it says it covers
-    tmp = state.root / "sample.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    miner.state()["candidates"].write_parquet(tmp / "candidates.parquet")
-    (tmp / "covered.json").write_text(json.dumps({"staging": state.fingerprint, "files": covered}))
-    shutil.rmtree(saved, ignore_errors=True)
-    os.replace(tmp, saved)
+    candidates = miner.state()["candidates"]
+
+    def fill(tmp: Path) -> None:
+        candidates.write_parquet(tmp / "candidates.parquet")
+        (tmp / "covered.json").write_text(json.dumps({"staging": state.fingerprint, "files": covered}))
+
+    # no sample at all after a kill is safe too: then every staged file is merged again
+    _replace_dir(saved, fill)
     return miner
 
 

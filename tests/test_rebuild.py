@@ -214,6 +214,8 @@ def test_staged_files_of_another_format_or_settings_are_staged_again(tmp_path: P
     assert _content(out) == before and upgraded["ring_changes"] == {"unchanged": first["rings"]["total"]}
     again = rebuild(data, out)
     assert again["files"]["staging_reset"] is False and again["files"]["new"] == 0
+    after_staging = rebuild(data, out, Settings.load(overrides={"templates.near_duplicate_jaccard": 0.8}))
+    assert after_staging["files"]["staging_reset"] is False  # used only after staging: nothing re-ingested
     changed = rebuild(data, out, Settings.load(overrides={"templates.max_prompts_per_account": 3}))
     assert changed["files"]["staging_reset"] is True
 
