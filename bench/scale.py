@@ -92,7 +92,7 @@ def main() -> None:
         row = {"scale": scale, "requests": requests, "scan_s": round(floor, 2), "run_s": round(wall, 1),
                "x_scan": round(wall / floor, 1), "s_per_million": round(wall / requests * 1e6, 2),
                "peak_rss_mb": run["peak_rss_mb"], "stages_s": run["timings_s"],
-               "stage_peak_rss_mb": run.get("stage_peak_rss_mb")}
+               "stage_cpu_s": run.get("cpu_s"), "stage_peak_rss_mb": run.get("stage_peak_rss_mb")}
         if str(scale) in args.neo4j_scales.split(",") and os.environ.get("NEO4J_URI"):
             row["neo4j"] = neo4j_load(data / "input")
         if str(scale) in args.bulk_scales.split(","):
@@ -101,9 +101,10 @@ def main() -> None:
               f"{row['s_per_million']:>8.2f} {run['peak_rss_mb']:>8.0f}"
               + (f"  neo4j: {row['neo4j']}" if "neo4j" in row else "")
               + (f"  neo4j bulk: {row['neo4j_bulk']}" if "neo4j_bulk" in row else ""), flush=True)
-        peaks = run.get("stage_peak_rss_mb") or {}
+        peaks, cpu = run.get("stage_peak_rss_mb") or {}, run.get("cpu_s") or {}
         for stage, seconds in run["timings_s"].items():  # detect/… are parts of detect
-            print(f"{'':>6}   {stage:<20} {seconds:>7.2f} s   peak RSS so far {peaks.get(stage, 0):>7.0f} MB", flush=True)
+            print(f"{'':>6}   {stage:<20} {seconds:>7.2f} s   cpu {cpu.get(stage, 0):>6.2f} s"
+                  f"   peak RSS so far {peaks.get(stage, 0):>7.0f} MB", flush=True)
         with open(results / "scale.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
 

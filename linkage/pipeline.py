@@ -312,7 +312,7 @@ def summarise(input_dir: Any, settings: Settings, quarantine: Quarantine, clock:
 
 def clock_figures(clock: StageClock) -> dict[str, Any]:
     """Timings and peak memory per stage (the process's running maximum at the end of each), and overall."""
-    return {"timings_s": dict(clock.timings), "stage_peak_rss_mb": dict(clock.peak_rss),
+    return {"timings_s": dict(clock.timings), "cpu_s": dict(clock.cpu), "stage_peak_rss_mb": dict(clock.peak_rss),
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 

@@ -25,17 +25,24 @@ class StageClock:
 
     timings: dict[str, float] = field(default_factory=dict)
     peak_rss: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # user + system seconds, all threads: cpu/wall = cores busy
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         log.info("stage %s …", name)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         try:
             yield
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+            self.cpu[name] = round(self.cpu.get(name, 0.0) + _cpu_seconds() - cpu_start, 3)
             self.peak_rss[name] = round(peak_rss_mb(), 1)
             log.info("stage %s done in %.2fs (peak RSS %.0f MB)", name, self.timings[name], self.peak_rss[name])
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -87,6 +89,23 @@ def test_cli_error_is_one_line_and_nonzero(tiny: Path, tmp_path: Path) -> None:
     assert outcome.exit_code == 2
     assert "accounts.csv" in outcome.output and "created_at" in outcome.output
     assert len(outcome.output.strip().splitlines()) == 1
+
+
+def test_console_script_flushes_everything_before_leaving(tiny: Path, tmp_path: Path) -> None:
+    """The console entry leaves with os._exit (no interpreter teardown): output files, stdout and
+    stderr must be complete, and the exit status that of the command."""
+    command = [sys.executable, "-m", "linkage.cli"]
+    done = subprocess.run(command + ["run", str(tiny), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().endswith(f"→ {tmp_path / 'out'}")
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert summary["rings"]["total"] == len(read_csv(tmp_path / "out" / "rings.csv"))
+    listed = subprocess.run(command + ["query", "--list"], capture_output=True, text=True)
+    assert listed.returncode == 0 and "params:" in listed.stdout
+    read_csv(tiny / "accounts.csv").drop("created_at").write_csv(tiny / "accounts.csv")
+    failed = subprocess.run(command + ["run", str(tiny), "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert "created_at" in failed.stderr and failed.stdout == ""
 
 
 def test_truncated_gzip_is_a_clear_error(tmp_path: Path) -> None:
