@@ -92,33 +92,82 @@ def _text(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _rel(frame: pl.DataFrame, src: str, dst: str, ts: str | None = None) -> pl.DataFrame:
-    """Aggregate (src, dst) pairs with count and first/last time, ordered by (src, dst) text."""
+    """Aggregate (src, dst) pairs with count and first/last time, ordered by (src, dst)."""
     time = pl.col(ts) if ts else pl.lit(None, pl.Datetime("ms", "UTC"))
     grouped = (frame.lazy().filter(pl.col(src).is_not_null() & pl.col(dst).is_not_null())
                .group_by(pl.col(src).alias("src"), pl.col(dst).alias("dst"))
                .agg(pl.len().cast(pl.Int64).alias("count"), time.min().alias("first_seen"), time.max().alias("last_seen"))
                .collect(engine="streaming"))
-    return _text(_in_text_order(grouped, "src", "dst"))
+    return _text(grouped).sort("src", "dst")
 
 
-def _in_text_order(frame: pl.DataFrame, first: str, second: str) -> pl.DataFrame:
-    """``frame.sort(first, second)`` by text. For categorical columns (request-log aggregates of millions
-    of rows) the distinct values are ranked by text once and the rows sorted on one integer key: a
-    string sort of millions of rows costs several times more."""
-    if not all(isinstance(frame.schema[c], pl.Categorical) for c in (first, second)):
-        return _text(frame).sort(first, second)
-    rank_first, _ = _text_ranks(frame[first])
-    rank_second, distinct_second = _text_ranks(frame[second])
-    key = pl.Series("_order", rank_first * np.uint64(distinct_second + 1) + rank_second)
-    return frame.with_columns(key).sort("_order").drop("_order")  # (a sort beats a gather here)
+@dataclass(frozen=True)
+class TextRanks:
+    """A categorical column's distinct values in text order: ``rank[code]`` is a value's place
+    (:data:`NO_RANK` for codes not in the column, and for null), ``text`` the values in that order."""
+
+    rank: np.ndarray
+    text: pl.Series
+
+    @classmethod
+    def of(cls, values: pl.Series) -> "TextRanks":
+        distinct = values.unique().drop_nulls()
+        text = distinct.cast(pl.Utf8)
+        order = text.arg_sort().to_numpy()
+        codes = distinct.to_physical().to_numpy()
+        rank = np.full(int(codes.max(initial=0)) + 2, NO_RANK, np.uint32)  # (last slot: null)
+        rank[codes[order]] = np.arange(len(codes), dtype=np.uint32)
+        return cls(rank, text.gather(order))
+
+    def of_rows(self, values: pl.Series) -> np.ndarray:
+        return self.rank[values.to_physical().fill_null(len(self.rank) - 1).to_numpy()]
 
 
-def _text_ranks(values: pl.Series) -> tuple[np.ndarray, int]:
-    """Per row, the rank of its categorical value's text among the column's distinct values."""
-    distinct = values.unique().drop_nulls()
-    lookup = np.zeros(int(distinct.to_physical().max() or 0) + 2, np.uint64)
-    lookup[distinct.to_physical().to_numpy()] = distinct.cast(pl.Utf8).rank("ordinal").to_numpy().astype(np.uint64)
-    return lookup[values.to_physical().fill_null(len(lookup) - 1).to_numpy()], len(distinct)
+NO_RANK = np.iinfo(np.uint32).max
+
+
+@dataclass(frozen=True)
+class RequestKeys:
+    """Per request (as contiguous arrays, whatever the log's chunking): its account's text rank and
+    its time in ms — what every account-to-entity relationship of the request log groups on."""
+
+    accounts: TextRanks
+    account_rank: np.ndarray
+    ts: np.ndarray
+
+    @classmethod
+    def of(cls, requests: pl.DataFrame) -> "RequestKeys":
+        accounts = TextRanks.of(requests["account_id"])
+        return cls(accounts, accounts.of_rows(requests["account_id"]),
+                   requests["ts"].to_physical().fill_null(0).to_numpy())
+
+
+def _request_rel(requests: pl.DataFrame, keys: RequestKeys, dst: str) -> tuple[pl.DataFrame, pl.Series]:
+    """:func:`_rel` of (account, ``dst``) over the request log, and the distinct ``dst`` values in text
+    order. The log's columns are categoricals: rows
+    are grouped on one integer, the pair of text ranks (so ordering the groups by it orders them
+    by text), and only the groups are turned into text — not a two-column group-by and a sort of
+    millions of strings. (Requests have a time: ingest quarantines those without.)"""
+    values = requests[dst]
+    account_rank, ts = keys.account_rank, keys.ts
+    if values.null_count() > len(values) // 2:  # (templates: most texts are not sampled)
+        rows = values.is_not_null().arg_true().to_numpy()
+        values, account_rank, ts = values.gather(rows), account_rank[rows], ts[rows]
+    targets = TextRanks.of(values)
+    dst_rank = targets.of_rows(values)
+    missing = (account_rank == NO_RANK) | (dst_rank == NO_RANK)
+    pair = (account_rank.astype(np.uint64) << np.uint64(32)) | dst_rank
+    pair[missing] = np.iinfo(np.uint64).max  # one group, dropped below
+    grouped = pl.DataFrame({"pair": pair, "ts": ts}).lazy().group_by("pair").agg(
+        pl.len().cast(pl.Int64).alias("count"), pl.col("ts").min().alias("first_seen"),
+        pl.col("ts").max().alias("last_seen")).collect(engine="streaming")
+    grouped = grouped.filter(pl.col("pair") != np.iinfo(np.uint64).max).sort("pair")
+    pair = grouped["pair"].to_numpy()
+    rel = grouped.select(
+        keys.accounts.text.gather((pair >> np.uint64(32)).astype(np.uint32)).alias("src"),
+        targets.text.gather((pair & np.uint64(0xFFFFFFFF)).astype(np.uint32)).alias("dst"),
+        "count", pl.col("first_seen", "last_seen").cast(pl.Datetime("ms", "UTC")))
+    return rel, targets.text.alias(dst)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -135,22 +184,20 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
 
 
-def activity_signatures(requests: pl.DataFrame, window_minutes: int) -> pl.DataFrame:
+def activity_signatures(keys: RequestKeys, window_minutes: int) -> pl.DataFrame:
     """Per account, a MinHash of the set of time windows it was active in (lockstep detection).
 
     Stored on the Account node so that detection from the store needs no request log."""
-    accounts = requests["account_id"].cast(pl.Categorical)
-    windows = requests["ts"].dt.epoch("s") // (window_minutes * 60)
-    valid = (windows.is_not_null() & accounts.is_not_null()).to_numpy()
-    if requests.height == 0 or not valid.any():
+    valid = keys.account_rank != NO_RANK
+    if not valid.any():
         return pl.DataFrame(schema={"account_id": pl.Utf8, "activity_signature": pl.List(pl.Int64)})
-    codes = accounts.to_physical().fill_null(0).to_numpy().astype(np.int64)
     # the minimum over a multiset is the minimum over its set: one pass over the requests, no
-    # de-duplication of (account, window) pairs first
-    signature, first_row = _window_minhash(codes, windows.fill_null(0).to_numpy().astype(np.int64), valid,
-                                           int(codes.max()) + 1, ACTIVITY_SIGNATURE_SIZE)
+    # de-duplication of (account, window) pairs first; accounts by text rank (dense, few)
+    windows = keys.ts // (window_minutes * 60_000)
+    signature, first_row = _window_minhash(keys.account_rank.astype(np.int64), windows, valid, len(keys.accounts.text),
+                                           ACTIVITY_SIGNATURE_SIZE)
     active = np.flatnonzero(first_row >= 0)
-    return pl.DataFrame({"account_id": accounts.gather(first_row[active]).cast(pl.Utf8),
+    return pl.DataFrame({"account_id": keys.accounts.text.gather(active),
                          "activity_signature": signature[active]}).with_columns(
         pl.col("activity_signature").cast(pl.List(pl.Int64)))
 
@@ -161,12 +208,16 @@ def _window_minhash(codes, windows, valid, n_codes, size):
     Neo4j integers and half the memory of pair comparisons downstream); and a row of each account."""
     signature = np.full((n_codes, size), np.int64(1) << 62)
     first_row = np.full(n_codes, -1, np.int64)
+    last_window = np.zeros(n_codes, np.int64)
     for row in range(len(codes)):
         if not valid[row]:
             continue
         code = codes[row]
         if first_row[code] < 0:
             first_row[code] = row
+        elif last_window[code] == windows[row]:  # the same window again: nothing new (a log in time order)
+            continue
+        last_window[code] = windows[row]
         window = np.uint64(windows[row])
         for k in range(size):
             x = window * np.uint64(2 * k + 1) + np.uint64((k * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFF)
@@ -216,7 +267,12 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
         pl.col("ip_type").is_in(list(PROXY_IP_TYPES)).sum().cast(pl.Int64).alias("proxy_requests"),
         pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"),
         pl.col("reasoning_style").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts")).collect(engine="streaming"))
-    activity = activity.join(activity_signatures(requests, activity_window_minutes), on="account_id", how="left")
+    keys = RequestKeys.of(requests)
+    activity = activity.join(activity_signatures(keys, activity_window_minutes), on="account_id", how="left")
+    used_ip, _ = _request_rel(requests, keys, "ip")
+    used_device, devices = _request_rel(requests, keys, "device_id")
+    sent_template, _ = _request_rel(requests, keys, "template_id")
+    used_model, models = _request_rel(requests, keys, "model")
     graph.nodes["Account"] = (accounts.select("account_id", "created_at", "email", "email_domain", "org_id",
                                               "country", "signup_ip")
                               .join(activity, on="account_id", how="left")
@@ -236,22 +292,23 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     graph.nodes["IP"] = ips.select("ip", "subnet", "asn", "ip_type").sort("ip")
     graph.nodes["Subnet"] = graph.nodes["IP"].select("subnet").drop_nulls().unique().sort("subnet")
     graph.nodes["ASN"] = graph.nodes["IP"].select("asn").drop_nulls().unique().sort("asn")
-    graph.nodes["Device"] = _text(requests.select("device_id").drop_nulls().unique()).sort("device_id")
+    graph.nodes["Device"] = pl.DataFrame({"device_id": devices})  # (every device and model used, in text order)
+
     usage = _text(requests.filter(pl.col("template_id").is_not_null()).group_by("template_id").agg(
         pl.len().cast(pl.Int64).alias("requests"), pl.col("account_id").n_unique().cast(pl.Int64).alias("accounts")))
     graph.nodes["PromptTemplate"] = templates.templates.join(usage, on="template_id", how="inner").sort("template_id")
     graph.nodes["Org"] = accounts.select("org_id").drop_nulls().unique().sort("org_id")
-    graph.nodes["Model"] = _text(requests.select("model").drop_nulls().unique()).sort("model")
+    graph.nodes["Model"] = pl.DataFrame({"model": models})
     graph.nodes["EmailDomain"] = accounts.select(pl.col("email_domain").alias("domain")).drop_nulls().unique().sort("domain")
 
     graph.rels["PAID_WITH"] = _rel(payments, "account_id", "instrument_id", "added_at")
-    graph.rels["USED_IP"] = _rel(requests, "account_id", "ip", "ts")
+    graph.rels["USED_IP"] = used_ip
     graph.rels["SIGNED_UP_FROM"] = _rel(accounts, "account_id", "signup_ip", "created_at")
-    graph.rels["USED_DEVICE"] = _rel(requests, "account_id", "device_id", "ts")
-    graph.rels["SENT_TEMPLATE"] = _rel(requests, "account_id", "template_id", "ts")
+    graph.rels["USED_DEVICE"] = used_device
+    graph.rels["SENT_TEMPLATE"] = sent_template
     graph.rels["IN_ORG"] = _rel(accounts, "account_id", "org_id", "created_at")
     graph.rels["HAS_EMAIL_DOMAIN"] = _rel(accounts, "account_id", "email_domain", "created_at")
-    graph.rels["USED_MODEL"] = _rel(requests, "account_id", "model", "ts")
+    graph.rels["USED_MODEL"] = used_model
     structural = ips.select(pl.col("ip").alias("src"), pl.lit(1, pl.Int64).alias("count"), "first_seen", "last_seen")
     graph.rels["IN_SUBNET"] = structural.with_columns(ips["subnet"].alias("dst")).filter(pl.col("dst").is_not_null()) \
         .select(REL_COLUMNS).sort("src", "dst")

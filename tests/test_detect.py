@@ -223,23 +223,27 @@ def test_pair_weights_match_brute_force(threads, monkeypatch):
 
 
 def test_relationship_tables_are_in_text_order_whatever_the_category_codes():
-    """Aggregates over categorical request columns are ordered by integer ranks of their texts; the
-    order must be the plain text order even when category codes were handed out in another order
-    (files ingested concurrently)."""
-    from linkage.graph import _rel
+    """Aggregates over categorical request columns are grouped on integer ranks of their texts; they
+    must equal the plain text aggregate, in text order, even when category codes were handed out in
+    another order (files ingested concurrently), and skip rows with either end missing."""
+    from linkage.graph import RequestKeys, _rel, _request_rel
     rng = np.random.default_rng(3)
     words = [f"{w}{n}" for w in ("b", "a", "ab", "Z", "é", "10", "9") for n in range(5)]
     # categories first seen in a scrambled order, then rows drawn from them
     pl.Series(list(reversed(words))).cast(pl.Categorical)
     rows = pl.DataFrame({"account_id": rng.choice(words, 400), "ip": rng.choice(words, 400),
                          "ts": pl.datetime_range(datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc),
-                                                 "1m", time_unit="ms", eager=True)[:400]}) \
-        .with_columns(pl.col("account_id", "ip").cast(pl.Categorical))
-    ordered = _rel(rows, "account_id", "ip", "ts")
-    expected = _rel(rows.with_columns(pl.col("account_id", "ip").cast(pl.Utf8)), "account_id", "ip", "ts")
-    assert ordered.schema["src"] == pl.Utf8
+                                                 "1m", time_unit="ms", eager=True)[:400]})
+    rows = rows.with_columns(pl.when(pl.int_range(400) % 17 == 0).then(None).otherwise(pl.col("ip")).alias("ip"),
+                             pl.when(pl.int_range(400) % 23 == 0).then(None).otherwise(pl.col("account_id")).alias("account_id"))
+    coded = rows.with_columns(pl.col("account_id", "ip").cast(pl.Categorical))
+    ordered, distinct = _request_rel(coded, RequestKeys.of(coded), "ip")
+    assert distinct.to_list() == sorted(rows["ip"].drop_nulls().unique().to_list())
+    expected = _rel(rows, "account_id", "ip", "ts")
+    assert ordered.schema["src"] == pl.Utf8 and ordered.schema["dst"] == pl.Utf8
     assert ordered.equals(expected)
     assert ordered.select("src", "dst").equals(ordered.select("src", "dst").sort("src", "dst"))
+    assert expected["count"].sum() == rows.drop_nulls(["account_id", "ip"]).height < 400
 
 
 def test_top_per_account_keeps_each_accounts_most_used_entities():
