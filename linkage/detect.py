@@ -71,32 +71,35 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
         return rels[rel_type].select(pl.col("src").alias("account_id"), pl.col("dst").alias("key"),
                                      pl.lit(1.0).alias("factor"), "count")
 
-    instruments = rels["PAID_WITH"].join(graph.nodes["PaymentInstrument"], left_on="dst", right_on="instrument_id")
-    parts = {
-        "PaymentInstrument": rel("PAID_WITH"),
-        "Device": rel("USED_DEVICE"),
-        "PromptTemplate": rel("SENT_TEMPLATE"),
-        "EmailDomain": rel("HAS_EMAIL_DOMAIN"),
-        "SignupIP": rel("SIGNED_UP_FROM"),
-        "Email": accounts.filter(pl.col("email").is_not_null()).select(
-            "account_id", pl.col("email").alias("key"), pl.lit(1.0).alias("factor"), pl.lit(1).alias("count")),
-        "Bin": instruments.filter(pl.col("bin").is_not_null()
-                                  & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
-        .group_by("src", "bin").agg(pl.len().alias("count"))
-        .select(pl.col("src").alias("account_id"), pl.col("bin").alias("key"), pl.lit(1.0).alias("factor"), "count"),
-        "SignupBurst": _signup_bursts(accounts, settings),
-        "ModelSwitch": _model_switches(graph, settings),
-    }
-    index = accounts.lazy().select("account_id", "idx")
     # every part holds one row per (account, entity) and is one evidence type, so rarity and the
-    # per-type cap are settled part by part, before any text is built for the survivors. The network
-    # parts (address use: by far the largest) are worked out on a second thread meanwhile.
-    types = pl.Enum(sorted(set(settings.type_weights) | set(parts) | set(_NETWORK_TYPES)))
+    # per-type cap are settled part by part, before any text is built for the survivors
     with ThreadPoolExecutor(max_workers=1) as pool:
-        network = pool.submit(lambda: [_shared_entities(part, name, types, settings) for name, part in
-                                       _network_parts(graph, pl.Enum(accounts["account_id"]), settings).items()])
+        network = pool.submit(_network_parts, graph, pl.Enum(accounts["account_id"]), settings)
+        instruments = rels["PAID_WITH"].join(graph.nodes["PaymentInstrument"], left_on="dst", right_on="instrument_id")
+        parts = {
+            "PaymentInstrument": rel("PAID_WITH"),
+            "Device": rel("USED_DEVICE"),
+            "PromptTemplate": rel("SENT_TEMPLATE"),
+            "EmailDomain": rel("HAS_EMAIL_DOMAIN"),
+            "SignupIP": rel("SIGNED_UP_FROM"),
+            "Email": accounts.filter(pl.col("email").is_not_null()).select(
+                "account_id", pl.col("email").alias("key"), pl.lit(1.0).alias("factor"), pl.lit(1).alias("count")),
+            "Bin": instruments.filter(pl.col("bin").is_not_null()
+                                      & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
+            .group_by("src", "bin").agg(pl.len().alias("count"))
+            .select(pl.col("src").alias("account_id"), pl.col("bin").alias("key"), pl.lit(1.0).alias("factor"), "count"),
+            "SignupBurst": _signup_bursts(accounts, settings),
+            "ModelSwitch": _model_switches(graph, settings),
+        }
+        index = accounts.lazy().select("account_id", "idx")
+        types = pl.Enum(sorted(set(settings.type_weights) | set(parts) | set(_NETWORK_TYPES)))
         evidence = [_shared_entities(_keyed_part(frame, index), name, types, settings) for name, frame in parts.items()]
-        evidence = pl.concat(evidence + network.result())
+        # the network parts (address use: by far the largest) are being worked out meanwhile; then
+        # the addresses' evidence on that thread, the networks' here
+        network_parts = network.result()
+        addresses = pool.submit(_shared_entities, network_parts["IP"], "IP", types, settings)
+        networks = [_shared_entities(network_parts[name], name, types, settings) for name in _NETWORK_TYPES[1:]]
+        evidence = pl.concat(evidence + [addresses.result()] + networks)
     evidence = evidence.with_columns(accounts["account_id"].gather(evidence["idx"]).alias("account_id"))
     n = max(accounts.height, 4)
     weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())},
@@ -129,9 +132,13 @@ def _network_parts(graph: Graph, account_index: pl.Enum, settings: DetectSetting
     ips = graph.nodes["IP"].select("ip", "subnet", pl.col("asn").cast(pl.Utf8), "ip_type") \
         .with_columns(_ip_type_factor(settings).alias("factor"))
     per_ip = {"ip": _ranked_keys(ips["ip"]), "subnet": _ranked_keys(ips["subnet"]), "asn": _ranked_keys(ips["asn"])}
-    # account ids → idx through an enum of the sorted ids (a lookup per row, no join of millions of rows)
-    used = graph.rels["USED_IP"].select(
-        pl.col("src").cast(account_index, strict=False).to_physical().alias("idx"),
+    # ids → positions through enums of the sorted ids (a lookup, no join of millions of rows); the
+    # accounts come in runs (tables of this build are in account order): one lookup per run
+    use = graph.rels["USED_IP"]
+    account_runs = use.select(pl.col("src").rle()).unnest("src")
+    run_of_row = np.repeat(np.arange(account_runs.height), account_runs["len"].to_numpy())
+    used = use.select(
+        account_runs["value"].cast(account_index, strict=False).to_physical().gather(run_of_row).alias("idx"),
         pl.col("dst").cast(pl.Enum(ips["ip"]), strict=False).to_physical().alias("ip_row"), "count",
     ).filter(pl.col("idx").is_not_null() & pl.col("ip_row").is_not_null())
     idx, ip_row, count = (used[c].to_numpy() for c in ("idx", "ip_row", "count"))
@@ -524,12 +531,13 @@ def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
     membership = np.full(n, -1, dtype=np.int64)
     if pairs.height == 0:
         return membership
-    ends = np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()])
-    nodes = sorted_unique(ends)
-    ends = np.searchsorted(nodes, ends)
-    half = pairs.height
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    linked = np.zeros(n, bool)
+    linked[a] = linked[b] = True
+    nodes = np.flatnonzero(linked)  # linked accounts, numbered densely in index order
+    number = np.cumsum(linked) - 1
     # tuples from two flat lists: half the time of a 2-D array's tolist()
-    graph = ig.Graph(n=len(nodes), edges=list(zip(ends[:half].tolist(), ends[half:].tolist())), directed=False)
+    graph = ig.Graph(n=len(nodes), edges=list(zip(number[a].tolist(), number[b].tolist())), directed=False)
     random.seed(settings.seed)
     ig.set_random_number_generator(random)
     partition = graph.community_leiden(objective_function="modularity", weights=pairs["weight"].to_numpy(),
