@@ -144,10 +144,7 @@ class PromptSample:
             grown = np.full(max(int(codes.max()) + 1, 2 * len(self._slot_of)), -1, np.int64)
             grown[:len(self._slot_of)] = self._slot_of
             self._slot_of = grown
-        # accounts new to the sample: runs of a new code (candidates come grouped by account; were
-        # they not, this over-counts, which only reserves more)
-        new = self._slot_of[codes] < 0
-        needed = self._slots + int(np.count_nonzero(new & np.r_[True, codes[1:] != codes[:-1]]))
+        needed = self._slots + len(np.unique(codes[self._slot_of[codes] < 0]))
         if needed > len(self._filled):
             size = max(needed, 2 * len(self._filled))
             for name in ("_hash", "_ref", "_filled"):
@@ -413,11 +410,9 @@ def _insert_smallest(best_hash, best_ref, filled, slot, value, ref):
 
 @numba.njit(cache=True, nogil=True)
 def _bottom_k_rows(codes, hashes, present, k):
-    """Rows of the ``k`` smallest distinct hashes per code among present rows (a repeated hash: its
-    first row), grouped by code (codes in order of first appearance, each code's rows by hash): one
-    pass keeping a sorted buffer of ``k`` per code, after one pass that numbers the codes present
-    (codes are process-wide categorical codes, sparse in a batch). Grouped, the rows merge into the
-    run's sample with one cache miss per account rather than per row."""
+    """Rows (ascending) of the ``k`` smallest distinct hashes per code among present rows (a repeated
+    hash: its first row): one pass keeping a sorted buffer of ``k`` per code, after one pass that
+    numbers the codes present (codes are process-wide categorical codes, sparse in a batch)."""
     slot_of = np.full(codes.max() + 1 if len(codes) else 0, -1, np.int64)
     n_codes = 0
     for row in range(len(codes)):
@@ -436,7 +431,7 @@ def _bottom_k_rows(codes, hashes, present, k):
         for j in range(filled[code]):
             chosen[n] = best_row[code, j]
             n += 1
-    return chosen
+    return np.sort(chosen)
 
 
 @numba.njit(cache=True, nogil=True)
