@@ -516,13 +516,25 @@ def _activity_similarity(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray)
     matrix = np.zeros((accounts.height, width), dtype=np.int32)
     if has.any():
         matrix[has] = signatures.filter(signatures.is_not_null()).list.to_array(width).to_numpy().astype(np.int32)
-    agreement = np.zeros(len(ca))
-    for start in range(0, len(ca), 1_000_000):
-        part = slice(start, start + 1_000_000)
-        agreement[part] = (matrix[ca[part]] == matrix[cb[part]]).mean(axis=1)
-    agreement[~(has[ca] & has[cb])] = 0.0
+    agreement = _signature_agreement(matrix, has, ca.astype(np.int64), cb.astype(np.int64))
     chance = 0.2
     return np.clip((agreement - chance) / (1 - chance), 0, 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _signature_agreement(matrix, has, ca, cb):
+    """Per pair, the share of signature positions on which both accounts agree (0 unless both have
+    a signature): one pass, no gathered copies of the signature rows."""
+    width = matrix.shape[1]
+    agreement = np.zeros(len(ca))
+    for p in range(len(ca)):
+        a, b = ca[p], cb[p]
+        if has[a] and has[b]:
+            same = 0
+            for k in range(width):
+                same += matrix[a, k] == matrix[b, k]
+            agreement[p] = same / width
+    return agreement
 
 
 # ---------------------------------------------------------------- communities

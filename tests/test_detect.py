@@ -266,3 +266,23 @@ def test_top_per_account_keeps_each_accounts_most_used_entities():
                 expected |= set(sorted(rows, key=lambda r: (-count[r], entity[r]))[:cap])
             got = _top_per_account(account, count, entity, cap)
             assert got.tolist() == sorted(expected), (trial, cap)
+
+
+def test_activity_similarity_is_the_agreement_of_signatures_above_chance():
+    """Lockstep per pair: the share of MinHash positions two accounts agree on, rescaled above chance
+    (0.2) and 0 when either has no signature — checked against a plain computation."""
+    from linkage.detect import _activity_similarity
+    from linkage.graph import ACTIVITY_SIGNATURE_SIZE
+
+    rng = np.random.default_rng(4)
+    n, width = 300, ACTIVITY_SIGNATURE_SIZE
+    base = rng.integers(0, 3, (n, width))
+    signatures = [None if i % 7 == 0 else base[i].tolist() for i in range(n)]
+    accounts = pl.DataFrame({"activity_signature": signatures}, schema={"activity_signature": pl.List(pl.Int64)})
+    ca, cb = rng.integers(0, n, 5000), rng.integers(0, n, 5000)
+    got = _activity_similarity(accounts, ca, cb)
+    for p in range(len(ca)):
+        a, b = signatures[ca[p]], signatures[cb[p]]
+        share = 0.0 if a is None or b is None else sum(x == y for x, y in zip(a, b)) / width
+        assert got[p] == pytest.approx(min(max((share - 0.2) / 0.8, 0.0), 1.0))
+    assert (got == 0).any() and (got == 1).any() and ((got > 0) & (got < 1)).any()
