@@ -111,7 +111,7 @@ class TextRanks:
 
     @classmethod
     def of(cls, values: pl.Series) -> "TextRanks":
-        distinct = values.unique().drop_nulls()
+        distinct = _coded(values).unique().drop_nulls()
         text = distinct.cast(pl.Utf8)
         order = text.arg_sort().to_numpy()
         codes = distinct.to_physical().to_numpy()
@@ -120,10 +120,15 @@ class TextRanks:
         return cls(rank, text.gather(order))
 
     def of_rows(self, values: pl.Series) -> np.ndarray:
-        return self.rank[values.to_physical().fill_null(len(self.rank) - 1).to_numpy()]
+        return self.rank[_coded(values).to_physical().fill_null(len(self.rank) - 1).to_numpy()]
 
 
 NO_RANK = np.iinfo(np.uint32).max
+
+
+def _coded(values: pl.Series) -> pl.Series:
+    """Categorical as it is (the request log's identifiers); anything else through the same categories."""
+    return values if isinstance(values.dtype, (pl.Categorical, pl.Enum)) else values.cast(pl.Utf8).cast(pl.Categorical)
 
 
 @dataclass(frozen=True)
@@ -144,10 +149,10 @@ class RequestKeys:
 
 def _request_rel(requests: pl.DataFrame, keys: RequestKeys, dst: str) -> tuple[pl.DataFrame, pl.Series]:
     """:func:`_rel` of (account, ``dst``) over the request log, and the distinct ``dst`` values in text
-    order. The log's columns are categoricals: rows
-    are grouped on one integer, the pair of text ranks (so ordering the groups by it orders them
-    by text), and only the groups are turned into text — not a two-column group-by and a sort of
-    millions of strings. (Requests have a time: ingest quarantines those without.)"""
+    order. Rows are grouped on one integer, the pair of text ranks (so ordering the groups by it
+    orders them by text), and only the groups are turned into text — not a two-column group-by of
+    millions of rows and a sort of their strings. (Requests have a time: ingest quarantines those
+    without.)"""
     values = requests[dst]
     account_rank, ts = keys.account_rank, keys.ts
     if values.null_count() > len(values) // 2:  # (templates: most texts are not sampled)
@@ -293,7 +298,6 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     graph.nodes["Subnet"] = graph.nodes["IP"].select("subnet").drop_nulls().unique().sort("subnet")
     graph.nodes["ASN"] = graph.nodes["IP"].select("asn").drop_nulls().unique().sort("asn")
     graph.nodes["Device"] = pl.DataFrame({"device_id": devices})  # (every device and model used, in text order)
-
     usage = _text(requests.filter(pl.col("template_id").is_not_null()).group_by("template_id").agg(
         pl.len().cast(pl.Int64).alias("requests"), pl.col("account_id").n_unique().cast(pl.Int64).alias("accounts")))
     graph.nodes["PromptTemplate"] = templates.templates.join(usage, on="template_id", how="inner").sort("template_id")

@@ -244,6 +244,8 @@ def test_relationship_tables_are_in_text_order_whatever_the_category_codes():
     assert ordered.equals(expected)
     assert ordered.select("src", "dst").equals(ordered.select("src", "dst").sort("src", "dst"))
     assert expected["count"].sum() == rows.drop_nulls(["account_id", "ip"]).height < 400
+    as_text, _ = _request_rel(rows, RequestKeys.of(rows), "ip")  # (text columns: through categories)
+    assert as_text.equals(expected)
 
 
 def test_top_per_account_keeps_each_accounts_most_used_entities():
