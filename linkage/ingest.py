@@ -12,10 +12,13 @@ import gzip
 import io
 import json
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 import polars as pl
 import pyarrow as pa
@@ -25,7 +28,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 from .normalize import TS_DTYPE, parse_ips, parse_timestamps
-from .schema import EXTENSIONS, TableSpec
+from .schema import EXTENSIONS, Column, TableSpec
 from .settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -301,7 +304,8 @@ def validate_batch(raw: pl.DataFrame, spec: TableSpec, source: str, settings: In
 
 def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
                    settings: IngestSettings) -> tuple[list[pl.Series], pl.DataFrame]:
-    """Typed replacement columns, and a frame with one column per field giving the row's problem (or null)."""
+    """Typed replacement columns, and a frame with one column per field giving the row's problem (or
+    null; a field with no problem in the batch has no column)."""
     typed: list[pl.Series] = []
     problems: dict[str, pl.Series] = {}
     for column in spec.columns:
@@ -310,30 +314,126 @@ def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
             if column.kind == "ip":
                 typed.append(pl.Series(f"{column.name}_subnet", [None] * raw.height, dtype=pl.Utf8))
             continue
-        original = raw[column.name]
-        if original.dtype == pl.Utf8:
-            # an empty CSV/JSON field is a missing value, whatever the reader made of it; outside
-            # free text, surrounding blanks are not part of a value (stripped once, here)
-            text = original if column.kind == "text" else original.str.strip_chars()
-            original = pl.select(pl.when(text.str.len_bytes() > 0).then(text)).to_series().alias(column.name)
-        present = original.is_not_null()
-        value, problem = _convert(original, column.kind, column.name, settings, spec.categorical_ids)
-        if column.required:
-            problem = pl.when(~present).then(pl.lit(f"empty {column.name}")).otherwise(problem)
-        if column.kind == "ip":
-            typed.append(value.struct.field("subnet").alias(f"{column.name}_subnet"))
-            value = value.struct.field("ip")
+        if column.name in spec.categorical_columns:
+            value, subnet, problem = _category_cleaner(column, settings).clean(raw[column.name])
+        else:
+            value, subnet, problem = _clean_rows(raw[column.name], column, settings)
+        if subnet is not None:
+            typed.append(subnet.alias(f"{column.name}_subnet"))
         typed.append(value.alias(column.name))
-        problems[column.name] = pl.select(problem.cast(pl.Utf8)).to_series().alias(column.name)
+        if problem is not None:
+            problems[column.name] = problem.alias(column.name)
     return typed, pl.DataFrame(problems) if problems else pl.DataFrame()
+
+
+def _clean_rows(original: pl.Series, column: Column,
+                settings: IngestSettings) -> tuple[pl.Series, pl.Series | None, pl.Series | None]:
+    """(typed value, the address's subnet for an IP column, per row the problem or null; None: no problem)."""
+    if original.dtype == pl.Utf8:
+        # an empty CSV/JSON field is a missing value, whatever the reader made of it; outside
+        # free text, surrounding blanks are not part of a value (stripped once, here)
+        text = original if column.kind == "text" else original.str.strip_chars()
+        original = pl.select(pl.when(text.str.len_bytes() > 0).then(text)).to_series().alias(column.name)
+    present = original.is_not_null()
+    value, problem = _convert(original, column.kind, column.name, settings)
+    if column.required:
+        problem = pl.when(~present).then(pl.lit(f"empty {column.name}")).otherwise(problem)
+    subnet = None
+    if column.kind == "ip":
+        subnet, value = value.struct.field("subnet"), value.struct.field("ip")
+    problem = pl.select(problem.cast(pl.Utf8)).to_series()
+    return value, subnet, (problem if problem.null_count() < len(problem) else None)
+
+
+class CategoryCleaner:
+    """:func:`_clean_rows` of one repeated column of the request log, worked out once per distinct value
+    for the whole process: a value's cleaned form, subnet and problem are kept by its code in
+    polars' process-wide categorical pool, so each file's rows only look their codes up. An address
+    seen in every daily file is stripped and parsed once, not once per file, and no row is stripped.
+    Thread-safe (request files are validated concurrently). Values come out as categoricals."""
+
+    def __init__(self, column: Column, settings: IngestSettings) -> None:
+        self.column, self.settings = column, settings
+        self._lock = threading.Lock()
+        self._slot_of = np.full(0, -1, np.int64)  # category code → slot (-1: not seen yet)
+        # per slot, slot 0 standing for null: cleaned value, subnet, problem; whether the value is the raw one
+        self._value = pl.Series([None], dtype=pl.Categorical)
+        self._subnet = pl.Series([None], dtype=pl.Categorical)
+        self._problem = pl.Series([self._null_problem()], dtype=pl.Utf8)
+        self._has_problem = self._problem.is_not_null().to_numpy()
+        self._unchanged = np.ones(1, bool)  # (a null row is null either way)
+
+    def _null_problem(self) -> str | None:
+        return f"empty {self.column.name}" if self.column.required else None
+
+    def clean(self, original: pl.Series) -> tuple[pl.Series, pl.Series | None, pl.Series | None]:
+        category = _as_category(original)
+        codes = category.to_physical()
+        nulls = codes.is_null().to_numpy() if codes.null_count() else None
+        codes = codes.fill_null(0).to_numpy().astype(np.int64)
+        slot_of, value, subnet, problem, has_problem, unchanged = self._learn(category, codes, nulls)
+        slots = slot_of[codes]
+        if nulls is not None:
+            slots[nulls] = 0
+        name = self.column.name
+        cleaned = category if unchanged[slots].all() else value.gather(slots)
+        row_problem = problem.gather(slots) if has_problem[slots].any() else None
+        return cleaned.alias(name), (subnet.gather(slots) if self.column.kind == "ip" else None), row_problem
+
+    def _learn(self, category: pl.Series, codes: np.ndarray, nulls: np.ndarray | None):
+        """The tables, after cleaning the codes of this batch not seen before."""
+        with self._lock:
+            if len(codes) and codes.max() >= len(self._slot_of):
+                grown = np.full(max(int(codes.max()) + 1, 2 * len(self._slot_of)), -1, np.int64)
+                grown[:len(self._slot_of)] = self._slot_of
+                self._slot_of = grown
+            unseen = self._slot_of[codes] < 0
+            if nulls is not None:
+                unseen &= ~nulls
+            if unseen.any():
+                self._add(category, codes, np.flatnonzero(unseen))
+            return self._slot_of, self._value, self._subnet, self._problem, self._has_problem, self._unchanged
+
+    def _add(self, category: pl.Series, codes: np.ndarray, rows: np.ndarray) -> None:
+        new_codes, first = np.unique(codes[rows], return_index=True)
+        raw = category.gather(rows[first])
+        value, subnet, problem = _clean_rows(raw.cast(pl.Utf8), self.column, self.settings)
+        value = _as_category(value)
+        self._slot_of[new_codes] = np.arange(len(self._value), len(self._value) + len(new_codes))
+        self._value = pl.concat([self._value, value])
+        self._subnet = pl.concat([self._subnet, subnet.cast(pl.Categorical) if subnet is not None
+                                  else pl.Series([None] * len(raw), dtype=pl.Categorical)])
+        problem = problem if problem is not None else pl.Series([None] * len(raw), dtype=pl.Utf8)
+        self._problem = pl.concat([self._problem, problem])
+        self._has_problem = np.r_[self._has_problem, problem.is_not_null().to_numpy()]
+        same = (value.to_physical() == raw.to_physical()).fill_null(False).to_numpy()
+        self._unchanged = np.r_[self._unchanged, same]
+
+
+def _as_category(values: pl.Series) -> pl.Series:
+    if isinstance(values.dtype, pl.Categorical):
+        return values
+    return (values if values.dtype == pl.Utf8 else values.cast(pl.Utf8)).cast(pl.Categorical)
+
+
+_cleaners: dict[tuple, CategoryCleaner] = {}
+_cleaners_lock = threading.Lock()
+
+
+def _category_cleaner(column: Column, settings: IngestSettings) -> CategoryCleaner:
+    """The process's cleaner for a column under these limits (codes are process-wide, so is what they map to)."""
+    key = (column, settings.max_id_chars, settings.max_text_chars, settings.max_tokens)
+    with _cleaners_lock:
+        if key not in _cleaners:
+            _cleaners[key] = CategoryCleaner(column, settings)
+        return _cleaners[key]
 
 
 def _dtype(kind: str) -> pl.DataType:
     return {"timestamp": TS_DTYPE, "int": pl.Int64}.get(kind, pl.Utf8)
 
 
-def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings,
-             categorical: bool = False) -> tuple[pl.Series, pl.Expr]:
+def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings) -> tuple[pl.Series, pl.Expr]:
     """(typed value, problem text or null) for one column."""
     present = original.is_not_null()
     if kind == "timestamp":
@@ -353,7 +453,7 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
         return value, problem
     text = original.cast(pl.Utf8)  # (blank values are already null: see _typed_columns)
     if kind == "ip":
-        parsed = parse_ips(text, categorical)
+        parsed = parse_ips(text)
         problem = pl.when(present & parsed["ip"].is_null()).then(pl.lit(f"unparseable IP address in {name}"))
         # the subnet rides along as a struct field so that normalisation need not parse again
         return parsed.select(pl.struct("ip", "subnet")).to_series(), problem

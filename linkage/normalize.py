@@ -107,14 +107,12 @@ _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
 
 
-def parse_ips(values: pl.Series, categorical: bool = False) -> pl.DataFrame:
+def parse_ips(values: pl.Series) -> pl.DataFrame:
     """For each input value: canonical IP text (null if invalid), version, and its subnet (/24, /64).
 
-    IPv4 is validated and cut with regexes; IPv6 goes through the standard library but only
-    once per distinct string. ``categorical``: ip and subnet come out as categoricals (for the
-    request log, where each address repeats many times)."""
-    if categorical:
-        return _parse_ips_by_category(values)
+    IPv4 is validated and cut with regexes; IPv6 goes through a compiled parser, each distinct
+    string once. (The request log's addresses are parsed once per process instead: see
+    ``ingest.CategoryCleaner``.)"""
     original = values.cast(pl.Utf8)
     distinct = original.unique()  # parse each distinct address once, then join back
     parsed = _parse_distinct(distinct).with_columns(distinct.alias("raw"))
@@ -140,22 +138,6 @@ def _parse_distinct(values: pl.Series) -> pl.DataFrame:
         .when(pl.col("v6_ip").is_not_null()).then(pl.lit(6, pl.Int8)),
         subnet=pl.when(pl.col("is_v4")).then(pl.col("v4").str.replace(r"\.\d+$", ".0/24")).otherwise(pl.col("v6_subnet")),
     )
-
-
-def _parse_ips_by_category(values: pl.Series) -> pl.DataFrame:
-    """:func:`parse_ips` through the categories: each distinct address parsed once and the results
-    gathered by category code (no join of the rows back on their text)."""
-    category = values.cast(pl.Categorical)
-    distinct = category.unique().drop_nulls()
-    parsed = _parse_distinct(distinct.cast(pl.Utf8)).select(
-        pl.col("ip").cast(pl.Categorical), "ip_version", pl.col("subnet").cast(pl.Categorical))
-    codes = category.to_physical()
-    known = distinct.to_physical().to_numpy()
-    position = np.full(int(known.max(initial=0)) + 1, len(distinct), np.int64)  # (len: the null row below)
-    position[known] = np.arange(len(distinct))
-    rows = position[codes.fill_null(0).to_numpy()]
-    rows[codes.is_null().to_numpy()] = len(distinct)
-    return pl.concat([parsed, parsed.clear(1)])[rows]
 
 
 def _parse_v6(texts: pl.Series) -> tuple[pl.Series, pl.Series]:
@@ -392,6 +374,19 @@ def normalize_payments(payments: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def lowercase(values: pl.Series) -> pl.Series:
+    """Lower-cased text; a categorical stays one and is lower-cased per distinct value (usually a no-op)."""
+    if not isinstance(values.dtype, pl.Categorical):
+        return values.str.to_lowercase()
+    distinct = values.unique().drop_nulls()
+    lowered = distinct.cast(pl.Utf8).str.to_lowercase().cast(pl.Categorical)
+    if (lowered.to_physical() == distinct.to_physical()).all():
+        return values
+    mapping = pl.DataFrame({"raw": distinct.to_physical(), "lowered": lowered})
+    return pl.DataFrame({"raw": values.to_physical()}).join(mapping, on="raw", how="left", maintain_order="left")["lowered"] \
+        .alias(values.name)
+
+
 def normalize_requests(batch: pl.DataFrame, miner, bound: tuple[np.ndarray, np.ndarray] | None = None) -> pl.DataFrame:
     """A validated request batch reduced to the compact columns the graph needs; prompt text is
     consumed here (by the template miner) and not kept."""
@@ -406,7 +401,7 @@ def normalize_requests(batch: pl.DataFrame, miner, bound: tuple[np.ndarray, np.n
         accounts, "ts", pl.col("ip").cast(cat),
         pl.col("ip_subnet").alias("subnet").cast(cat),
         "asn",
-        pl.col("ip_type").str.to_lowercase().cast(cat),
+        lowercase(batch["ip_type"]).cast(cat),
         pl.col("device_id").cast(cat), pl.col("model").cast(cat), "input_tokens", "output_tokens",
         request_key.alias("request_key"),
         per_prompt["prompt_key"],

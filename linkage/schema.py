@@ -16,9 +16,9 @@ class TableSpec:
     name: str
     columns: tuple[Column, ...]
     required_table: bool = True
-    # a table of millions of rows whose addresses repeat (the request log): its IP columns are parsed
-    # per distinct value and come out as categoricals
-    categorical_ids: bool = False
+    # columns of a table of millions of rows whose values repeat (the request log's accounts,
+    # addresses, clients): validated per distinct value, and categoricals from then on
+    categorical_columns: frozenset[str] = frozenset()
 
     @property
     def required_columns(self) -> list[str]:
@@ -59,7 +59,7 @@ REQUESTS = TableSpec("requests", (
     Column("prompt", "text"),
     Column("input_tokens", "int"),
     Column("output_tokens", "int"),
-), categorical_ids=True)
+), categorical_columns=frozenset({"account_id", "ip", "ip_type", "device_id", "model"}))
 
 LABELS = TableSpec("labels", (
     Column("account_id", "id", True),

@@ -8,12 +8,16 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import polars.selectors  # noqa: F401  (pl.selectors)
 import pytest
 from click.testing import CliRunner
 
 import linkage
 from linkage.cli import main
 from linkage.errors import InputError
+from linkage.ingest import _typed_columns
+from linkage.schema import Column, TableSpec
+from linkage.settings import IngestSettings
 
 from .conftest import TINY, read_csv
 
@@ -198,3 +202,46 @@ def test_timestamp_forms(tiny: Path) -> None:
     result = linkage.run(tiny)
     created = result.graph.nodes["Account"]["created_at"].dt.epoch("s").unique().to_list()
     assert created == [1769904000]
+
+
+def _typed_as_text(raw: pl.DataFrame, spec: TableSpec, settings: IngestSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
+    typed, problems = _typed_columns(raw, spec, settings)
+    values = pl.DataFrame(typed).with_columns(pl.selectors.categorical().cast(pl.Utf8))
+    names = [c.name for c in spec.columns]
+    problems = problems.with_columns([pl.lit(None, pl.Utf8).alias(n) for n in names if n not in problems.columns])
+    return values.select(sorted(values.columns)), problems.select(names)
+
+
+def test_request_columns_validated_per_distinct_value_match_the_row_path() -> None:
+    """The request log's repeated columns are cleaned once per distinct value for the whole process
+    (values, subnets and problems kept by category code): the result must be the row-by-row one,
+    for clean and dirty values alike, and still be so for a later batch that repeats some values."""
+    spec = TableSpec("requests_test", (Column("account_id", "id", True), Column("ip", "ip", True),
+                                       Column("device_id", "string"), Column("model", "string")),
+                     categorical_columns=frozenset({"account_id", "ip", "device_id", "model"}))
+    by_row = TableSpec(spec.name, spec.columns)
+    settings = IngestSettings(max_id_chars=12)
+    first = pl.DataFrame({
+        "account_id": ["a1", " a1", "a2 ", "   ", "", None, "a-very-long-account", "a3"],
+        "ip": ["10.1.2.3", " 10.1.2.3", "2001:DB8::1", "999.1.1.1", "", None, "010.1.2.3", "::ffff:10.9.9.9"],
+        "device_id": ["d1", "d1", None, "d2\t", "x" * 20, "d1", "", "d3"],
+        "model": ["m", "m", "m", "m", "m", "m", "m", None],
+    })
+    second = pl.DataFrame({
+        "account_id": ["a1", "a9", " a9", None],
+        "ip": ["10.1.2.3", "10.7.7.7", "2001:db8::1", "zz"],
+        "device_id": ["d1", "d9 ", "x" * 20, None],
+        "model": ["m", "m2", None, "m"],
+    })
+    for raw in (first, second, first):
+        cached_values, cached_problems = _typed_as_text(raw, spec, settings)
+        row_values, row_problems = _typed_as_text(raw, by_row, settings)
+        assert cached_values.equals(row_values)
+        assert cached_problems.equals(row_problems)
+    values, problems = _typed_as_text(first, spec, settings)
+    assert values["account_id"].to_list()[:3] == ["a1", "a1", "a2"]
+    assert values["ip_subnet"].to_list()[2] == "2001:db8::/64"
+    assert problems["account_id"].to_list()[3:7] == ["empty account_id"] * 3 + ["account_id longer than 12 characters"]
+    assert problems["ip"].to_list()[3] == "unparseable IP address in ip"
+    typed, _ = _typed_columns(first, spec, settings)
+    assert all(isinstance(series.dtype, pl.Categorical) for series in typed)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from linkage.normalize import canonical_emails, parse_ips, parse_timestamps
+from linkage.normalize import canonical_emails, lowercase, parse_ips, parse_timestamps
 
 
 def test_ip_subnets_v4_and_v6() -> None:
@@ -13,19 +13,19 @@ def test_ip_subnets_v4_and_v6() -> None:
 
 def test_ip_octets_with_leading_zeros_are_rejected_not_reinterpreted() -> None:
     """"010.1.2.3" is octal to some parsers and decimal to others: unparseable (so quarantined), like ipaddress."""
-    for categorical in (False, True):
-        parsed = parse_ips(pl.Series(["010.001.002.003", "10.1.2.3", "0.0.0.0", "192.168.000.010"]), categorical)
-        assert parsed["ip"].cast(pl.Utf8).to_list() == [None, "10.1.2.3", "0.0.0.0", None]
-        assert parsed["subnet"].cast(pl.Utf8).to_list() == [None, "10.1.2.0/24", "0.0.0.0/24", None]
+    parsed = parse_ips(pl.Series(["010.001.002.003", "10.1.2.3", "0.0.0.0", "192.168.000.010"]))
+    assert parsed["ip"].to_list() == [None, "10.1.2.3", "0.0.0.0", None]
+    assert parsed["subnet"].to_list() == [None, "10.1.2.0/24", "0.0.0.0/24", None]
 
 
-def test_ip_parsing_through_categories_gives_the_same_values() -> None:
-    raw = pl.Series(["10.1.2.3", "10.1.2.3", None, "2001:DB8:0:0:1::1", "zz", "10.1.2.99", None, "::ffff:10.1.2.3"])
-    by_text = parse_ips(raw)
-    by_category = parse_ips(raw, categorical=True)
-    assert by_category.schema["ip"] == pl.Categorical and by_category.schema["subnet"] == pl.Categorical
-    assert by_category.with_columns(pl.col("ip", "subnet").cast(pl.Utf8)).equals(by_text)
-    assert parse_ips(pl.Series([None, None], dtype=pl.Utf8), categorical=True)["ip"].null_count() == 2
+def test_lowercase_keeps_categoricals_and_lowers_each_value() -> None:
+    raw = pl.Series(["Proxy", "vpn", None, "VPN", "proxy"])
+    for values in (raw, raw.cast(pl.Categorical)):
+        lowered = lowercase(values)
+        assert lowered.cast(pl.Utf8).to_list() == ["proxy", "vpn", None, "vpn", "proxy"]
+        assert lowered.dtype == values.dtype
+    already = pl.Series(["a", "b", "a"]).cast(pl.Categorical)
+    assert lowercase(already) is already
 
 
 def test_email_canonical_form() -> None:
