@@ -61,12 +61,14 @@ def _has_table_extension(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------- reading
-def read_file(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
-    """Raw batches of one file with ``_row`` (1-based record number). Corrupt files raise InputError."""
+def read_file(path: Path, batch_rows: int, categorical: frozenset[str] = frozenset()) -> Iterator[pl.DataFrame]:
+    """Raw batches of one file with ``_row`` (1-based record number). Corrupt files raise InputError.
+
+    ``categorical``: columns wanted as categoricals (see :func:`_read_parquet`)."""
     name = path.name
     try:
         if name.endswith(".parquet"):
-            yield from _read_parquet(path, batch_rows)
+            yield from _read_parquet(path, batch_rows, categorical)
         elif name.endswith((".csv", ".csv.gz")):
             yield from _read_csv(path, batch_rows)
         else:
@@ -86,20 +88,33 @@ def _numbered(table: pa.Table | pl.DataFrame, first_row: int) -> pl.DataFrame:
     return frame.with_row_index(ROW_COL, offset=first_row).with_columns(pl.col(ROW_COL).cast(pl.Int64))
 
 
-def _read_parquet(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
-    """polars' native reader (straight into its string layout, no Arrow conversion); a large
-    file is sliced so that only the row groups of the slice in hand are decoded."""
-    meta = pq.ParquetFile(path).metadata
+def _read_parquet(path: Path, batch_rows: int, categorical: frozenset[str] = frozenset()) -> Iterator[pl.DataFrame]:
+    """polars' native reader (straight into its string layout); a large file is sliced so that only
+    the row groups of the slice in hand are decoded.
+
+    String columns named in ``categorical`` are read by Arrow as dictionaries instead: a Parquet
+    column is usually dictionary-encoded already, so each distinct value of a row group becomes a
+    category once, where casting the decoded strings would look every row up in the category pool."""
+    source = pq.ParquetFile(path)
+    meta = source.metadata
+    schema = source.schema_arrow
+    as_dictionary = [name for name in schema.names if name in categorical
+                     and (pa.types.is_string(schema.field(name).type) or pa.types.is_large_string(schema.field(name).type))]
+    if as_dictionary:
+        source = pq.ParquetFile(path, read_dictionary=as_dictionary)
+    others = [name for name in schema.names if name not in as_dictionary]
     # slices follow row-group boundaries, so no row group is decoded twice
-    bounds, rows_so_far = [0], 0
+    bounds, rows_so_far = [(0, 0)], 0
     for group in range(meta.num_row_groups):
         rows_so_far += meta.row_group(group).num_rows
-        if rows_so_far - bounds[-1] >= batch_rows:
-            bounds.append(rows_so_far)
-    if bounds[-1] < meta.num_rows:
-        bounds.append(meta.num_rows)
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        yield _numbered(pl.scan_parquet(path).slice(start, end - start).collect(), start + 1)
+        if rows_so_far - bounds[-1][1] >= batch_rows or group == meta.num_row_groups - 1:
+            bounds.append((group + 1, rows_so_far))
+    for (first_group, start), (end_group, end) in zip(bounds[:-1], bounds[1:]):
+        frame = pl.scan_parquet(path).select(others).slice(start, end - start).collect() if others else None
+        if as_dictionary:
+            coded = pl.from_arrow(source.read_row_groups(range(first_group, end_group), columns=as_dictionary))
+            frame = coded if frame is None else frame.hstack(coded.get_columns()).select(schema.names)
+        yield _numbered(frame, start + 1)
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -472,7 +487,7 @@ def read_table(input_dir: Path, spec: TableSpec, settings: IngestSettings, quara
     for path in (table_files(input_dir, spec) if files is None else files):
         quarantine.table_counts(spec.name).files += 1
         source = str(path)
-        for raw in read_file(path, settings.batch_rows):
+        for raw in read_file(path, settings.batch_rows, spec.categorical_columns):
             good = validate_batch(raw, spec, source, settings, quarantine)
             if good.height:
                 yield path, good

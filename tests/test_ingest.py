@@ -245,3 +245,30 @@ def test_request_columns_validated_per_distinct_value_match_the_row_path() -> No
     assert problems["ip"].to_list()[3] == "unparseable IP address in ip"
     typed, _ = _typed_columns(first, spec, settings)
     assert all(isinstance(series.dtype, pl.Categorical) for series in typed)
+
+
+def test_parquet_columns_read_as_categories_equal_the_plain_read(tmp_path: Path) -> None:
+    """The request log's repeated string columns are read from Parquet as dictionaries (categoricals);
+    values, nulls, row numbers and slicing by row group must be those of the plain read, and a column
+    that is not text (an integer device id) is read as it is."""
+    from linkage.ingest import read_file
+    frame = pl.DataFrame({
+        "account_id": [f"a{i % 7}" for i in range(1000)],
+        "ip": [None if i % 11 == 0 else f"10.0.{i % 5}.{i % 3}" for i in range(1000)],
+        "device_id": [i % 13 for i in range(1000)],
+        "ts": [f"2026-02-01T00:00:{i % 60:02d}Z" for i in range(1000)],
+    })
+    path = tmp_path / "requests.parquet"
+    frame.write_parquet(path, row_group_size=128)
+    wanted = frozenset({"account_id", "ip", "device_id", "model"})
+    plain, coded = list(read_file(path, 300)), list(read_file(path, 300, wanted))
+    assert [b.height for b in coded] == [b.height for b in plain] and len(coded) > 1
+    for p, c in zip(plain, coded):
+        assert c.columns == p.columns
+        assert c.schema["account_id"] == pl.Categorical and c.schema["ip"] == pl.Categorical
+        assert c.schema["device_id"] == p.schema["device_id"] == pl.Int64 and c.schema["ts"] == pl.Utf8
+        assert c.with_columns(pl.col("account_id", "ip").cast(pl.Utf8)).equals(p)
+    assert pl.concat(coded)["_row"].to_list() == list(range(1, 1001))
+    only_coded = tmp_path / "only.parquet"
+    frame.select("account_id").write_parquet(only_coded)
+    assert next(read_file(only_coded, 300, wanted))["account_id"].cast(pl.Utf8).equals(frame["account_id"])
