@@ -6,6 +6,7 @@ store loads, so both stores hold exactly the same graph.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numba
@@ -111,7 +112,7 @@ class TextRanks:
 
     @classmethod
     def of(cls, values: pl.Series) -> "TextRanks":
-        distinct = _coded(values).unique().drop_nulls()
+        distinct = _coded(values).unique(maintain_order=True).drop_nulls()  # (any order: sorted by text below)
         text = distinct.cast(pl.Utf8)
         order = text.arg_sort().to_numpy()
         codes = distinct.to_physical().to_numpy()
@@ -161,18 +162,59 @@ def _request_rel(requests: pl.DataFrame, keys: RequestKeys, dst: str) -> tuple[p
     targets = TextRanks.of(values)
     dst_rank = targets.of_rows(values)
     missing = (account_rank == NO_RANK) | (dst_rank == NO_RANK)
-    pair = (account_rank.astype(np.uint64) << np.uint64(32)) | dst_rank
-    pair[missing] = np.iinfo(np.uint64).max  # one group, dropped below
-    grouped = pl.DataFrame({"pair": pair, "ts": ts}).lazy().group_by("pair").agg(
-        pl.len().cast(pl.Int64).alias("count"), pl.col("ts").min().alias("first_seen"),
-        pl.col("ts").max().alias("last_seen")).collect(engine="streaming")
-    grouped = grouped.filter(pl.col("pair") != np.iinfo(np.uint64).max).sort("pair")
-    pair = grouped["pair"].to_numpy()
-    rel = grouped.select(
-        keys.accounts.text.gather((pair >> np.uint64(32)).astype(np.uint32)).alias("src"),
-        targets.text.gather((pair & np.uint64(0xFFFFFFFF)).astype(np.uint32)).alias("dst"),
-        "count", pl.col("first_seen", "last_seen").cast(pl.Datetime("ms", "UTC")))
+    if missing.any():
+        kept = np.flatnonzero(~missing)
+        account_rank, dst_rank, ts = account_rank[kept], dst_rank[kept], ts[kept]
+    groups = _pair_groups_by_sorting(account_rank, len(keys.accounts.text), dst_rank, len(targets.text), ts)
+    if groups is None:
+        groups = _pair_groups_by_hashing(account_rank, dst_rank, ts)
+    account, target, count, first, last = groups
+    rel = pl.DataFrame({
+        "src": keys.accounts.text.gather(account), "dst": targets.text.gather(target), "count": count,
+        "first_seen": first, "last_seen": last,
+    }).with_columns(pl.col("first_seen", "last_seen").cast(pl.Datetime("ms", "UTC")))
     return rel, targets.text.alias(dst)
+
+
+PairGroups = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # account, target, count, first, last
+
+
+def _pair_groups_by_sorting(account: np.ndarray, n_accounts: int, target: np.ndarray, n_targets: int,
+                            ts: np.ndarray) -> PairGroups | None:
+    """Per distinct (account, target) rank pair, in pair order: count and first and last time. One
+    sort of 64-bit words (account, target, row) — numpy's vectorised sort, single-threaded and
+    several times cheaper than hashing millions of keys — then runs. None when the three do not fit
+    in 64 bits (beyond a few hundred million requests)."""
+    n = len(account)
+    target_bits, row_bits = _bits(n_targets), _bits(n)
+    if _bits(n_accounts) + target_bits + row_bits > 64:
+        return None
+    word = account.astype(np.uint64) << np.uint64(target_bits + row_bits)
+    word |= target.astype(np.uint64) << np.uint64(row_bits)
+    word |= np.arange(n, dtype=np.uint64)
+    word.sort()
+    ts_in_order = ts[(word & np.uint64((1 << row_bits) - 1)).astype(np.int64)]
+    word >>= np.uint64(row_bits)  # now the pair
+    starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]]) if n else np.zeros(0, np.int64)
+    pair = word[starts]
+    return ((pair >> np.uint64(target_bits)).astype(np.int64), (pair & np.uint64((1 << target_bits) - 1)).astype(np.int64),
+            np.diff(np.r_[starts, n]).astype(np.int64), np.minimum.reduceat(ts_in_order, starts) if n else ts_in_order,
+            np.maximum.reduceat(ts_in_order, starts) if n else ts_in_order)
+
+
+def _bits(count: int) -> int:
+    """Bits for the numbers 0 … count − 1."""
+    return max(int(count - 1).bit_length(), 1)
+
+
+def _pair_groups_by_hashing(account: np.ndarray, target: np.ndarray, ts: np.ndarray) -> PairGroups:
+    """:func:`_pair_groups_by_sorting` for any size: a hash group-by on the packed pair, then a sort."""
+    grouped = pl.DataFrame({"pair": (account.astype(np.uint64) << np.uint64(32)) | target, "ts": ts}).lazy() \
+        .group_by("pair").agg(pl.len().cast(pl.Int64).alias("count"), pl.col("ts").min().alias("first"),
+                              pl.col("ts").max().alias("last")).collect(engine="streaming").sort("pair")
+    pair = grouped["pair"].to_numpy()
+    return ((pair >> np.uint64(32)).astype(np.int64), (pair & np.uint64(0xFFFFFFFF)).astype(np.int64),
+            grouped["count"].to_numpy(), grouped["first"].to_numpy(), grouped["last"].to_numpy())
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -274,10 +316,13 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
         pl.col("reasoning_style").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts")).collect(engine="streaming"))
     keys = RequestKeys.of(requests)
     activity = activity.join(activity_signatures(keys, activity_window_minutes), on="account_id", how="left")
-    used_ip, _ = _request_rel(requests, keys, "ip")
-    used_device, devices = _request_rel(requests, keys, "device_id")
-    sent_template, _ = _request_rel(requests, keys, "template_id")
-    used_model, models = _request_rel(requests, keys, "model")
+    # the address-use edges on one thread, the other three on another (the sorts release the GIL)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        by_address = pool.submit(_request_rel, requests, keys, "ip")
+        used_device, devices = _request_rel(requests, keys, "device_id")
+        sent_template, _ = _request_rel(requests, keys, "template_id")
+        used_model, models = _request_rel(requests, keys, "model")
+        used_ip, _ = by_address.result()
     graph.nodes["Account"] = (accounts.select("account_id", "created_at", "email", "email_domain", "org_id",
                                               "country", "signup_ip")
                               .join(activity, on="account_id", how="left")

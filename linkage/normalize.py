@@ -378,7 +378,7 @@ def lowercase(values: pl.Series) -> pl.Series:
     """Lower-cased text; a categorical stays one and is lower-cased per distinct value (usually a no-op)."""
     if not isinstance(values.dtype, pl.Categorical):
         return values.str.to_lowercase()
-    distinct = values.unique().drop_nulls()
+    distinct = values.unique(maintain_order=True).drop_nulls()
     lowered = distinct.cast(pl.Utf8).str.to_lowercase().cast(pl.Categorical)
     if (lowered.to_physical() == distinct.to_physical()).all():
         return values

@@ -249,6 +249,22 @@ def test_relationship_tables_are_in_text_order_whatever_the_category_codes():
     assert as_text.equals(expected)
 
 
+def test_pair_groups_by_sorting_equal_the_hash_group_by():
+    """The 64-bit sort (the usual path) and the hash group-by (logs too large for it) give the same
+    groups in the same order; the sort declines what does not fit in 64 bits."""
+    from linkage.graph import _pair_groups_by_hashing, _pair_groups_by_sorting
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 5000):
+        account = rng.integers(0, 300, n).astype(np.uint32)
+        target = rng.integers(0, 40, n).astype(np.uint32)
+        ts = rng.integers(0, 10**12, n)
+        by_sorting = _pair_groups_by_sorting(account, 300, target, 40, ts)
+        by_hashing = _pair_groups_by_hashing(account, target, ts)
+        assert all(np.array_equal(x, y) for x, y in zip(by_sorting, by_hashing))
+        assert by_sorting[2].sum() == n
+    assert _pair_groups_by_sorting(account, 1 << 30, target, 1 << 30, ts) is None
+
+
 def test_top_per_account_keeps_each_accounts_most_used_entities():
     """Per account all rows when it has at most ``cap``, else its ``cap`` most used (ties: lower entity),
     whether or not the rows come in account order."""
