@@ -276,6 +276,45 @@ def _window_minhash(codes, windows, valid, n_codes, size):
     return signature, first_row
 
 
+def _account_activity(requests: pl.DataFrame, keys: RequestKeys) -> pl.DataFrame:
+    """Per account of the log: requests, first and last time, token totals, requests over proxy-like
+    networks, reasoning-style and sampled prompts — one compiled pass over the account ranks."""
+    def numbers(column: str) -> np.ndarray:
+        return requests[column].fill_null(0).to_numpy() if column in requests.columns else np.zeros(requests.height, np.int64)
+
+    proxy = requests["ip_type"].is_in(list(PROXY_IP_TYPES)).fill_null(False).to_numpy()
+    reasoning = requests["reasoning_style"]
+    totals = _per_account_totals(keys.account_rank, len(keys.accounts.text), keys.ts, numbers("input_tokens"),
+                                 numbers("output_tokens"), proxy, reasoning.fill_null(False).to_numpy(),
+                                 reasoning.is_not_null().to_numpy())
+    names = ("requests", "first_seen", "last_seen", "input_tokens", "output_tokens", "proxy_requests",
+             "reasoning_requests", "sampled_prompts")
+    return pl.DataFrame({"account_id": keys.accounts.text, **dict(zip(names, totals))}).with_columns(
+        pl.col("first_seen", "last_seen").cast(pl.Datetime("ms", "UTC")))
+
+
+@numba.njit(cache=True, nogil=True)
+def _per_account_totals(rank, n_ranks, ts, input_tokens, output_tokens, proxy, reasoning, sampled):
+    requests = np.zeros(n_ranks, np.int64)
+    first = np.full(n_ranks, np.iinfo(np.int64).max)
+    last = np.full(n_ranks, np.iinfo(np.int64).min)
+    tokens_in, tokens_out = np.zeros(n_ranks, np.int64), np.zeros(n_ranks, np.int64)
+    proxied, reasoned, sampled_total = np.zeros(n_ranks, np.int64), np.zeros(n_ranks, np.int64), np.zeros(n_ranks, np.int64)
+    for row in range(len(rank)):
+        r = rank[row]
+        if r >= n_ranks:  # (no account)
+            continue
+        requests[r] += 1
+        first[r] = min(first[r], ts[row])
+        last[r] = max(last[r], ts[row])
+        tokens_in[r] += input_tokens[row]
+        tokens_out[r] += output_tokens[row]
+        proxied[r] += proxy[row]
+        reasoned[r] += reasoning[row]
+        sampled_total[r] += sampled[row]
+    return requests, first, last, tokens_in, tokens_out, proxied, reasoned, sampled_total
+
+
 def _per_ip(requests: pl.DataFrame) -> pl.DataFrame:
     """One row per address: subnet, its most frequent ASN and IP type (ties: the smallest), first and
     last use. One pass over the request log by (address, ASN, type) — few rows per address — and the
@@ -307,14 +346,8 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     with template_id already attached."""
     graph = Graph()
     # group on the (categorical) identifiers and turn only the aggregates back into text
-    activity = _text(requests.lazy().group_by("account_id").agg(
-        pl.len().cast(pl.Int64).alias("requests"), pl.col("ts").min().alias("first_seen"),
-        pl.col("ts").max().alias("last_seen"), pl.col("input_tokens").sum().alias("input_tokens"),
-        pl.col("output_tokens").sum().alias("output_tokens"),
-        pl.col("ip_type").is_in(list(PROXY_IP_TYPES)).sum().cast(pl.Int64).alias("proxy_requests"),
-        pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"),
-        pl.col("reasoning_style").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts")).collect(engine="streaming"))
     keys = RequestKeys.of(requests)
+    activity = _account_activity(requests, keys)
     activity = activity.join(activity_signatures(keys, activity_window_minutes), on="account_id", how="left")
     # the address-use edges on one thread, the other three on another (the sorts release the GIL)
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -343,8 +376,9 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     graph.nodes["Subnet"] = graph.nodes["IP"].select("subnet").drop_nulls().unique().sort("subnet")
     graph.nodes["ASN"] = graph.nodes["IP"].select("asn").drop_nulls().unique().sort("asn")
     graph.nodes["Device"] = pl.DataFrame({"device_id": devices})  # (every device and model used, in text order)
-    usage = _text(requests.filter(pl.col("template_id").is_not_null()).group_by("template_id").agg(
-        pl.len().cast(pl.Int64).alias("requests"), pl.col("account_id").n_unique().cast(pl.Int64).alias("accounts")))
+    # (one SENT_TEMPLATE row per account and template: its requests and accounts without the log)
+    usage = sent_template.group_by(pl.col("dst").alias("template_id")).agg(
+        pl.col("count").sum().alias("requests"), pl.len().cast(pl.Int64).alias("accounts"))
     graph.nodes["PromptTemplate"] = templates.templates.join(usage, on="template_id", how="inner").sort("template_id")
     graph.nodes["Org"] = accounts.select("org_id").drop_nulls().unique().sort("org_id")
     graph.nodes["Model"] = pl.DataFrame({"model": models})

@@ -265,6 +265,29 @@ def test_pair_groups_by_sorting_equal_the_hash_group_by():
     assert _pair_groups_by_sorting(account, 1 << 30, target, 1 << 30, ts) is None
 
 
+def test_account_activity_equals_the_plain_group_by():
+    """The compiled per-account totals equal a polars group-by, nulls included (no tokens, unsampled
+    prompts, unknown network type)."""
+    from linkage.graph import RequestKeys, _account_activity
+    rng = np.random.default_rng(8)
+    n = 3000
+    requests = pl.DataFrame({
+        "account_id": rng.choice([f"acct{i}" for i in range(40)], n),
+        "ts": pl.Series(rng.integers(1.7e12, 1.8e12, n)).cast(pl.Datetime("ms", "UTC")),
+        "ip_type": pl.Series([["proxy", "residential", "vpn", None][i] for i in rng.integers(0, 4, n)], dtype=pl.Utf8),
+        "input_tokens": pl.Series(rng.integers(0, 500, n)).set(pl.Series(rng.random(n) < 0.1), None),
+        "output_tokens": rng.integers(0, 500, n),
+        "reasoning_style": pl.Series([[True, False, None][i] for i in rng.integers(0, 3, n)], dtype=pl.Boolean),
+    }).with_columns(pl.col("account_id", "ip_type").cast(pl.Categorical))
+    expected = requests.group_by(pl.col("account_id").cast(pl.Utf8)).agg(
+        pl.len().cast(pl.Int64).alias("requests"), pl.col("ts").min().alias("first_seen"),
+        pl.col("ts").max().alias("last_seen"), pl.col("input_tokens").sum(), pl.col("output_tokens").sum(),
+        pl.col("ip_type").is_in(["proxy", "vpn", "datacenter", "tor"]).sum().cast(pl.Int64).alias("proxy_requests"),
+        pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"),
+        pl.col("reasoning_style").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts")).sort("account_id")
+    assert _account_activity(requests, RequestKeys.of(requests)).equals(expected)
+
+
 def test_top_per_account_keeps_each_accounts_most_used_entities():
     """Per account all rows when it has at most ``cap``, else its ``cap`` most used (ties: lower entity),
     whether or not the rows come in account order."""
