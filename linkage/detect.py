@@ -29,6 +29,8 @@ import numba
 import numpy as np
 import polars as pl
 
+from .chance import (entity_surprisal, fisher_log_tail, link_threshold, lockstep_calibration, lockstep_surprisal,
+                     window_counts)
 from .graph import ACTIVITY_SIGNATURE_SIZE, Graph, mix64, sorted_unique
 from .progress import StageClock
 from .settings import DetectSettings
@@ -101,13 +103,13 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
         networks = [_shared_entities(network_parts[name], name, types, settings) for name in _NETWORK_TYPES[1:]]
         evidence = pl.concat(evidence + [addresses.result()] + networks)
     evidence = evidence.with_columns(accounts["account_id"].gather(evidence["idx"]).alias("account_id"))
-    n = max(accounts.height, 4)
-    weights = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())},
-                           schema={"type": types, "type_weight": pl.Float64})
-    evidence = evidence.join(weights, on="type", how="left").with_columns(
-        (pl.col("type_weight").fill_null(0.0) * pl.col("factor")
-         * ((np.log(n) - pl.col("degree").cast(pl.Float64).log()) / np.log(n / 2)).clip(0, 1)
-         * (1 - pl.col("degree").cast(pl.Float64) / (settings.ubiquity_share * n)).clip(0, 1)).alias("value"))
+    priors = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())},
+                          schema={"type": types, "type_weight": pl.Float64})
+    evidence = evidence.join(priors, on="type", how="left")
+    surprisal = entity_surprisal(evidence["type"].to_physical().to_numpy(), evidence["entity_key"].to_numpy(),
+                                 evidence["degree"].to_numpy())
+    evidence = evidence.with_columns(
+        (pl.col("type_weight").fill_null(0.0) * pl.col("factor") * pl.Series(surprisal)).alias("value"))
     evidence = evidence.filter(pl.col("value") > 0).select("idx", "account_id", "entity", "entity_key",
                                                            pl.col("type").cast(pl.Utf8), "value", "degree")
     return accounts, evidence.sort("entity_key", "idx")
@@ -346,8 +348,11 @@ def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: in
 
 
 # ---------------------------------------------------------------- projection
-def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings) -> pl.DataFrame:
-    """Weighted account pairs (a < b) at or above ``min_pair_weight``."""
+def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings,
+            threshold: float | None = None) -> pl.DataFrame:
+    """Account pairs (a < b) whose combined surprisal (``weight``, nats) reaches ``threshold``: by
+    default :func:`~linkage.chance.link_threshold`, the level chance links cannot percolate at.
+    ``activity`` is the lockstep part of it."""
     n = accounts.height
     type_names = sorted(settings.type_weights)
     type_code = {t: i for i, t in enumerate(type_names)}
@@ -383,21 +388,32 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64, "activity": pl.Float64})
 
     ca, cb = candidates // n, candidates % n
-    caps = np.array([2.0 * settings.type_weights[t] for t in type_names])
     family_of = {t: f for f, members in settings.type_families.items() for t in members}
     families = sorted({family_of.get(t, t) for t in type_names})
     family_code = np.array([families.index(family_of.get(t, t)) for t in type_names], dtype=np.int64)
-    weight = pair_weights(
+    surprisal, shared_families = pair_weights(
         n, ca, cb, Shared(np.searchsorted(candidates, contrib_pair), contrib_type, contrib_value),
         Held(idx[h_rows], types[h_rows], entity_code[h_rows], value[h_rows]),
-        TypeRules(caps, family_code, len(families), settings.within_type_extra))
-    activity = _activity_similarity(accounts, ca, cb)
-    weight += settings.type_weights.get("ActivityWindow", 0.0) * activity
+        TypeRules(_log_memberships(n, idx, types, len(type_names)), family_code, len(families),
+                  settings.within_type_extra))
+    timing = settings.type_weights.get("ActivityWindow", 0.0) * _lockstep(accounts, ca, cb, settings)
+    surprisal += timing
+    shared_families += timing > 0
     org = accounts["org_id"].cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
     same_org = (org[ca] == org[cb]) & (org[ca] >= 0)
-    weight = np.where(same_org, weight * settings.org_discount, weight)
-    keep = weight >= settings.min_pair_weight
-    return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[keep], "activity": activity[keep]})
+    surprisal = np.where(same_org, surprisal * settings.org_discount, surprisal)
+    weight = fisher_log_tail(surprisal, shared_families)
+    threshold = link_threshold(n, settings.chance_links_per_account) if threshold is None else threshold
+    keep = weight >= threshold
+    log.info("projection: %d of %d candidate pairs beyond chance (threshold %.1f nats)", int(keep.sum()), len(keep),
+             threshold)
+    return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[keep], "activity": timing[keep]})
+
+
+def _log_memberships(n_accounts: int, idx: np.ndarray, types: np.ndarray, n_types: int) -> np.ndarray:
+    """Per account and type, ln of the entities of that type it holds (its degree in the null model)."""
+    counts = np.bincount(idx * n_types + types, minlength=n_accounts * n_types).reshape(n_accounts, n_types)
+    return np.log(np.maximum(counts, 1)).astype(np.float64)
 
 
 @dataclass
@@ -421,16 +437,18 @@ class Held:
 
 @dataclass
 class TypeRules:
-    caps: np.ndarray  # per type: the most its shared entities can add
+    log_memberships: np.ndarray  # per account and type: ln of its memberships (what it meets others by)
     family_code: np.ndarray  # per type: its family (correlated types)
     n_families: int
     extra: float  # within a type or family, what the others add at most, as a share of the strongest
 
 
 def pair_weights(n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared, held: Held,
-                 rules: TypeRules) -> np.ndarray:
-    """Each candidate pair's evidence weight: its small-entity contributions plus the hubs both ends
-    hold (valued on the ``ca`` side), combined per type and family.
+                 rules: TypeRules) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate pair's surprisal (nats) and the number of evidence families it comes from: its
+    small-entity contributions plus the hubs both ends hold (valued on the ``ca`` side), combined
+    per type (less what the two accounts' memberships make expected, see :mod:`linkage.chance`)
+    and per family.
 
     Never expands a hub into its clique: a pair's shared hubs are found by looking up one end's hub
     list in the other's (see :func:`_weigh_pairs`)."""
@@ -443,14 +461,14 @@ def pair_weights(n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared
     fixed = (shared.type_code[by_pair].astype(np.int64), shared.value[by_pair].astype(np.float64),
              hub_start, held.entity[hub_order].astype(np.int64), held.type_code[hub_order].astype(np.int64),
              held.value[hub_order].astype(np.float64), int(held.entity.max(initial=-1)) + 1,
-             rules.caps.astype(np.float64), rules.family_code.astype(np.int64), rules.n_families, float(rules.extra))
+             rules.log_memberships, rules.family_code.astype(np.int64), rules.n_families, float(rules.extra))
     # two halves on two threads (the kernel releases the GIL), cut where a group of ``ca`` starts;
     # each pair's weight is computed alone, so the result does not depend on the cut
     cut = int(np.searchsorted(ca, ca[len(ca) // 2])) if len(ca) >= PARALLEL_MIN_PAIRS else len(ca)
     halves = [slice(0, cut), slice(cut, len(ca))]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        weights = pool.map(lambda h: _weigh_pairs(ca[h], cb[h], shared_start[h.start:h.stop + 1], *fixed), halves)
-        return np.concatenate(list(weights))
+        parts = list(pool.map(lambda h: _weigh_pairs(ca[h], cb[h], shared_start[h.start:h.stop + 1], *fixed), halves))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _order_by(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -463,15 +481,17 @@ def _order_by(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _weigh_pairs(ca, cb, shared_start, shared_type, shared_value, hub_start, hub_entity, hub_type, hub_value,
-                 n_entities, caps, family_code, n_families, extra):
+                 n_entities, log_memberships, family_code, n_families, extra):
     """Compiled loop behind :func:`pair_weights` (arrays prepared there). Shared entities of one type,
     or of types of one family, are correlated (users of one framework share all its templates): in
-    each, the strongest counts in full and the rest add at most ``extra`` of it; each type is capped.
+    each, the strongest counts in full and the rest add at most ``extra`` of it. A type's surprisal
+    is reduced by what the two accounts' memberships of that type make expected.
 
     Candidates come grouped by ``ca``: the hubs of ``ca`` are marked once per group, and each
     partner's hubs are looked up in the marks (its list in entity order, so sums keep one order)."""
-    n_types = len(caps)
+    n_types = len(family_code)
     weight = np.zeros(len(ca))
+    families = np.zeros(len(ca), np.int64)
     sums, maxima = np.zeros(n_types), np.zeros(n_types)
     strongest, total = np.zeros(n_families), np.zeros(n_families)
     marked_at = np.full(n_entities, -1, np.int64)
@@ -499,26 +519,42 @@ def _weigh_pairs(ca, cb, shared_start, shared_type, shared_value, hub_start, hub
         strongest[:] = 0.0
         total[:] = 0.0
         for t in range(n_types):
-            value = min(maxima[t] + extra * min(sums[t] - maxima[t], maxima[t]), caps[t])
+            if maxima[t] <= 0.0:
+                continue
+            value = maxima[t] + extra * min(sums[t] - maxima[t], maxima[t]) \
+                - log_memberships[ca[p], t] - log_memberships[cb[p], t]
+            if value <= 0.0:
+                continue
             f = family_code[t]
             strongest[f] = max(strongest[f], value)
             total[f] += value
         for f in range(n_families):
-            weight[p] += strongest[f] + extra * min(total[f] - strongest[f], strongest[f])
-    return weight
+            if strongest[f] > 0.0:
+                weight[p] += strongest[f] + extra * min(total[f] - strongest[f], strongest[f])
+                families[p] += 1
+    return weight, families
 
 
-def _activity_similarity(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
-    """Lockstep: estimated Jaccard of the two accounts' active time windows (MinHash), above chance."""
+def _lockstep(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: DetectSettings) -> np.ndarray:
+    """Per candidate pair, the surprisal of how alike the two accounts' active time windows are
+    (MinHash agreement against what independent accounts of this run would show)."""
     signatures = accounts["activity_signature"]
     has = signatures.is_not_null().to_numpy()
     width = ACTIVITY_SIGNATURE_SIZE
     matrix = np.zeros((accounts.height, width), dtype=np.int32)
-    if has.any():
-        matrix[has] = signatures.filter(signatures.is_not_null()).list.to_array(width).to_numpy().astype(np.int32)
-    agreement = _signature_agreement(matrix, has, ca.astype(np.int64), cb.astype(np.int64))
-    chance = 0.2
-    return np.clip((agreement - chance) / (1 - chance), 0, 1)
+    if not has.any() or len(ca) == 0:
+        return np.zeros(len(ca))
+    matrix[has] = signatures.filter(signatures.is_not_null()).list.to_array(width).to_numpy().astype(np.int32)
+    windows = window_counts(matrix, has)
+    span = accounts.select((pl.col("last_seen").max() - pl.col("first_seen").min()).dt.total_minutes()).item() \
+        if "last_seen" in accounts.columns else None
+    total_windows = max(float(span or 0) / settings.activity_window_minutes, float(windows.max(initial=1.0)))
+
+    def agreement_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _signature_agreement(matrix, has, a.astype(np.int64), b.astype(np.int64))
+
+    calibration = lockstep_calibration(agreement_of, windows, has, total_windows, width, settings.seed)
+    return lockstep_surprisal(agreement_of(ca, cb), windows[ca], windows[cb], total_windows, calibration, width)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -552,7 +588,13 @@ def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
     graph.add_edges(np.column_stack([number[a], number[b]]))  # (an array: a quarter faster than Python tuples)
     random.seed(settings.seed)
     ig.set_random_number_generator(random)
-    partition = graph.community_leiden(objective_function="modularity", weights=pairs["weight"].to_numpy(),
+    # CPM: a community is worth keeping only while its internal link weight beats ``resolution`` per
+    # pair of members; weights are in units of the link threshold, so the resolution reads as the
+    # least density of minimally significant links a ring must have. Unlike modularity it has no
+    # resolution limit (small dense rings are not merged into big sparse ones) and no pull from the
+    # graph's total size (a ring does not grow because the run is large)
+    weight = pairs["weight"].to_numpy() / link_threshold(n, settings.chance_links_per_account)
+    partition = graph.community_leiden(objective_function="CPM", weights=weight,
                                        resolution=settings.resolution, n_iterations=settings.leiden_iterations)
     membership[nodes] = np.asarray(partition.membership)
     return membership

@@ -1,20 +1,28 @@
-"""Stage 5 — score: how strongly each ring looks like a coordinated extraction operation.
+"""Stage 5 — score: how strongly each ring looks like a coordinated extraction operation,
+measured against the run's own background.
 
-Every feature is a share or ratio in [0, 1] that a person can check against the members:
+**Account risk.** Every account gets, for each behaviour an extraction operation cannot do
+without, its percentile among all accounts of this run (so no constant depends on one world's
+scale or mix), and its risk is the mean of those percentiles (:data:`RISK_FEATURES`):
 
-- coordination: how tightly members are tied by shared evidence (median internal link weight)
-- owned_infrastructure: of the infrastructure members share (cards, IPs, subnets, devices),
-  how much is used by nobody outside the ring — bought for the operation, not public NAT
-- owned_templates: share of the ring's requests on scaffolds that are (almost) only used inside it
-- proxy_share: requests through proxy / VPN / datacenter / Tor exits
-- equal_volume: round-robin schedulers equalise per-account volume (1 − coefficient of variation)
-- signup_burst: largest share of members created within one 6-hour window
-- lockstep: agreement of members' active time windows
-- reasoning_style: prompts asking for step-by-step reasoning, grading, tool-use transcripts
-- org_explained: share of members in one declared org; legitimate seats share billing and egress
+- proxy_share: requests through proxy / VPN / datacenter / Tor exits (bought egress)
+- recency: how late the account was created (campaign accounts are made for the operation)
+- address_spread: distinct addresses per request (rotating exits)
+- scaffold_share: sampled prompts on a mined scaffold (generated, not typed)
+- reasoning_share: prompts asking for step-by-step reasoning, grading, tool-use transcripts
+- output_per_request, input_per_request: harvested answers are long, contexts large
+- volume: requests (accounts are worked, not tried)
 
-The score is a weighted mean of the behavioural features, scaled down by the declared-org
-explanation and for very small rings.
+A feature whose column is absent from the input is left out rather than counted as innocence.
+
+**Ring score** = the mean risk of its members. **Flag**: the ring's average member is riskier
+than all but ``flag_background_share`` of the accounts no ring holds (the run's own, mostly
+benign, background). A random group's mean is far less spread than single accounts, so few
+benign groups get there by chance; operations are risky member after member.
+
+The older coordination features (lockstep, owned infrastructure and templates, equal volume,
+signup burst, declared org) are kept as columns and in the evidence text: they say *how* a ring
+is tied, while the risk says whether it behaves like extraction.
 """
 from __future__ import annotations
 
@@ -27,6 +35,8 @@ from .detect import Detection
 from .graph import Graph
 from .settings import ScoreSettings
 
+RISK_FEATURES = ("proxy_share", "recency", "address_spread", "scaffold_share", "reasoning_share",
+                 "output_per_request", "input_per_request", "volume")
 FEATURE_WEIGHTS = {
     "coordination": 0.05,
     "owned_infrastructure": 0.10,
@@ -52,7 +62,7 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
                 flag_threshold: float | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(rings, ring_members, ring_evidence) — rings sorted by score, highest first. Reads only the graph."""
     accounts = graph.nodes["Account"]
-    threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
+    flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
     if members.height == 0:
         return _empty_rings(), pl.DataFrame(schema={"ring_id": pl.Utf8, "account_id": pl.Utf8, "account_score": pl.Float64,
@@ -68,14 +78,18 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
                 .join(_signup_burst(members, accounts), on="ring_id", how="left")
                 .join(_lockstep(detection, members), on="ring_id", how="left")
                 .with_columns(pl.col(pl.Float64).fill_null(0.0)))
-    available = _available_features(graph)
-    behaviour = sum(pl.col(name) * FEATURE_WEIGHTS[name] for name in available) / sum(FEATURE_WEIGHTS[n] for n in available)
-    size_factor = (pl.col("size").cast(pl.Float64) / 5).clip(0, 1) ** 0.5
-    rings = features.with_columns(
-        (behaviour * (1 - 0.85 * pl.col("org_explained")) * size_factor).round(6).alias("score"))
-    rings = rings.with_columns((pl.col("score") >= threshold).alias("flagged"))
+    risk = account_risk(graph)
+    ring_risk = members.join(risk, on="account_id", how="left").group_by("ring_id").agg(
+        pl.col("risk").fill_null(0.0).mean().alias("score"))
+    background = risk.join(members.select("account_id"), on="account_id", how="anti")["risk"]
+    cut = flag_cut(background if background.len() else risk["risk"], settings.flag_background_share)
+    threshold = cut if flag_threshold is None else flag_threshold
+    rings = features.join(ring_risk, on="ring_id", how="left").with_columns(pl.col("score").fill_null(0.0))
+    rings = rings.with_columns((pl.col("score") >= threshold).alias("flagged"),
+                               _background_percentile(background, pl.col("score")).alias("background_percentile"))
     rings = rings.join(_evidence_text(evidence, settings.top_evidence), on="ring_id", how="left")
     rings = rings.with_columns(pl.concat_str([
+        pl.format("members riskier than {}% of unlinked accounts", (pl.col("background_percentile") * 100).round(1)),
         pl.col("evidence").fill_null(""),
         pl.format("; proxy/VPN/DC traffic {}%", (pl.col("proxy_share") * 100).round(0)),
         pl.format("; owned scaffolds {}%", (pl.col("owned_templates") * 100).round(0)),
@@ -85,14 +99,16 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
         pl.format("; declared org {}%", (pl.col("org_explained") * 100).round(0)),
     ]).str.strip_chars("; ").alias("evidence"))
     rings = rings.sort(["score", "ring_id"], descending=[True, False])
-    order = ["ring_id", "score", "size", "flagged", *FEATURE_WEIGHTS, "org_explained", "org_id", "requests", "evidence"]
+    order = ["ring_id", "score", "size", "flagged", "background_percentile", *FEATURE_WEIGHTS, "org_explained", "org_id",
+             "requests", "evidence"]
     # round: parallel float sums may differ in the last bit between runs; outputs must not
     rings = rings.select(order).with_columns(pl.col(pl.Float64).round(6))
     ring_members = (members.select("ring_id", "account_id").join(strength.select("account_id", "attachment"),
                                                                   on="account_id", how="left")
                     .join(rings.select("ring_id", "score"), on="ring_id")
                     .with_columns(pl.col("attachment").fill_null(0.0))
-                    .with_columns((pl.col("score") * pl.col("attachment")).round(6).alias("account_score"))
+                    .join(risk, on="account_id", how="left")
+                    .with_columns(((pl.col("score") + pl.col("risk").fill_null(0.0)) / 2).round(6).alias("account_score"))
                     .drop("score"))
     ring_members = ring_members.join(rings.select("ring_id", pl.int_range(pl.len()).alias("_rank")), on="ring_id") \
         .sort("_rank", "account_id").drop("_rank").select("ring_id", "account_id", "account_score", "attachment")
@@ -101,21 +117,50 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
         "ring_id", "value_total", "entity", descending=[False, True, False])
 
 
-def _available_features(graph: Graph) -> list[str]:
-    """Features the input can support. Prompts, ip_type and the like are optional columns: a
-    feature whose column is absent from the whole input is left out of the mean rather than
-    counted as evidence of innocence."""
+def account_risk(graph: Graph) -> pl.DataFrame:
+    """Per account: each available risk feature as its percentile in this run, and ``risk``, their mean."""
     accounts = graph.nodes["Account"]
-    missing: set[str] = set()
-    if int(accounts["sampled_prompts"].sum() or 0) == 0:
-        missing |= {"owned_templates", "reasoning_style"}
-    if graph.nodes["IP"]["ip_type"].null_count() == graph.nodes["IP"].height:
-        missing.add("proxy_share")
-    return [name for name in FEATURE_WEIGHTS if name not in missing]
+    addresses = graph.rels["USED_IP"].group_by(pl.col("src").alias("account_id")).agg(pl.len().alias("addresses"))
+    templated = graph.rels["SENT_TEMPLATE"].group_by(pl.col("src").alias("account_id")).agg(
+        pl.col("count").sum().alias("templated"))
+    frame = accounts.join(addresses, on="account_id", how="left").join(templated, on="account_id", how="left")
+    requests = pl.col("requests").cast(pl.Float64).clip(1, None)
+    sampled = pl.col("sampled_prompts").cast(pl.Float64).clip(1, None)
+    values = frame.select(
+        "account_id",
+        (pl.col("proxy_requests") / requests).alias("proxy_share"),
+        pl.col("created_at").dt.epoch("s").cast(pl.Float64).alias("recency"),
+        (pl.col("addresses").fill_null(0) / requests).alias("address_spread"),
+        (pl.col("templated").fill_null(0) / sampled).alias("scaffold_share"),
+        (pl.col("reasoning_requests") / sampled).alias("reasoning_share"),
+        (pl.col("output_tokens").fill_null(0) / requests).alias("output_per_request"),
+        (pl.col("input_tokens").fill_null(0) / requests).alias("input_per_request"),
+        pl.col("requests").cast(pl.Float64).alias("volume"))
+    available = [name for name in RISK_FEATURES if values[name].drop_nulls().n_unique() > 1]
+    if not available:
+        return values.select("account_id", pl.lit(0.0).alias("risk"))
+    percentiles = values.select("account_id", *[(pl.col(name).fill_null(pl.col(name).min()).rank("average")
+                                                 / pl.len()).alias(name) for name in available])
+    return percentiles.with_columns(pl.mean_horizontal(available).alias("risk"))
+
+
+def flag_cut(background: pl.Series, share: float) -> float:
+    """The risk only ``share`` of the background accounts reach."""
+    return float(np.quantile(background.to_numpy(), 1 - share)) if background.len() else 1.0
+
+
+def _background_percentile(background: pl.Series, score: pl.Expr) -> pl.Expr:
+    """Share of background accounts whose risk is below ``score``."""
+    ordered = np.sort(background.to_numpy())
+    if len(ordered) == 0:
+        return pl.lit(1.0)
+    return score.map_batches(lambda s: pl.Series(np.searchsorted(ordered, s.to_numpy(), side="left") / len(ordered)),
+                             return_dtype=pl.Float64)
 
 
 def _empty_rings() -> pl.DataFrame:
-    schema = {"ring_id": pl.Utf8, "score": pl.Float64, "size": pl.Int64, "flagged": pl.Boolean}
+    schema = {"ring_id": pl.Utf8, "score": pl.Float64, "size": pl.Int64, "flagged": pl.Boolean,
+              "background_percentile": pl.Float64}
     schema |= {name: pl.Float64 for name in FEATURE_WEIGHTS}
     schema |= {"org_explained": pl.Float64, "org_id": pl.Utf8, "requests": pl.Int64, "evidence": pl.Utf8}
     return pl.DataFrame(schema=schema)

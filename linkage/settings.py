@@ -33,66 +33,69 @@ class TemplateSettings(_Section):
     max_prompts_per_account: int = Field(10, gt=0, description="distinct prompts mined per account over the whole input (those of smallest text hash)")
     max_segments: int = Field(32, gt=0, description="segments kept per prompt")
     min_segment_accounts: int = Field(3, ge=2, description="a segment used by this many accounts is scaffold, not filler")
+    min_scaffold_chars: int = Field(40, ge=0, description="fixed text a scaffold needs around its slots; shorter stock phrases are everyday phrasing")
     sibling_support_ratio: float = Field(0.2, ge=0, le=1, description="a segment rarer than this share of its prompt's most common segment is filler")
     near_duplicate_jaccard: float = Field(0.6, gt=0, le=1, description="templates this similar (MinHash LSH) are merged")
     example_sample_modulus: int = Field(64, gt=0, description="1 in N prompts kept as template examples")
 
 
 class DetectSettings(_Section):
-    # Weight of one shared entity of each kind for a pair of accounts, before the rarity
-    # discount. Instruments, mailboxes and client builds are costly to share by accident; a
-    # network address is shared by households, NAT and proxies, so it never links two accounts
-    # on its own (weight < min_pair_weight); timing coincidences need corroboration.
+    # What a shared entity is worth is measured on the run (``linkage.chance``): its surprisal among
+    # unrelated accounts. These are priors on top, 1 = take the null model at its word. Lockstep
+    # timing (ActivityWindow) is discounted because schedules correlate with time zones and
+    # working hours more than the one-factor calibration captures.
     type_weights: dict[str, float] = Field(default_factory=lambda: {
-        "PaymentInstrument": 3.0,
-        "Email": 3.0,
-        "Device": 2.0,
-        "PromptTemplate": 2.0,
-        "IP": 0.9,
-        "SignupIP": 0.9,
-        "Subnet": 0.5,
-        "ASN": 0.15,
-        "EmailDomain": 0.8,
-        "Bin": 0.4,
-        "SignupBurst": 0.6,
-        "ModelSwitch": 0.5,
-        "ActivityWindow": 0.4,
+        "PaymentInstrument": 1.0,
+        "Email": 1.0,
+        "Device": 1.0,
+        "PromptTemplate": 1.0,
+        "IP": 1.0,
+        "SignupIP": 1.0,
+        "Subnet": 1.0,
+        "ASN": 1.0,
+        "EmailDomain": 1.0,
+        "Bin": 1.0,
+        "SignupBurst": 1.0,
+        "ModelSwitch": 1.0,
+        "ActivityWindow": 1.0,
     })
-    # Types whose evidence is correlated (the same IP implies the same subnet and ASN): within a
-    # family the strongest type counts in full and the others only by ``within_type_extra``.
+    # Types whose evidence is correlated (the same IP implies the same subnet and ASN; a campaign's
+    # signup wave and its model switch are one schedule): within a family the strongest type counts
+    # in full and the others only by ``within_type_extra``. Families count as independent.
     type_families: dict[str, list[str]] = Field(default_factory=lambda: {
         "network": ["IP", "SignupIP", "Subnet", "ASN"],
         "billing": ["PaymentInstrument", "Bin"],
         "identity": ["Email", "EmailDomain"],
+        "schedule": ["SignupBurst", "ModelSwitch"],
     })
-    # IP types whose sharing says little (carrier NAT, relays) and those that are paid infrastructure.
+    # IP types whose sharing says little (carrier NAT, relays) and those that are paid infrastructure:
+    # a prior factor on an address's surprisal, since the run cannot tell a NAT from a proxy exit.
     ip_type_factor: dict[str, float] = Field(default_factory=lambda: {
-        "mobile": 0.15, "residential": 0.8, "unknown": 0.6, "datacenter": 1.0,
-        "vpn": 0.5, "proxy": 1.0, "tor": 0.3,
+        "mobile": 0.5, "residential": 1.0, "unknown": 1.0, "datacenter": 1.0,
+        "vpn": 0.75, "proxy": 1.0, "tor": 0.5,
     })
-    rarity_pivot: int = Field(4, ge=1, description="entities shared by at most this many accounts get full weight")
+    chance_links_per_account: float = Field(0.1, gt=0, lt=1, description="expected chance links per account the link threshold allows (below 1: chance links cannot percolate)")
     hub_size: int = Field(48, ge=3, description="entities shared by more accounts are expanded sparsely, never as a clique")
     max_entities_per_type: int = Field(24, ge=1, description="per account and evidence type, only the most-used entities count")
-    hub_min_value: float = Field(0.25, ge=0, description="hubs worth less than this propose no pairs (they still add weight)")
+    hub_min_value: float = Field(1.0, ge=0, description="hubs of less surprisal (nats) propose no pairs (they still add to pairs proposed otherwise)")
     hub_partners: int = Field(5, ge=1, description="random cycles laid through a hub's members")
     max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
-    ubiquity_share: float = Field(0.2, gt=0, le=1, description="an entity used by this share of all accounts is worth nothing (SDK defaults, popular templates)")
     within_type_extra: float = Field(0.25, ge=0, le=1, description="further shared entities of a type (or types of a family) add at most this share of the strongest")
-    org_discount: float = Field(0.15, ge=0, le=1, description="factor on evidence two seats of one declared org share")
-    min_pair_weight: float = Field(1.0, ge=0, description="pairs below this total weight are not linked")
+    org_discount: float = Field(0.15, ge=0, le=1, description="factor on the surprisal of what two seats of one declared org share")
     signup_window_minutes: int = Field(30, gt=0)
     activity_window_minutes: int = Field(60, gt=0, description="time slot for lockstep activity (schedulers fill whole hours)")
     burst_min_excess: float = Field(4.0, gt=1, description="window count over its expected count to be a burst")
-    resolution: float = Field(1.0, gt=0, description="Leiden modularity resolution")
+    resolution: float = Field(0.05, gt=0, description="Leiden CPM resolution: the least density of threshold-strength links a ring keeps")
     leiden_iterations: int = Field(-1, description="-1 = until stable")
     seed: int = 42
     min_ring_size: int = Field(3, ge=2)
-    merge_ratio: float = Field(0.5, ge=0, description="communities tied to each other by this share of the smaller one's internal weight are merged (0 = off)")
+    merge_ratio: float = Field(0.0, ge=0, description="communities tied to each other by this share of the smaller one's internal weight are merged (0 = off)")
     min_attachment: float = Field(0.1, ge=0, le=1, description="members tied to their ring below this share of its median member are dropped")
 
 
 class ScoreSettings(_Section):
-    flag_threshold: float = Field(0.45, ge=0, le=1)
+    flag_background_share: float = Field(0.05, gt=0, lt=1, description="rings whose average member is riskier than all but this share of unlinked accounts are flagged")
+    flag_threshold: float | None = Field(None, ge=0, le=1, description="a fixed risk to flag at instead (overrides the background cut)")
     top_evidence: int = Field(5, gt=0, description="shared entities listed per ring")
 
 

@@ -301,13 +301,14 @@ class TemplateMiner:
                                    "sequence_key": sequence_key, "scaffold_segments": scaffold_segments})
         signatures = signatures.join(request_counts, on="prompt_key", how="left").with_columns(
             pl.col("requests").fill_null(0))
-        with_scaffold = signatures.filter(pl.col("scaffold_segments") > 0)
-        verbatim = signatures.filter((pl.col("scaffold_segments") == 0)
-                                     & (pl.col("requests") >= self.settings.min_segment_accounts))
-        keyed = pl.concat([
-            with_scaffold.with_columns(pl.col("sequence_key").alias("template_key")),
-            verbatim.with_columns((pl.col("prompt_key") ^ pl.lit(0x5BD1E995, pl.UInt64)).alias("template_key")),
-        ]).drop("sequence_key")
+        # a template is a scaffold its users fill: fixed instruction text around variable slots. A
+        # question many people send word for word, or a short stock phrase ("step by step please.")
+        # around their own text, is everyday phrasing, not a generation scaffold
+        shape = self._scaffold_shape(marked)
+        keyed = signatures.join(shape, on="prompt_key", how="left").filter(
+            (pl.col("scaffold_segments") > 0) & pl.col("slots").fill_null(0).gt(0)
+            & pl.col("scaffold_chars").fill_null(0).ge(self.settings.min_scaffold_chars)) \
+            .with_columns(pl.col("sequence_key").alias("template_key")).drop("sequence_key", "slots", "scaffold_chars")
         self._tokens = marked.select("prompt_key", "token")
         keyed = self._merge_near_duplicates(keyed)
         by_masked = keyed.select(pl.col("prompt_key").alias("masked_key"), _template_id(pl.col("template_key")).alias("template_id"))
@@ -317,6 +318,13 @@ class TemplateMiner:
         return TemplateResult(assignments=assignments, templates=templates)
 
     # ------------------------------------------------------------ helpers
+    def _scaffold_shape(self, marked: pl.DataFrame) -> pl.DataFrame:
+        """Per prompt: its runs of filled slots and the characters of its scaffold text."""
+        lengths = self._segment_text.select("segment_key", pl.col("segment").str.len_chars().alias("chars"))
+        return marked.join(lengths, left_on="token", right_on="segment_key", how="left").group_by("prompt_key").agg(
+            (~pl.col("is_scaffold")).sum().alias("slots"),
+            pl.col("chars").filter(pl.col("is_scaffold")).sum().alias("scaffold_chars"))
+
     def _template_texts(self, keyed: pl.DataFrame) -> pl.DataFrame:
         """template_key → readable scaffold text, slots shown as ‹…›."""
         # each template's most requested prompt (ties: smallest key), and its tokens in order

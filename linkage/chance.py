@@ -1,0 +1,119 @@
+"""The null model behind every link: how likely is what a pair shares among unrelated accounts
+of this run?
+
+Nothing here is a weight chosen on one data set. Each figure is estimated from the run at hand:
+
+- **Shared entities (configuration model).** Within one evidence type, an account of ``k``
+  memberships and an entity of ``d`` members meet by chance with probability ``k·d / M`` (``M`` the
+  type's memberships), so two accounts ``i``, ``j`` both hold *some* entity of that type with at
+  most ``d`` members with probability ``k_i·k_j·F(d)``, ``F(d) = Σ_{d_e ≤ d} d_e² / M²``. The
+  surprisal of the rarest thing they share is ``−ln F(d) − ln k_i − ln k_j`` nats: a card two
+  accounts hold among thousands of singly-held cards is improbable; a carrier-NAT address, an SDK
+  default or an everyday phrasing used by hundreds is not, and an account holding many entities
+  (a proxy rotator) is expected to meet others.
+- **Lockstep activity.** The chance that two accounts agree on a MinHash position of their active
+  time windows is their Jaccard index under independence, ``A·B/W / (A + B − A·B/W)``, scaled by one
+  factor measured on random pairs of this run (people are all awake at similar hours); the
+  agreement seen is weighed by its binomial tail.
+- **Combining evidence (Fisher).** Correlated types (an address, its subnet and ASN) form a family
+  in which only the strongest counts in full; families are independent, and a pair's total
+  surprisal ``S`` over the ``m`` families it shares is converted into a probability with Fisher's
+  tail ``e^{−S} Σ_{k<m} S^k/k!`` — many weak pieces do not add up as if each were strong.
+- **How many pairs were compared.** Among ``N`` accounts, ``N(N−1)/2`` pairs could link. A pair
+  links only when its chance probability ``p`` keeps the expected number of chance links per
+  account at ``ε`` (``chance_links_per_account``): ``p ≤ ε / (N − 1)``. With ``ε < 1`` the chance
+  links are a random graph below its percolation threshold, so they cannot glue unrelated accounts
+  into a giant community; real rings are held together by evidence far beyond it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import gammaincc
+from scipy.stats import binom
+
+_LOCKSTEP_CALIBRATION_PAIRS = 200_000
+
+
+def entity_surprisal(type_code: np.ndarray, entity: np.ndarray, degree: np.ndarray) -> np.ndarray:
+    """Per membership row, ``−ln F_t(d)`` for its entity (see the module docstring): rows are
+    (type, entity, degree) with one row per account holding the entity."""
+    surprisal = np.zeros(len(degree))
+    for t in np.unique(type_code):
+        rows = np.flatnonzero(type_code == t)
+        first = np.unique(entity[rows], return_index=True)[1]
+        entity_degree = degree[rows][first].astype(np.float64)
+        memberships = entity_degree.sum()
+        if memberships <= 0:
+            continue
+        sizes = np.sort(np.unique(entity_degree))
+        # F(d): the share of same-type meetings that happen on entities of at most d members
+        mass = np.bincount(np.searchsorted(sizes, entity_degree), weights=entity_degree ** 2, minlength=len(sizes))
+        tail = np.cumsum(mass) / memberships ** 2
+        surprisal[rows] = -np.log(np.clip(tail[np.searchsorted(sizes, degree[rows])], 1e-300, 1.0))
+    return surprisal
+
+
+def fisher_log_tail(total: np.ndarray, families: np.ndarray) -> np.ndarray:
+    """``−ln P(Σ of m independent Exp(1) ≥ S)`` for each (S, m): the combined surprisal of ``m``
+    pieces of evidence whose surprisals add up to ``S`` (m = 0 or S = 0: nothing, 0)."""
+    total = np.asarray(total, np.float64)
+    m = np.maximum(np.asarray(families, np.int64), 1)
+    # P(Gamma(m, 1) ≥ S) is the regularised upper incomplete gamma function Q(m, S)
+    tail = gammaincc(m, np.maximum(total, 0.0))
+    out = -np.log(np.clip(tail, 1e-300, 1.0))
+    # (far in the tail Q underflows: use its log expansion, S − ln Σ S^k/k! for k < m)
+    deep = tail < 1e-250
+    if deep.any():
+        s, mm = total[deep], m[deep]
+        out[deep] = s - np.log(np.array([sum(x ** k / np.prod(np.arange(1, k + 1)) for k in range(int(j)))
+                                         for x, j in zip(s, mm)]))
+    return np.where(total > 0, out, 0.0)
+
+
+def link_threshold(n_accounts: int, chance_links_per_account: float) -> float:
+    """Surprisal (nats) a pair needs so that chance links average ``chance_links_per_account`` per account."""
+    return float(np.log(max(n_accounts - 1, 1) / chance_links_per_account))
+
+
+def window_counts(signatures: np.ndarray, has: np.ndarray) -> np.ndarray:
+    """Distinct active windows per account, estimated from its MinHash minima (31-bit values):
+    the minimum of ``n`` uniform hashes is ``1/(n+1)`` on average."""
+    width = signatures.shape[1] if signatures.ndim == 2 else 0
+    counts = np.zeros(len(has))
+    if width == 0 or not has.any():
+        return counts
+    u = (signatures[has].astype(np.float64) + 1.0) / float(1 << 31)
+    counts[has] = np.maximum(width / u.sum(axis=1) - 1.0, 1.0)
+    return counts
+
+
+def lockstep_surprisal(agreement: np.ndarray, windows_a: np.ndarray, windows_b: np.ndarray, total_windows: float,
+                       calibration: float, width: int) -> np.ndarray:
+    """Binomial-tail surprisal of ``agreement`` (share of ``width`` MinHash positions equal) given the
+    Jaccard index two independent accounts of those window counts would have."""
+    a, b = windows_a, windows_b
+    overlap = a * b / max(total_windows, 1.0)
+    independent = np.where((a > 0) & (b > 0), overlap / np.maximum(a + b - overlap, 1e-9), 0.0)
+    chance = np.clip(calibration * independent, 1e-6, 0.95)
+    agree = np.rint(agreement * width).astype(np.int64)
+    tail = binom.sf(agree - 1, width, chance)
+    return np.where(agree > 0, -np.log(np.clip(tail, 1e-300, 1.0)), 0.0)
+
+
+def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, total_windows: float, width: int,
+                         seed: int) -> float:
+    """How much more often random pairs of this run agree than independent accounts would: the ratio of
+    observed to independent agreement over random pairs of active accounts (≥ 1)."""
+    active = np.flatnonzero(has)
+    if len(active) < 3:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    n = min(_LOCKSTEP_CALIBRATION_PAIRS, len(active) * (len(active) - 1) // 2)
+    a, b = active[rng.integers(0, len(active), n)], active[rng.integers(0, len(active), n)]
+    keep = a != b
+    a, b = a[keep], b[keep]
+    observed = agreement_of(a, b)
+    overlap = windows[a] * windows[b] / max(total_windows, 1.0)
+    independent = overlap / np.maximum(windows[a] + windows[b] - overlap, 1e-9)
+    expected = independent.sum()
+    return float(max(observed.sum() / expected, 1.0)) if expected > 0 else 1.0
