@@ -15,7 +15,8 @@ scale or mix), and its risk is the mean of those percentiles (:data:`RISK_FEATUR
 
 A feature whose column is absent from the input is left out rather than counted as innocence.
 
-**Ring score** = the mean risk of its members. **Flag**: the ring's average member is riskier
+**Ring score** = the mean risk of its members, shrunk towards the background mean by
+``prior_members`` pseudo-members (a small ring's mean is noisy). **Flag**: the ring's average member is riskier
 than all but ``flag_background_share`` of the accounts no ring holds (the run's own, mostly
 benign, background). A random group's mean is far less spread than single accounts, so few
 benign groups get there by chance; operations are risky member after member.
@@ -79,9 +80,13 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
                 .join(_lockstep(detection, members), on="ring_id", how="left")
                 .with_columns(pl.col(pl.Float64).fill_null(0.0)))
     risk = account_risk(graph)
-    ring_risk = members.join(risk, on="account_id", how="left").group_by("ring_id").agg(
-        pl.col("risk").fill_null(0.0).mean().alias("score"))
     background = risk.join(members.select("account_id"), on="account_id", how="anti")["risk"]
+    prior = float(background.mean()) if background.len() else 0.5
+    # the mean of a few members is noisy: shrunk towards the background by ``prior_members``
+    # pseudo-members, so a ring of three needs to be risky throughout, a ring of fifty barely moves
+    ring_risk = members.join(risk, on="account_id", how="left").group_by("ring_id").agg(
+        ((pl.col("risk").fill_null(0.0).sum() + settings.prior_members * prior)
+         / (pl.len() + settings.prior_members)).alias("score"))
     cut = flag_cut(background if background.len() else risk["risk"], settings.flag_background_share)
     threshold = cut if flag_threshold is None else flag_threshold
     rings = features.join(ring_risk, on="ring_id", how="left").with_columns(pl.col("score").fill_null(0.0))
