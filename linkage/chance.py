@@ -34,15 +34,17 @@ from scipy.stats import binom
 _LOCKSTEP_CALIBRATION_PAIRS = 200_000
 
 
-def entity_surprisal(type_code: np.ndarray, entity: np.ndarray, degree: np.ndarray) -> np.ndarray:
+def entity_surprisal(type_code: np.ndarray, entity: np.ndarray, degree: np.ndarray,
+                     type_memberships: np.ndarray) -> np.ndarray:
     """Per membership row, ``−ln F_t(d)`` for its entity (see the module docstring): rows are
-    (type, entity, degree) with one row per account holding the entity."""
+    (type, entity, degree, memberships of the type, shared or not) with one row per account holding
+    a shared entity."""
     surprisal = np.zeros(len(degree))
     for t in np.unique(type_code):
         rows = np.flatnonzero(type_code == t)
         first = np.unique(entity[rows], return_index=True)[1]
         entity_degree = degree[rows][first].astype(np.float64)
-        memberships = entity_degree.sum()
+        memberships = float(type_memberships[rows].max())
         if memberships <= 0:
             continue
         sizes = np.sort(np.unique(entity_degree))

@@ -107,11 +107,11 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
                           schema={"type": types, "type_weight": pl.Float64})
     evidence = evidence.join(priors, on="type", how="left")
     surprisal = entity_surprisal(evidence["type"].to_physical().to_numpy(), evidence["entity_key"].to_numpy(),
-                                 evidence["degree"].to_numpy())
+                                 evidence["degree"].to_numpy(), evidence["type_memberships"].to_numpy())
     evidence = evidence.with_columns(
         (pl.col("type_weight").fill_null(0.0) * pl.col("factor") * pl.Series(surprisal)).alias("value"))
     evidence = evidence.filter(pl.col("value") > 0).select("idx", "account_id", "entity", "entity_key",
-                                                           pl.col("type").cast(pl.Utf8), "value", "degree")
+                                                           pl.col("type").cast(pl.Utf8), "value", "degree", "held")
     return accounts, evidence.sort("entity_key", "idx")
 
 
@@ -181,11 +181,16 @@ def _shared_entities(part: Part, type_name: str, types: pl.Enum, settings: Detec
     keep = shared[_top_per_account(rows["idx"].to_numpy()[shared], rows["count"].to_numpy()[shared],
                                    entity[shared], settings.max_entities_per_type)]
     kept = rows[keep] if part.keys is None else rows[keep].join(part.keys, on="entity", how="left", maintain_order="left")
+    # the null model counts every membership of the type, held alone or shared (see linkage.chance)
+    idx = rows["idx"].to_numpy()
+    held = np.bincount(idx, minlength=int(idx.max()) + 1 if len(idx) else 0)
     return kept.select(
         pl.col("idx").cast(pl.UInt32), (pl.lit(type_name + "|") + pl.col("key")).alias("entity"),
         (pl.col("entity_key") ^ pl.lit(hash_text(type_name), pl.UInt64)).alias("entity_key"),
         pl.lit(type_name).cast(types).alias("type"), "factor", "count",
-        pl.Series("degree", degree[keep], dtype=pl.UInt32))
+        pl.Series("degree", degree[keep], dtype=pl.UInt32),
+        pl.Series("held", held[idx[keep]], dtype=pl.UInt32),
+        pl.lit(len(idx), pl.Int64).alias("type_memberships"))
 
 
 def _top_per_account(account: np.ndarray, count: np.ndarray, entity: np.ndarray, cap: int) -> np.ndarray:
@@ -394,7 +399,7 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     surprisal, shared_families = pair_weights(
         n, ca, cb, Shared(np.searchsorted(candidates, contrib_pair), contrib_type, contrib_value),
         Held(idx[h_rows], types[h_rows], entity_code[h_rows], value[h_rows]),
-        TypeRules(_log_memberships(n, idx, types, len(type_names)), family_code, len(families),
+        TypeRules(_log_memberships(n, idx, types, ev["held"].to_numpy(), len(type_names)), family_code, len(families),
                   settings.within_type_extra))
     timing = settings.type_weights.get("ActivityWindow", 0.0) * _lockstep(accounts, ca, cb, settings)
     surprisal += timing
@@ -410,10 +415,12 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[keep], "activity": timing[keep]})
 
 
-def _log_memberships(n_accounts: int, idx: np.ndarray, types: np.ndarray, n_types: int) -> np.ndarray:
-    """Per account and type, ln of the entities of that type it holds (its degree in the null model)."""
-    counts = np.bincount(idx * n_types + types, minlength=n_accounts * n_types).reshape(n_accounts, n_types)
-    return np.log(np.maximum(counts, 1)).astype(np.float64)
+def _log_memberships(n_accounts: int, idx: np.ndarray, types: np.ndarray, held: np.ndarray, n_types: int) -> np.ndarray:
+    """Per account and type, ln of the entities of that type it holds, shared or not (its degree in
+    the null model)."""
+    counts = np.ones(n_accounts * n_types)
+    counts[idx * n_types + types] = held
+    return np.log(np.maximum(counts, 1)).reshape(n_accounts, n_types)
 
 
 @dataclass
