@@ -11,10 +11,10 @@ Nothing here is a weight chosen on one data set. Each figure is estimated from t
   accounts hold among thousands of singly-held cards is improbable; a carrier-NAT address, an SDK
   default or an everyday phrasing used by hundreds is not, and an account holding many entities
   (a proxy rotator) is expected to meet others.
-- **Lockstep activity.** The chance that two accounts agree on a MinHash position of their active
-  time windows is their Jaccard index under independence, ``A·B/W / (A + B − A·B/W)``, scaled by one
-  factor measured on random pairs of this run (people are all awake at similar hours); the
-  agreement seen is weighed by its binomial tail.
+- **Lockstep activity.** Two independent accounts active in ``A`` and ``B`` of ``W`` time windows
+  share about ``A·B/W`` of them, times one factor measured on random pairs of this run (people are
+  all awake at similar hours); the windows they share (estimated from their MinHash agreement) are
+  weighed by the Poisson tail.
 - **Combining evidence (Fisher).** Correlated types (an address, its subnet and ASN) form a family
   in which only the strongest counts in full; families are independent, and a pair's total
   surprisal ``S`` over the ``m`` families it shares is converted into a probability with Fisher's
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import gammaincc
-from scipy.stats import binom
+from scipy.stats import poisson
 
 _LOCKSTEP_CALIBRATION_PAIRS = 200_000
 
@@ -89,23 +89,25 @@ def window_counts(signatures: np.ndarray, has: np.ndarray) -> np.ndarray:
     return counts
 
 
+def shared_windows(agreement: np.ndarray, windows_a: np.ndarray, windows_b: np.ndarray) -> np.ndarray:
+    """Windows two accounts were both active in, from their MinHash agreement (the Jaccard estimate)."""
+    return agreement * (windows_a + windows_b) / (1.0 + agreement)
+
+
 def lockstep_surprisal(agreement: np.ndarray, windows_a: np.ndarray, windows_b: np.ndarray, total_windows: float,
-                       calibration: float, width: int) -> np.ndarray:
-    """Binomial-tail surprisal of ``agreement`` (share of ``width`` MinHash positions equal) given the
-    Jaccard index two independent accounts of those window counts would have."""
-    a, b = windows_a, windows_b
-    overlap = a * b / max(total_windows, 1.0)
-    independent = np.where((a > 0) & (b > 0), overlap / np.maximum(a + b - overlap, 1e-9), 0.0)
-    chance = np.clip(calibration * independent, 1e-6, 0.95)
-    agree = np.rint(agreement * width).astype(np.int64)
-    tail = binom.sf(agree - 1, width, chance)
-    return np.where(agree > 0, -np.log(np.clip(tail, 1e-300, 1.0)), 0.0)
+                       calibration: float) -> np.ndarray:
+    """Poisson-tail surprisal of the windows two accounts share, against the ``A·B/W`` that independent
+    accounts of those window counts share (times the run's ``calibration``)."""
+    expected = calibration * windows_a * windows_b / max(total_windows, 1.0)
+    shared = np.floor(shared_windows(agreement, windows_a, windows_b) + 0.5)
+    tail = poisson.sf(shared - 1, np.maximum(expected, 1e-12))
+    return np.where(shared > 0, -np.log(np.clip(tail, 1e-300, 1.0)), 0.0)
 
 
-def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, total_windows: float, width: int,
+def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, total_windows: float,
                          seed: int) -> float:
-    """How much more often random pairs of this run agree than independent accounts would: the ratio of
-    observed to independent agreement over random pairs of active accounts (≥ 1)."""
+    """How many more windows random pairs of this run share than independent accounts would (≥ 1):
+    people are awake at similar hours."""
     active = np.flatnonzero(has)
     if len(active) < 3:
         return 1.0
@@ -114,8 +116,6 @@ def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, tot
     a, b = active[rng.integers(0, len(active), n)], active[rng.integers(0, len(active), n)]
     keep = a != b
     a, b = a[keep], b[keep]
-    observed = agreement_of(a, b)
-    overlap = windows[a] * windows[b] / max(total_windows, 1.0)
-    independent = overlap / np.maximum(windows[a] + windows[b] - overlap, 1e-9)
-    expected = independent.sum()
-    return float(max(observed.sum() / expected, 1.0)) if expected > 0 else 1.0
+    observed = shared_windows(agreement_of(a, b), windows[a], windows[b]).sum()
+    expected = (windows[a] * windows[b]).sum() / max(total_windows, 1.0)
+    return float(max(observed / expected, 1.0)) if expected > 0 else 1.0

@@ -560,8 +560,8 @@ def _lockstep(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: 
     def agreement_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _signature_agreement(matrix, has, a.astype(np.int64), b.astype(np.int64))
 
-    calibration = lockstep_calibration(agreement_of, windows, has, total_windows, width, settings.seed)
-    return lockstep_surprisal(agreement_of(ca, cb), windows[ca], windows[cb], total_windows, calibration, width)
+    calibration = lockstep_calibration(agreement_of, windows, has, total_windows, settings.seed)
+    return lockstep_surprisal(agreement_of(ca, cb), windows[ca], windows[cb], total_windows, calibration)
 
 
 @numba.njit(cache=True, nogil=True)

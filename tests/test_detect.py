@@ -1,4 +1,4 @@
-"""Weighting (rarity, evidence type, declared org), hub handling, reproducibility, known answers."""
+"""Links weighed against chance, hub handling, reproducibility, known answers."""
 from __future__ import annotations
 
 import shutil
@@ -48,43 +48,82 @@ def _graph(n: int, shares: dict[str, list[tuple[str, list[int]]]], orgs: dict[in
 
 
 def _pair_weight(graph: Graph, a: int, b: int, settings: DetectSettings | None = None) -> float:
-    settings = settings or DetectSettings(min_pair_weight=0.0)
+    """The pair's combined surprisal (nats) whether or not it reaches the link threshold."""
+    settings = settings or DetectSettings()
     accounts, evidence = memberships(graph, settings)
-    pairs = project(accounts, evidence, settings)
+    pairs = project(accounts, evidence, settings, threshold=0.0)
     hit = pairs.filter((pl.col("a") == min(a, b)) & (pl.col("b") == max(a, b)))
     return float(hit["weight"][0]) if hit.height else 0.0
 
 
-def test_rarity_discount_nat_ip_versus_small_share() -> None:
+def _singly_held(n: int, rel: str, prefix: str, skip: set[int]) -> list[tuple[str, list[int]]]:
+    """Every other account holds one entity of its own (the background the null model counts)."""
+    return [(f"{prefix}{i}", [i]) for i in range(n) if i not in skip]
+
+
+def test_a_nat_address_is_worth_nothing_and_a_rare_one_much():
     n = 3000
-    graph = _graph(n, {"USED_IP": [("100.64.0.1", list(range(2000))), ("24.1.1.1", [2500, 2501])]})
+    graph = _graph(n, {"USED_IP": [("100.64.0.1", list(range(2000))), ("24.1.1.1", [2500, 2501])]
+                       + _singly_held(n, "USED_IP", "24.9.", set(range(2000)) | {2500, 2501})})
     nat, rare = _pair_weight(graph, 0, 1), _pair_weight(graph, 2500, 2501)
-    assert rare > 5 * max(nat, 1e-9)
     assert nat < 0.1
+    assert rare > 10
 
 
-def test_evidence_types_card_outweighs_ip() -> None:
-    graph = _graph(200, {"PAID_WITH": [("card1", [0, 1])], "USED_IP": [("24.1.1.1", [2, 3])]})
-    assert _pair_weight(graph, 0, 1) > 2 * _pair_weight(graph, 2, 3)
+def test_a_lone_shared_card_is_improbable_among_singly_held_cards():
+    """The surprisal of a card two accounts share grows with the cards everybody else holds alone."""
+    small = _graph(10, {"PAID_WITH": [("card1", [0, 1])] + _singly_held(10, "PAID_WITH", "c", {0, 1})})
+    large = _graph(1000, {"PAID_WITH": [("card1", [0, 1])] + _singly_held(1000, "PAID_WITH", "c", {0, 1})})
+    assert _pair_weight(large, 0, 1) > _pair_weight(small, 0, 1) + 4
 
 
-def test_a_shared_address_alone_never_links() -> None:
-    graph = _graph(200, {"USED_IP": [("24.1.1.1", [0, 1])]})
-    assert _pair_weight(graph, 0, 1) < DetectSettings().min_pair_weight
+def test_one_shared_address_alone_does_not_link_where_households_share_them_but_with_a_card_it_does():
+    """In a run where 600 households of two share an address, sharing one is ordinary; a card shared
+    besides it is not."""
+    n = 2000
+    households = [(f"24.2.{i}", [i, i + 1]) for i in range(4, 1204, 2)]
+    shares = {"USED_IP": [("24.1.1.1", [0, 1]), ("24.1.1.2", [2, 3])] + households
+              + _singly_held(n, "USED_IP", "24.9.", set(range(1204))),
+              "PAID_WITH": [("card1", [2, 3])] + _singly_held(n, "PAID_WITH", "c", {2, 3})}
+    accounts, evidence = memberships(_graph(n, shares), DetectSettings())
+    linked = project(accounts, evidence, DetectSettings())
+    pairs = set(zip(linked["a"].to_list(), linked["b"].to_list()))
+    assert (0, 1) not in pairs
+    assert (2, 3) in pairs
+
+
+def test_accounts_holding_many_entities_are_expected_to_meet():
+    """Two proxy rotators sharing one exit among dozens each: less surprising than two home users
+    sharing their one address (the configuration model's degree correction)."""
+    n = 2000
+    rotators = [(f"10.0.{a}.{k}", [a]) for a in (0, 1) for k in range(30)] + [("24.1.1.1", [0, 1])]
+    homes = [("24.1.1.2", [2, 3])]
+    graph = _graph(n, {"USED_IP": rotators + homes + _singly_held(n, "USED_IP", "24.9.", {0, 1, 2, 3})})
+    assert _pair_weight(graph, 0, 1) < _pair_weight(graph, 2, 3) - 3
+
+
+def test_weak_evidence_in_many_families_does_not_add_up_like_strong_evidence():
+    """Fisher's combination: surprisal spread over several families is worth less than its sum."""
+    from linkage.chance import fisher_log_tail
+    assert fisher_log_tail(np.array([12.0]), np.array([1]))[0] == pytest.approx(12.0)
+    combined = fisher_log_tail(np.array([12.0, 12.0]), np.array([2, 4]))
+    assert combined[0] == pytest.approx(12.0 - np.log(13.0))
+    assert combined[1] < combined[0] < 12.0
 
 
 def test_declared_org_explains_sharing() -> None:
-    shares = {"PAID_WITH": [("card_org", [0, 1]), ("card_other", [2, 3])]}
-    graph = _graph(200, shares, orgs={0: "org_a", 1: "org_a"})
+    n = 500
+    shares = {"PAID_WITH": [("card_org", [0, 1]), ("card_other", [2, 3])] + _singly_held(n, "PAID_WITH", "c", {0, 1, 2, 3})}
+    graph = _graph(n, shares, orgs={0: "org_a", 1: "org_a"})
     assert _pair_weight(graph, 0, 1) == pytest.approx(DetectSettings().org_discount * _pair_weight(graph, 2, 3))
 
 
 def test_hubs_never_expand_into_cliques() -> None:
     n = 5000
     graph = _graph(n, {"USED_DEVICE": [("sdk-default", list(range(n)))], "SENT_TEMPLATE": [("T1", list(range(600)))]})
-    settings = DetectSettings(min_pair_weight=0.0)
+    settings = DetectSettings()
     accounts, evidence = memberships(graph, settings)
-    pairs = project(accounts, evidence, settings)
+    pairs = project(accounts, evidence, settings, threshold=0.0)
     assert pairs.height <= 600 * 2 * settings.hub_partners  # a clique would be 179,700 pairs
     ubiquitous = evidence.filter(pl.col("entity") == "Device|sdk-default")
     assert ubiquitous.height == 0, "an entity used by everyone carries no evidence"
@@ -172,9 +211,10 @@ def test_detection_from_the_embedded_graph_store_equals_the_run(tmp_path: Path) 
     assert runner.invoke(main, ["detect", "--out", str(tmp_path / "x")]).exit_code == 2
 
 
-def _brute_force_weight(small: dict, a: dict, b: dict, rules) -> float:
-    """The pair-weight rule written out plainly: per type the strongest value plus a capped share of
-    the rest; per family the same again."""
+def _brute_force_weight(small: dict, a: dict, b: dict, rules, ends: tuple[int, int]) -> tuple[float, int]:
+    """The pair rule written out plainly: per type the strongest value plus a capped share of the
+    rest, less what both ends' memberships make expected; per family the same again; and the
+    number of families that gave anything."""
     values: dict[int, list[float]] = {t: list(v) for t, v in small.items()}
     for (t, e), v in a.items():
         if (t, e) in b:
@@ -182,17 +222,21 @@ def _brute_force_weight(small: dict, a: dict, b: dict, rules) -> float:
     per_family: dict[int, list[float]] = {}
     for t, shared in values.items():
         best = max(shared)
-        capped = min(best + rules.extra * min(sum(shared) - best, best), rules.caps[t])
-        per_family.setdefault(int(rules.family_code[t]), []).append(capped)
-    return sum(max(v) + rules.extra * min(sum(v) - max(v), max(v)) for v in per_family.values())
+        value = best + rules.extra * min(sum(shared) - best, best) \
+            - rules.log_memberships[ends[0], t] - rules.log_memberships[ends[1], t]
+        if value > 0:
+            per_family.setdefault(int(rules.family_code[t]), []).append(value)
+    total = sum(max(v) + rules.extra * min(sum(v) - max(v), max(v)) for v in per_family.values())
+    return total, len(per_family)
 
 
 @pytest.mark.parametrize("threads", ["one", "two"])
 def test_pair_weights_match_brute_force(threads, monkeypatch):
+    """Small-entity contributions and hubs both ends hold (valued on the first end), combined per
+    type and family less the degree correction, exactly as the rule says — including pairs sharing
+    nothing."""
     if threads == "two":  # the candidates cut in two halves weighed on two threads
         monkeypatch.setattr("linkage.detect.PARALLEL_MIN_PAIRS", 2)
-    """Small-entity contributions and hubs both ends hold (valued on the first end), combined per
-    type and family with caps, exactly as the rule says — including pairs sharing nothing."""
     from linkage.detect import Held, Shared, TypeRules, pair_weights
     rng = np.random.default_rng(5)
     n_accounts, n_types = 70, 4
@@ -201,15 +245,16 @@ def test_pair_weights_match_brute_force(threads, monkeypatch):
     keep = np.unique(member * 1000 + entity, return_index=True)[1]
     member, entity = member[keep], entity[keep]
     hub_type = entity % n_types  # an entity belongs to one type
-    hub_value = rng.random(len(member))
-    ca = rng.integers(0, n_accounts, 400)
+    hub_value = 3 * rng.random(len(member))
+    ca = np.sort(rng.integers(0, n_accounts, 400))
     cb = rng.integers(0, n_accounts, 400)
     position = rng.integers(0, len(ca), 300)
     small_type = rng.integers(0, n_types, 300)
-    small_value = rng.random(300)
-    rules = TypeRules(caps=np.array([1.5, 0.8, 2.0, 0.5]), family_code=np.array([0, 1, 1, 2]), n_families=3, extra=0.25)
-    weights = pair_weights(n_accounts, ca, cb, Shared(position, small_type, small_value),
-                           Held(member, hub_type, entity, hub_value), rules)
+    small_value = 3 * rng.random(300)
+    log_memberships = np.log(rng.integers(1, 4, (n_accounts, n_types)).astype(float))
+    rules = TypeRules(log_memberships=log_memberships, family_code=np.array([0, 1, 1, 2]), n_families=3, extra=0.25)
+    weights, families = pair_weights(n_accounts, ca, cb, Shared(position, small_type, small_value),
+                                     Held(member, hub_type, entity, hub_value), rules)
     hubs: dict[int, dict] = {}
     for m, t, e, v in zip(member, hub_type, entity, hub_value):
         hubs.setdefault(int(m), {})[(int(t), int(e))] = v
@@ -217,9 +262,11 @@ def test_pair_weights_match_brute_force(threads, monkeypatch):
         small: dict[int, list[float]] = {}
         for k in np.flatnonzero(position == p):
             small.setdefault(int(small_type[k]), []).append(small_value[k])
-        expected = _brute_force_weight(small, hubs.get(int(ca[p]), {}), hubs.get(int(cb[p]), {}), rules)
+        expected, expected_families = _brute_force_weight(small, hubs.get(int(ca[p]), {}), hubs.get(int(cb[p]), {}),
+                                                          rules, (int(ca[p]), int(cb[p])))
         assert weights[p] == pytest.approx(expected), p
-    assert (weights == 0).any() and (weights > 0).any()
+        assert families[p] == expected_families, p
+    assert (weights == 0).any() and (weights > 0).any() and (families >= 2).any()
 
 
 def test_relationship_tables_are_in_text_order_whatever_the_category_codes():
@@ -310,21 +357,34 @@ def test_top_per_account_keeps_each_accounts_most_used_entities():
             assert got.tolist() == sorted(expected), (trial, cap)
 
 
-def test_activity_similarity_is_the_agreement_of_signatures_above_chance():
-    """Lockstep per pair: the share of MinHash positions two accounts agree on, rescaled above chance
-    (0.2) and 0 when either has no signature — checked against a plain computation."""
-    from linkage.detect import _activity_similarity
-    from linkage.graph import ACTIVITY_SIGNATURE_SIZE
-
+def test_signature_agreement_equals_a_plain_count():
+    from linkage.detect import _signature_agreement
     rng = np.random.default_rng(4)
-    n, width = 300, ACTIVITY_SIGNATURE_SIZE
-    base = rng.integers(0, 3, (n, width))
-    signatures = [None if i % 7 == 0 else base[i].tolist() for i in range(n)]
-    accounts = pl.DataFrame({"activity_signature": signatures}, schema={"activity_signature": pl.List(pl.Int64)})
-    ca, cb = rng.integers(0, n, 5000), rng.integers(0, n, 5000)
-    got = _activity_similarity(accounts, ca, cb)
-    for p in range(len(ca)):
-        a, b = signatures[ca[p]], signatures[cb[p]]
-        share = 0.0 if a is None or b is None else sum(x == y for x, y in zip(a, b)) / width
-        assert got[p] == pytest.approx(min(max((share - 0.2) / 0.8, 0.0), 1.0))
-    assert (got == 0).any() and (got == 1).any() and ((got > 0) & (got < 1)).any()
+    n, width = 300, 16
+    matrix = rng.integers(0, 3, (n, width)).astype(np.int32)
+    has = np.arange(n) % 7 != 0
+    ca, cb = rng.integers(0, n, 3000), rng.integers(0, n, 3000)
+    got = _signature_agreement(matrix, has, ca, cb)
+    expected = np.where(has[ca] & has[cb], (matrix[ca] == matrix[cb]).mean(axis=1), 0.0)
+    assert np.allclose(got, expected)
+
+
+def test_lockstep_is_surprising_only_beyond_what_independent_accounts_share():
+    """Two accounts active in the very same windows among many: far beyond chance. Two accounts active
+    around the clock: their agreement is expected and worth little."""
+    from linkage.chance import lockstep_surprisal
+    same = lockstep_surprisal(np.array([0.75]), np.array([20.0]), np.array([20.0]), 720.0, 1.0)
+    always_on = lockstep_surprisal(np.array([0.75]), np.array([700.0]), np.array([700.0]), 720.0, 1.0)
+    one_of_two = lockstep_surprisal(np.array([1 / 3]), np.array([2.0]), np.array([2.0]), 600.0, 1.0)
+    nothing = lockstep_surprisal(np.array([0.0]), np.array([20.0]), np.array([20.0]), 720.0, 1.0)
+    assert same[0] > 20 and always_on[0] < 2 and nothing[0] == 0
+    assert one_of_two[0] < 6, "two users with two active hours each meeting once is not lockstep"
+
+
+def test_window_counts_estimate_distinct_windows_from_minhash():
+    from linkage.chance import window_counts
+    rng = np.random.default_rng(2)
+    for true in (5, 50, 500):
+        minima = np.array([(rng.random(true).min() * (1 << 31)) for _ in range(16 * 200)]).reshape(200, 16)
+        estimate = window_counts(minima.astype(np.int64), np.ones(200, bool))
+        assert np.median(estimate) == pytest.approx(true, rel=0.35)
