@@ -33,7 +33,7 @@ class TemplateSettings(_Section):
     max_prompts_per_account: int = Field(10, gt=0, description="distinct prompts mined per account over the whole input (those of smallest text hash)")
     max_segments: int = Field(32, gt=0, description="segments kept per prompt")
     min_segment_accounts: int = Field(3, ge=2, description="a segment used by this many accounts is scaffold, not filler")
-    min_scaffold_chars: int = Field(40, ge=0, description="fixed text a scaffold needs around its slots; shorter stock phrases are everyday phrasing")
+    min_scaffold_chars: int = Field(25, ge=0, description="fixed text a scaffold needs around its slots; shorter stock phrases are everyday phrasing")
     sibling_support_ratio: float = Field(0.2, ge=0, le=1, description="a segment rarer than this share of its prompt's most common segment is filler")
     near_duplicate_jaccard: float = Field(0.6, gt=0, le=1, description="templates this similar (MinHash LSH) are merged")
     example_sample_modulus: int = Field(64, gt=0, description="1 in N prompts kept as template examples")

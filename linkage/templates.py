@@ -9,8 +9,10 @@ Two phases so that the request log streams:
 2. once over the sample (:meth:`TemplateMiner.finish`): variable slots are masked, masked prompts
    cut into sentence/line segments; a segment that occurs in at least ``min_segment_accounts``
    *distinct* masked prompts is scaffold, anything rarer a filled slot. A prompt's template is the
-   ordered scaffold segments with each run of slots collapsed into one. A prompt with no scaffold
-   but sent that often verbatim (after masking) is its own template. Templates whose scaffold text
+   ordered scaffold segments with each run of slots collapsed into one. Only prompts with a slot
+   (filler or a masked value) and at least ``min_scaffold_chars`` of scaffold text have a template:
+   a question many people send word for word, or a stock phrase around their own text, is
+   everyday phrasing, not a generation scaffold. Templates whose scaffold text
    is near-identical (MinHash LSH over word shingles) are merged. Every request whose text was
    sampled (for any account) gets the text's template.
 
@@ -184,6 +186,8 @@ class TemplateMiner:
     _sample: PromptSample = field(init=False)
     _segment_text: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"segment_key": pl.UInt64, "segment": pl.Utf8}))
     _examples: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"prompt_key": pl.UInt64, "example": pl.Utf8}))
+    # per distinct masked prompt: its masked values and length (set by _mine_texts)
+    _masked_shape: pl.DataFrame = field(default_factory=pl.DataFrame)
     # (prompt_key, token) rows of every signature, in order: set by finish() for the template texts
     _tokens: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"prompt_key": pl.UInt64, "token": pl.UInt64}))
 
@@ -251,6 +255,9 @@ class TemplateMiner:
 
         masked = _in_halves(mask, texts)
         distinct = masked.unique("masked_key", keep="first", maintain_order=True)
+        self._masked_shape = distinct.select(
+            pl.col("masked_key").alias("prompt_key"), pl.col("masked").str.count_matches("‹").alias("masked_values"),
+            pl.col("masked").str.len_chars().alias("masked_chars"))
 
         def segment(part: pl.DataFrame) -> pl.DataFrame:
             return split_segments(part["masked_key"], part["masked"], settings.max_segments) \
@@ -305,10 +312,18 @@ class TemplateMiner:
         # question many people send word for word, or a short stock phrase ("step by step please.")
         # around their own text, is everyday phrasing, not a generation scaffold
         shape = self._scaffold_shape(marked)
-        keyed = signatures.join(shape, on="prompt_key", how="left").filter(
+        with_scaffold = signatures.join(shape, on="prompt_key", how="left").filter(
             (pl.col("scaffold_segments") > 0) & pl.col("slots").fill_null(0).gt(0)
             & pl.col("scaffold_chars").fill_null(0).ge(self.settings.min_scaffold_chars)) \
-            .with_columns(pl.col("sequence_key").alias("template_key")).drop("sequence_key", "slots", "scaffold_chars")
+            .with_columns(pl.col("sequence_key").alias("template_key")).drop("slots", "scaffold_chars")
+        # a prompt sent that often whose every variable part was masked (ids, numbers, URLs) is a
+        # scaffold too: its masked values are the slots
+        verbatim = signatures.join(self._masked_shape, on="prompt_key", how="left").filter(
+            (pl.col("scaffold_segments") == 0) & (pl.col("requests") >= self.settings.min_segment_accounts)
+            & (pl.col("masked_values") > 0) & (pl.col("masked_chars") >= self.settings.min_scaffold_chars)) \
+            .with_columns((pl.col("prompt_key") ^ pl.lit(0x5BD1E995, pl.UInt64)).alias("template_key")) \
+            .drop("masked_values", "masked_chars")
+        keyed = pl.concat([with_scaffold, verbatim]).drop("sequence_key")
         self._tokens = marked.select("prompt_key", "token")
         keyed = self._merge_near_duplicates(keyed)
         by_masked = keyed.select(pl.col("prompt_key").alias("masked_key"), _template_id(pl.col("template_key")).alias("template_id"))
@@ -320,9 +335,11 @@ class TemplateMiner:
     # ------------------------------------------------------------ helpers
     def _scaffold_shape(self, marked: pl.DataFrame) -> pl.DataFrame:
         """Per prompt: its runs of filled slots and the characters of its scaffold text."""
-        lengths = self._segment_text.select("segment_key", pl.col("segment").str.len_chars().alias("chars"))
+        # a slot is a run of filler segments or a masked value (‹n›, ‹name›) inside the scaffold text
+        lengths = self._segment_text.select("segment_key", pl.col("segment").str.len_chars().alias("chars"),
+                                            pl.col("segment").str.count_matches("‹").alias("masked"))
         return marked.join(lengths, left_on="token", right_on="segment_key", how="left").group_by("prompt_key").agg(
-            (~pl.col("is_scaffold")).sum().alias("slots"),
+            ((~pl.col("is_scaffold")).sum() + pl.col("masked").filter(pl.col("is_scaffold")).sum()).alias("slots"),
             pl.col("chars").filter(pl.col("is_scaffold")).sum().alias("scaffold_chars"))
 
     def _template_texts(self, keyed: pl.DataFrame) -> pl.DataFrame:
