@@ -28,7 +28,7 @@ Nothing here is a weight chosen on one data set. Each figure is estimated from t
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import gammaincc
+from scipy.special import gammaln, logsumexp
 from scipy.stats import poisson
 
 _LOCKSTEP_CALIBRATION_PAIRS = 200_000
@@ -57,19 +57,16 @@ def entity_surprisal(type_code: np.ndarray, entity: np.ndarray, degree: np.ndarr
 
 def fisher_log_tail(total: np.ndarray, families: np.ndarray) -> np.ndarray:
     """``−ln P(Σ of m independent Exp(1) ≥ S)`` for each (S, m): the combined surprisal of ``m``
-    pieces of evidence whose surprisals add up to ``S`` (m = 0 or S = 0: nothing, 0)."""
-    total = np.asarray(total, np.float64)
+    pieces of evidence whose surprisals add up to ``S`` (S = 0: nothing, 0).
+
+    The tail is ``e^{−S} Σ_{k<m} S^k/k!``; its log is taken as a log-sum-exp so that it stays exact
+    far in the tail, where the probability itself underflows."""
+    total = np.maximum(np.asarray(total, np.float64), 0.0)
     m = np.maximum(np.asarray(families, np.int64), 1)
-    # P(Gamma(m, 1) ≥ S) is the regularised upper incomplete gamma function Q(m, S)
-    tail = gammaincc(m, np.maximum(total, 0.0))
-    out = -np.log(np.clip(tail, 1e-300, 1.0))
-    # (far in the tail Q underflows: use its log expansion, S − ln Σ S^k/k! for k < m)
-    deep = tail < 1e-250
-    if deep.any():
-        s, mm = total[deep], m[deep]
-        out[deep] = s - np.log(np.array([sum(x ** k / np.prod(np.arange(1, k + 1)) for k in range(int(j)))
-                                         for x, j in zip(s, mm)]))
-    return np.where(total > 0, out, 0.0)
+    k = np.arange(int(m.max(initial=1)))
+    terms = k[None, :] * np.log(np.maximum(total, 1e-300))[:, None] - gammaln(k + 1)[None, :]
+    terms = np.where(k[None, :] < m[:, None], terms, -np.inf)
+    return np.where(total > 0, total - logsumexp(terms, axis=1), 0.0)
 
 
 def link_threshold(n_accounts: int, chance_links_per_account: float) -> float:

@@ -1,20 +1,16 @@
 """Stage 4 — detect: project the heterogeneous graph onto accounts and run Leiden.
 
-Evidence is a table of memberships (account, entity). Each entity gets a value
-
-    v = type weight × ip-type factor × rarity × (1 − d / (ubiquity_share · N)),
-    rarity = ln(N/d) / ln(N/2)
-
-(d = accounts sharing it, N = accounts), so a card shared by two accounts is worth far
-more than a carrier-NAT address shared by three thousand, and an SDK default fingerprint
-or a template used by a fifth of all customers is worth nothing. A pair of accounts is linked by
-the sum of the values of everything it shares (capped per evidence type), plus lockstep
-activity, scaled down when both seats belong to the same declared org.
+Evidence is a table of memberships (account, entity). What a pair of accounts shares is
+weighed against chance in this run (:mod:`linkage.chance`): per evidence type the surprisal of
+the rarest entity they share under a configuration model, less what their own memberships make
+expected; correlated types grouped in families; families combined with Fisher's tail; lockstep
+activity as one more family; scaled down when both seats belong to the same declared org. A pair
+links when chance links at that level would stay under ``chance_links_per_account`` per account.
 
 Entities shared by few accounts expand into all their pairs. A hub is never expanded into
 its clique: its members are joined by a few random cycles (an expander, which Leiden does not
-cut apart) and every such candidate pair is then weighed on *all* it shares. Pairs below
-``min_pair_weight`` are dropped, so sharing one benign hub never links two accounts.
+cut apart) and every such candidate pair is then weighed on *all* it shares. Communities are
+Leiden's CPM partition of the linked pairs (no resolution limit, no pull from the run's size).
 """
 from __future__ import annotations
 

@@ -38,16 +38,9 @@ from .settings import ScoreSettings
 
 RISK_FEATURES = ("proxy_share", "recency", "address_spread", "scaffold_share", "reasoning_share",
                  "output_per_request", "input_per_request", "volume")
-FEATURE_WEIGHTS = {
-    "coordination": 0.05,
-    "owned_infrastructure": 0.10,
-    "owned_templates": 0.20,
-    "reasoning_style": 0.15,
-    "equal_volume": 0.15,
-    "lockstep": 0.15,
-    "proxy_share": 0.10,
-    "signup_burst": 0.10,
-}
+# how a ring is tied (columns and evidence text; the score is the members' risk)
+COORDINATION_FEATURES = ("coordination", "owned_infrastructure", "owned_templates", "reasoning_style", "equal_volume",
+                         "lockstep", "proxy_share", "signup_burst")
 _INFRA_TYPES = ["PaymentInstrument", "IP", "SignupIP", "Subnet", "Device", "Bin"]
 _BURST_WINDOW_MS = 6 * 3600 * 1000
 
@@ -104,7 +97,7 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
         pl.format("; declared org {}%", (pl.col("org_explained") * 100).round(0)),
     ]).str.strip_chars("; ").alias("evidence"))
     rings = rings.sort(["score", "ring_id"], descending=[True, False])
-    order = ["ring_id", "score", "size", "flagged", "background_percentile", *FEATURE_WEIGHTS, "org_explained", "org_id",
+    order = ["ring_id", "score", "size", "flagged", "background_percentile", *COORDINATION_FEATURES, "org_explained", "org_id",
              "requests", "evidence"]
     # round: parallel float sums may differ in the last bit between runs; outputs must not
     rings = rings.select(order).with_columns(pl.col(pl.Float64).round(6))
@@ -166,7 +159,7 @@ def _background_percentile(background: pl.Series, score: pl.Expr) -> pl.Expr:
 def _empty_rings() -> pl.DataFrame:
     schema = {"ring_id": pl.Utf8, "score": pl.Float64, "size": pl.Int64, "flagged": pl.Boolean,
               "background_percentile": pl.Float64}
-    schema |= {name: pl.Float64 for name in FEATURE_WEIGHTS}
+    schema |= {name: pl.Float64 for name in COORDINATION_FEATURES}
     schema |= {"org_explained": pl.Float64, "org_id": pl.Utf8, "requests": pl.Int64, "evidence": pl.Utf8}
     return pl.DataFrame(schema=schema)
 
@@ -190,7 +183,8 @@ def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFr
 
 
 def _coordination(strength: pl.DataFrame) -> pl.DataFrame:
-    return strength.group_by("ring_id").agg((pl.col("strength").median() / 6.0).clip(0, 1).alias("coordination"))
+    """The median member's summed link surprisal inside its ring (nats)."""
+    return strength.group_by("ring_id").agg(pl.col("strength").median().alias("coordination"))
 
 
 def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
@@ -261,6 +255,7 @@ def _signup_burst(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame
 
 
 def _lockstep(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
+    """The mean lockstep surprisal (nats) of the ring's links."""
     ring_by_idx = members.select("idx", "ring_id")
     edges = detection.pairs.join(ring_by_idx.rename({"idx": "a"}), on="a") \
         .join(ring_by_idx.rename({"idx": "b", "ring_id": "rb"}), on="b").filter(pl.col("ring_id") == pl.col("rb"))
