@@ -12,9 +12,9 @@ Nothing here is a weight chosen on one data set. Each figure is estimated from t
   default or an everyday phrasing used by hundreds is not, and an account holding many entities
   (a proxy rotator) is expected to meet others.
 - **Lockstep activity.** Two independent accounts active in ``A`` and ``B`` of ``W`` time windows
-  share about ``A·B/W`` of them, times one factor measured on random pairs of this run (people are
-  all awake at similar hours); the windows they share (estimated from their MinHash agreement) are
-  weighed by the Poisson tail.
+  share ``O ~ Poisson(λ)`` of them, ``λ = c·A·B/W`` with ``c`` measured on random pairs of this run
+  (people are all awake at similar hours); given ``O`` each of the MinHash positions agrees with
+  probability ``O/(A+B−O)``. The agreement seen is weighed by the tail of that mixture.
 - **Combining evidence (Fisher).** Correlated types (an address, its subnet and ASN) form a family
   in which only the strongest counts in full; families are independent, and a pair's total
   surprisal ``S`` over the ``m`` families it shares is converted into a probability with Fisher's
@@ -27,9 +27,10 @@ Nothing here is a weight chosen on one data set. Each figure is estimated from t
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from scipy.special import gammaln, logsumexp
-from scipy.stats import poisson
+from scipy.stats import binom
 
 _LOCKSTEP_CALIBRATION_PAIRS = 200_000
 
@@ -92,13 +93,58 @@ def shared_windows(agreement: np.ndarray, windows_a: np.ndarray, windows_b: np.n
 
 
 def lockstep_surprisal(agreement: np.ndarray, windows_a: np.ndarray, windows_b: np.ndarray, total_windows: float,
-                       calibration: float) -> np.ndarray:
-    """Poisson-tail surprisal of the windows two accounts share, against the ``A·B/W`` that independent
-    accounts of those window counts share (times the run's ``calibration``)."""
+                       calibration: float, width: int) -> np.ndarray:
+    """Surprisal of two accounts agreeing on ``agreement × width`` MinHash positions of their active
+    windows, when they are independent: they then share ``O ~ Poisson(λ)`` windows (``λ`` =
+    ``calibration × A·B/W``), so their Jaccard index is ``O / (A + B − O)``, and given it each
+    position agrees with that probability. Both sources of chance count: a few shared hours
+    between two barely active accounts, and the MinHash's own sampling noise for busy ones."""
+    agree = np.rint(agreement * width).astype(np.int64)
     expected = calibration * windows_a * windows_b / max(total_windows, 1.0)
-    shared = np.floor(shared_windows(agreement, windows_a, windows_b) + 0.5)
-    tail = poisson.sf(shared - 1, np.maximum(expected, 1e-12))
-    return np.where(shared > 0, -np.log(np.clip(tail, 1e-300, 1.0)), 0.0)
+    log_tail = _log_binomial_tails(width, _JACCARD_GRID)
+    surprisal = _mixture_surprisal(agree, np.rint(windows_a).astype(np.int64), np.rint(windows_b).astype(np.int64),
+                                   expected, log_tail)
+    return np.where(agree > 0, surprisal, 0.0)
+
+
+_JACCARD_GRID = 4096
+
+
+def _log_binomial_tails(width: int, grid: int) -> np.ndarray:
+    """``ln P(Binomial(width, J) ≥ x)`` for x = 0 … width and J on ``grid + 1`` points of [0, 1]."""
+    jaccard = np.linspace(0.0, 1.0, grid + 1)
+    with np.errstate(divide="ignore"):
+        return np.log(np.stack([binom.sf(x - 1, width, jaccard) for x in range(width + 1)]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _mixture_surprisal(agree, windows_a, windows_b, expected, log_tail):
+    grid = log_tail.shape[1] - 1
+    out = np.zeros(len(agree))
+    for p in range(len(agree)):
+        x = agree[p]
+        if x <= 0:
+            continue
+        a, b, lam = max(windows_a[p], 1), max(windows_b[p], 1), max(expected[p], 1e-12)
+        top = min(a, b)
+        log_lam = np.log(lam)
+        best, total = -np.inf, 0.0  # running log-sum-exp over the shared-window count o
+        log_pmf = -lam
+        for o in range(top + 1):
+            if o > 0:
+                log_pmf += log_lam - np.log(o)
+            jaccard = o / (a + b - o)
+            term = log_pmf + log_tail[x, int(jaccard * grid + 0.5)]
+            if term > best:
+                total = total * np.exp(best - term) + 1.0
+                best = term
+            elif term > -np.inf:
+                total += np.exp(term - best)
+            # past the mode the Poisson only falls: stop once what is left cannot matter
+            if o > lam and log_pmf + np.log(top - o + 1.0) < best - 40.0:
+                break
+        out[p] = -(best + np.log(total)) if best > -np.inf else 745.0
+    return out
 
 
 def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, total_windows: float,

@@ -557,7 +557,7 @@ def _lockstep(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: 
         return _signature_agreement(matrix, has, a.astype(np.int64), b.astype(np.int64))
 
     calibration = lockstep_calibration(agreement_of, windows, has, total_windows, settings.seed)
-    return lockstep_surprisal(agreement_of(ca, cb), windows[ca], windows[cb], total_windows, calibration)
+    return lockstep_surprisal(agreement_of(ca, cb), windows[ca], windows[cb], total_windows, calibration, width)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -373,10 +373,10 @@ def test_lockstep_is_surprising_only_beyond_what_independent_accounts_share():
     """Two accounts active in the very same windows among many: far beyond chance. Two accounts active
     around the clock: their agreement is expected and worth little."""
     from linkage.chance import lockstep_surprisal
-    same = lockstep_surprisal(np.array([0.75]), np.array([20.0]), np.array([20.0]), 720.0, 1.0)
-    always_on = lockstep_surprisal(np.array([0.75]), np.array([700.0]), np.array([700.0]), 720.0, 1.0)
-    one_of_two = lockstep_surprisal(np.array([1 / 3]), np.array([2.0]), np.array([2.0]), 600.0, 1.0)
-    nothing = lockstep_surprisal(np.array([0.0]), np.array([20.0]), np.array([20.0]), 720.0, 1.0)
+    same = lockstep_surprisal(np.array([0.75]), np.array([20.0]), np.array([20.0]), 720.0, 1.0, 16)
+    always_on = lockstep_surprisal(np.array([0.75]), np.array([700.0]), np.array([700.0]), 720.0, 1.0, 16)
+    one_of_two = lockstep_surprisal(np.array([5 / 16]), np.array([2.0]), np.array([2.0]), 600.0, 1.0, 16)
+    nothing = lockstep_surprisal(np.array([0.0]), np.array([20.0]), np.array([20.0]), 720.0, 1.0, 16)
     assert same[0] > 20 and always_on[0] < 2 and nothing[0] == 0
     assert one_of_two[0] < 6, "two users with two active hours each meeting once is not lockstep"
 
