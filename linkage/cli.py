@@ -117,12 +117,14 @@ def _neo4j_store(settings: Settings):
 @click.option("--scale", type=float, default=0.01, show_default=True, help="1.0 ≈ the reported incident")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv", "jsonl"]), default="parquet", show_default=True)
+@click.option("--world", type=click.Choice(["random", "fixed"]), default="random", show_default=True,
+              help="random: the seed also draws the confounder mix, campaign tactics and data gaps; fixed: the original world")
 @verbosity
-def simulate(out_dir: str, scale: float, seed: int, fmt: str, verbose: int) -> None:
+def simulate(out_dir: str, scale: float, seed: int, fmt: str, world: str, verbose: int) -> None:
     """Write a synthetic input set with campaigns and benign confounders; labels go to OUT/labels."""
     _setup_logging(verbose)
     from .simulate import SimulationConfig, simulate as simulate_data
-    summary = simulate_data(Path(out_dir), SimulationConfig(scale=scale, seed=seed, fmt=fmt))
+    summary = simulate_data(Path(out_dir), SimulationConfig(scale=scale, seed=seed, fmt=fmt, world=world))
     click.echo(json.dumps(summary))
 
 

@@ -16,9 +16,10 @@ scale or mix), and its risk is the mean of those percentiles (:data:`RISK_FEATUR
 A feature whose column is absent from the input is left out rather than counted as innocence.
 
 **Ring score** = the mean risk of its members, shrunk towards the background mean by
-``prior_members`` pseudo-members (a small ring's mean is noisy). **Flag**: the ring's average member is riskier
-than all but ``flag_background_share`` of the accounts no ring holds (the run's own, mostly
-benign, background). A random group's mean is far less spread than single accounts, so few
+``prior_members`` pseudo-customers; a ring weighs as many customers as it holds (the seats of a
+declared org are one), so a small ring, or one org's seats, needs to be risky throughout. **Flag**: the ring's average
+member is riskier than all but ``flag_background_share`` of the customers no ring holds (the
+run's own, mostly benign, background; a declared org counts as one customer). A random group's mean is far less spread than single accounts, so few
 benign groups get there by chance; operations are risky member after member.
 
 The older coordination features (lockstep, owned infrastructure and templates, equal volume,
@@ -73,13 +74,17 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
                 .join(_lockstep(detection, members), on="ring_id", how="left")
                 .with_columns(pl.col(pl.Float64).fill_null(0.0)))
     risk = account_risk(graph)
-    background = risk.join(members.select("account_id"), on="account_id", how="anti")["risk"]
+    background = background_risk(risk, members, accounts)
     prior = float(background.mean()) if background.len() else 0.5
-    # the mean of a few members is noisy: shrunk towards the background by ``prior_members``
-    # pseudo-members, so a ring of three needs to be risky throughout, a ring of fifty barely moves
-    ring_risk = members.join(risk, on="account_id", how="left").group_by("ring_id").agg(
-        ((pl.col("risk").fill_null(0.0).sum() + settings.prior_members * prior)
-         / (pl.len() + settings.prior_members)).alias("score"))
+    # the mean of a few customers is noisy: shrunk towards the background by ``prior_members``
+    # pseudo-customers, so a ring of three needs to be risky throughout, a ring of fifty barely
+    # moves, and the seats of one declared org (one customer) move it little
+    customers = members.join(accounts.select("account_id", "org_id"), on="account_id", how="left")
+    ring_risk = customers.join(risk, on="account_id", how="left").group_by("ring_id").agg(
+        pl.col("risk").fill_null(0.0).mean().alias("mean"),
+        pl.coalesce("org_id", "account_id").n_unique().alias("customers"))
+    ring_risk = ring_risk.select("ring_id", ((pl.col("mean") * pl.col("customers") + settings.prior_members * prior)
+                                             / (pl.col("customers") + settings.prior_members)).alias("score"))
     cut = flag_cut(background if background.len() else risk["risk"], settings.flag_background_share)
     threshold = cut if flag_threshold is None else flag_threshold
     rings = features.join(ring_risk, on="ring_id", how="left").with_columns(pl.col("score").fill_null(0.0))
@@ -140,6 +145,16 @@ def account_risk(graph: Graph) -> pl.DataFrame:
     percentiles = values.select("account_id", *[(pl.col(name).fill_null(pl.col(name).min()).rank("average")
                                                  / pl.len()).alias(name) for name in available])
     return percentiles.with_columns(pl.mean_horizontal(available).alias("risk"))
+
+
+def background_risk(risk: pl.DataFrame, members: pl.DataFrame, accounts: pl.DataFrame) -> pl.Series:
+    """The run's background: the risk of every customer no ring holds, a declared org counted once
+    (the mean of its seats). Seats of one org behave alike; forty of them would otherwise decide
+    the background's tail by themselves."""
+    unlinked = risk.join(members.select("account_id"), on="account_id", how="anti") \
+        .join(accounts.select("account_id", "org_id"), on="account_id", how="left")
+    return unlinked.group_by(pl.coalesce("org_id", "account_id").alias("customer")).agg(pl.col("risk").mean()) \
+        .sort("customer")["risk"]
 
 
 def flag_cut(background: pl.Series, share: float) -> float:

@@ -95,7 +95,7 @@ class DetectSettings(_Section):
 
 class ScoreSettings(_Section):
     flag_background_share: float = Field(0.05, gt=0, lt=1, description="rings whose average member is riskier than all but this share of unlinked accounts are flagged")
-    prior_members: float = Field(2.0, ge=0, description="pseudo-members of background risk a ring's mean is shrunk by")
+    prior_members: float = Field(2.0, ge=0, description="pseudo-customers of background risk a ring's mean is shrunk by")
     flag_threshold: float | None = Field(None, ge=0, le=1, description="a fixed risk to flag at instead (overrides the background cut)")
     top_evidence: int = Field(5, gt=0, description="shared entities listed per ring")
 

@@ -13,7 +13,7 @@ campus egress, SDK defaults, popular templates, org seats).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +83,79 @@ SCAFFOLDS = {
 
 
 @dataclass
+class CampaignTactics:
+    """How one campaign operates in a world; the fixed world's values are the defaults of
+    :meth:`World.fixed`."""
+
+    size: float = 1.0  # multiplier on its account count
+    camouflage: float = 0.1  # share of requests drawn from benign phrasing
+    timing: str = "scheduled"  # scheduled | scheduled_jitter | careful
+    volume: float = 1.0  # multiplier on requests per account (account lifetime)
+    paraphrases: int = 1  # reworded variants of each scaffold it uses
+
+
+@dataclass
+class World:
+    """What a simulated provider month is made of. ``fixed()`` is the original world; ``draw(seed)``
+    a random member of the family: confounder mix and sizes, how varied benign prompts are,
+    campaign tactics, and gaps in the optional columns. Nothing here is read by detection."""
+
+    benign: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BENIGN_KINDS, 1.0))
+    everyday_shapes: int = 0  # extra benign prompt shapes from the phrase-bank generator
+    campaigns: dict[str, CampaignTactics] = field(default_factory=lambda: {
+        "campaign_hydra": CampaignTactics(camouflage=0.15, timing="scheduled_jitter"),
+        "campaign_sticky": CampaignTactics(camouflage=0.08, timing="scheduled"),
+        "campaign_dc": CampaignTactics(camouflage=0.1, timing="scheduled_jitter"),
+        "campaign_careful": CampaignTactics(camouflage=0.3, timing="careful"),
+    })
+    hydra_pool: str = "resproxy"  # resproxy | dcproxy | carrier0 (mobile proxies)
+    hydra_accounts_per_card: int = 330
+    sticky_device: str = "custom"  # custom | sdk_default
+    dc_fake_org_share: float = 0.2
+    missing: dict[str, float] = field(default_factory=lambda: {"device_id": 0.0, "asn": 0.0, "ip_type": 0.0})
+
+    @classmethod
+    def fixed(cls) -> "World":
+        return cls()
+
+    @classmethod
+    def draw(cls, seed: int) -> "World":
+        rng = np.random.default_rng(seed + 7_777)
+
+        def multiplier(low: float = 0.3, high: float = 3.0) -> float:
+            return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+        campaigns = {name: CampaignTactics(
+            size=multiplier(0.3, 2.0), camouflage=float(rng.uniform(0.05, 0.6)),
+            timing=str(rng.choice(["scheduled", "scheduled_jitter", "careful"])), volume=multiplier(0.5, 2.0),
+            paraphrases=int(rng.choice([1, 1, 2, 4]))) for name in cls().campaigns}
+        return cls(
+            benign={kind: multiplier() for kind in BENIGN_KINDS},
+            everyday_shapes=int(rng.choice([0, 40, 200, 1000])),
+            campaigns=campaigns,
+            hydra_pool=str(rng.choice(["resproxy", "dcproxy", "carrier0"])),
+            hydra_accounts_per_card=int(rng.choice([25, 100, 330, 1000])),
+            sticky_device=str(rng.choice(["custom", "sdk_default"])),
+            dc_fake_org_share=float(rng.uniform(0.0, 0.6)),
+            missing={column: float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.5), 1.0]))
+                     for column in ("device_id", "asn", "ip_type")})
+
+    def describe(self) -> dict[str, object]:
+        return asdict(self)
+
+
+BENIGN_KINDS = ("regular", "mobile_nat", "university", "org_seats", "family", "vpn", "relay", "gateway", "hackathon")
+
+
+@dataclass
 class SimulationConfig:
     scale: float = 0.01
     seed: int = 1
     fmt: str = "parquet"
+    world: str = "fixed"  # fixed: the original world; random: a world drawn from the seed (World.draw)
+
+    def make_world(self) -> World:
+        return World.draw(self.seed) if self.world == "random" else World.fixed()
 
 
 @dataclass
@@ -101,6 +170,7 @@ class Cohort:
 class Simulator:
     def __init__(self, config: SimulationConfig) -> None:
         self.config = config
+        self.world = config.make_world()
         self.rng = np.random.default_rng(config.seed)
         self.s = config.scale
         self.next_id = 0
@@ -109,8 +179,10 @@ class Simulator:
         self.filler_pool = self._filler_pool(int(max(5_000, 200_000 * min(self.s, 1) ** 0.5)))
 
     # ------------------------------------------------------------ helpers
-    def n(self, base: float, minimum: int = 1) -> int:
-        return max(minimum, int(round(base * self.s)))
+    def n(self, base: float, minimum: int = 1, kind: str | None = None) -> int:
+        """Accounts of a cohort at this scale (times the world's multiplier for a benign ``kind``)."""
+        factor = self.world.benign.get(kind, 1.0) if kind else 1.0
+        return max(minimum, int(round(base * self.s * factor)))
 
     def ids(self, count: int) -> np.ndarray:
         start = self.next_id
@@ -247,7 +319,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     free_domains = np.array(["gmail.com", "outlook.com", "yahoo.com", "proton.me", "icloud.com"])
 
     # --- regular customers (their home addresses later double as hydra's proxy exits)
-    n = sim.n(150_000)
+    n = sim.n(150_000, kind="regular")
     created = sim.signup_times(n, past, START + 25 * DAY)
     home, asn = sim.home_ips(n)
     regular = sim.cohort("regular", "benign", n, created, email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
@@ -260,7 +332,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     sim.build_pools(home)
 
     # --- mobile users behind carrier NAT (IPv4 and IPv6 pools)
-    n = sim.n(40_000)
+    n = sim.n(40_000, kind="mobile_nat")
     carrier = rng.integers(0, 5, n)
     mobile = sim.cohort("mobile_nat", "benign", n, sim.signup_times(n, past, START + 25 * DAY),
                         email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
@@ -272,7 +344,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     payments.append(card(mobile.frame["account_id"].to_numpy(), unique_instruments(n)))
 
     # --- university campuses: hundreds of students behind a few egress addresses
-    for u in range(max(2, sim.n(8))):
+    for u in range(max(2, sim.n(8, kind="university"))):
         n = sim.n(1000, 20)
         egress = sim.ipv4((128 << 24) + (u << 16) + rng.integers(1, 250, 3))
         code = sim.private_pool(f"campus{u}", egress, np.full(3, 11000 + u), np.full(3, "unknown"))
@@ -285,7 +357,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
                                   requests=np.clip(rng.lognormal(2.3, 0.9, n), 1, 800).astype(int)).frame)
 
     # --- organisations: seats share billing, egress, client build and an internal system prompt
-    org_sizes = list(np.clip(rng.lognormal(2.5, 0.9, sim.n(150, 3)), 3, 300).astype(int)) + [300]
+    org_sizes = list(np.clip(rng.lognormal(2.5, 0.9, sim.n(150, 3, kind="org_seats")), 3, 300).astype(int)) + [300]
     for o, size in enumerate(org_sizes):
         egress = sim.ipv4((52 << 24) + (o << 8) + np.array([10, 11]))
         code = sim.private_pool(f"org{o}", egress, np.full(2, 14000 + o % 50), np.full(2, "datacenter"))
@@ -300,7 +372,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
 
     # --- families sharing a card and a home connection
     for size in (2, 3, 4):
-        k = sim.n(700, 2)
+        k = sim.n(700, 2, kind="family")
         n = k * size
         family_home, family_asn = sim.home_ips(k)
         member_of = np.repeat(np.arange(k), size)
@@ -315,7 +387,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
 
     # --- VPN and privacy-relay users: benign traffic through shared anonymising exits
     for name, pool_names, count, share in (("vpn", ["vpn0", "vpn1", "vpn2"], 8000, 0.7), ("relay", ["relay"], 5000, 0.9)):
-        n = sim.n(count)
+        n = sim.n(count, kind=name)
         home, asn = sim.home_ips(n)
         codes = np.array([sim.pool(p) for p in pool_names])[rng.integers(0, len(pool_names), n)]
         frame = sim.cohort(name, "benign", n, sim.signup_times(n, past, START + 25 * DAY),
@@ -327,7 +399,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
         payments.append(card(frame["account_id"].to_numpy(), unique_instruments(n)))
 
     # --- high-volume single accounts: gateways and batch pipelines on their own servers
-    n = sim.n(60, 3)
+    n = sim.n(60, 3, kind="gateway")
     dc = sim.ipv4((34 << 24) + rng.integers(0, 1 << 20, n))
     frame = sim.cohort("gateway", "benign", n, sim.signup_times(n, past, START),
                        email=sim.emails(np.empty(n), np.full(n, "gmail.com")), home_ip=dc, home_asn=15169,
@@ -350,7 +422,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     payments.append(card(frame["account_id"].to_numpy(), np.full(n, "pi_evalco"), kind="invoice"))
 
     # --- hackathon cohorts: sign up together from the venue, start from the same starter prompt
-    for h in range(2 if s >= 0.1 else 1):
+    for h in range(max(1, int(round((2 if s >= 0.1 else 1) * sim.world.benign["hackathon"])))):
         n = 150 if s >= 0.1 else 60
         venue = sim.ipv4(np.array([(81 << 24) + (h << 8) + 5]))[0]
         start = START + (5 + 7 * h) * DAY + 9 * 3600
@@ -372,12 +444,13 @@ COMMON_BINS = np.array(["41111111", "42424242", "51055105", "52000000", "3782822
 
 
 def _campaigns(sim: Simulator, cohorts: list, payments: list, card, unique_instruments, devices) -> None:
-    rng, s = sim.rng, sim.s
+    rng, s, world = sim.rng, sim.s, sim.world
+    tactics = world.campaigns
     pivot = START + NEW_MODEL_DAY * DAY + 3 * 3600
 
     # A — "hydra" reseller: thousands of accounts behind a residential proxy pool, cards fanned out,
     # signup waves, gmail dot/plus aliases, synthetic device per account, spoofed popular system prompt.
-    n = sim.n(10_000, 30)
+    n = sim.n(10_000 * tactics["campaign_hydra"].size, 30)
     wave_start = np.sort(rng.choice(np.arange(-12, 0), size=12, replace=False))
     wave = rng.integers(0, 12, n)
     created = START + wave_start[wave] * DAY + rng.integers(0, 2 * 3600, n)
@@ -388,23 +461,27 @@ def _campaigns(sim: Simulator, cohorts: list, payments: list, card, unique_instr
     variant = rng.integers(0, 3, n)
     email = np.char.add(np.where(variant == 0, local, np.where(variant == 1, dotted, plus)), "@gmail.com")
     frame = sim.cohort("campaign", "campaign_hydra", n, created, email=email, country=rng.choice(["US", "GB", "DE", "SG"], n),
-                       signup_ip=sim.pool_ip[sim.pool_offset[sim.pool("resproxy")] + rng.integers(
-                           0, sim.pool_offset[sim.pool("resproxy") + 1] - sim.pool_offset[sim.pool("resproxy")], n)],
-                       pool=sim.pool("resproxy"), pool_share=1.0, device=devices(n, 0.0),
-                       family="cot_spoofed", camouflage=0.15, requests=int(500 * min(s, 1) ** 0.15),
-                       timing="scheduled_jitter", pivot=pivot, reasoning_tokens=1).frame
+                       signup_ip=sim.pool_ip[sim.pool_offset[sim.pool(world.hydra_pool)] + rng.integers(
+                           0, sim.pool_offset[sim.pool(world.hydra_pool) + 1] - sim.pool_offset[sim.pool(world.hydra_pool)], n)],
+                       pool=sim.pool(world.hydra_pool), pool_share=1.0, device=devices(n, 0.0),
+                       family="cot_spoofed", camouflage=tactics["campaign_hydra"].camouflage,
+                       requests=int(500 * min(s, 1) ** 0.15 * tactics["campaign_hydra"].volume),
+                       timing=tactics["campaign_hydra"].timing, pivot=pivot, reasoning_tokens=1).frame
     cohorts.append(frame)
-    cards = max(3, n // 330)
+    cards = max(3, n // world.hydra_accounts_per_card)
     payments.append(card(frame["account_id"].to_numpy(), unique_instruments(cards, "pi_h")[rng.integers(0, cards, n)]))
 
     # B — sticky residential exits (one address per account), many virtual cards from one BIN,
     # one custom client, agentic coding / tool-use scaffolds, exact round robin.
-    n = sim.n(8_000, 25)
+    n = sim.n(8_000 * tactics["campaign_sticky"].size, 25)
     home, asn = sim.home_ips(n)
     frame = sim.cohort("campaign", "campaign_sticky", n, sim.signup_times(n, START - 14 * DAY, START),
                        email=sim.emails(np.empty(n), rng.choice(["mailbox-q.net", "inboxly.io", "tmpmail.cc"], n)),
-                       home_ip=home, home_asn=asn, signup_ip=home, device="fp:8c1e-harvester", user_agent="atlas-python/1.4.2",
-                       family="agentic", camouflage=0.08, requests=int(400 * min(s, 1) ** 0.15), timing="scheduled",
+                       home_ip=home, home_asn=asn, signup_ip=home,
+                       device="fp:8c1e-harvester" if world.sticky_device == "custom" else devices(n, 1.0),
+                       user_agent="atlas-python/1.4.2", family="agentic", camouflage=tactics["campaign_sticky"].camouflage,
+                       requests=int(400 * min(s, 1) ** 0.15 * tactics["campaign_sticky"].volume),
+                       timing=tactics["campaign_sticky"].timing,
                        pivot=pivot, reasoning_tokens=1).frame
     cohorts.append(frame)
     payments.append(card(frame["account_id"].to_numpy(), unique_instruments(n, "pi_v"), kind="virtual_card",
@@ -412,15 +489,17 @@ def _campaigns(sim: Simulator, cohorts: list, payments: list, card, unique_instr
 
     # C — datacenter proxies in dense subnets, a single signup burst, no card, rotating client
     # fingerprints, rubric-grading and censorship-rewrite scaffolds; some accounts declare fake orgs.
-    n = sim.n(5_500, 20)
+    n = sim.n(5_500 * tactics["campaign_dc"].size, 20)
     created = START - 2 * DAY + rng.integers(0, 6 * 3600, n)
-    fake_org = np.where(rng.random(n) < 0.2, np.char.add("org_c", np.char.mod("%03d", rng.integers(0, max(1, n // 200), n))), None)
+    fake_org = np.where(rng.random(n) < world.dc_fake_org_share, np.char.add("org_c", np.char.mod("%03d", rng.integers(0, max(1, n // 200), n))), None)
     fp_pool = np.char.add("fp:c-", np.char.mod("%02d", np.arange(25)))
     frame = sim.cohort("campaign", "campaign_dc", n, created,
                        email=sim.emails(np.empty(n), np.char.add(np.char.add("d", np.char.mod("%02d", rng.integers(0, 50, n))), ".biz")),
                        org_id=fake_org, pool=sim.pool("dcproxy"), pool_share=1.0, device=rng.choice(fp_pool, n),
                        user_agent="Mozilla/5.0", family=np.where(rng.random(n) < 0.55, "rubric", "rewrite"),
-                       camouflage=0.1, requests=int(350 * min(s, 1) ** 0.15), timing="scheduled_jitter").frame
+                       camouflage=tactics["campaign_dc"].camouflage,
+                       requests=int(350 * min(s, 1) ** 0.15 * tactics["campaign_dc"].volume),
+                       timing=tactics["campaign_dc"].timing).frame
     cohorts.append(frame)
     wallet = rng.random(n) < 0.3
     payments.append(card(frame["account_id"].to_numpy()[wallet], unique_instruments(int(wallet.sum()), "pi_w"),
@@ -428,11 +507,12 @@ def _campaigns(sim: Simulator, cohorts: list, payments: list, card, unique_instr
 
     # D — small and careful: unique everything, default SDK fingerprint, low volume; what it cannot
     # avoid is its own scaffold and its schedule.
-    n = 40 if s >= 0.1 else 25
+    n = max(5, int(round((40 if s >= 0.1 else 25) * tactics["campaign_careful"].size)))
     home, asn = sim.home_ips(n)
     frame = sim.cohort("campaign", "campaign_careful", n, sim.signup_times(n, START - 60 * DAY, START),
                        email=sim.emails(np.empty(n), np.full(n, "gmail.com")), home_ip=home, home_asn=asn, signup_ip=home,
-                       device=devices(n, 1.0), family="careful", camouflage=0.3, requests=80, timing="careful",
+                       device=devices(n, 1.0), family="careful", camouflage=tactics["campaign_careful"].camouflage,
+                       requests=int(80 * tactics["campaign_careful"].volume), timing=tactics["campaign_careful"].timing,
                        reasoning_tokens=1).frame
     cohorts.append(frame)
     payments.append(card(frame["account_id"].to_numpy(), unique_instruments(n)))
@@ -455,9 +535,50 @@ OPERATING_HOURS = {"campaign_hydra": (0, 10), "campaign_sticky": (12, 20), "camp
 DIURNAL = np.array([1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 7, 7, 7, 6, 5, 4, 3, 2, 1], float)
 
 
-def _formats(accounts: pl.DataFrame) -> dict[str, list[str]]:
+OPENERS = ("", "", "Hi! ", "Quick question: ", "Please ", "Can you ", "I need help: ", "Hey, ", "Could you ",
+           "For my job, ", "For school, ", "Honestly, ")
+TASKS = ("explain {a} to me", "summarize the {a} {b} article", "write an email to {name} about {a}",
+         "fix my {a} {b} code", "compare {a} and {b}", "give me ideas for a {a} {b} party",
+         "translate the {a} {b} note to Spanish", "plan a trip to {a} with {b}", "draft a cover letter for a {a} job",
+         "what is a good {a} for {b}", "rewrite this: {a} {b} {c}", "help me understand {a} {b}",
+         "make a shopping list for {a} and {b}", "write a poem about {a}", "debug why {a} returns {n}",
+         "outline a talk on {a} {b}", "suggest names for a {a} {b}", "answer this quiz: {a} {b} {c}?")
+CLOSERS = ("", "", "", " Thanks!", " Keep it short.", " Step by step please.", " In simple words.",
+           " Use bullet points.", " Be concise.", " Keep it under {n} words.", " ASAP.", " Make it friendly.")
+PARAPHRASE = (("complete", "full"), ("Write out", "Spell out"), ("careful", "meticulous"), ("problem", "exercise"),
+              ("reasoning", "thinking"), ("Explain", "Justify"), ("Reconstruct", "Recreate"), ("each", "every"),
+              ("Grade", "Score"), ("Rewrite", "Rephrase"), ("autonomous", "independent"), ("Task", "Goal"),
+              ("numbered", "enumerated"), ("Narrate", "Describe"))
+_CAMPAIGN_FAMILIES = {"cot_spoofed": "campaign_hydra", "agentic": "campaign_sticky", "rubric": "campaign_dc",
+                      "rewrite": "campaign_dc", "careful": "campaign_careful"}
+
+
+def everyday_shapes(count: int, seed: int) -> list[str]:
+    """Benign prompt shapes that share everyday phrasing (openers, stock closers) without being
+    anyone's scaffold."""
+    rng = np.random.default_rng(seed + 99)
+    shapes = {OPENERS[rng.integers(len(OPENERS))] + TASKS[rng.integers(len(TASKS))] + CLOSERS[rng.integers(len(CLOSERS))]
+              for _ in range(count)}
+    return sorted(shape[0].upper() + shape[1:] for shape in shapes)
+
+
+def paraphrases(scaffold: str, count: int, seed: int) -> list[str]:
+    """``count`` rewordings of a scaffold (the first is the scaffold itself)."""
+    rng = np.random.default_rng(seed)
+    variants = [scaffold]
+    for _ in range(count - 1):
+        text = scaffold
+        for old, new in PARAPHRASE:
+            if old in text and rng.random() < 0.5:
+                text = text.replace(old, new)
+        variants.append(text)
+    return variants
+
+
+def _formats(accounts: pl.DataFrame, world: World | None = None, seed: int = 0) -> dict[str, list[str]]:
     """Prompt format strings per family; slots {a}…{g}, {n}, {name}."""
-    free = BENIGN_SHAPES
+    world = world or World.fixed()
+    free = BENIGN_SHAPES + everyday_shapes(world.everyday_shapes, seed) if world.everyday_shapes else BENIGN_SHAPES
     formats = {
         "free": free,
         "popular": POPULAR_TEMPLATES + [POPULAR_SYSTEM + "\n" + f for f in free[:4]],
@@ -479,6 +600,10 @@ def _formats(accounts: pl.DataFrame) -> dict[str, list[str]]:
             prefix = (f"You are the internal assistant of Corp{o} Incorporated. Follow the Corp{o} style guide, "
                       f"cite internal documents and never reveal customer data.\n")
             formats[family] = [prefix + f for f in free]
+    for family, campaign in _CAMPAIGN_FAMILIES.items():
+        count = world.campaigns[campaign].paraphrases
+        if count > 1:
+            formats[family] = [v for i, f in enumerate(formats[family]) for v in paraphrases(f, count, seed + i)]
     return formats
 
 
@@ -603,7 +728,7 @@ def _write(out_dir: Path, config: SimulationConfig, accounts: pl.DataFrame, paym
     (input_dir / "requests").mkdir(parents=True, exist_ok=True)
     sim = Simulator(config)  # a fresh generator for prompt text, independent of the population draws
     sim.rng = np.random.default_rng(config.seed + 1)
-    formats = _formats(accounts)
+    formats = _formats(accounts, sim.world, config.seed)
     to_iso = pl.from_epoch(pl.col("created_at"), "s").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     table = accounts.select("account_id", to_iso.alias("created_at"), "email", "org_id", "country", "signup_ip")
     _save(table, input_dir / "accounts", config.fmt)
@@ -614,6 +739,7 @@ def _write(out_dir: Path, config: SimulationConfig, accounts: pl.DataFrame, paym
     ids = accounts["account_id"]
     devices = accounts["device"]
     agents = accounts["user_agent"]
+    gaps = np.random.default_rng(config.seed + 2)
     days = requests.with_columns((pl.col("ts") // DAY).alias("day")).partition_by("day", as_dict=True, maintain_order=True)
     for (day,), rows in sorted(days.items()):
         prompts = _prompts(sim, rows, accounts, formats)
@@ -626,15 +752,27 @@ def _write(out_dir: Path, config: SimulationConfig, accounts: pl.DataFrame, paym
             pl.from_epoch("ts", "s").dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("ts"), "ip", "asn", "ip_type",
             "device_id", "user_agent", "model", "prompt",
             (pl.col("prompt").str.len_chars() // 4 + 20).alias("input_tokens"), "output_tokens")
+        frame = _with_gaps(frame, sim.world.missing, gaps)
         date = pl.from_epoch(pl.lit(int(day) * DAY), "s").dt.strftime("%Y-%m-%d")
         date_text = pl.select(date).item()
         _save(frame, input_dir / "requests" / f"date={date_text}" / "part-0", config.fmt)
     summary = {"accounts": accounts.height, "requests": requests.height, "payments": payments.height,
                "campaign_accounts": int((accounts["label"] != "benign").sum()),
                "labels": str(out_dir / "labels.parquet"), "input": str(input_dir), "scale": config.scale,
-               "seed": config.seed}
+               "seed": config.seed, "world": config.world, "world_spec": sim.world.describe()}
     (out_dir / "simulation.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _with_gaps(frame: pl.DataFrame, missing: dict[str, float], rng: np.random.Generator) -> pl.DataFrame:
+    """Optional columns left empty on a share of rows, or absent altogether (share 1)."""
+    for column, share in missing.items():
+        if share >= 1.0:
+            frame = frame.drop(column)
+        elif share > 0:
+            frame = frame.with_columns(pl.when(pl.Series(rng.random(frame.height) < share)).then(None)
+                                       .otherwise(pl.col(column)).alias(column))
+    return frame
 
 
 def _save(frame: pl.DataFrame, stem: Path, fmt: str) -> None:
