@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from scipy.special import gammaln, logsumexp
 from scipy.stats import binom
 
 _LOCKSTEP_CALIBRATION_PAIRS = 200_000
@@ -60,14 +59,30 @@ def fisher_log_tail(total: np.ndarray, families: np.ndarray) -> np.ndarray:
     """``−ln P(Σ of m independent Exp(1) ≥ S)`` for each (S, m): the combined surprisal of ``m``
     pieces of evidence whose surprisals add up to ``S`` (S = 0: nothing, 0).
 
-    The tail is ``e^{−S} Σ_{k<m} S^k/k!``; its log is taken as a log-sum-exp so that it stays exact
-    far in the tail, where the probability itself underflows."""
-    total = np.maximum(np.asarray(total, np.float64), 0.0)
-    m = np.maximum(np.asarray(families, np.int64), 1)
-    k = np.arange(int(m.max(initial=1)))
-    terms = k[None, :] * np.log(np.maximum(total, 1e-300))[:, None] - gammaln(k + 1)[None, :]
-    terms = np.where(k[None, :] < m[:, None], terms, -np.inf)
-    return np.where(total > 0, total - logsumexp(terms, axis=1), 0.0)
+    The tail is ``e^{−S} Σ_{k<m} S^k/k!``; its log is summed term by term in log space (a compiled
+    loop, no pairs × families matrix), so it stays exact far in the tail where the probability
+    itself underflows."""
+    return _fisher(np.maximum(np.asarray(total, np.float64), 0.0), np.maximum(np.asarray(families, np.int64), 1))
+
+
+@numba.njit(cache=True, nogil=True)
+def _fisher(total, families):
+    out = np.zeros(len(total))
+    for p in range(len(total)):
+        s = total[p]
+        if s <= 0.0:
+            continue
+        log_s = np.log(s)
+        best, acc, log_term = 0.0, 1.0, 0.0  # k = 0: ln(S^0/0!) = 0
+        for k in range(1, families[p]):
+            log_term += log_s - np.log(k)
+            if log_term > best:
+                acc = acc * np.exp(best - log_term) + 1.0
+                best = log_term
+            else:
+                acc += np.exp(log_term - best)
+        out[p] = s - (best + np.log(acc))
+    return out
 
 
 def link_threshold(n_accounts: int, chance_links_per_account: float) -> float:

@@ -379,7 +379,8 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     # hubs: random cycles give candidates; their weight is computed from everything they share
     h_rows = np.flatnonzero(~small)
     # only hubs that could matter propose pairs; weak ones still add weight to pairs proposed by others
-    proposing = h_rows[value[h_rows] >= settings.hub_min_value]
+    link_at = link_threshold(n, settings.chance_links_per_account) if threshold is None else threshold
+    proposing = h_rows[value[h_rows] >= settings.hub_min_share * link_at]
     ha, hb = _hub_cycles(entity_code[proposing], idx[proposing], settings.hub_partners, settings.seed)
     keep = ha != hb
     hub_pairs = np.minimum(ha[keep], hb[keep]) * n + np.maximum(ha[keep], hb[keep])
@@ -403,12 +404,12 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     org = accounts["org_id"].cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
     same_org = (org[ca] == org[cb]) & (org[ca] >= 0)
     surprisal = np.where(same_org, surprisal * settings.org_discount, surprisal)
-    weight = fisher_log_tail(surprisal, shared_families)
-    threshold = link_threshold(n, settings.chance_links_per_account) if threshold is None else threshold
-    keep = weight >= threshold
-    log.info("projection: %d of %d candidate pairs beyond chance (threshold %.1f nats)", int(keep.sum()), len(keep),
-             threshold)
-    return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[keep], "activity": timing[keep]})
+    # Fisher's tail never exceeds the plain sum: only pairs whose sum reaches the threshold can link
+    reach = np.flatnonzero(surprisal >= link_at)
+    weight = fisher_log_tail(surprisal[reach], shared_families[reach])
+    keep = reach[weight >= link_at]
+    log.info("projection: %d of %d candidate pairs beyond chance (threshold %.1f nats)", len(keep), len(ca), link_at)
+    return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[weight >= link_at], "activity": timing[keep]})
 
 
 def _log_memberships(n_accounts: int, idx: np.ndarray, types: np.ndarray, held: np.ndarray, n_types: int) -> np.ndarray:

@@ -77,7 +77,7 @@ class DetectSettings(_Section):
     chance_links_per_account: float = Field(0.1, gt=0, lt=1, description="expected chance links per account the link threshold allows (below 1: chance links cannot percolate)")
     hub_size: int = Field(48, ge=3, description="entities shared by more accounts are expanded sparsely, never as a clique")
     max_entities_per_type: int = Field(24, ge=1, description="per account and evidence type, only the most-used entities count")
-    hub_min_value: float = Field(1.0, ge=0, description="hubs of less surprisal (nats) propose no pairs (they still add to pairs proposed otherwise)")
+    hub_min_share: float = Field(0.25, ge=0, description="hubs worth less than this share of the link threshold propose no pairs (they still add to pairs proposed otherwise): a pair found only through weaker hubs would need more than four families of them")
     hub_partners: int = Field(5, ge=1, description="random cycles laid through a hub's members")
     max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
     within_type_extra: float = Field(0.25, ge=0, le=1, description="further shared entities of a type (or types of a family) add at most this share of the strongest")
