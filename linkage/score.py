@@ -18,8 +18,9 @@ A feature whose column is absent from the input is left out rather than counted 
 **Ring score** = the mean risk of its members, shrunk towards the background mean by
 ``prior_members`` pseudo-customers; a ring weighs as many customers as it holds (the seats of a
 declared org are one), so a small ring, or one org's seats, needs to be risky throughout. **Flag**: the ring's average
-member is riskier than all but ``flag_background_share`` of the customers no ring holds (the
-run's own, mostly benign, background; a declared org counts as one customer). A random group's mean is far less spread than single accounts, so few
+member is riskier than all but ``flag_background_share`` of the run's ordinary customers (a
+declared org counts as one): the lower of two readings, the customers no ring holds, and every
+customer outside the rings that already stand out against them (:func:`flag_cut`). A random group's mean is far less spread than single accounts, so few
 benign groups get there by chance; operations are risky member after member.
 
 The older coordination features (lockstep, owned infrastructure and templates, equal volume,
@@ -74,7 +75,7 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
                 .join(_lockstep(detection, members), on="ring_id", how="left")
                 .with_columns(pl.col(pl.Float64).fill_null(0.0)))
     risk = account_risk(graph)
-    background = background_risk(risk, members, accounts)
+    background = background_risk(risk, members.select("account_id"), accounts)
     prior = float(background.mean()) if background.len() else 0.5
     # the mean of a few customers is noisy: shrunk towards the background by ``prior_members``
     # pseudo-customers, so a ring of three needs to be risky throughout, a ring of fifty barely
@@ -85,8 +86,8 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
         pl.coalesce("org_id", "account_id").n_unique().alias("customers"))
     ring_risk = ring_risk.select("ring_id", ((pl.col("mean") * pl.col("customers") + settings.prior_members * prior)
                                              / (pl.col("customers") + settings.prior_members)).alias("score"))
-    cut = flag_cut(background if background.len() else risk["risk"], settings.flag_background_share)
-    threshold = cut if flag_threshold is None else flag_threshold
+    threshold = flag_cut(risk, members, accounts, ring_risk, background, settings.flag_background_share) \
+        if flag_threshold is None else flag_threshold
     rings = features.join(ring_risk, on="ring_id", how="left").with_columns(pl.col("score").fill_null(0.0))
     rings = rings.with_columns((pl.col("score") >= threshold).alias("flagged"),
                                _background_percentile(background, pl.col("score")).alias("background_percentile"))
@@ -147,19 +148,33 @@ def account_risk(graph: Graph) -> pl.DataFrame:
     return percentiles.with_columns(pl.mean_horizontal(available).alias("risk"))
 
 
-def background_risk(risk: pl.DataFrame, members: pl.DataFrame, accounts: pl.DataFrame) -> pl.Series:
-    """The run's background: the risk of every customer no ring holds, a declared org counted once
-    (the mean of its seats). Seats of one org behave alike; forty of them would otherwise decide
+def background_risk(risk: pl.DataFrame, excluded: pl.DataFrame, accounts: pl.DataFrame) -> pl.Series:
+    """The risk of every customer but the ``excluded`` accounts, a declared org counted once (the
+    mean of its seats): seats of one org behave alike, and forty of them would otherwise decide
     the background's tail by themselves."""
-    unlinked = risk.join(members.select("account_id"), on="account_id", how="anti") \
+    rest = risk.join(excluded, on="account_id", how="anti") \
         .join(accounts.select("account_id", "org_id"), on="account_id", how="left")
-    return unlinked.group_by(pl.coalesce("org_id", "account_id").alias("customer")).agg(pl.col("risk").mean()) \
+    return rest.group_by(pl.coalesce("org_id", "account_id").alias("customer")).agg(pl.col("risk").mean()) \
         .sort("customer")["risk"]
 
 
-def flag_cut(background: pl.Series, share: float) -> float:
-    """The risk only ``share`` of the background accounts reach."""
-    return float(np.quantile(background.to_numpy(), 1 - share)) if background.len() else 1.0
+def flag_cut(risk: pl.DataFrame, members: pl.DataFrame, accounts: pl.DataFrame, ring_risk: pl.DataFrame,
+             unlinked: pl.Series, share: float) -> float:
+    """The ring score to flag at: the risk only ``share`` of ordinary customers reach, taking the
+    lower of two readings of "ordinary". The customers no ring holds are one; but where most
+    customers are in some ring (at incident scale four in five are, mostly in small benign ones)
+    those left over are a biased sample, topped by the campaign accounts that missed their ring.
+    The other is every customer outside the rings that already stand out against the first."""
+    if unlinked.len() == 0:
+        return 1.0
+    first = _quantile(unlinked, 1 - share)
+    standing_out = ring_risk.filter(pl.col("score") >= first).select("ring_id")
+    excluded = members.join(standing_out, on="ring_id").select("account_id")
+    return min(first, _quantile(background_risk(risk, excluded, accounts), 1 - share))
+
+
+def _quantile(values: pl.Series, q: float) -> float:
+    return float(np.quantile(values.to_numpy(), q)) if values.len() else 1.0
 
 
 def _background_percentile(background: pl.Series, score: pl.Expr) -> pl.Expr:
