@@ -86,7 +86,7 @@ class DetectSettings(_Section):
     activity_window_minutes: int = Field(60, gt=0, description="time slot for lockstep activity (schedulers fill whole hours)")
     burst_min_excess: float = Field(4.0, gt=1, description="window count over its expected count to be a burst")
     resolution: float = Field(0.05, gt=0, description="Leiden CPM resolution: the least density of threshold-strength links a ring keeps")
-    leiden_iterations: int = Field(-1, description="-1 = until stable")
+    leiden_iterations: int = Field(2, description="Leiden passes (-1 = until stable: 38 s instead of 4 s at incident scale for the same rings on every tuning world)")
     seed: int = 42
     min_ring_size: int = Field(3, ge=2)
     merge_ratio: float = Field(0.0, ge=0, description="communities tied to each other by this share of the smaller one's internal weight are merged (0 = off)")
