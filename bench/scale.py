@@ -82,7 +82,7 @@ def main() -> None:
     for scale in [float(s) for s in args.scales.split(",")]:
         data = Path(args.work) / f"s{scale}"
         if not (data / "simulation.json").exists():
-            subprocess.run(linkage_cli + ["simulate", "--out", str(data), "--scale", str(scale), "--seed", str(args.seed)],
+            subprocess.run(linkage_cli + ["simulate", "--out", str(data), "--scale", str(scale), "--seed", str(args.seed), "--world", "fixed"],
                            check=True, stdout=subprocess.DEVNULL)
         requests = json.loads((data / "simulation.json").read_text())["requests"]
         floor = scan_floor(data / "input")

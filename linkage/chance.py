@@ -27,6 +27,9 @@ Nothing here is a weight chosen on one data set. Each figure is estimated from t
 """
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from scipy.stats import binom
@@ -108,17 +111,25 @@ def shared_windows(agreement: np.ndarray, windows_a: np.ndarray, windows_b: np.n
 
 
 def lockstep_surprisal(agreement: np.ndarray, windows_a: np.ndarray, windows_b: np.ndarray, total_windows: float,
-                       calibration: float, width: int) -> np.ndarray:
+                       calibration: float, width: int, needed: np.ndarray | None = None) -> np.ndarray:
     """Surprisal of two accounts agreeing on ``agreement × width`` MinHash positions of their active
     windows, when they are independent: they then share ``O ~ Poisson(λ)`` windows (``λ`` =
     ``calibration × A·B/W``), so their Jaccard index is ``O / (A + B − O)``, and given it each
     position agrees with that probability. Both sources of chance count: a few shared hours
-    between two barely active accounts, and the MinHash's own sampling noise for busy ones."""
+    between two barely active accounts, and the MinHash's own sampling noise for busy ones.
+
+    ``needed``: per pair, the surprisal that would make a difference (what its other evidence lacks
+    to link). A pair whose upper bound stays below it gets the bound, not the exact sum: the sum
+    is at least its largest term, so one term bounds the surprisal from above."""
     agree = np.rint(agreement * width).astype(np.int64)
     expected = calibration * windows_a * windows_b / max(total_windows, 1.0)
     log_tail = _log_binomial_tails(width, _JACCARD_GRID)
-    surprisal = _mixture_surprisal(agree, np.rint(windows_a).astype(np.int64), np.rint(windows_b).astype(np.int64),
-                                   expected, log_tail)
+    needed = np.full(len(agree), -np.inf) if needed is None else np.asarray(needed, np.float64)
+    columns = (agree, np.rint(windows_a).astype(np.int64), np.rint(windows_b).astype(np.int64), expected, needed)
+    halves = (slice(0, len(agree) // 2), slice(len(agree) // 2, len(agree)))  # the kernel releases the GIL
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        parts = pool.map(lambda h: _mixture_surprisal(*(c[h] for c in columns), log_tail, width), halves)
+        surprisal = np.concatenate(list(parts))
     return np.where(agree > 0, surprisal, 0.0)
 
 
@@ -133,7 +144,7 @@ def _log_binomial_tails(width: int, grid: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _mixture_surprisal(agree, windows_a, windows_b, expected, log_tail):
+def _mixture_surprisal(agree, windows_a, windows_b, expected, needed, log_tail, width):
     grid = log_tail.shape[1] - 1
     out = np.zeros(len(agree))
     for p in range(len(agree)):
@@ -143,13 +154,26 @@ def _mixture_surprisal(agree, windows_a, windows_b, expected, log_tail):
         a, b, lam = max(windows_a[p], 1), max(windows_b[p], 1), max(expected[p], 1e-12)
         top = min(a, b)
         log_lam = np.log(lam)
+        # one term bounds the surprisal from above: at the overlap where the Jaccard first reaches the
+        # agreement seen, or at the Poisson's mode if that is larger; where even that bound cannot
+        # make the difference, it is enough
+        share = x / width
+        o = min(top, max(int(np.ceil(share * (a + b) / (1.0 + share))), int(lam)))
+        bound = -(-lam + o * log_lam - math.lgamma(o + 1.0) + log_tail[x, int(o / (a + b - o) * grid + 0.5)])
+        if bound < needed[p]:
+            out[p] = max(bound, 0.0)
+            continue
         best, total = -np.inf, 0.0  # running log-sum-exp over the shared-window count o
-        log_pmf = -lam
-        for o in range(top + 1):
-            if o > 0:
-                log_pmf += log_lam - np.log(o)
+        # overlaps far below the Poisson's mode weigh nothing next to it (e^-70 and less)
+        start = min(top, max(0, int(lam - 12.0 * np.sqrt(lam) - 5.0)))
+        # busy accounts: the terms vary smoothly over a third of the Poisson's spread, so the sum
+        # steps by that much, each term standing for its step (step 1, the exact sum, for small λ)
+        step = max(1, int(np.sqrt(lam) / 3.0))
+        log_step = np.log(step)
+        for o in range(start, top + 1, step):
+            log_pmf = -lam + o * log_lam - math.lgamma(o + 1.0)
             jaccard = o / (a + b - o)
-            term = log_pmf + log_tail[x, int(jaccard * grid + 0.5)]
+            term = log_pmf + log_step + log_tail[x, int(jaccard * grid + 0.5)]
             if term > best:
                 total = total * np.exp(best - term) + 1.0
                 best = term

@@ -398,12 +398,15 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
         Held(idx[h_rows], types[h_rows], entity_code[h_rows], value[h_rows]),
         TypeRules(_log_memberships(n, idx, types, ev["held"].to_numpy(), len(type_names)), family_code, len(families),
                   settings.within_type_extra))
-    timing = settings.type_weights.get("ActivityWindow", 0.0) * _lockstep(accounts, ca, cb, settings)
-    surprisal += timing
-    shared_families += timing > 0
     org = accounts["org_id"].cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
     same_org = (org[ca] == org[cb]) & (org[ca] >= 0)
-    surprisal = np.where(same_org, surprisal * settings.org_discount, surprisal)
+    discount = np.where(same_org, settings.org_discount, 1.0)
+    timing_weight = settings.type_weights.get("ActivityWindow", 0.0)
+    # what timing would have to add for the pair to link (pairs far short of it need no exact figure)
+    needed = (link_at / np.maximum(discount, 1e-9) - surprisal) / timing_weight if timing_weight > 0 else None
+    timing = timing_weight * _lockstep(accounts, ca, cb, settings, needed) if timing_weight > 0 else np.zeros(len(ca))
+    surprisal = (surprisal + timing) * discount
+    shared_families += timing > 0
     # Fisher's tail never exceeds the plain sum: only pairs whose sum reaches the threshold can link
     reach = np.flatnonzero(surprisal >= link_at)
     weight = fisher_log_tail(surprisal[reach], shared_families[reach])
@@ -539,7 +542,8 @@ def _weigh_pairs(ca, cb, shared_start, shared_type, shared_value, hub_start, hub
     return weight, families
 
 
-def _lockstep(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: DetectSettings) -> np.ndarray:
+def _lockstep(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: DetectSettings,
+              needed: np.ndarray | None = None) -> np.ndarray:
     """Per candidate pair, the surprisal of how alike the two accounts' active time windows are
     (MinHash agreement against what independent accounts of this run would show)."""
     signatures = accounts["activity_signature"]
@@ -558,7 +562,7 @@ def _lockstep(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: 
         return _signature_agreement(matrix, has, a.astype(np.int64), b.astype(np.int64))
 
     calibration = lockstep_calibration(agreement_of, windows, has, total_windows, settings.seed)
-    return lockstep_surprisal(agreement_of(ca, cb), windows[ca], windows[cb], total_windows, calibration, width)
+    return lockstep_surprisal(agreement_of(ca, cb), windows[ca], windows[cb], total_windows, calibration, width, needed)
 
 
 @numba.njit(cache=True, nogil=True)
