@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: install demo test test-fast neo4j-start neo4j-stop quality scale clean
+.PHONY: install demo test test-fast neo4j-start neo4j-stop quality scale sensitivity clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -37,6 +37,9 @@ quality: install
 
 scale: install
 	$(PY) bench/scale.py
+
+sensitivity: install  ## each key detection constant x0.5 and x2, on both generators
+	cd bench && ../$(PY) sensitivity.py
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache
