@@ -211,19 +211,24 @@ def _empty_compact() -> pl.DataFrame:
         FILE_COL: pl.Categorical, ROW_COL: pl.Int64})
 
 
-def analyse(graph: Graph, settings: Settings, clock: StageClock) -> tuple[Detection, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Detection and scoring over a graph, whichever store it came from."""
+def analyse(graph: Graph, settings: Settings, clock: StageClock
+            ) -> tuple[Detection, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Detection and scoring over a graph, whichever store it came from: (detection, rings, members,
+    evidence, every account's risk and score outside a ring)."""
     with clock.stage("detect"):
         detection = detect(graph, settings.detect, clock)
     with clock.stage("score"):
-        rings, members, evidence = score_rings(detection, graph, settings.score)
-    return detection, rings, members, evidence
+        rings, members, evidence, alone = score_rings(detection, graph, settings.score)
+    return detection, rings, members, evidence, alone
 
 
-def account_scores(graph: Graph, members: pl.DataFrame) -> pl.DataFrame:
+def account_scores(graph: Graph, members: pl.DataFrame, alone: pl.DataFrame) -> pl.DataFrame:
+    """Every account ranked: a ring member by its ring's score and its own risk, any other account by
+    its own risk against the background (``alone``)."""
     return graph.nodes["Account"].select("account_id", "org_id", "requests").join(
-        members, on="account_id", how="left").with_columns(pl.col("account_score").fill_null(0.0)) \
-        .select("account_id", "ring_id", "account_score", "attachment", "org_id", "requests") \
+        members, on="account_id", how="left").join(alone, on="account_id", how="left") \
+        .with_columns(pl.coalesce("account_score", "alone_score", pl.lit(0.0)).alias("account_score")) \
+        .select("account_id", "ring_id", "account_score", "risk", "attachment", "org_id", "requests") \
         .sort(["account_score", "account_id"], descending=[True, False])
 
 
@@ -243,8 +248,8 @@ def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Sett
         graph = build_graph(inputs.accounts, inputs.payments, inputs.requests, inputs.templates,
                             settings.detect.activity_window_minutes)
     del inputs
-    detection, rings, members, evidence = analyse(graph, settings, clock)
-    scores = account_scores(graph, members)
+    detection, rings, members, evidence, alone = analyse(graph, settings, clock)
+    scores = account_scores(graph, members, alone)
     result = RunResult(rings, members, evidence, scores, graph, detection)
     for target in (store if isinstance(store, list) else [store] if store is not None else []):
         with clock.stage("store"):
@@ -266,8 +271,8 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
     clock = StageClock()
     with clock.stage("read_store"):
         graph = store.read_graph()
-    detection, rings, members, evidence = analyse(graph, settings, clock)
-    result = RunResult(rings, members, evidence, account_scores(graph, members), graph, detection)
+    detection, rings, members, evidence, alone = analyse(graph, settings, clock)
+    result = RunResult(rings, members, evidence, account_scores(graph, members, alone), graph, detection)
     if write_back:
         with clock.stage("store"):
             store.write_rings(rings, members, run_id=_run_id(started))

@@ -367,7 +367,7 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
         with clock.stage("graph"):
             graph = build_graph(accounts, payments, requests, templates, settings.detect.activity_window_minutes)
         del requests
-        detection, rings, members, evidence = analyse(graph, settings, clock)
+        detection, rings, members, evidence, alone = analyse(graph, settings, clock)
         previous_path = state.root / "rings.parquet"
         previous = pl.read_parquet(previous_path) if previous_path.exists() else \
             pl.DataFrame(schema={"ring_id": pl.Utf8, "account_id": pl.Utf8})
@@ -377,7 +377,7 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
                                                how="left")
         members = members.with_columns(rename)
         evidence = evidence.with_columns(rename)
-        result = RunResult(rings, members, evidence, account_scores(graph, members), graph, detection)
+        result = RunResult(rings, members, evidence, account_scores(graph, members, alone), graph, detection)
         loaded = None
         if store is not None:
             with clock.stage("store"):

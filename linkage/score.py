@@ -54,15 +54,18 @@ def ring_ids(communities: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame({"community": members["community"], "ring_id": ids})
 
 
-def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
-                flag_threshold: float | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(rings, ring_members, ring_evidence) — rings sorted by score, highest first. Reads only the graph."""
+def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings, flag_threshold: float | None = None
+                ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(rings, ring_members, ring_evidence, alone) — rings sorted by score, highest first; ``alone``:
+    every account's risk and the score it has outside any ring (as if in a ring at the background's
+    mean). Reads only the graph."""
     accounts = graph.nodes["Account"]
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
     if members.height == 0:
         return _empty_rings(), pl.DataFrame(schema={"ring_id": pl.Utf8, "account_id": pl.Utf8, "account_score": pl.Float64,
-                                                    "attachment": pl.Float64}), _empty_evidence()
+                                                    "attachment": pl.Float64}), _empty_evidence(), \
+            _alone(account_risk(graph), None)
     ring_of = members.select("account_id", "ring_id")
     strength = _internal_strength(detection, members)
     evidence = _shared_entities(detection, members)
@@ -118,7 +121,15 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings,
         .sort("_rank", "account_id").drop("_rank").select("ring_id", "account_id", "account_score", "attachment")
     evidence = evidence.with_columns(pl.col(pl.Float64).round(6))
     return rings, ring_members, evidence.join(rings.select("ring_id"), on="ring_id").sort(
-        "ring_id", "value_total", "entity", descending=[False, True, False])
+        "ring_id", "value_total", "entity", descending=[False, True, False]), _alone(risk, prior)
+
+
+def _alone(risk: pl.DataFrame, background_mean: float | None) -> pl.DataFrame:
+    """Per account: its risk, and its score outside any ring — the members' rule (the mean of the
+    ring's score and the account's own risk) with the ring at the background's mean, so that an
+    operation's account that missed its ring still ranks above ordinary customers."""
+    mean = float(risk["risk"].mean() or 0.0) if background_mean is None else background_mean
+    return risk.select("account_id", "risk", ((pl.col("risk") + mean) / 2).round(6).alias("alone_score"))
 
 
 def account_risk(graph: Graph) -> pl.DataFrame:

@@ -409,6 +409,19 @@ def test_benign_look_alikes_never_join_a_camouflaged_campaign_which_is_flagged(t
     flagged = set(members.filter(pl.col("flagged"))["account_id"].to_list())
     assert len(flagged & campaign) >= 0.9 * len(campaign)
     assert flagged <= campaign, "a benign account was flagged"
+    # every account is ranked, in a ring or not: campaign accounts first
+    from linkage.evaluate import average_precision
+    scores = result.account_scores.join(labels, on="account_id")
+    assert scores.height == labels.height
+    assert average_precision(scores["account_score"].to_numpy(), (scores["label"] == "campaign").to_numpy()) > 0.95
+
+
+def test_an_account_in_no_ring_is_ranked_by_its_own_risk() -> None:
+    """Outside a ring an account's score is its risk against the background, not a flat zero."""
+    result = linkage.run(TINY)
+    alone = result.account_scores.filter(pl.col("ring_id").is_null())
+    assert alone.height > 0 and alone["account_score"].n_unique() > 1
+    assert (alone["account_score"] > 0).all()
 
 
 def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_a_decision():
