@@ -59,14 +59,16 @@ class DetectSettings(_Section):
         "ModelSwitch": 1.0,
         "ActivityWindow": 1.0,
     })
-    # Types whose evidence is correlated (the same IP implies the same subnet and ASN; a campaign's
-    # signup wave and its model switch are one schedule): within a family the strongest type counts
-    # in full and the others only by ``within_type_extra``. Families count as independent.
+    # Types whose sharing is correlated among unrelated accounts (the same IP implies the same subnet
+    # and ASN; users of one client share its fingerprint and its prompt format; a signup wave and a
+    # model switch are one schedule): within a family the strongest type counts in full and the
+    # others only by ``within_type_extra``. Families count as independent.
     type_families: dict[str, list[str]] = Field(default_factory=lambda: {
         "network": ["IP", "SignupIP", "Subnet", "ASN"],
         "billing": ["PaymentInstrument", "Bin"],
         "identity": ["Email", "EmailDomain"],
         "schedule": ["SignupBurst", "ModelSwitch"],
+        "client": ["Device", "PromptTemplate"],
     })
     # IP types whose sharing says little (carrier NAT, relays) and those that are paid infrastructure:
     # a prior factor on an address's surprisal, since the run cannot tell a NAT from a proxy exit.

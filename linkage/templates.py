@@ -288,8 +288,13 @@ class TemplateMiner:
         run_starts = np.flatnonzero(starts)
         support_values = with_support["support"].to_numpy()
         # a segment far rarer than the scaffold around it is a filled slot that happened to repeat
-        # (a repository name typed into "You are an agent in repo …" a few times)
-        strongest = np.repeat(np.maximum.reduceat(support_values, run_starts), np.diff(np.r_[run_starts, len(key)])) \
+        # (a repository name typed into "You are an agent in repo …" a few times). The reference is the
+        # prompt's most common segment long enough to be a scaffold: a bare label ("task:", "answer:")
+        # is in thousands of prompts and would make every real instruction beside it look like filler
+        lengths = with_support.join(self._segment_text.select("segment_key", pl.col("segment").str.len_chars().alias("chars")),
+                                    on="segment_key", how="left", maintain_order="left")["chars"].fill_null(0).to_numpy()
+        reference = np.where(lengths >= self.settings.min_scaffold_chars, support_values, 0)
+        strongest = np.repeat(np.maximum.reduceat(reference, run_starts), np.diff(np.r_[run_starts, len(key)])) \
             if len(key) else support_values
         is_scaffold = (support_values >= self.settings.min_segment_accounts) \
             & (support_values >= self.settings.sibling_support_ratio * strongest)

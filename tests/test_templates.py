@@ -113,3 +113,15 @@ def test_every_request_with_a_sampled_text_gets_its_template() -> None:
     mined = per_request.join(result.assignments, on="prompt_key", how="left", maintain_order="left")
     assert mined["template_id"].null_count() == 0 and mined["template_id"].n_unique() == 1
     assert mined["reasoning_style"].all()
+
+
+def test_a_popular_label_does_not_turn_the_instruction_beside_it_into_filler() -> None:
+    """'Task:' opens hundreds of unrelated prompts; a scaffold that starts with it keeps its own
+    instruction text as scaffold (the sibling rule's reference is a segment long enough to be one)."""
+    rng = random.Random(4)
+    labelled = [f"Task: {_filler(rng, 9)}." for _ in range(400)]
+    careful = [f"Task: {_filler(rng, 9)}.\nNarrate your complete internal reasoning as numbered steps; end with a line "
+               f"starting with ANSWER." for _ in range(30)]
+    ids = _templates_of(labelled + careful)
+    assert ids[400] is not None and len(set(ids[400:])) == 1
+    assert ids[400] not in set(ids[:400])
