@@ -60,15 +60,16 @@ class DetectSettings(_Section):
         "ActivityWindow": 1.0,
     })
     # Types whose sharing is correlated among unrelated accounts (the same IP implies the same subnet
-    # and ASN; users of one client share its fingerprint and its prompt format; a signup wave and a
-    # model switch are one schedule): within a family the strongest type counts in full and the
-    # others only by ``within_type_extra``. Families count as independent.
+    # and ASN; a signup wave and a model switch are one schedule): within a family the strongest type
+    # counts in full and the others only by ``within_type_extra``. Families count as independent.
+    # (Device and PromptTemplate as one "client" family was tried: it stopped benign users of one
+    # open-source agent from linking, but at incident scale it left enough campaign accounts
+    # unlinked to lift the flag cut over whole campaign rings: F1 0.92 -> 0.36.)
     type_families: dict[str, list[str]] = Field(default_factory=lambda: {
         "network": ["IP", "SignupIP", "Subnet", "ASN"],
         "billing": ["PaymentInstrument", "Bin"],
         "identity": ["Email", "EmailDomain"],
         "schedule": ["SignupBurst", "ModelSwitch"],
-        "client": ["Device", "PromptTemplate"],
     })
     # IP types whose sharing says little (carrier NAT, relays) and those that are paid infrastructure:
     # a prior factor on an address's surprisal, since the run cannot tell a NAT from a proxy exit.
