@@ -115,3 +115,94 @@ MATCH (a:IP {ip: row.src})
 MATCH (b:ASN {asn: row.dst})
 MERGE (a)-[r:ROUTED_BY]->(b)
 SET r.count = row.count, r.first_seen = CASE WHEN row.first_seen IS NULL THEN null ELSE datetime({epochMillis: row.first_seen}) END, r.last_seen = CASE WHEN row.last_seen IS NULL THEN null ELSE datetime({epochMillis: row.last_seen}) END;
+
+// Removals: what an incremental load must delete so that the database equals a full load of
+// the same input (a partition removed or changed). $keys: node keys; $rows: {src, dst} maps.
+
+// :name unload_rel_PAID_WITH
+UNWIND $rows AS row
+MATCH (:Account {account_id: row.src})-[r:PAID_WITH]->(:PaymentInstrument {instrument_id: row.dst})
+DELETE r;
+
+// :name unload_rel_USED_IP
+UNWIND $rows AS row
+MATCH (:Account {account_id: row.src})-[r:USED_IP]->(:IP {ip: row.dst})
+DELETE r;
+
+// :name unload_rel_SIGNED_UP_FROM
+UNWIND $rows AS row
+MATCH (:Account {account_id: row.src})-[r:SIGNED_UP_FROM]->(:IP {ip: row.dst})
+DELETE r;
+
+// :name unload_rel_USED_DEVICE
+UNWIND $rows AS row
+MATCH (:Account {account_id: row.src})-[r:USED_DEVICE]->(:Device {device_id: row.dst})
+DELETE r;
+
+// :name unload_rel_SENT_TEMPLATE
+UNWIND $rows AS row
+MATCH (:Account {account_id: row.src})-[r:SENT_TEMPLATE]->(:PromptTemplate {template_id: row.dst})
+DELETE r;
+
+// :name unload_rel_IN_ORG
+UNWIND $rows AS row
+MATCH (:Account {account_id: row.src})-[r:IN_ORG]->(:Org {org_id: row.dst})
+DELETE r;
+
+// :name unload_rel_HAS_EMAIL_DOMAIN
+UNWIND $rows AS row
+MATCH (:Account {account_id: row.src})-[r:HAS_EMAIL_DOMAIN]->(:EmailDomain {domain: row.dst})
+DELETE r;
+
+// :name unload_rel_USED_MODEL
+UNWIND $rows AS row
+MATCH (:Account {account_id: row.src})-[r:USED_MODEL]->(:Model {model: row.dst})
+DELETE r;
+
+// :name unload_rel_IN_SUBNET
+UNWIND $rows AS row
+MATCH (:IP {ip: row.src})-[r:IN_SUBNET]->(:Subnet {subnet: row.dst})
+DELETE r;
+
+// :name unload_rel_ROUTED_BY
+UNWIND $rows AS row
+MATCH (:IP {ip: row.src})-[r:ROUTED_BY]->(:ASN {asn: row.dst})
+DELETE r;
+
+// :name unload_node_Account
+UNWIND $keys AS key MATCH (n:Account {account_id: key}) DETACH DELETE n;
+
+// :name unload_node_PaymentInstrument
+UNWIND $keys AS key MATCH (n:PaymentInstrument {instrument_id: key}) DETACH DELETE n;
+
+// :name unload_node_IP
+UNWIND $keys AS key MATCH (n:IP {ip: key}) DETACH DELETE n;
+
+// :name unload_node_Subnet
+UNWIND $keys AS key MATCH (n:Subnet {subnet: key}) DETACH DELETE n;
+
+// :name unload_node_ASN
+UNWIND $keys AS key MATCH (n:ASN {asn: key}) DETACH DELETE n;
+
+// :name unload_node_Device
+UNWIND $keys AS key MATCH (n:Device {device_id: key}) DETACH DELETE n;
+
+// :name unload_node_PromptTemplate
+UNWIND $keys AS key MATCH (n:PromptTemplate {template_id: key}) DETACH DELETE n;
+
+// :name unload_node_Org
+UNWIND $keys AS key MATCH (n:Org {org_id: key}) DETACH DELETE n;
+
+// :name unload_node_EmailDomain
+UNWIND $keys AS key MATCH (n:EmailDomain {domain: key}) DETACH DELETE n;
+
+// :name unload_node_Model
+UNWIND $keys AS key MATCH (n:Model {model: key}) DETACH DELETE n;
+
+// :name clear_graph
+// A full load starts from an empty graph (rings go with their accounts); in batches, so that a
+// graph of millions of nodes never needs one huge transaction.
+MATCH (n)
+WHERE n:Account OR n:PaymentInstrument OR n:IP OR n:Subnet OR n:ASN OR n:Device OR n:PromptTemplate
+   OR n:Org OR n:EmailDomain OR n:Model OR n:Ring OR n:Run
+CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS;

@@ -16,3 +16,4 @@ CREATE INDEX ring_flagged IF NOT EXISTS FOR (n:Ring) ON (n.flagged);
 CREATE INDEX ring_score IF NOT EXISTS FOR (n:Ring) ON (n.score);
 CREATE INDEX ip_type IF NOT EXISTS FOR (n:IP) ON (n.ip_type);
 CREATE INDEX account_org IF NOT EXISTS FOR (n:Account) ON (n.org_id);
+CREATE CONSTRAINT linkage_lock IF NOT EXISTS FOR (n:LinkageLock) REQUIRE n.name IS UNIQUE;

@@ -8,27 +8,26 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
-import pydantic
 
 from .errors import ConfigError, LinkageError
 from .settings import Settings
 
 
 def _settings(config: str | None, overrides: dict[str, Any]) -> Settings:
-    try:
-        return Settings.load(config, {k: v for k, v in overrides.items() if v is not None})
-    except (pydantic.ValidationError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()
-        raise ConfigError(f"settings: {' '.join(first[:3])}") from exc
+    return Settings.load(config, {k: v for k, v in overrides.items() if v is not None})
 
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # the driver logs every lost connection and retry itself; linkage reports the failure in one
+    # line (exit 3), so the driver's own lines only with -vv
+    logging.getLogger("neo4j").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
 
 
 class _Group(click.Group):
@@ -38,13 +37,14 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except LinkageError as exc:
-            click.echo(f"linkage: error: {exc}", err=True)
+            click.echo(f"linkage: error: {terminal_safe(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 — last resort: still one line, still non-zero
             logging.getLogger("linkage").debug("internal error", exc_info=True)
-            click.echo(f"linkage: internal error: {type(exc).__name__}: {exc} (run with -vv for a traceback)", err=True)
+            click.echo(f"linkage: internal error: {type(exc).__name__}: {terminal_safe(str(exc))} "
+                       "(run with -vv for a traceback)", err=True)
             sys.exit(1)
 
 
@@ -96,7 +96,7 @@ def run(input_dir: str, out_dir: str, config: str | None, threshold: float | Non
                                   "detect.resolution": resolution})
     stores = [EmbeddedStore(Path(out_dir) / "graph")] if write_graph else []
     if use_neo4j:
-        stores.append(_neo4j_store(settings))
+        stores.append(_neo4j_store(settings, writer=True))
     try:
         result = run_pipeline(input_dir, out_dir, settings, store=stores)
     finally:
@@ -107,9 +107,10 @@ def run(input_dir: str, out_dir: str, config: str | None, threshold: float | Non
                err=True)
 
 
-def _neo4j_store(settings: Settings):
+def _neo4j_store(settings: Settings, writer: bool):
+    """``writer``: the store will load or write rings back, so it holds the database's load lock."""
     from .store.neo4j import Neo4jStore
-    return Neo4jStore.from_settings(settings.neo4j)
+    return Neo4jStore.from_settings(settings.neo4j, writer=writer)
 
 
 @main.command()
@@ -166,7 +167,7 @@ def detect(use_neo4j: bool, graph_dir: str | None, out_dir: str, config: str | N
     if use_neo4j == bool(graph_dir):
         raise ConfigError("detect: give exactly one of --neo4j or --graph-dir")
     settings = _settings(config, {"score.flag_threshold": threshold})
-    store = _neo4j_store(settings) if use_neo4j else EmbeddedStore(graph_dir)
+    store = _neo4j_store(settings, writer=not no_write_back) if use_neo4j else EmbeddedStore(graph_dir)
     try:
         result = detect_from_store(store, Path(out_dir), settings, write_back=not no_write_back)
     finally:
@@ -188,19 +189,13 @@ def rebuild(input_dir: str, out_dir: str, use_neo4j: bool, full: bool, config: s
     Prints one JSON line on stdout. Exit codes: 0 done, 1 internal error, 2 bad input or
     settings, 3 Neo4j unreachable or refusing, 75 another rebuild holds the lock (retry later)."""
     _setup_logging(verbose)
-    from .rebuild import rebuild as run_rebuild, summary_line
-    reasons = {75: "lock_held", 3: "store_error", 2: "input_or_config_error"}
-    store = None
+    from .rebuild import failure_summary, nightly, summary_line
+    started = time.time()
     try:
-        settings = _settings(config, {})
-        store = _neo4j_store(settings) if use_neo4j else None
-        summary = run_rebuild(input_dir, out_dir, settings, store=store, full=full)
-    except LinkageError as exc:
-        click.echo(json.dumps({"exit_reason": reasons.get(exc.exit_code, "error"), "error": str(exc)}))
+        summary = nightly(input_dir, out_dir, config, use_neo4j=use_neo4j, full=full)
+    except BaseException as exc:
+        click.echo(summary_line(failure_summary(exc, started)))
         raise
-    finally:
-        if store is not None:
-            store.close()
     click.echo(summary_line(summary))
 
 
@@ -226,6 +221,7 @@ def _parse_param(text: str) -> tuple[str, Any]:
 @common_config
 def query(name: str | None, list_queries: bool, params: tuple[str, ...], fmt: str, config: str | None) -> None:
     """Run one of the investigators' named queries (cypher/queries) in a READ transaction."""
+    _setup_logging(0)
     from .cypher import queries, query as named_query
     if list_queries or not name:
         for q in queries().values():
@@ -237,7 +233,7 @@ def query(name: str | None, list_queries: bool, params: tuple[str, ...], fmt: st
     missing = [p for p in chosen.parameters if p not in values]
     if missing:
         raise ConfigError(f"query '{name}' needs --param {missing[0]}=… (parameters: {', '.join(chosen.parameters)})")
-    store = _neo4j_store(_settings(config, {}))
+    store = _neo4j_store(_settings(config, {}), writer=False)
     try:
         keys, rows = store.run_read_query(chosen.text, values)
     finally:
@@ -246,22 +242,36 @@ def query(name: str | None, list_queries: bool, params: tuple[str, ...], fmt: st
 
 
 def _format_rows(keys: list[str], rows: list[list[Any]], fmt: str) -> str:
+    """Rows for a terminal or a file: values from the database are data, never terminal controls
+    or spreadsheet formulas."""
     import csv
     import io
+    from .export import escape_formula
     plain = [[v.iso_format() if hasattr(v, "iso_format") else v for v in row] for row in rows]
-    if fmt == "json":
+    if fmt == "json":  # JSON escapes control characters itself
         return json.dumps([dict(zip(keys, row)) for row in plain], default=str, indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(keys)
-        writer.writerows(plain)
+        writer.writerows([[escape_formula(terminal_safe(v)) if isinstance(v, str) else v for v in row]
+                          for row in plain])
         return buffer.getvalue().rstrip("\n")
-    cells = [keys] + [["" if v is None else str(v)[:60] for v in row] for row in plain]
+    cells = [keys] + [["" if v is None else terminal_safe(str(v)).replace("\n", "\\n")[:60] for v in row]
+                      for row in plain]
     widths = [max(len(r[i]) for r in cells) for i in range(len(keys))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines + [f"({len(rows)} rows)"])
+
+
+# C0 controls (ESC starts terminal escape sequences), DEL and C1 controls, shown as \xNN instead
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)) if code != 0x0A}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character made visible, so data cannot drive the terminal."""
+    return text.translate(_CONTROL)
 
 
 def entry() -> None:

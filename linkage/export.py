@@ -1,7 +1,11 @@
 """Stage 6 — export: the contract's output files, written atomically.
 
 Every file is written under a temporary name in OUT_DIR and renamed into place, so a
-reader (or a run killed half-way) never finds a partial file that looks complete.
+reader (or a run killed half-way) never finds a partial file that looks complete; a run
+first removes the previous run's completion markers (``rings.csv``, ``run.json``), so a run
+killed while replacing an earlier one never leaves a mixed set that looks complete. Files
+get the permissions the umask allows, like any file the user creates. CSV cells that a
+spreadsheet would run as a formula are escaped (the Parquet copies keep exact values).
 """
 from __future__ import annotations
 
@@ -21,14 +25,49 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; readers under other users need the umask's
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+COMPLETION_MARKERS = ("rings.csv", "run.json")
+
+
+def begin_export(out_dir: Path) -> None:
+    """Remove the previous run's completion markers before any new file lands beside them."""
+    for name in COMPLETION_MARKERS:
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def write_csv(frame: pl.DataFrame, path: Path) -> None:
-    atomic_write(path, lambda tmp: _flat(frame).write_csv(tmp))
+    atomic_write(path, lambda tmp: _for_csv(frame).write_csv(tmp))
+
+
+# a cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP)
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def escape_formula(value: str) -> str:
+    """One cell's text, escaped as :func:`_for_csv` does for a column."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _for_csv(frame: pl.DataFrame) -> pl.DataFrame:
+    """CSV has no nested types: lists become '|'-joined text; then text that would start a formula is
+    prefixed with an apostrophe, which spreadsheets show as text and hide."""
+    flat = _flat(frame)
+    return flat.with_columns([
+        pl.when(pl.col(c).cast(pl.Utf8).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(c).cast(pl.Utf8))
+        .otherwise(pl.col(c).cast(pl.Utf8)).alias(c)
+        for c, t in flat.schema.items() if t in (pl.Utf8, pl.Categorical)])
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
@@ -61,5 +100,9 @@ def write_rings(out_dir: Path, rings: pl.DataFrame, members: pl.DataFrame, evide
 
 
 def write_quarantine(out_dir: Path, frames: dict[str, pl.DataFrame]) -> None:
+    """One file per table with quarantined rows; an earlier run's file of another table goes."""
+    for stale in (out_dir / "quarantine").glob("*.csv"):
+        if stale.stem not in frames:
+            stale.unlink()
     for table, frame in frames.items():
         write_csv(frame.sort("source_file", "row"), out_dir / "quarantine" / f"{table}.csv")

@@ -87,6 +87,24 @@ def graph_delta(current: Graph, previous: Graph) -> Graph:
     return delta
 
 
+def graph_removals(current: Graph, previous: Graph) -> Graph:
+    """Keys that ``previous`` held and ``current`` no longer does: nodes by their key, relationships by
+    (src, dst). With :func:`graph_delta`, what turns a store holding ``previous`` into ``current``."""
+    removed = Graph()
+    for spec in NODE_SPECS:
+        old, new = previous.nodes.get(spec.label), current.nodes.get(spec.label)
+        if old is not None and old.height:
+            keys = old.select(spec.key)
+            removed.nodes[spec.label] = keys if new is None else keys.join(new.select(spec.key), on=spec.key, how="anti")
+    for rel in REL_SPECS:
+        old, new = previous.rels.get(rel.type), current.rels.get(rel.type)
+        if old is not None and old.height:
+            pairs = old.select("src", "dst")
+            removed.rels[rel.type] = pairs if new is None else pairs.join(new.select("src", "dst"), on=["src", "dst"],
+                                                                          how="anti")
+    return removed
+
+
 def _text(frame: pl.DataFrame) -> pl.DataFrame:
     """Categorical columns back to text, for the (small, aggregated) graph tables."""
     return frame.with_columns([pl.col(c).cast(pl.Utf8) for c, t in frame.schema.items() if isinstance(t, pl.Categorical)])

@@ -12,6 +12,8 @@ import gzip
 import io
 import json
 import logging
+import os
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,13 +39,19 @@ FILE_COL, ROW_COL, REASON_COL, FIELD_COL = "_file", "_row", "_reason", "_field"
 
 # ---------------------------------------------------------------- discovery
 def table_files(input_dir: Path, spec: TableSpec) -> list[Path]:
-    """The files of one table: ``NAME.ext`` or everything below ``NAME/``, sorted for determinism."""
+    """The files of one table: ``NAME.ext`` or everything below ``NAME/``, sorted for determinism.
+
+    Partition directories reached through symlinks are followed (a loop is an error); directories
+    and files whose names start with ``_`` or ``.`` are skipped, as Spark and Hive do (``_temporary/``,
+    ``.staging/``, ``_SUCCESS``). Every file is checked here, before any work: it has a header (or
+    schema) naming the table's required columns, and no file symlink dangles."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise InputError(f"{input_dir}: input directory does not exist")
-    singles = [input_dir / f"{spec.name}{ext}" for ext in EXTENSIONS if (input_dir / f"{spec.name}{ext}").is_file()]
+    singles = [input_dir / f"{spec.name}{ext}" for ext in EXTENSIONS
+               if (input_dir / f"{spec.name}{ext}").is_file() or (input_dir / f"{spec.name}{ext}").is_symlink()]
     folder = input_dir / spec.name
-    nested = sorted(p for p in folder.rglob("*") if p.is_file() and _has_table_extension(p)) if folder.is_dir() else []
+    nested = _partition_files(folder) if folder.is_dir() else []
     if len(singles) > 1 or (singles and nested):
         found = ", ".join(str(p) for p in singles + ([folder] if nested else []))
         raise InputError(f"{spec.name}: more than one source for the table ({found}); keep one")
@@ -53,11 +61,72 @@ def table_files(input_dir: Path, spec: TableSpec) -> list[Path]:
             f"{input_dir / spec.name}: required table '{spec.name}' not found "
             f"(expected {spec.name}.csv, .csv.gz, .jsonl, .jsonl.gz, .parquet or a {spec.name}/ directory)"
         )
+    for path in files:
+        check_file_columns(path, spec)
     return files
+
+
+def _partition_files(folder: Path) -> list[Path]:
+    """Table files below ``folder``, following directory symlinks once each (by their real path)."""
+    found: list[Path] = []
+    seen: set[str] = {os.path.realpath(folder)}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            if name.startswith((".", "_")):
+                continue
+            real = os.path.realpath(os.path.join(root, name))
+            if real in seen:
+                raise InputError(f"{os.path.join(root, name)}: directory symlink loop (already read as {real})")
+            seen.add(real)
+            kept.append(name)
+        dirs[:] = kept
+        found.extend(Path(root, name) for name in names if _has_table_extension(Path(name)))
+    return sorted(found)
 
 
 def _has_table_extension(path: Path) -> bool:
     return path.name.endswith(EXTENSIONS) and not path.name.startswith((".", "_"))
+
+
+def file_columns(path: Path) -> list[str] | None:
+    """The column names a file declares: a CSV's header, a Parquet schema, a JSONL file's first
+    record (None when that record is not an object: left to the row-by-row path to quarantine).
+    An empty file, or a file symlink that dangles, is an :class:`InputError`."""
+    if not path.exists():
+        raise InputError(f"{path}: file cannot be read (a symlink to a missing file?)")
+    try:
+        if path.name.endswith(".parquet"):
+            return list(pq.read_schema(path).names)
+        with _open_text(path) as fh:
+            if path.name.endswith((".csv", ".csv.gz")):
+                header = next(csv.reader(fh), [])
+                if not header:
+                    raise InputError(f"{path}: empty file: a CSV table starts with its header row")
+                return header
+            first = next((line for line in fh if line.strip()), None)
+    except InputError:
+        raise
+    except (OSError, EOFError, pa.ArrowInvalid, ValueError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: unreadable, truncated or corrupt file ({_first_line(exc)})") from exc
+    if first is None:
+        raise InputError(f"{path}: empty file: a JSON-lines table has at least one record")
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return None
+    return list(record) if isinstance(record, dict) else None
+
+
+def check_file_columns(path: Path, spec: TableSpec) -> None:
+    """The file's header names every required column of its table, whether or not rows follow."""
+    columns = file_columns(path)
+    if columns is None:
+        return
+    missing = [c for c in spec.required_columns if c not in columns]
+    if missing:
+        raise InputError(f"{path}: required column '{missing[0]}' missing from table '{spec.name}' "
+                         f"(columns present: {', '.join(columns) or 'none'})")
 
 
 # ---------------------------------------------------------------- reading
@@ -117,38 +186,39 @@ def _read_parquet(path: Path, batch_rows: int, categorical: frozenset[str] = fro
         yield _numbered(frame, start + 1)
 
 
-def _csv_header(path: Path) -> list[str]:
-    with _open_text(path) as fh:
-        return next(csv.reader(fh), [])
-
-
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_text(path: Path, errors: str = "strict") -> io.TextIOBase:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
     if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors=errors, newline="")
+    return open(path, encoding="utf-8-sig", errors=errors, newline="")
 
 
 def _read_csv(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
     """Fast path with Arrow's multi-threaded reader (blocks parsed in parallel); a file with malformed
-    records is re-read in Python so that each bad record is quarantined under its exact row number."""
-    header = _csv_header(path)
-    if not header:
-        return
+    records, bytes that are not UTF-8 or a record larger than a block is re-read in Python, so that
+    each bad record is quarantined under its exact row number and the good ones are kept."""
+    header = file_columns(path) or []
     malformed: list[str] = []
 
     def note_malformed(row: pacsv.InvalidRow) -> str:
         malformed.append(row.text)
         return "skip"
 
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=8 << 20, use_threads=True),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=note_malformed),
-        convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in header}, strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    try:
+        table = pacsv.read_csv(
+            path,
+            # the header as read above (BOM removed), so that every column is typed as text: ids
+            # such as 00000950 keep their zeros
+            read_options=pacsv.ReadOptions(block_size=8 << 20, use_threads=True, column_names=header, skip_rows=1),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=note_malformed),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in header}, strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        log.info("%s: re-reading record by record (%s)", path, _first_line(exc))
+        malformed.append(str(exc))
     if malformed:
         yield from _read_csv_slow(path, header, batch_rows)
         return
@@ -162,19 +232,26 @@ def _read_csv(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
 
 def _read_csv_slow(path: Path, header: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
     width = len(header)
-    with _open_text(path) as fh:
+    csv.field_size_limit(sys.maxsize)  # an oversized field is judged by validation, like in JSONL/Parquet
+    # bytes that are not UTF-8 survive decoding as lone surrogates and mark their record bad
+    with _open_text(path, errors="surrogateescape") as fh:
         rows = csv.reader(fh)
         next(rows, None)
         good: list[list[str]] = []
         numbers: list[int] = []
         bad: list[dict[str, object]] = []
         for number, record in enumerate(rows, start=1):
-            if len(record) == width:
+            if len(record) != width:
+                reason = f"malformed record: {len(record)} fields, header has {width}"
+            else:
+                reason = _undecodable_field(record, header)
+            if reason is None:
                 good.append(record)
                 numbers.append(number)
             else:
-                bad.append({ROW_COL: number, "_raw": ",".join(record)[:2000],
-                            REASON_COL: f"malformed record: {len(record)} fields, header has {width}"})
+                raw = ",".join(record)[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
+                field_name = "(record)" if reason.startswith("malformed") else reason.rsplit(" ", 1)[-1]
+                bad.append({ROW_COL: number, "_raw": raw, REASON_COL: reason, FIELD_COL: field_name})
     frame = pl.DataFrame(good, schema={name: pl.Utf8 for name in header}, orient="row") if good else \
         pl.DataFrame(schema={name: pl.Utf8 for name in header})
     frame = frame.with_columns(pl.Series(ROW_COL, numbers, dtype=pl.Int64))
@@ -182,6 +259,17 @@ def _read_csv_slow(path: Path, header: list[str], batch_rows: int) -> Iterator[p
         yield pl.DataFrame(bad).with_columns(pl.lit(True).alias("_malformed"))
     for start in range(0, frame.height, batch_rows):
         yield frame.slice(start, batch_rows)
+
+
+def _undecodable_field(record: list[str], header: list[str]) -> str | None:
+    """The reason a record holds bytes that are not UTF-8 (naming the field), or None."""
+    for name, value in zip(header, record):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"invalid UTF-8 in {name}"
+    return None
 
 
 def _read_jsonl(path: Path) -> Iterator[pl.DataFrame]:
@@ -193,16 +281,23 @@ def _read_jsonl(path: Path) -> Iterator[pl.DataFrame]:
         log.info("%s: falling back to line-by-line JSON parsing", path)
     records: list[dict[str, object]] = []
     bad: list[dict[str, object]] = []
-    with _open_text(path) as fh:
+    with _open_text(path, errors="surrogateescape") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
+                if not line.isascii():
+                    line.encode("utf-8")  # lone surrogates: bytes that were not UTF-8
                 value = json.loads(line)
                 if not isinstance(value, dict):
                     raise ValueError("not a JSON object")
+            except UnicodeEncodeError:
+                bad.append({ROW_COL: number, "_raw": line[:2000].encode("utf-8", "backslashreplace").decode(),
+                            REASON_COL: "invalid UTF-8 in record", FIELD_COL: "(record)"})
+                continue
             except ValueError as exc:
-                bad.append({ROW_COL: number, "_raw": line[:2000], REASON_COL: f"malformed JSON: {exc}"})
+                bad.append({ROW_COL: number, "_raw": line[:2000], REASON_COL: f"malformed JSON: {exc}",
+                            FIELD_COL: "(record)"})
                 continue
             records.append({k: (None if v is None else v if isinstance(v, str) else json.dumps(v))
                             for k, v in value.items()} | {ROW_COL: number})
@@ -288,7 +383,7 @@ def validate_batch(raw: pl.DataFrame, spec: TableSpec, source: str, settings: In
     if "_malformed" in raw.columns:
         counts.rows_read += raw.height
         quarantine.add(spec.name, raw.select(
-            pl.lit(source).alias(FILE_COL), pl.col(ROW_COL), pl.lit("(record)").alias(FIELD_COL),
+            pl.lit(source).alias(FILE_COL), pl.col(ROW_COL), pl.col(FIELD_COL),
             pl.col(REASON_COL), pl.col("_raw").alias("record")))
         return pl.DataFrame()
     missing = [c for c in spec.required_columns if c not in raw.columns]

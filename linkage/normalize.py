@@ -19,8 +19,8 @@ _EPOCH_MS_CUTOFF = 100_000_000_000  # a number above this is epoch milliseconds,
 
 # ---------------------------------------------------------------- timestamps
 _ISO = (
-    r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2})(:\d{2})?(\.\d{1,9})?)?\s*"
-    r"(Z|z|UTC|[+-]\d{2}:?\d{2})?$"
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})(?:[T ]([0-9]{2}:[0-9]{2})(:[0-9]{2})?(\.[0-9]{1,9})?)?\s*"
+    r"(Z|z|UTC|[+-][0-9]{2}:?[0-9]{2})?$"
 )
 
 
@@ -68,13 +68,13 @@ def parse_timestamps(values: pl.Series) -> pl.Series:
 
 def _parse_general(text: pl.Series) -> pl.Series:
     text = text.str.strip_chars()
-    numeric = text.str.contains(r"^-?\d+(\.\d+)?$")
+    numeric = text.str.contains(r"^-?[0-9]+(\.[0-9]+)?$")
     from_epoch = _from_epoch(text.cast(pl.Float64, strict=False))
     parts = text.str.extract_groups(_ISO)
     offset = (
         parts.struct.field("5")
         .str.replace(r"^(Z|z|UTC)$", "+00:00")
-        .str.replace(r"^([+-]\d{2})(\d{2})$", "${1}:${2}")
+        .str.replace(r"^([+-][0-9]{2})([0-9]{2})$", "${1}:${2}")
         .fill_null("+00:00")
     )
     iso = pl.concat_str([
@@ -98,12 +98,15 @@ def _from_epoch(seconds: pl.Series) -> pl.Series:
             pl.when(seconds.abs() > _EPOCH_MS_CUTOFF).then(seconds).otherwise(seconds * 1000)
         ).to_series()
     )
+    # NaN and ±inf compare false, so they fall out with everything beyond years 1–9999; the cast is
+    # lenient because polars evaluates it on every row, the ones the mask drops included
     in_range = (millis > -62_135_596_800_000) & (millis < 253_402_300_799_000)
-    return pl.select(pl.when(in_range).then(millis.round(0).cast(pl.Int64))).to_series().cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
+    whole_ms = millis.round(0).cast(pl.Int64, strict=False)
+    return pl.select(pl.when(in_range).then(whole_ms)).to_series().cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
 
 
 # ---------------------------------------------------------------- IPs
-_OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
 
 
@@ -136,7 +139,7 @@ def _parse_distinct(values: pl.Series) -> pl.DataFrame:
         ip=pl.when(pl.col("is_v4")).then(pl.col("v4")).otherwise(pl.col("v6_ip")),
         ip_version=pl.when(pl.col("is_v4")).then(pl.lit(4, pl.Int8))
         .when(pl.col("v6_ip").is_not_null()).then(pl.lit(6, pl.Int8)),
-        subnet=pl.when(pl.col("is_v4")).then(pl.col("v4").str.replace(r"\.\d+$", ".0/24")).otherwise(pl.col("v6_subnet")),
+        subnet=pl.when(pl.col("is_v4")).then(pl.col("v4").str.replace(r"\.[0-9]+$", ".0/24")).otherwise(pl.col("v6_subnet")),
     )
 
 
@@ -291,6 +294,8 @@ def _v6_format(groups, out, position):
 
 @functools.lru_cache(maxsize=1 << 20)
 def _v6_info(text: str) -> tuple[str, str | None, str | None]:
+    if not text.isascii():  # an address is written in ASCII digits; other scripts' digits are not one
+        return text, None, None
     try:
         address = ipaddress.ip_address(text.split("%")[0])
     except ValueError:

@@ -21,7 +21,7 @@ import polars as pl
 from . import __version__
 from .detect import Detection, detect
 from .errors import InputError
-from .export import write_json, write_quarantine, write_rings
+from .export import begin_export, write_json, write_quarantine, write_rings
 from .graph import Graph, build_graph
 from .ingest import FILE_COL, REASON_COL, ROW_COL, FIELD_COL, Quarantine, read_table, record_json, table_files
 from .normalize import normalize_accounts, normalize_payments, normalize_requests
@@ -286,6 +286,7 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
 
 
 def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> None:
+    begin_export(out_dir)
     write_quarantine(out_dir, {t: quarantine.rows(t) for t in quarantine.counts})
     write_rings(out_dir, result.rings, result.members, result.evidence, result.account_scores)
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -34,7 +35,7 @@ import polars as pl
 
 from .errors import InputError, LockHeldError
 from .export import write_csv, write_json, write_parquet
-from .graph import build_graph, graph_delta
+from .graph import build_graph, graph_delta, graph_removals
 from .ingest import Quarantine, read_table, table_files
 from .pipeline import (RunResult, _empty, _empty_compact, account_scores, analyse, attach_templates, clock_figures,
                        clean_requests, export, ingest_request_file, prepare_accounts, prepare_payments, summarise)
@@ -385,7 +386,14 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
                 # replaced after the load, so a run killed mid-load sends the same rows again
                 snapshot = EmbeddedStore(state.root / "graph")
                 previous_graph = snapshot.read_graph() if (state.root / "graph" / "nodes").exists() else None
-                delta = graph_delta(graph, previous_graph) if previous_graph is not None else graph
+                # the database is made equal to a full load of today's input: without a snapshot
+                # (first night, --full) it starts empty; otherwise what left the input is deleted
+                if previous_graph is None:
+                    store.clear_graph()
+                    delta = graph
+                else:
+                    store.remove_graph(graph_removals(graph, previous_graph))
+                    delta = graph_delta(graph, previous_graph)
                 stats = store.write_graph(delta)
                 store.write_rings(rings, members, run_id=run_id,
                                   run_props={"new_files": len(sync["new"]), "changed_files": len(sync["changed"])})
@@ -406,19 +414,73 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
     return summary
 
 
+_ATOMIC_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # export.atomic_write's mkstemp names
+
+
 def _remove_temporaries(out_dir: Path) -> None:
-    """Half-written files of a killed run (``.name.XXXX.tmp``, ``staged/…tmp``): under the lock no
-    one else can be writing them, so they are garbage."""
-    for leftover in sorted(out_dir.rglob("*.tmp")):
+    """Half-written files of a killed run: under the lock no one else can be writing them, so they
+    are garbage. Only linkage's own: its temporary names in the output and quarantine folders, and
+    anything temporary in its state folder; another tool's ``*.tmp`` beside them is left alone."""
+    for folder in (out_dir, out_dir / "quarantine"):
+        for leftover in sorted(folder.glob(".*.tmp")):
+            if leftover.is_file() and _ATOMIC_TEMPORARY.match(leftover.name):
+                leftover.unlink(missing_ok=True)
+    for leftover in sorted((out_dir / "state").rglob("*.tmp")):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
 
 
+def nightly(input_dir: str | Path, out_dir: str | Path, config: str | Path | None = None, use_neo4j: bool = False,
+            full: bool = False) -> dict[str, Any]:
+    """The cron job: settings, the Neo4j connection (holding its load lock) and :func:`rebuild`.
+    Every failure, from a bad settings file to a lost server, is recorded in ``runs.jsonl`` with its
+    ``exit_reason`` before it propagates (see :func:`failure_summary`)."""
+    started = time.time()
+    store = None
+    try:
+        settings = Settings.load(config)
+        if use_neo4j:
+            from .store.neo4j import Neo4jStore
+            store = Neo4jStore.from_settings(settings.neo4j, writer=True)
+        return rebuild(input_dir, out_dir, settings, store=store, full=full)
+    except BaseException as exc:
+        _record_failure(Path(out_dir), failure_summary(exc, started))
+        raise
+    finally:
+        if store is not None:
+            store.close()
+
+
+def failure_summary(exc: BaseException, started: float) -> dict[str, Any]:
+    """What a failed night prints and records: its exit reason and the one-line error."""
+    code = getattr(exc, "exit_code", 1)
+    reason = next((name for name, value in EXIT_CODES.items() if value == code), "internal_error")
+    if isinstance(exc, KeyboardInterrupt):
+        reason = "interrupted"
+    message = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+    if reason == "internal_error":
+        message = f"{type(exc).__name__}: {message}"
+    return {"run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "exit_reason": reason, "exit_code": code if reason != "interrupted" else 130, "error": message}
+
+
+def _record_failure(out_dir: Path, summary: dict[str, Any]) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _append_history(out_dir / "runs.jsonl", summary)
+    except OSError as exc:  # the output folder itself is the problem: stdout still gets the line
+        log.warning("could not record the failed run in %s: %s", out_dir / "runs.jsonl", exc)
+
+
 def _append_history(path: Path, summary: dict[str, Any]) -> None:
-    line = json.dumps({k: summary[k] for k in ("run_id", "started_at", "exit_reason", "files", "rings",
-                                               "ring_changes", "timings_s", "peak_rss_mb") if k in summary})
+    entry = {k: summary[k] for k in ("run_id", "started_at", "exit_reason", "exit_code", "error", "files",
+                                     "rings", "ring_changes", "timings_s", "peak_rss_mb") if k in summary}
+    if "tables" in summary:
+        entry["tables"] = _table_counts(summary["tables"])
+    line = json.dumps(entry)
     with open(path, "a") as fh:
         fh.write(line + "\n")
         fh.flush()
@@ -427,9 +489,13 @@ def _append_history(path: Path, summary: dict[str, Any]) -> None:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """The one JSON line a cron job prints on stdout."""
-    keys = ("run_id", "exit_reason", "files", "rings", "ring_changes", "neo4j_load", "timings_s", "tables")
+    keys = ("run_id", "exit_reason", "exit_code", "error", "files", "rings", "ring_changes", "neo4j_load", "timings_s",
+            "tables")
     short = {k: summary[k] for k in keys if k in summary}
     if "tables" in short:
-        short["tables"] = {t: {k: c[k] for k in ("rows_read", "rows_used", "rows_quarantined")}
-                           for t, c in short["tables"].items()}
+        short["tables"] = _table_counts(short["tables"])
     return json.dumps(short, separators=(",", ":"))
+
+
+def _table_counts(tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    return {t: {k: c[k] for k in ("rows_read", "rows_used", "rows_quarantined")} for t, c in tables.items()}

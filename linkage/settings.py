@@ -1,8 +1,10 @@
 """Every tunable of the pipeline in one typed place.
 
-Defaults are the shipped behaviour; a TOML file (``--config``) overrides any subset, and
-CLI options override the file. Unknown keys are an error so a typo never silently does
-nothing.
+Defaults are the shipped behaviour; a TOML file (``--config``) overrides any subset — a table
+overrides only the keys it names, tables inside tables too (``[detect.type_weights] IP = 0.5``
+leaves every other type's weight alone) — and CLI options override the file. Unknown keys,
+and evidence types or IP types that do not exist, are errors, so a typo never silently does
+nothing; every error is reported at once, with the file it came from.
 """
 from __future__ import annotations
 
@@ -10,7 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import ConfigError
+
+EVIDENCE_TYPES = ("PaymentInstrument", "Email", "Device", "PromptTemplate", "IP", "SignupIP", "Subnet", "ASN",
+                  "EmailDomain", "Bin", "SignupBurst", "ModelSwitch", "ActivityWindow")
+IP_TYPES = ("mobile", "residential", "unknown", "datacenter", "vpn", "proxy", "tor")
+SECRET_FIELDS = {("neo4j", "password")}
 
 
 class _Section(BaseModel):
@@ -44,21 +54,7 @@ class DetectSettings(_Section):
     # unrelated accounts. These are priors on top, 1 = take the null model at its word. Lockstep
     # timing (ActivityWindow) is discounted because schedules correlate with time zones and
     # working hours more than the one-factor calibration captures.
-    type_weights: dict[str, float] = Field(default_factory=lambda: {
-        "PaymentInstrument": 1.0,
-        "Email": 1.0,
-        "Device": 1.0,
-        "PromptTemplate": 1.0,
-        "IP": 1.0,
-        "SignupIP": 1.0,
-        "Subnet": 1.0,
-        "ASN": 1.0,
-        "EmailDomain": 1.0,
-        "Bin": 1.0,
-        "SignupBurst": 1.0,
-        "ModelSwitch": 1.0,
-        "ActivityWindow": 1.0,
-    })
+    type_weights: dict[str, float] = Field(default_factory=lambda: {name: 1.0 for name in EVIDENCE_TYPES})
     # Types whose sharing is correlated among unrelated accounts (the same IP implies the same subnet
     # and ASN; a signup wave and a model switch are one schedule): within a family the strongest type
     # counts in full and the others only by ``within_type_extra``. Families count as independent.
@@ -95,6 +91,32 @@ class DetectSettings(_Section):
     merge_ratio: float = Field(0.0, ge=0, description="communities tied to each other by this share of the smaller one's internal weight are merged (0 = off)")
     min_attachment: float = Field(0.1, ge=0, le=1, description="members tied to their ring below this share of its median member are dropped")
 
+    @field_validator("type_weights")
+    @classmethod
+    def _known_weighted_types(cls, weights: dict[str, float]) -> dict[str, float]:
+        _check_names(weights, EVIDENCE_TYPES, "evidence type")
+        if any(w < 0 for w in weights.values()):
+            raise ValueError("a type weight is a non-negative factor")
+        return weights
+
+    @field_validator("type_families")
+    @classmethod
+    def _known_family_types(cls, families: dict[str, list[str]]) -> dict[str, list[str]]:
+        _check_names([t for members in families.values() for t in members], EVIDENCE_TYPES, "evidence type")
+        return families
+
+    @field_validator("ip_type_factor")
+    @classmethod
+    def _known_ip_types(cls, factors: dict[str, float]) -> dict[str, float]:
+        _check_names(factors, IP_TYPES, "IP type")
+        return factors
+
+
+def _check_names(names: Any, known: tuple[str, ...], what: str) -> None:
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+
 
 class ScoreSettings(_Section):
     flag_background_share: float = Field(0.05, gt=0, lt=1, description="rings whose average member is riskier than all but this share of unlinked accounts are flagged")
@@ -109,6 +131,10 @@ class Neo4jSettings(_Section):
     password: str = Field("", repr=False)
     database: str = "neo4j"
     batch_size: int = Field(10_000, gt=0)
+    # one load at a time per database: a second waits this long for the first, then exits 75
+    lock_wait_seconds: float = Field(600.0, ge=0)
+    # a killed loader's lock lapses after this long without renewal (renewed after every label/type)
+    lock_lease_seconds: float = Field(1800.0, gt=0)
     # the offline importer for full rebuilds (`linkage bulk-import`): the project's own server by
     # default; for a packaged install, e.g. "/usr/bin/neo4j-admin" (as the neo4j user)
     admin_command: str = Field("scripts/neo4j.sh admin", description="neo4j-admin, as a command line")
@@ -123,19 +149,50 @@ class Settings(_Section):
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "Settings":
-        """Defaults, then the TOML file, then dotted overrides such as ``{"score.flag_threshold": 0.6}``."""
-        data: dict[str, Any] = {}
+        """Defaults, then the TOML file, then dotted overrides such as ``{"score.flag_threshold": 0.6}``,
+        each merged key by key into what came before. Any problem is one :class:`ConfigError` naming
+        the file and listing every invalid key (never a value: it could be a password)."""
+        data = cls().model_dump()
+        source = "settings"
         if path is not None:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+            source = str(path)
+            try:
+                with open(path, "rb") as fh:
+                    _deep_merge(data, tomllib.load(fh))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
         for dotted, value in (overrides or {}).items():
             node = data
             *parents, leaf = dotted.split(".")
             for part in parents:
                 node = node.setdefault(part, {})
             node[leaf] = value
-        return cls.model_validate(data)
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as exc:
+            problems = [f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}" for error in exc.errors()]
+            raise ConfigError(f"{source}: {len(problems)} invalid setting{'s' if len(problems) > 1 else ''}: "
+                              + "; ".join(problems)) from None
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as recorded in run.json: the password never leaves the process."""
         return self.model_dump(exclude={"neo4j": {"password"}})
+
+    def shown(self) -> dict[str, Any]:
+        """The effective settings for people (``linkage config show``): secrets masked, None left out."""
+        data = self.model_dump(exclude_none=True)
+        for section, key in SECRET_FIELDS:
+            if data.get(section, {}).get(key):
+                data[section][key] = "********"
+        return data
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    """``update`` into ``base`` in place: a table merges into a table, anything else replaces."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value

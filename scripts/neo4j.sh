@@ -18,7 +18,7 @@ fetch() {
 }
 
 configure() {
-  mkdir -p "$HOME_DIR/conf" "$HOME_DIR/data" "$HOME_DIR/logs" "$HOME_DIR/run"
+  mkdir -p "$HOME_DIR/conf" "$HOME_DIR/data" "$HOME_DIR/logs" "$HOME_DIR/run" "$HOME_DIR/import"
   cat > "$HOME_DIR/conf/neo4j.conf" <<CONF
 server.default_listen_address=127.0.0.1
 server.bolt.listen_address=127.0.0.1:$PORT
@@ -28,6 +28,10 @@ server.https.enabled=false
 server.directories.data=$HOME_DIR/data
 server.directories.logs=$HOME_DIR/logs
 server.directories.run=$HOME_DIR/run
+# queries cannot read the server's files: LOAD CSV is confined to an empty import folder, and
+# file:/// URLs are refused outright (linkage loads through the driver and neo4j-admin, not LOAD CSV)
+server.directories.import=$HOME_DIR/import
+dbms.security.allow_csv_import_from_file_urls=false
 server.memory.heap.initial_size=1g
 server.memory.heap.max_size=2g
 server.memory.pagecache.size=1g

@@ -56,7 +56,7 @@ def test_schema_is_idempotent(store) -> None:
     store.apply_schema()
     store.apply_schema()
     constraints, _, _ = store.driver.execute_query("SHOW CONSTRAINTS YIELD name RETURN count(*) AS n")
-    assert constraints[0]["n"] == 12
+    assert constraints[0]["n"] == 13  # one per node label, Ring, Run and the load lock
 
 
 def test_reload_leaves_the_graph_identical(store, tiny_result) -> None:

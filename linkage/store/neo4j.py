@@ -6,19 +6,22 @@ deadlocks between two concurrent loads; each unit of work is an idempotent MERGE
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 from neo4j import Driver, GraphDatabase, RoutingControl, unit_of_work
-from neo4j.exceptions import AuthError, ClientError, ServiceUnavailable
+from neo4j.exceptions import AuthError, ClientError, DriverError, Neo4jError, ServiceUnavailable
 
 from ..cypher import schema_statements, statements
-from ..errors import StoreError
+from ..errors import LockHeldError, StoreError
 from ..graph import NODE_SPECS, REL_SPECS, Graph
 from ..settings import Neo4jSettings
 
@@ -32,6 +35,38 @@ def settings_from_env(base: Neo4jSettings | None = None) -> Neo4jSettings:
     env = {"uri": "NEO4J_URI", "username": "NEO4J_USERNAME", "password": "NEO4J_PASSWORD", "database": "NEO4J_DATABASE"}
     values = {key: os.environ[var] for key, var in env.items() if os.environ.get(var)}
     return base.model_copy(update=values)
+
+
+def masked_uri(uri: str) -> str:
+    """The URI without credentials (``bolt://user:secret@host`` → ``bolt://host``), for messages."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, parts.query, ""))
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _store_errors(method: _Method) -> _Method:
+    """Any driver or server failure inside a store method becomes one StoreError line (exit 3)."""
+    @functools.wraps(method)
+    def wrapper(self: "Neo4jStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (StoreError, LockHeldError):
+            raise
+        except Neo4jError as exc:
+            reason = (exc.message or exc.code or type(exc).__name__).splitlines()[0][:300]
+            raise StoreError(f"neo4j at {masked_uri(self.settings.uri)}: {reason}") from exc
+        except (DriverError, OSError) as exc:
+            raise StoreError(f"neo4j at {masked_uri(self.settings.uri)}: connection lost or refused "
+                             f"({type(exc).__name__})") from exc
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -51,27 +86,82 @@ class Neo4jStore:
         self.driver = driver
         self.settings = settings
         self.last_load = LoadStats()
+        self.lock_holder: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Neo4jSettings | None = None) -> "Neo4jStore":
+    def from_settings(cls, settings: Neo4jSettings | None = None, writer: bool = False) -> "Neo4jStore":
+        """Connect (and apply the schema). ``writer``: take the database's load lock for the store's
+        lifetime (loads and ring write-back), waiting up to ``lock_wait_seconds`` for another holder."""
         settings = settings_from_env(settings)
+        where = masked_uri(settings.uri)
         try:
             driver = GraphDatabase.driver(settings.uri, auth=(settings.username, settings.password),
                                           max_connection_lifetime=1800, liveness_check_timeout=60,
                                           notifications_min_severity="OFF")
             driver.verify_connectivity()
         except AuthError as exc:
-            raise StoreError(f"neo4j at {settings.uri}: authentication failed for user '{settings.username}'") from exc
-        except (ServiceUnavailable, OSError, ValueError) as exc:
-            raise StoreError(f"neo4j at {settings.uri}: unreachable ({type(exc).__name__})") from exc
+            raise StoreError(f"neo4j at {where}: authentication failed for user '{settings.username}'") from exc
+        except ClientError as exc:  # e.g. the server's rate limit after repeated wrong passwords
+            raise StoreError(f"neo4j at {where}: refused ({exc.code or type(exc).__name__})") from exc
+        except (ServiceUnavailable, DriverError, Neo4jError, OSError, ValueError) as exc:
+            raise StoreError(f"neo4j at {where}: unreachable ({type(exc).__name__})") from exc
         store = cls(driver, settings)
-        store.apply_schema()
+        try:
+            store.apply_schema()
+            if writer:
+                store.take_lock()
+        except BaseException:
+            driver.close()
+            raise
         return store
 
     def close(self) -> None:
-        self.driver.close()
+        try:
+            if self.lock_holder is not None:
+                self.release_lock()
+        finally:
+            self.driver.close()
+
+    # ------------------------------------------------------------ the load lock
+    LOCK_NAME = "load"
+
+    @_store_errors
+    def take_lock(self) -> None:
+        """Hold the database's load lock, waiting for another holder up to ``lock_wait_seconds``
+        (then :class:`LockHeldError`, exit 75: cron retries later)."""
+        holder = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+        lock = statements("lock.cypher")
+        deadline = time.monotonic() + self.settings.lock_wait_seconds
+        while True:
+            records, _, _ = self.driver.execute_query(
+                lock["take_lock"], name=self.LOCK_NAME, holder=holder, now_ms=_now_ms(),
+                lease_ms=int(self.settings.lock_lease_seconds * 1000), database_=self.settings.database)
+            if records:
+                self.lock_holder = holder
+                return
+            if time.monotonic() >= deadline:
+                current, _, _ = self.driver.execute_query(lock["lock_holder"], name=self.LOCK_NAME,
+                                                          database_=self.settings.database)
+                other = current[0]["holder"] if current else "another load"
+                raise LockHeldError(f"neo4j at {masked_uri(self.settings.uri)}: {other} is loading; "
+                                    f"waited {self.settings.lock_wait_seconds:g} s")
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+    def _renew_lock(self) -> None:
+        if self.lock_holder is not None:
+            self.driver.execute_query(statements("lock.cypher")["take_lock"], name=self.LOCK_NAME,
+                                      holder=self.lock_holder, now_ms=_now_ms(),
+                                      lease_ms=int(self.settings.lock_lease_seconds * 1000),
+                                      database_=self.settings.database)
+
+    @_store_errors
+    def release_lock(self) -> None:
+        self.driver.execute_query(statements("lock.cypher")["release_lock"], name=self.LOCK_NAME,
+                                  holder=self.lock_holder, database_=self.settings.database)
+        self.lock_holder = None
 
     # ------------------------------------------------------------ writes
+    @_store_errors
     def apply_schema(self) -> None:
         for statement in schema_statements():
             self.driver.execute_query(statement, database_=self.settings.database)
@@ -83,6 +173,7 @@ class Neo4jStore:
                 batch = rows[start:start + size]
                 session.execute_write(lambda tx, b=batch: tx.run(statement, rows=b).consume())
 
+    @_store_errors
     def write_graph(self, graph: Graph) -> LoadStats:
         """Nodes first, then relationships (sorted, so concurrent loads lock hubs in one order)."""
         load = statements("load.cypher")
@@ -95,6 +186,7 @@ class Neo4jStore:
             rows = _records(frame.filter(pl.col(spec.key).is_not_null()).unique(spec.key, keep="first").sort(spec.key))
             self._write_batches(load[f"node_{spec.label}"], rows)
             stats.nodes += len(rows)
+            self._renew_lock()
         for rel in REL_SPECS:
             frame = graph.rels.get(rel.type)
             if frame is None or frame.height == 0:
@@ -104,12 +196,45 @@ class Neo4jStore:
             self._write_batches(load[f"rel_{rel.type}"], rows)
             stats.relationships += len(rows)
             stats.per_type[rel.type] = round(time.perf_counter() - began, 3)
+            self._renew_lock()
         stats.seconds = time.perf_counter() - start
         self.last_load = stats
         log.info("neo4j load: %d nodes, %d relationships in %.1fs (%.0f rel/s)", stats.nodes, stats.relationships,
                  stats.seconds, stats.relationships_per_second)
         return stats
 
+    @_store_errors
+    def remove_graph(self, removed: Graph) -> int:
+        """Delete the relationships and nodes of ``removed`` (keys only matter): what an incremental
+        load takes away so that the database equals a full load. Returns how many were asked."""
+        load = statements("load.cypher")
+        asked = 0
+        for rel in REL_SPECS:
+            frame = removed.rels.get(rel.type)
+            if frame is not None and frame.height:
+                self._write_batches(load[f"unload_rel_{rel.type}"], _records(frame.select("src", "dst")))
+                asked += frame.height
+        for spec in NODE_SPECS:
+            frame = removed.nodes.get(spec.label)
+            if frame is not None and frame.height:
+                keys = frame[spec.key].to_list()
+                size = self.settings.batch_size
+                with self.driver.session(database=self.settings.database) as session:
+                    for start in range(0, len(keys), size):
+                        session.execute_write(lambda tx, k=keys[start:start + size]:
+                                              tx.run(load[f"unload_node_{spec.label}"], keys=k).consume())
+                asked += frame.height
+        self._renew_lock()
+        return asked
+
+    @_store_errors
+    def clear_graph(self) -> None:
+        """Empty the linkage graph (every label linkage writes), before a full load."""
+        with self.driver.session(database=self.settings.database) as session:
+            session.run(statements("load.cypher")["clear_graph"]).consume()
+        self._renew_lock()
+
+    @_store_errors
     def write_rings(self, rings: pl.DataFrame, members: pl.DataFrame, run_id: str, run_props: dict | None = None) -> None:
         """Replace the rings in one transaction: readers see the old set or the new one, never a mix."""
         ring_rows = rings.with_columns(pl.lit(run_id).alias("run_id")).to_dicts()
@@ -130,6 +255,7 @@ class Neo4jStore:
             session.execute_write(replace)
 
     # ------------------------------------------------------------ reads
+    @_store_errors
     def read_graph(self) -> Graph:
         reads = statements("read.cypher")
         graph = Graph()
@@ -158,12 +284,19 @@ class Neo4jStore:
                 keys, rows = session.execute_read(work)
         except ClientError as exc:
             raise StoreError(f"neo4j refused the query: {exc.message}") from exc
+        except (Neo4jError, DriverError, OSError) as exc:
+            raise StoreError(f"neo4j at {masked_uri(self.settings.uri)}: query failed ({type(exc).__name__})") from exc
         return list(keys), rows
 
+    @_store_errors
     def counts(self) -> dict[str, int]:
         records, _, _ = self.driver.execute_query(statements("rings.cypher")["graph_counts"],
                                                   database_=self.settings.database, routing_=RoutingControl.READ)
         return dict(records[0])
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
