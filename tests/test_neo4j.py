@@ -1,6 +1,7 @@
 """Against the real Neo4j server started by `make neo4j-start` (CI: `make test`). Never a mock."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -187,3 +188,103 @@ def test_bulk_import_holds_the_same_graph_as_the_transactional_load(store, tiny_
         assert again.members.sort("account_id").equals(tiny_result.members.sort("account_id"))
     finally:
         imported.close()
+
+
+# ---------------------------------------------------------------- issue 17 regressions (Neo4j)
+def _graph_signature(store) -> tuple[list, list]:
+    """Every linkage node and relationship by key (Run history and the lock left out)."""
+    nodes, _, _ = store.driver.execute_query(
+        "MATCH (n) WHERE NOT n:Run AND NOT n:LinkageLock AND NOT n:Ring "
+        "RETURN labels(n)[0] AS label, coalesce(n.account_id, n.ip, n.subnet, toString(n.asn), n.device_id, "
+        "n.template_id, n.instrument_id, n.org_id, n.domain, n.model) AS key ORDER BY label, key")
+    rels, _, _ = store.driver.execute_query(
+        "MATCH (a)-[r]->(b) WHERE NOT b:Run AND NOT b:Ring "
+        "RETURN type(r) AS t, elementId(a) IS NOT NULL AS ok, r.count AS c, "
+        "coalesce(a.account_id, a.ip) AS src, coalesce(b.ip, b.subnet, toString(b.asn), b.device_id, b.template_id, "
+        "b.instrument_id, b.org_id, b.domain, b.model) AS dst ORDER BY t, src, dst")
+    return [tuple(r.values()) for r in nodes], [tuple(r.values()) for r in rels]
+
+
+def test_f5_rebuild_after_removing_a_partition_equals_a_full_load(store, tmp_path: Path) -> None:
+    import shutil
+    from linkage.rebuild import rebuild
+    from .test_rebuild import _partitioned
+    data = _partitioned(tmp_path / "in")
+    rebuild(data, tmp_path / "out", store=store)
+    partitions = sorted((data / "requests").iterdir())
+    shutil.rmtree(partitions[-1])  # a day withdrawn, and another day rewritten with half its rows
+    victim = sorted(partitions[0].rglob("*.csv"))[0]
+    frame = pl.read_csv(victim, infer_schema_length=0)
+    frame.head(frame.height // 2).write_csv(victim)
+    rebuild(data, tmp_path / "out", store=store)
+    incremental = _graph_signature(store)
+    rebuild(data, tmp_path / "fresh", store=store, full=True)  # from an emptied database
+    assert incremental == _graph_signature(store)
+    with store.driver.session() as session:  # and a database holding a stranger's leftovers is emptied
+        session.run("CREATE (:Account {account_id: 'stale'})").consume()
+    rebuild(data, tmp_path / "fresh2", store=store, full=True)
+    assert _graph_signature(store) == incremental
+
+
+def test_f6_server_lost_mid_load_is_one_line_exit_3(store, tiny: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from neo4j.exceptions import ServiceUnavailable, SessionExpired
+    from linkage.store import neo4j as neo4j_store
+    calls = {"n": 0}
+    real = neo4j_store.Neo4jStore._write_batches
+
+    def dropped(self, statement, rows):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the connection dies after two label loads
+            raise SessionExpired("Failed to read from defunct connection")
+        return real(self, statement, rows)
+    monkeypatch.setattr(neo4j_store.Neo4jStore, "_write_batches", dropped)
+    result = CliRunner().invoke(main, ["run", str(tiny), "--out", str(tmp_path / "out"), "--neo4j"])
+    assert result.exit_code == 3
+    assert len(result.stderr.strip().splitlines()) == 1 and "connection lost" in result.stderr
+    monkeypatch.setattr(neo4j_store.Neo4jStore, "_write_batches",
+                        lambda self, s, r: (_ for _ in ()).throw(ServiceUnavailable("gone")))
+    result = CliRunner().invoke(main, ["rebuild", str(tiny), "--out", str(tmp_path / "nightly"), "--neo4j"])
+    assert result.exit_code == 3
+    assert json.loads(result.stdout.strip().splitlines()[-1])["exit_reason"] == "store_error"
+
+
+def test_f11_queries_cannot_read_the_servers_files(store) -> None:
+    with pytest.raises(StoreError):
+        store.run_read_query('LOAD CSV FROM "file:///etc/passwd" AS line RETURN line LIMIT 1', {})
+    with pytest.raises(StoreError):
+        store.run_read_query('LOAD CSV FROM "file:///../../../../etc/passwd" AS line RETURN line LIMIT 1', {})
+
+
+def test_f12_concurrent_loads_are_serialised_by_the_database_lock(store, tiny_result) -> None:
+    from linkage.errors import LockHeldError
+    from linkage.store.neo4j import Neo4jStore
+    settings = Settings().neo4j
+    first = Neo4jStore.from_settings(settings, writer=True)
+    try:
+        impatient = settings.model_copy(update={"lock_wait_seconds": 0.5})
+        with pytest.raises(LockHeldError, match="is loading"):
+            Neo4jStore.from_settings(impatient, writer=True)
+        Neo4jStore.from_settings(impatient, writer=False).close()  # readers never wait
+    finally:
+        first.close()
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            writer = Neo4jStore.from_settings(settings, writer=True)
+            try:
+                writer.write_graph(tiny_result.graph)
+                writer.write_rings(tiny_result.rings, tiny_result.members, run_id="r")
+            finally:
+                writer.close()
+        except BaseException as exc:  # noqa: BLE001 — collected for the assertion
+            errors.append(exc)
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    rings, _, _ = store.driver.execute_query("MATCH (r:Ring) RETURN count(r) AS n")
+    assert rings[0]["n"] == tiny_result.rings.height

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar
@@ -129,7 +130,7 @@ class Neo4jStore:
     def take_lock(self) -> None:
         """Hold the database's load lock, waiting for another holder up to ``lock_wait_seconds``
         (then :class:`LockHeldError`, exit 75: cron retries later)."""
-        holder = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # each store its own holder
         lock = statements("lock.cypher")
         deadline = time.monotonic() + self.settings.lock_wait_seconds
         while True:
