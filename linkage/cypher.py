@@ -8,7 +8,13 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-CYPHER_DIR = Path(__file__).resolve().parent.parent / "cypher"
+def _cypher_dir() -> Path:
+    """The Cypher files: shipped in the package (``linkage.cypher_files``, mapped from ``cypher/``)."""
+    from importlib.resources import files
+    return Path(str(files("linkage.cypher_files")))
+
+
+CYPHER_DIR = _cypher_dir()
 _NAME = re.compile(r"^//\s*:name\s+(\S+)\s*$", re.MULTILINE)
 
 

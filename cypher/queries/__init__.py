@@ -1,0 +1,1 @@
+"""The investigators' named queries, one .cypher file each."""
