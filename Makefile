@@ -3,21 +3,33 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: install demo test test-fast neo4j-start neo4j-stop quality scale sensitivity clean
+.PHONY: install lock lint demo test test-fast neo4j-start neo4j-stop quality scale sensitivity clean
 
-$(VENV)/.installed: pyproject.toml
+# the application's exact versions (with hashes) come from requirements.lock; the package itself
+# is installed on top without resolving anything again
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+lock:  ## re-resolve requirements.lock from pyproject.toml (then review the diff and run make test)
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes --quiet -o requirements.lock
+
+lint: install  ## lint, format and type checks (also part of make test)
+	$(VENV)/bin/ruff check linkage tests bench fixtures
+	$(VENV)/bin/ruff format --check linkage tests bench fixtures
+	$(VENV)/bin/mypy linkage
 
 demo: install  ## the main job on the embedded default, on the fixture with known rings
 	$(VENV)/bin/linkage run fixtures/tiny --out out/tiny
 	$(VENV)/bin/linkage eval --labels fixtures/tiny_labels.csv out/tiny
 
-test: install  ## everything, the Neo4j-marked tests against a real server included
+test: install lint  ## everything: lint and types, then the tests, the Neo4j-marked ones against a real server
 	./scripts/neo4j.sh start
 	set -a; . ./.neo4j/env; set +a; status=0; \
 	  LINKAGE_REQUIRE_NEO4J=1 $(PY) -m pytest -q || status=$$?; \

@@ -9,6 +9,7 @@ largest ring and its purity (share of its plurality label); then per generator t
 worst. Seeds 1–40 of the simulator and 7, 13, 21–23, 31 of the benchmark were used for tuning;
 report on others. JSON rows go to bench/results/quality.jsonl.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,15 +50,19 @@ def simulated_world(work: Path, scale: float, seed: int, world: str) -> tuple[Pa
 def benchmark_world(work: Path, scale: float, seed: int) -> tuple[Path, Path]:
     data = work / f"bench-{scale}-{seed}"
     if not (data / "truth" / "labels.parquet").exists():
-        subprocess.run([sys.executable, str(BENCHMARK / "gen.py"), "--out", str(data), "--scale", str(scale),
-                        "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, str(BENCHMARK / "gen.py"), "--out", str(data), "--scale", str(scale), "--seed", str(seed)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return data / "input", data / "truth" / "labels.parquet"
 
 
 def largest_ring(out: Path, labels: Path) -> tuple[int, float]:
     """Size of the largest ring and the share of its plurality label."""
-    members = pl.read_csv(out / "ring_members.csv", columns=["ring_id", "account_id"],
-                          schema_overrides={"account_id": pl.Utf8})
+    members = pl.read_csv(
+        out / "ring_members.csv", columns=["ring_id", "account_id"], schema_overrides={"account_id": pl.Utf8}
+    )
     if members.height == 0:
         return 0, 1.0
     truth = pl.read_parquet(labels).select(pl.col("account_id").cast(pl.Utf8), pl.col("label").cast(pl.Utf8))
@@ -77,20 +82,36 @@ def measure(name: str, method: str, inputs: Path, labels: Path, settings: Settin
     seconds = time.perf_counter() - start
     report = evaluate(out, labels, write=False)
     size, purity = largest_ring(out, labels)
-    worst = min(report["campaigns"].items(), key=lambda kv: kv[1]["recall"]) if report["campaigns"] else ("-", {"recall": 0})
+    worst = (
+        min(report["campaigns"].items(), key=lambda kv: kv[1]["recall"])
+        if report["campaigns"]
+        else ("-", {"recall": 0})
+    )
     benign = pl.read_parquet(labels).filter(pl.col("label") == "benign").height
-    return {"world": name, "method": method, "f1": report["f1"], "precision": report["precision"],
-            "recall": report["recall"], "ap": report["average_precision"], "worst_campaign": worst[0],
-            "worst_recall": worst[1]["recall"], "benign_flagged": report["benign_flagged"],
-            "benign_flagged_pct": 100 * report["benign_flagged"] / max(benign, 1), "largest_ring": size,
-            "largest_purity": purity, "seconds": round(seconds, 1)}
+    return {
+        "world": name,
+        "method": method,
+        "f1": report["f1"],
+        "precision": report["precision"],
+        "recall": report["recall"],
+        "ap": report["average_precision"],
+        "worst_campaign": worst[0],
+        "worst_recall": worst[1]["recall"],
+        "benign_flagged": report["benign_flagged"],
+        "benign_flagged_pct": 100 * report["benign_flagged"] / max(benign, 1),
+        "largest_ring": size,
+        "largest_purity": purity,
+        "seconds": round(seconds, 1),
+    }
 
 
 def print_row(row: dict) -> None:
-    print(f"{row['world']:>28} {row['method']:>8} {row['f1']:6.3f} {row['precision']:6.3f} {row['recall']:6.3f} "
-          f"{row['ap']:6.3f} {row['worst_campaign'][-12:]:>12}={row['worst_recall']:.2f} {row['benign_flagged']:6d} "
-          f"{row['benign_flagged_pct']:7.3f}% {row['largest_ring']:6d} {row['largest_purity']:5.2f} {row['seconds']:6.1f}",
-          flush=True)
+    print(
+        f"{row['world']:>28} {row['method']:>8} {row['f1']:6.3f} {row['precision']:6.3f} {row['recall']:6.3f} "
+        f"{row['ap']:6.3f} {row['worst_campaign'][-12:]:>12}={row['worst_recall']:.2f} {row['benign_flagged']:6d} "
+        f"{row['benign_flagged_pct']:7.3f}% {row['largest_ring']:6d} {row['largest_purity']:5.2f} {row['seconds']:6.1f}",
+        flush=True,
+    )
 
 
 def summarise(rows: list[dict]) -> None:
@@ -99,12 +120,16 @@ def summarise(rows: list[dict]) -> None:
         groups.setdefault((row["world"].split(":")[0], row["method"]), []).append(row)
     print("\nper generator (median / worst over worlds)")
     for (generator, method), members in groups.items():
-        def both(key: str, worst=min) -> str:
+
+        def both(key: str, worst=min, members=members) -> str:
             values = [m[key] for m in members]
             return f"{statistics.median(values):.3f} / {worst(values):.3f}"
-        print(f"  {generator:>10} {method:>8} worlds={len(members):3d}  F1 {both('f1')}  AP {both('ap')}  "
-              f"worst campaign recall {both('worst_recall')}  benign flagged % {both('benign_flagged_pct', max)}  "
-              f"largest ring purity {both('largest_purity')}")
+
+        print(
+            f"  {generator:>10} {method:>8} worlds={len(members):3d}  F1 {both('f1')}  AP {both('ap')}  "
+            f"worst campaign recall {both('worst_recall')}  benign flagged % {both('benign_flagged_pct', max)}  "
+            f"largest ring purity {both('largest_purity')}"
+        )
 
 
 def main() -> None:
@@ -121,12 +146,17 @@ def main() -> None:
     settings = Settings.load(args.config)
     work = Path(args.work)
     worlds = [(f"sim:{s}", lambda s=s: simulated_world(work, args.scale, s, "random")) for s in seeds(args.sim_seeds)]
-    worlds += [(f"fixed:{s}", lambda s=s: simulated_world(work, args.scale, s, "fixed")) for s in seeds(args.fixed_seeds)]
+    worlds += [
+        (f"fixed:{s}", lambda s=s: simulated_world(work, args.scale, s, "fixed")) for s in seeds(args.fixed_seeds)
+    ]
     if BENCHMARK.exists():
-        worlds += [(f"benchmark:{s}", lambda s=s: benchmark_world(work, args.bench_scale, s))
-                   for s in seeds(args.bench_seeds)]
-    print(f"{'world':>28} {'method':>8} {'F1':>6} {'prec':>6} {'recall':>6} {'AP':>6} {'worst campaign':>15} "
-          f"{'benign':>6} {'benign%':>8} {'ring':>6} {'pure':>5} {'s':>6}")
+        worlds += [
+            (f"benchmark:{s}", lambda s=s: benchmark_world(work, args.bench_scale, s)) for s in seeds(args.bench_seeds)
+        ]
+    print(
+        f"{'world':>28} {'method':>8} {'F1':>6} {'prec':>6} {'recall':>6} {'AP':>6} {'worst campaign':>15} "
+        f"{'benign':>6} {'benign%':>8} {'ring':>6} {'pure':>5} {'s':>6}"
+    )
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     rows = []

@@ -5,6 +5,7 @@
 Prints one row per (constant, factor): median and worst F1 over the randomised simulator's worlds
 and over the independent benchmark's worlds (when it is beside the checkout). Use tuning worlds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def main() -> None:
     defaults = Settings()
     print(f"{'constant':>34} {'value':>8} " + " ".join(f"{g:>20}" for g in sorted({g for g, _ in worlds})))
     for key in [None, *KEY_CONSTANTS]:
-        for factor in ([1.0] if key is None else [0.5, 2.0]):
+        for factor in [1.0] if key is None else [0.5, 2.0]:
             overrides = {}
             if key is not None:
                 section, name = key.split(".")

@@ -6,6 +6,7 @@ Notebook use::
     result = linkage.run("fixtures/campaign_small", "/tmp/out")
     rings, members = result.to_pandas()
 """
+
 import os as _os
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ from .settings import Settings  # noqa: E402
 def run(input_dir, out_dir=None, settings=None, store=None):
     """See :func:`linkage.pipeline.run`."""
     from .pipeline import run as _run
+
     return _run(input_dir, out_dir, settings, store)
 
 

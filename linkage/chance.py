@@ -25,6 +25,7 @@ Nothing here is a weight chosen on one data set. Each figure is estimated from t
   links are a random graph below its percolation threshold, so they cannot glue unrelated accounts
   into a giant community; real rings are held together by evidence far beyond it.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ from scipy.stats import binom
 _LOCKSTEP_CALIBRATION_PAIRS = 200_000
 
 
-def entity_surprisal(type_code: np.ndarray, entity: np.ndarray, degree: np.ndarray,
-                     type_memberships: np.ndarray) -> np.ndarray:
+def entity_surprisal(
+    type_code: np.ndarray, entity: np.ndarray, degree: np.ndarray, type_memberships: np.ndarray
+) -> np.ndarray:
     """Per membership row, ``−ln F_t(d)`` for its entity (see the module docstring): rows are
     (type, entity, degree, memberships of the type, shared or not) with one row per account holding
     a shared entity."""
@@ -52,8 +54,8 @@ def entity_surprisal(type_code: np.ndarray, entity: np.ndarray, degree: np.ndarr
             continue
         sizes = np.sort(np.unique(entity_degree))
         # F(d): the share of same-type meetings that happen on entities of at most d members
-        mass = np.bincount(np.searchsorted(sizes, entity_degree), weights=entity_degree ** 2, minlength=len(sizes))
-        tail = np.cumsum(mass) / memberships ** 2
+        mass = np.bincount(np.searchsorted(sizes, entity_degree), weights=entity_degree**2, minlength=len(sizes))
+        tail = np.cumsum(mass) / memberships**2
         surprisal[rows] = -np.log(np.clip(tail[np.searchsorted(sizes, degree[rows])], 1e-300, 1.0))
     return surprisal
 
@@ -110,8 +112,15 @@ def shared_windows(agreement: np.ndarray, windows_a: np.ndarray, windows_b: np.n
     return agreement * (windows_a + windows_b) / (1.0 + agreement)
 
 
-def lockstep_surprisal(agreement: np.ndarray, windows_a: np.ndarray, windows_b: np.ndarray, total_windows: float,
-                       calibration: float, width: int, needed: np.ndarray | None = None) -> np.ndarray:
+def lockstep_surprisal(
+    agreement: np.ndarray,
+    windows_a: np.ndarray,
+    windows_b: np.ndarray,
+    total_windows: float,
+    calibration: float,
+    width: int,
+    needed: np.ndarray | None = None,
+) -> np.ndarray:
     """Surprisal of two accounts agreeing on ``agreement × width`` MinHash positions of their active
     windows, when they are independent: they then share ``O ~ Poisson(λ)`` windows (``λ`` =
     ``calibration × A·B/W``), so their Jaccard index is ``O / (A + B − O)``, and given it each
@@ -128,7 +137,7 @@ def lockstep_surprisal(agreement: np.ndarray, windows_a: np.ndarray, windows_b: 
     columns = (agree, np.rint(windows_a).astype(np.int64), np.rint(windows_b).astype(np.int64), expected, needed)
     halves = (slice(0, len(agree) // 2), slice(len(agree) // 2, len(agree)))  # the kernel releases the GIL
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = pool.map(lambda h: _mixture_surprisal(*(c[h] for c in columns), log_tail, width), halves)
+        parts = pool.map(lambda h: _mixture_surprisal(*(c[h] for c in columns), log_tail, width), halves)  # type: ignore[call-arg]
         surprisal = np.concatenate(list(parts))
     return np.where(agree > 0, surprisal, 0.0)
 
@@ -186,8 +195,7 @@ def _mixture_surprisal(agree, windows_a, windows_b, expected, needed, log_tail, 
     return out
 
 
-def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, total_windows: float,
-                         seed: int) -> float:
+def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, total_windows: float, seed: int) -> float:
     """How many more windows random pairs of this run share than independent accounts would (≥ 1):
     people are awake at similar hours."""
     active = np.flatnonzero(has)

@@ -1,4 +1,5 @@
 """The command line: a thin layer over the library API. Errors are one line on stderr."""
+
 from __future__ import annotations
 
 import ctypes
@@ -43,8 +44,11 @@ class _Group(click.Group):
             raise
         except Exception as exc:  # noqa: BLE001 — last resort: still one line, still non-zero
             logging.getLogger("linkage").debug("internal error", exc_info=True)
-            click.echo(f"linkage: internal error: {type(exc).__name__}: {terminal_safe(str(exc))} "
-                       "(run with -vv for a traceback)", err=True)
+            click.echo(
+                f"linkage: internal error: {type(exc).__name__}: {terminal_safe(str(exc))} "
+                "(run with -vv for a traceback)",
+                err=True,
+            )
             sys.exit(1)
 
 
@@ -69,11 +73,20 @@ def bulk_import_cmd(graph_dir: str, config: str | None, verbose: int) -> None:
     from .store.embedded import EmbeddedStore
     from .store.neo4j import settings_from_env
     from .store.neo4j_import import bulk_import
+
     settings = settings_from_env(_settings(config, {}).neo4j)
-    stats = bulk_import(EmbeddedStore(graph_dir).read_graph(), settings.admin_command, settings.database)
-    click.echo(json.dumps({"nodes": stats.nodes, "relationships": stats.relationships, "seconds": round(stats.seconds, 1),
-                           "relationships_per_second": round(stats.relationships_per_second),
-                           "stages_s": stats.per_type}))
+    stats = bulk_import(EmbeddedStore(str(graph_dir)).read_graph(), settings.admin_command, settings.database)
+    click.echo(
+        json.dumps(
+            {
+                "nodes": stats.nodes,
+                "relationships": stats.relationships,
+                "seconds": round(stats.seconds, 1),
+                "relationships_per_second": round(stats.relationships_per_second),
+                "stages_s": stats.per_type,
+            }
+        )
+    )
 
 
 @main.command()
@@ -86,14 +99,25 @@ def bulk_import_cmd(graph_dir: str, config: str | None, verbose: int) -> None:
 @click.option("--neo4j", "use_neo4j", is_flag=True, help="also load the graph and rings into Neo4j (NEO4J_* env)")
 @click.option("--graph", "write_graph", is_flag=True, help="also write the graph tables as Parquet to OUT/graph")
 @verbosity
-def run(input_dir: str, out_dir: str, config: str | None, threshold: float | None, seed: int | None,
-        resolution: float | None, use_neo4j: bool, write_graph: bool, verbose: int) -> None:
+def run(
+    input_dir: str,
+    out_dir: str,
+    config: str | None,
+    threshold: float | None,
+    seed: int | None,
+    resolution: float | None,
+    use_neo4j: bool,
+    write_graph: bool,
+    verbose: int,
+) -> None:
     """Run the whole pipeline on INPUT_DIR and write rings to --out."""
     _setup_logging(verbose)
     from .pipeline import run as run_pipeline
     from .store.embedded import EmbeddedStore
-    settings = _settings(config, {"score.flag_threshold": threshold, "detect.seed": seed,
-                                  "detect.resolution": resolution})
+
+    settings = _settings(
+        config, {"score.flag_threshold": threshold, "detect.seed": seed, "detect.resolution": resolution}
+    )
     stores = [EmbeddedStore(Path(out_dir) / "graph")] if write_graph else []
     if use_neo4j:
         stores.append(_neo4j_store(settings, writer=True))
@@ -103,13 +127,16 @@ def run(input_dir: str, out_dir: str, config: str | None, threshold: float | Non
         for store in stores:
             store.close()
     rings = result.summary["rings"]
-    click.echo(f"{rings['total']} rings, {rings['flagged']} flagged ({rings['accounts_in_flagged']} accounts) → {out_dir}",
-               err=True)
+    click.echo(
+        f"{rings['total']} rings, {rings['flagged']} flagged ({rings['accounts_in_flagged']} accounts) → {out_dir}",
+        err=True,
+    )
 
 
 def _neo4j_store(settings: Settings, writer: bool):
     """``writer``: the store will load or write rings back, so it holds the database's load lock."""
     from .store.neo4j import Neo4jStore
+
     return Neo4jStore.from_settings(settings.neo4j, writer=writer)
 
 
@@ -118,13 +145,20 @@ def _neo4j_store(settings: Settings, writer: bool):
 @click.option("--scale", type=float, default=0.01, show_default=True, help="1.0 ≈ the reported incident")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv", "jsonl"]), default="parquet", show_default=True)
-@click.option("--world", type=click.Choice(["random", "fixed"]), default="random", show_default=True,
-              help="random: the seed also draws the confounder mix, campaign tactics and data gaps; fixed: the original world")
+@click.option(
+    "--world",
+    type=click.Choice(["random", "fixed"]),
+    default="random",
+    show_default=True,
+    help="random: the seed also draws the confounder mix, campaign tactics and data gaps; fixed: the original world",
+)
 @verbosity
 def simulate(out_dir: str, scale: float, seed: int, fmt: str, world: str, verbose: int) -> None:
     """Write a synthetic input set with campaigns and benign confounders; labels go to OUT/labels."""
     _setup_logging(verbose)
-    from .simulate import SimulationConfig, simulate as simulate_data
+    from .simulate import SimulationConfig
+    from .simulate import simulate as simulate_data
+
     summary = simulate_data(Path(out_dir), SimulationConfig(scale=scale, seed=seed, fmt=fmt, world=world))
     click.echo(json.dumps(summary))
 
@@ -135,6 +169,7 @@ def simulate(out_dir: str, scale: float, seed: int, fmt: str, world: str, verbos
 def evaluate_cmd(labels_path: str, run_dir: str) -> None:
     """Score a run directory against ground-truth labels; writes RUN_DIR/eval.json."""
     from .evaluate import evaluate, format_report
+
     report = evaluate(Path(run_dir), Path(labels_path))
     click.echo(format_report(report))
 
@@ -147,27 +182,38 @@ def baseline(input_dir: str, out_dir: str, verbose: int) -> None:
     """The naive recipe for comparison: connected components over any shared card, IP or device."""
     _setup_logging(verbose)
     from .baseline import run_baseline
+
     run_baseline(Path(input_dir), Path(out_dir))
 
 
 @main.command()
 @click.option("--neo4j", "use_neo4j", is_flag=True, help="read the accumulated graph from Neo4j")
-@click.option("--graph-dir", type=click.Path(exists=True, file_okay=False), help="read a graph written by `run --graph`")
+@click.option(
+    "--graph-dir", type=click.Path(exists=True, file_okay=False), help="read a graph written by `run --graph`"
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @common_config
 @click.option("--threshold", type=float)
 @click.option("--no-write-back", is_flag=True, help="do not replace the rings kept in the store")
 @verbosity
-def detect(use_neo4j: bool, graph_dir: str | None, out_dir: str, config: str | None, threshold: float | None,
-           no_write_back: bool, verbose: int) -> None:
+def detect(
+    use_neo4j: bool,
+    graph_dir: str | None,
+    out_dir: str,
+    config: str | None,
+    threshold: float | None,
+    no_write_back: bool,
+    verbose: int,
+) -> None:
     """Detect rings over a stored graph (Neo4j or a graph directory), not only the files of one run."""
     _setup_logging(verbose)
     from .pipeline import detect_from_store
     from .store.embedded import EmbeddedStore
+
     if use_neo4j == bool(graph_dir):
         raise ConfigError("detect: give exactly one of --neo4j or --graph-dir")
     settings = _settings(config, {"score.flag_threshold": threshold})
-    store = _neo4j_store(settings, writer=not no_write_back) if use_neo4j else EmbeddedStore(graph_dir)
+    store = _neo4j_store(settings, writer=not no_write_back) if use_neo4j else EmbeddedStore(str(graph_dir))
     try:
         result = detect_from_store(store, Path(out_dir), settings, write_back=not no_write_back)
     finally:
@@ -190,6 +236,7 @@ def rebuild(input_dir: str, out_dir: str, use_neo4j: bool, full: bool, config: s
     settings, 3 Neo4j unreachable or refusing, 75 another rebuild holds the lock (retry later)."""
     _setup_logging(verbose)
     from .rebuild import failure_summary, nightly, summary_line
+
     started = time.time()
     try:
         summary = nightly(input_dir, out_dir, config, use_neo4j=use_neo4j, full=full)
@@ -222,11 +269,15 @@ def _parse_param(text: str) -> tuple[str, Any]:
 def query(name: str | None, list_queries: bool, params: tuple[str, ...], fmt: str, config: str | None) -> None:
     """Run one of the investigators' named queries (cypher/queries) in a READ transaction."""
     _setup_logging(0)
-    from .cypher import queries, query as named_query
+    from .cypher import queries
+    from .cypher import query as named_query
+
     if list_queries or not name:
         for q in queries().values():
-            click.echo(f"{q.name:<30} {q.purpose}\n{'':<30} params: {', '.join(q.parameters) or '-'}\n"
-                       f"{'':<30} e.g. {q.example}")
+            click.echo(
+                f"{q.name:<30} {q.purpose}\n{'':<30} params: {', '.join(q.parameters) or '-'}\n"
+                f"{'':<30} e.g. {q.example}"
+            )
         return
     chosen = named_query(name)
     values = dict(_parse_param(p) for p in params)
@@ -246,7 +297,9 @@ def _format_rows(keys: list[str], rows: list[list[Any]], fmt: str) -> str:
     or spreadsheet formulas."""
     import csv
     import io
+
     from .export import escape_formula
+
     plain = [[v.iso_format() if hasattr(v, "iso_format") else v for v in row] for row in rows]
     if fmt == "json":  # JSON escapes control characters itself
         return json.dumps([dict(zip(keys, row)) for row in plain], default=str, indent=2)
@@ -254,11 +307,13 @@ def _format_rows(keys: list[str], rows: list[list[Any]], fmt: str) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(keys)
-        writer.writerows([[escape_formula(terminal_safe(v)) if isinstance(v, str) else v for v in row]
-                          for row in plain])
+        writer.writerows(
+            [[escape_formula(terminal_safe(v)) if isinstance(v, str) else v for v in row] for row in plain]
+        )
         return buffer.getvalue().rstrip("\n")
-    cells = [keys] + [["" if v is None else terminal_safe(str(v)).replace("\n", "\\n")[:60] for v in row]
-                      for row in plain]
+    cells = [keys] + [
+        ["" if v is None else terminal_safe(str(v)).replace("\n", "\\n")[:60] for v in row] for row in plain
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(keys))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -1,16 +1,19 @@
 """Access to the Cypher files in ``cypher/``: named statements and the investigators' queries."""
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .errors import ConfigError
 
+
 def _cypher_dir() -> Path:
     """The Cypher files: shipped in the package (``linkage.cypher_files``, mapped from ``cypher/``)."""
     from importlib.resources import files
+
     return Path(str(files("linkage.cypher_files")))
 
 
@@ -18,7 +21,7 @@ CYPHER_DIR = _cypher_dir()
 _NAME = re.compile(r"^//\s*:name\s+(\S+)\s*$", re.MULTILINE)
 
 
-@lru_cache(maxsize=None)
+@cache
 def statements(file: str) -> dict[str, str]:
     """``// :name x`` sections of ``cypher/<file>``, each a statement without its trailing ';'."""
     text = (CYPHER_DIR / file).read_text()
@@ -27,8 +30,9 @@ def statements(file: str) -> dict[str, str]:
 
 
 def schema_statements() -> list[str]:
-    text = "\n".join(line for line in (CYPHER_DIR / "schema.cypher").read_text().splitlines()
-                     if not line.strip().startswith("//"))
+    text = "\n".join(
+        line for line in (CYPHER_DIR / "schema.cypher").read_text().splitlines() if not line.strip().startswith("//")
+    )
     return [s.strip() for s in text.split(";") if s.strip()]
 
 
@@ -55,7 +59,7 @@ def _header_field(header: list[str], field: str) -> str:
     return " ".join(collected)
 
 
-@lru_cache(maxsize=None)
+@cache
 def queries() -> dict[str, NamedQuery]:
     found: dict[str, NamedQuery] = {}
     for path in sorted((CYPHER_DIR / "queries").glob("*.cypher")):
@@ -63,8 +67,9 @@ def queries() -> dict[str, NamedQuery]:
         header = [l.lstrip("/").strip() for l in lines if l.startswith("//")]
         body = "\n".join(l for l in lines if not l.startswith("//")).strip().rstrip(";")
         params = sorted(set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", body)))
-        found[path.stem] = NamedQuery(path.stem, _header_field(header, "purpose"), params,
-                                      _header_field(header, "example"), body)
+        found[path.stem] = NamedQuery(
+            path.stem, _header_field(header, "purpose"), params, _header_field(header, "example"), body
+        )
     return found
 
 

@@ -12,6 +12,7 @@ its clique: its members are joined by a few random cycles (an expander, which Le
 cut apart) and every such candidate pair is then weighed on *all* it shares. Communities are
 Leiden's CPM partition of the linked pairs (no resolution limit, no pull from the run's size).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,14 @@ import numba
 import numpy as np
 import polars as pl
 
-from .chance import (entity_surprisal, fisher_log_tail, link_threshold, lockstep_calibration, lockstep_surprisal,
-                     window_counts)
+from .chance import (
+    entity_surprisal,
+    fisher_log_tail,
+    link_threshold,
+    lockstep_calibration,
+    lockstep_surprisal,
+    window_counts,
+)
 from .graph import ACTIVITY_SIGNATURE_SIZE, Graph, mix64, sorted_unique
 from .progress import StageClock
 from .settings import DetectSettings
@@ -66,8 +73,9 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
     rels = graph.rels
 
     def rel(rel_type: str) -> pl.DataFrame:
-        return rels[rel_type].select(pl.col("src").alias("account_id"), pl.col("dst").alias("key"),
-                                     pl.lit(1.0).alias("factor"), "count")
+        return rels[rel_type].select(
+            pl.col("src").alias("account_id"), pl.col("dst").alias("key"), pl.lit(1.0).alias("factor"), "count"
+        )
 
     # every part holds one row per (account, entity) and is one evidence type, so rarity and the
     # per-type cap are settled part by part, before any text is built for the survivors
@@ -81,11 +89,16 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
             "EmailDomain": rel("HAS_EMAIL_DOMAIN"),
             "SignupIP": rel("SIGNED_UP_FROM"),
             "Email": accounts.filter(pl.col("email").is_not_null()).select(
-                "account_id", pl.col("email").alias("key"), pl.lit(1.0).alias("factor"), pl.lit(1).alias("count")),
-            "Bin": instruments.filter(pl.col("bin").is_not_null()
-                                      & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES))
-            .group_by("src", "bin").agg(pl.len().alias("count"))
-            .select(pl.col("src").alias("account_id"), pl.col("bin").alias("key"), pl.lit(1.0).alias("factor"), "count"),
+                "account_id", pl.col("email").alias("key"), pl.lit(1.0).alias("factor"), pl.lit(1).alias("count")
+            ),
+            "Bin": instruments.filter(
+                pl.col("bin").is_not_null() & ~pl.col("instrument_type").fill_null("").is_in(_NO_BIN_TYPES)
+            )
+            .group_by("src", "bin")
+            .agg(pl.len().alias("count"))
+            .select(
+                pl.col("src").alias("account_id"), pl.col("bin").alias("key"), pl.lit(1.0).alias("factor"), "count"
+            ),
             "SignupBurst": _signup_bursts(accounts, settings),
             "ModelSwitch": _model_switches(graph, settings),
         }
@@ -99,27 +112,43 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
         networks = [_shared_entities(network_parts[name], name, types, settings) for name in _NETWORK_TYPES[1:]]
         evidence = pl.concat(evidence + [addresses.result()] + networks)
     evidence = evidence.with_columns(accounts["account_id"].gather(evidence["idx"]).alias("account_id"))
-    priors = pl.DataFrame({"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())},
-                          schema={"type": types, "type_weight": pl.Float64})
+    priors = pl.DataFrame(
+        {"type": list(settings.type_weights), "type_weight": list(settings.type_weights.values())},
+        schema={"type": types, "type_weight": pl.Float64},
+    )
     evidence = evidence.join(priors, on="type", how="left")
-    surprisal = entity_surprisal(evidence["type"].to_physical().to_numpy(), evidence["entity_key"].to_numpy(),
-                                 evidence["degree"].to_numpy(), evidence["type_memberships"].to_numpy())
+    surprisal = entity_surprisal(
+        evidence["type"].to_physical().to_numpy(),
+        evidence["entity_key"].to_numpy(),
+        evidence["degree"].to_numpy(),
+        evidence["type_memberships"].to_numpy(),
+    )
     evidence = evidence.with_columns(
-        (pl.col("type_weight").fill_null(0.0) * pl.col("factor") * pl.Series(surprisal)).alias("value"))
-    evidence = evidence.filter(pl.col("value") > 0).select("idx", "account_id", "entity", "entity_key",
-                                                           pl.col("type").cast(pl.Utf8), "value", "degree", "held")
+        (pl.col("type_weight").fill_null(0.0) * pl.col("factor") * pl.Series(surprisal)).alias("value")
+    )
+    evidence = evidence.filter(pl.col("value") > 0).select(
+        "idx", "account_id", "entity", "entity_key", pl.col("type").cast(pl.Utf8), "value", "degree", "held"
+    )
     return accounts, evidence.sort("entity_key", "idx")
 
 
 def _keyed_part(frame: pl.DataFrame | pl.LazyFrame, index: pl.LazyFrame) -> Part:
     """A part from (account_id, key, factor, count) rows: accounts indexed, keys hashed and ranked."""
-    rows = frame.lazy().select(
-        pl.col("account_id").cast(pl.Utf8), pl.col("key").cast(pl.Utf8), pl.col("factor").cast(pl.Float64),
-        pl.col("count").cast(pl.Int64),
-    ).filter(pl.col("key").is_not_null()).join(index, on="account_id", how="inner", maintain_order="left").drop(
-        "account_id").with_columns(
-        pl.col("key").hash(_ENTITY_SEED).alias("entity_key")).with_columns(
-        pl.col("entity_key").rank("dense").cast(pl.Int64).alias("entity")).collect()
+    rows = (
+        frame.lazy()
+        .select(
+            pl.col("account_id").cast(pl.Utf8),
+            pl.col("key").cast(pl.Utf8),
+            pl.col("factor").cast(pl.Float64),
+            pl.col("count").cast(pl.Int64),
+        )
+        .filter(pl.col("key").is_not_null())
+        .join(index, on="account_id", how="inner", maintain_order="left")
+        .drop("account_id")
+        .with_columns(pl.col("key").hash(_ENTITY_SEED).alias("entity_key"))
+        .with_columns(pl.col("entity_key").rank("dense").cast(pl.Int64).alias("entity"))
+        .collect()
+    )
     return Part(rows)
 
 
@@ -127,8 +156,11 @@ def _network_parts(graph: Graph, account_index: pl.Enum, settings: DetectSetting
     """IP, Subnet and ASN parts from address use, by far the largest table. Everything about an
     address (its hash, subnet, ASN, type factor) is worked out once per address on the IP table and
     gathered; several addresses of one network collapse into one (account, network) row."""
-    ips = graph.nodes["IP"].select("ip", "subnet", pl.col("asn").cast(pl.Utf8), "ip_type") \
+    ips = (
+        graph.nodes["IP"]
+        .select("ip", "subnet", pl.col("asn").cast(pl.Utf8), "ip_type")
         .with_columns(_ip_type_factor(settings).alias("factor"))
+    )
     per_ip = {"ip": _ranked_keys(ips["ip"]), "subnet": _ranked_keys(ips["subnet"]), "asn": _ranked_keys(ips["asn"])}
     # ids → positions through enums of the sorted ids (a lookup, no join of millions of rows); the
     # accounts come in runs (tables of this build are in account order): one lookup per run
@@ -137,7 +169,8 @@ def _network_parts(graph: Graph, account_index: pl.Enum, settings: DetectSetting
     run_of_row = np.repeat(np.arange(account_runs.height), account_runs["len"].to_numpy())
     used = use.select(
         account_runs["value"].cast(account_index, strict=False).to_physical().gather(run_of_row).alias("idx"),
-        pl.col("dst").cast(pl.Enum(ips["ip"]), strict=False).to_physical().alias("ip_row"), "count",
+        pl.col("dst").cast(pl.Enum(ips["ip"]), strict=False).to_physical().alias("ip_row"),
+        "count",
     ).filter(pl.col("idx").is_not_null() & pl.col("ip_row").is_not_null())
     idx, ip_row, count = (used[c].to_numpy() for c in ("idx", "ip_row", "count"))
     if not _in_runs(idx):  # (tables from this build are in account order; from elsewhere, maybe not)
@@ -162,8 +195,13 @@ def _network_parts(graph: Graph, account_index: pl.Enum, settings: DetectSetting
 def _ranked_keys(keys: pl.Series) -> pl.DataFrame:
     """Per row of a (small) node table: key text, its hash and the hash's dense rank (-1 when null)."""
     frame = pl.DataFrame({"key": keys.cast(pl.Utf8)}).with_columns(pl.col("key").hash(_ENTITY_SEED).alias("entity_key"))
-    return frame.with_columns(pl.when(pl.col("key").is_not_null()).then(
-        pl.col("entity_key").rank("dense")).cast(pl.Int64).fill_null(-1).alias("entity"))
+    return frame.with_columns(
+        pl.when(pl.col("key").is_not_null())
+        .then(pl.col("entity_key").rank("dense"))
+        .cast(pl.Int64)
+        .fill_null(-1)
+        .alias("entity")
+    )
 
 
 def _shared_entities(part: Part, type_name: str, types: pl.Enum, settings: DetectSettings) -> pl.DataFrame:
@@ -174,19 +212,31 @@ def _shared_entities(part: Part, type_name: str, types: pl.Enum, settings: Detec
     entity = rows["entity"].to_numpy()
     degree = np.bincount(entity, minlength=int(entity.max()) + 1 if len(entity) else 0)[entity]
     shared = np.flatnonzero((degree >= 2) & (degree <= settings.max_entity_accounts))
-    keep = shared[_top_per_account(rows["idx"].to_numpy()[shared], rows["count"].to_numpy()[shared],
-                                   entity[shared], settings.max_entities_per_type)]
-    kept = rows[keep] if part.keys is None else rows[keep].join(part.keys, on="entity", how="left", maintain_order="left")
+    keep = shared[
+        _top_per_account(
+            rows["idx"].to_numpy()[shared],
+            rows["count"].to_numpy()[shared],
+            entity[shared],
+            settings.max_entities_per_type,
+        )
+    ]
+    kept = (
+        rows[keep] if part.keys is None else rows[keep].join(part.keys, on="entity", how="left", maintain_order="left")
+    )
     # the null model counts every membership of the type, held alone or shared (see linkage.chance)
     idx = rows["idx"].to_numpy()
     held = np.bincount(idx, minlength=int(idx.max()) + 1 if len(idx) else 0)
     return kept.select(
-        pl.col("idx").cast(pl.UInt32), (pl.lit(type_name + "|") + pl.col("key")).alias("entity"),
+        pl.col("idx").cast(pl.UInt32),
+        (pl.lit(type_name + "|") + pl.col("key")).alias("entity"),
         (pl.col("entity_key") ^ pl.lit(hash_text(type_name), pl.UInt64)).alias("entity_key"),
-        pl.lit(type_name).cast(types).alias("type"), "factor", "count",
+        pl.lit(type_name).cast(types).alias("type"),
+        "factor",
+        "count",
         pl.Series("degree", degree[keep], dtype=pl.UInt32),
         pl.Series("held", held[idx[keep]], dtype=pl.UInt32),
-        pl.lit(len(idx), pl.Int64).alias("type_memberships"))
+        pl.lit(len(idx), pl.Int64).alias("type_memberships"),
+    )
 
 
 def _top_per_account(account: np.ndarray, count: np.ndarray, entity: np.ndarray, cap: int) -> np.ndarray:
@@ -291,21 +341,39 @@ def _burst_windows(times: pl.DataFrame, window: pl.Expr, settings: DetectSetting
 def _signup_bursts(accounts: pl.DataFrame, settings: DetectSettings) -> pl.DataFrame:
     window = pl.col("created_at").dt.epoch("s") // (settings.signup_window_minutes * 60)
     bursts = _burst_windows(accounts, window, settings)
-    return accounts.lazy().with_columns(window.alias("window")).join(bursts.lazy(), on="window").select(
-        "account_id", pl.col("window").cast(pl.Utf8).alias("key"), pl.lit(1.0).alias("factor"), pl.lit(1).alias("count"))
+    return (
+        accounts.lazy()
+        .with_columns(window.alias("window"))
+        .join(bursts.lazy(), on="window")
+        .select(
+            "account_id",
+            pl.col("window").cast(pl.Utf8).alias("key"),
+            pl.lit(1.0).alias("factor"),
+            pl.lit(1).alias("count"),
+        )
+    )
 
 
 def _model_switches(graph: Graph, settings: DetectSettings) -> pl.DataFrame:
     """Accounts that start using a model in the same hour, after having used another one before."""
-    firsts = graph.rels["USED_MODEL"].select(pl.col("src").alias("account_id"), pl.col("dst").alias("model"),
-                                             pl.col("first_seen").alias("ts"))
+    firsts = graph.rels["USED_MODEL"].select(
+        pl.col("src").alias("account_id"), pl.col("dst").alias("model"), pl.col("first_seen").alias("ts")
+    )
     firsts = firsts.with_columns(pl.col("ts").min().over("account_id").alias("account_first"))
     switches = firsts.filter(pl.col("ts") > pl.col("account_first"))
     window = pl.col("ts").dt.epoch("s") // 3600
     bursts = _burst_windows(switches, window, settings)
-    return switches.lazy().with_columns(window.alias("window")).join(bursts.lazy(), on="window").select(
-        "account_id", (pl.col("model") + "@" + pl.col("window").cast(pl.Utf8)).alias("key"), pl.lit(1.0).alias("factor"),
-        pl.lit(1).alias("count"))
+    return (
+        switches.lazy()
+        .with_columns(window.alias("window"))
+        .join(bursts.lazy(), on="window")
+        .select(
+            "account_id",
+            (pl.col("model") + "@" + pl.col("window").cast(pl.Utf8)).alias("key"),
+            pl.lit(1.0).alias("factor"),
+            pl.lit(1).alias("count"),
+        )
+    )
 
 
 # ---------------------------------------------------------------- candidates
@@ -331,11 +399,16 @@ def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: in
         return lefts[0], rights[0]
     entity_bits = max(int(entity_codes.max()).bit_length(), 1)
     for r in range(cycles):
-        key = mix64(idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ entity_codes.astype(np.uint64)
-                   ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF))
+        key = mix64(
+            idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            ^ entity_codes.astype(np.uint64)
+            ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF)
+        )
         # by entity, then by key: one sort of a packed key (entity in the high bits) instead of a lexsort
-        order = np.argsort((entity_codes.astype(np.uint64) << np.uint64(64 - entity_bits)) | (key >> np.uint64(entity_bits)),
-                           kind="stable")
+        order = np.argsort(
+            (entity_codes.astype(np.uint64) << np.uint64(64 - entity_bits)) | (key >> np.uint64(entity_bits)),
+            kind="stable",
+        )
         ent, members = entity_codes[order], idx[order]
         same = ent[1:] == ent[:-1]
         lefts.append(members[:-1][same])
@@ -349,16 +422,19 @@ def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: in
 
 
 # ---------------------------------------------------------------- projection
-def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings,
-            threshold: float | None = None) -> pl.DataFrame:
+def project(
+    accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings, threshold: float | None = None
+) -> pl.DataFrame:
     """Account pairs (a < b) whose combined surprisal (``weight``, nats) reaches ``threshold``: by
     default :func:`~linkage.chance.link_threshold`, the level chance links cannot percolate at.
     ``activity`` is the lockstep part of it."""
     n = accounts.height
     type_names = sorted(settings.type_weights)
     type_code = {t: i for i, t in enumerate(type_names)}
-    ev = evidence.with_columns(pl.col("type").replace_strict(type_code, return_dtype=pl.Int32).alias("type_code"),
-                               pl.col("entity_key").rank("dense").cast(pl.Int64).alias("entity_code")).sort("entity_code", "idx")
+    ev = evidence.with_columns(
+        pl.col("type").replace_strict(type_code, return_dtype=pl.Int32).alias("type_code"),
+        pl.col("entity_key").rank("dense").cast(pl.Int64).alias("entity_code"),
+    ).sort("entity_code", "idx")
     idx = ev["idx"].to_numpy().astype(np.int64)
     entity_code = ev["entity_code"].to_numpy()
     value = ev["value"].to_numpy()
@@ -394,10 +470,18 @@ def project(accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSett
     families = sorted({family_of.get(t, t) for t in type_names})
     family_code = np.array([families.index(family_of.get(t, t)) for t in type_names], dtype=np.int64)
     surprisal, shared_families = pair_weights(
-        n, ca, cb, Shared(np.searchsorted(candidates, contrib_pair), contrib_type, contrib_value),
+        n,
+        ca,
+        cb,
+        Shared(np.searchsorted(candidates, contrib_pair), contrib_type, contrib_value),
         Held(idx[h_rows], types[h_rows], entity_code[h_rows], value[h_rows]),
-        TypeRules(_log_memberships(n, idx, types, ev["held"].to_numpy(), len(type_names)), family_code, len(families),
-                  settings.within_type_extra))
+        TypeRules(
+            _log_memberships(n, idx, types, ev["held"].to_numpy(), len(type_names)),
+            family_code,
+            len(families),
+            settings.within_type_extra,
+        ),
+    )
     org = accounts["org_id"].cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
     same_org = (org[ca] == org[cb]) & (org[ca] >= 0)
     discount = np.where(same_org, settings.org_discount, 1.0)
@@ -450,8 +534,9 @@ class TypeRules:
     extra: float  # within a type or family, what the others add at most, as a share of the strongest
 
 
-def pair_weights(n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared, held: Held,
-                 rules: TypeRules) -> tuple[np.ndarray, np.ndarray]:
+def pair_weights(
+    n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared, held: Held, rules: TypeRules
+) -> tuple[np.ndarray, np.ndarray]:
     """Each candidate pair's surprisal (nats) and the number of evidence families it comes from: its
     small-entity contributions plus the hubs both ends hold (valued on the ``ca`` side), combined
     per type (less what the two accounts' memberships make expected, see :mod:`linkage.chance`)
@@ -465,16 +550,25 @@ def pair_weights(n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared
     hub_order = _order_by(held.member, held.entity)
     hub_start = np.r_[0, np.cumsum(np.bincount(held.member, minlength=n_accounts))].astype(np.int64)
     ca, cb = ca.astype(np.int64), cb.astype(np.int64)
-    fixed = (shared.type_code[by_pair].astype(np.int64), shared.value[by_pair].astype(np.float64),
-             hub_start, held.entity[hub_order].astype(np.int64), held.type_code[hub_order].astype(np.int64),
-             held.value[hub_order].astype(np.float64), int(held.entity.max(initial=-1)) + 1,
-             rules.log_memberships, rules.family_code.astype(np.int64), rules.n_families, float(rules.extra))
+    fixed = (
+        shared.type_code[by_pair].astype(np.int64),
+        shared.value[by_pair].astype(np.float64),
+        hub_start,
+        held.entity[hub_order].astype(np.int64),
+        held.type_code[hub_order].astype(np.int64),
+        held.value[hub_order].astype(np.float64),
+        int(held.entity.max(initial=-1)) + 1,
+        rules.log_memberships,
+        rules.family_code.astype(np.int64),
+        rules.n_families,
+        float(rules.extra),
+    )
     # two halves on two threads (the kernel releases the GIL), cut where a group of ``ca`` starts;
     # each pair's weight is computed alone, so the result does not depend on the cut
     cut = int(np.searchsorted(ca, ca[len(ca) // 2])) if len(ca) >= PARALLEL_MIN_PAIRS else len(ca)
     halves = [slice(0, cut), slice(cut, len(ca))]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = list(pool.map(lambda h: _weigh_pairs(ca[h], cb[h], shared_start[h.start:h.stop + 1], *fixed), halves))
+        parts = list(pool.map(lambda h: _weigh_pairs(ca[h], cb[h], shared_start[h.start : h.stop + 1], *fixed), halves))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -487,8 +581,22 @@ def _order_by(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _weigh_pairs(ca, cb, shared_start, shared_type, shared_value, hub_start, hub_entity, hub_type, hub_value,
-                 n_entities, log_memberships, family_code, n_families, extra):
+def _weigh_pairs(
+    ca,
+    cb,
+    shared_start,
+    shared_type,
+    shared_value,
+    hub_start,
+    hub_entity,
+    hub_type,
+    hub_value,
+    n_entities,
+    log_memberships,
+    family_code,
+    n_families,
+    extra,
+):
     """Compiled loop behind :func:`pair_weights` (arrays prepared there). Shared entities of one type,
     or of types of one family, are correlated (users of one framework share all its templates): in
     each, the strongest counts in full and the rest add at most ``extra`` of it. A type's surprisal
@@ -528,8 +636,12 @@ def _weigh_pairs(ca, cb, shared_start, shared_type, shared_value, hub_start, hub
         for t in range(n_types):
             if maxima[t] <= 0.0:
                 continue
-            value = maxima[t] + extra * min(sums[t] - maxima[t], maxima[t]) \
-                - log_memberships[ca[p], t] - log_memberships[cb[p], t]
+            value = (
+                maxima[t]
+                + extra * min(sums[t] - maxima[t], maxima[t])
+                - log_memberships[ca[p], t]
+                - log_memberships[cb[p], t]
+            )
             if value <= 0.0:
                 continue
             f = family_code[t]
@@ -542,8 +654,9 @@ def _weigh_pairs(ca, cb, shared_start, shared_type, shared_value, hub_start, hub
     return weight, families
 
 
-def _lockstep(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: DetectSettings,
-              needed: np.ndarray | None = None) -> np.ndarray:
+def _lockstep(
+    accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: DetectSettings, needed: np.ndarray | None = None
+) -> np.ndarray:
     """Per candidate pair, the surprisal of how alike the two accounts' active time windows are
     (MinHash agreement against what independent accounts of this run would show)."""
     signatures = accounts["activity_signature"]
@@ -554,8 +667,11 @@ def _lockstep(accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: 
         return np.zeros(len(ca))
     matrix[has] = signatures.filter(signatures.is_not_null()).list.to_array(width).to_numpy().astype(np.int32)
     windows = window_counts(matrix, has)
-    span = accounts.select((pl.col("last_seen").max() - pl.col("first_seen").min()).dt.total_minutes()).item() \
-        if "last_seen" in accounts.columns else None
+    span = (
+        accounts.select((pl.col("last_seen").max() - pl.col("first_seen").min()).dt.total_minutes()).item()
+        if "last_seen" in accounts.columns
+        else None
+    )
     total_windows = max(float(span or 0) / settings.activity_window_minutes, float(windows.max(initial=1.0)))
 
     def agreement_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -602,8 +718,12 @@ def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
     # resolution limit (small dense rings are not merged into big sparse ones) and no pull from the
     # graph's total size (a ring does not grow because the run is large)
     weight = pairs["weight"].to_numpy() / link_threshold(n, settings.chance_links_per_account)
-    partition = graph.community_leiden(objective_function="CPM", weights=weight,
-                                       resolution=settings.resolution, n_iterations=settings.leiden_iterations)
+    partition = graph.community_leiden(
+        objective_function="CPM",
+        weights=weight,
+        resolution=settings.resolution,
+        n_iterations=settings.leiden_iterations,
+    )
     membership[nodes] = np.asarray(partition.membership)
     return membership
 
@@ -658,9 +778,14 @@ def prune_weak_members(communities: pl.DataFrame, pairs: pl.DataFrame, min_attac
     if communities.height == 0 or min_attachment <= 0:
         return communities
     ring = communities.select("idx", "community")
-    edges = pairs.join(ring.rename({"idx": "a", "community": "ca"}), on="a") \
-        .join(ring.rename({"idx": "b", "community": "cb"}), on="b").filter(pl.col("ca") == pl.col("cb"))
-    ends = pl.concat([edges.select(pl.col("a").alias("idx"), "weight"), edges.select(pl.col("b").alias("idx"), "weight")])
+    edges = (
+        pairs.join(ring.rename({"idx": "a", "community": "ca"}), on="a")
+        .join(ring.rename({"idx": "b", "community": "cb"}), on="b")
+        .filter(pl.col("ca") == pl.col("cb"))
+    )
+    ends = pl.concat(
+        [edges.select(pl.col("a").alias("idx"), "weight"), edges.select(pl.col("b").alias("idx"), "weight")]
+    )
     strength = ends.group_by("idx").agg(pl.col("weight").sum().alias("strength"))
     scored = communities.join(strength, on="idx", how="left").with_columns(pl.col("strength").fill_null(0.0))
     keep = pl.col("strength") >= min_attachment * pl.col("strength").median().over("community")
@@ -682,5 +807,9 @@ def detect(graph: Graph, settings: DetectSettings, clock: StageClock | None = No
         frame = prune_weak_members(frame.filter(pl.col("community") >= 0), pairs, settings.min_attachment)
         sizes = frame.group_by("community").len()
         frame = frame.join(sizes.filter(pl.col("len") >= settings.min_ring_size), on="community").drop("len")
-    return Detection(accounts=accounts, memberships=evidence, pairs=pairs,
-                     communities=frame.select("account_id", "idx", "community").sort("community", "account_id"))
+    return Detection(
+        accounts=accounts,
+        memberships=evidence,
+        pairs=pairs,
+        communities=frame.select("account_id", "idx", "community").sort("community", "account_id"),
+    )

@@ -1,4 +1,5 @@
 """Errors a user sees. Each names what to fix: the file, and where known the column."""
+
 from __future__ import annotations
 
 

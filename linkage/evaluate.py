@@ -1,4 +1,5 @@
 """Detection quality of a run against ground-truth labels (``linkage eval``)."""
+
 from __future__ import annotations
 
 import json
@@ -55,21 +56,28 @@ def evaluate(run_dir: Path, labels_path: Path, write: bool = True) -> dict[str, 
             raise InputError(f"{run_dir / name}: not found; is {run_dir} a linkage run directory?")
     labels = load_labels(labels_path)
     rings = pl.read_csv(run_dir / "rings.csv", columns=["ring_id", "score", "size", "flagged"])
-    members = pl.read_csv(run_dir / "ring_members.csv", columns=["ring_id", "account_id"],
-                          schema_overrides={"account_id": pl.Utf8})
+    members = pl.read_csv(
+        run_dir / "ring_members.csv", columns=["ring_id", "account_id"], schema_overrides={"account_id": pl.Utf8}
+    )
     scored = members.join(rings, on="ring_id")
     per_account = scored.group_by("account_id").agg(pl.col("score").max(), pl.col("flagged").any())
     frame = labels.join(per_account, on="account_id", how="left").with_columns(
-        pl.col("score").fill_null(0.0), pl.col("flagged").fill_null(False),
-        (pl.col("label") != "benign").alias("positive"))
+        pl.col("score").fill_null(0.0),
+        pl.col("flagged").fill_null(False),
+        (pl.col("label") != "benign").alias("positive"),
+    )
     positive, flagged = frame["positive"].to_numpy(), frame["flagged"].to_numpy()
     tp = int((positive & flagged).sum())
     precision = tp / max(int(flagged.sum()), 1)
     recall = tp / max(int(positive.sum()), 1)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     report: dict[str, Any] = {
-        "accounts": frame.height, "campaign_accounts": int(positive.sum()), "flagged_accounts": int(flagged.sum()),
-        "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+        "accounts": frame.height,
+        "campaign_accounts": int(positive.sum()),
+        "flagged_accounts": int(flagged.sum()),
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
         "average_precision": round(average_precision(frame["score"].to_numpy(), positive), 4),
         "benign_flagged": int((~positive & flagged).sum()),
         "benign_flagged_rate": round(float((~positive & flagged).sum()) / max(int((~positive).sum()), 1), 5),
@@ -81,21 +89,35 @@ def evaluate(run_dir: Path, labels_path: Path, write: bool = True) -> dict[str, 
         rings_with = flagged_members.filter(pl.col("label") == label)["ring_id"].unique()
         in_those = flagged_members.filter(pl.col("ring_id").is_in(rings_with.implode()))
         campaigns[label] = {
-            "accounts": mine.height, "recall": round(float(mine["flagged"].mean()), 4),
+            "accounts": mine.height,
+            "recall": round(float(mine["flagged"].mean()), 4),
             "purity": round(float((in_those["label"] == label).mean()), 4) if in_those.height else 0.0,
             "rings": int(rings_with.len()),
         }
     report["campaigns"] = campaigns
     if "kind" in labels.columns:
-        kinds = frame.filter(~pl.col("positive")).group_by("kind").agg(
-            pl.len().alias("accounts"), pl.col("flagged").sum().alias("flagged")).sort("kind")
+        kinds = (
+            frame.filter(~pl.col("positive"))
+            .group_by("kind")
+            .agg(pl.len().alias("accounts"), pl.col("flagged").sum().alias("flagged"))
+            .sort("kind")
+        )
         report["benign_flagged_by_kind"] = {k: {"accounts": a, "flagged": f} for k, a, f in kinds.iter_rows()}
-    cluster = frame.join(flagged_members.select("account_id", "ring_id").unique("account_id"), on="account_id", how="left")
+    cluster = frame.join(
+        flagged_members.select("account_id", "ring_id").unique("account_id"), on="account_id", how="left"
+    )
     cluster = cluster.filter(pl.col("positive") | pl.col("ring_id").is_not_null())
     if cluster.height:
-        predicted = cluster.select(pl.coalesce("ring_id", pl.lit("none:") + pl.col("account_id"))).to_series().to_numpy()
-        truth = cluster.select(pl.when(pl.col("positive")).then(pl.col("label"))
-                               .otherwise(pl.lit("benign:") + pl.col("account_id"))).to_series().to_numpy()
+        predicted = (
+            cluster.select(pl.coalesce("ring_id", pl.lit("none:") + pl.col("account_id"))).to_series().to_numpy()
+        )
+        truth = (
+            cluster.select(
+                pl.when(pl.col("positive")).then(pl.col("label")).otherwise(pl.lit("benign:") + pl.col("account_id"))
+            )
+            .to_series()
+            .to_numpy()
+        )
         report["adjusted_rand_index"] = round(adjusted_rand_index(predicted, truth), 4)
     report["rings_flagged"] = int(rings["flagged"].sum())
     if write:
@@ -105,8 +127,19 @@ def evaluate(run_dir: Path, labels_path: Path, write: bool = True) -> dict[str, 
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"{'metric':<28}{'value':>10}"]
-    for key in ("accounts", "campaign_accounts", "flagged_accounts", "precision", "recall", "f1",
-                "average_precision", "benign_flagged", "benign_flagged_rate", "adjusted_rand_index", "rings_flagged"):
+    for key in (
+        "accounts",
+        "campaign_accounts",
+        "flagged_accounts",
+        "precision",
+        "recall",
+        "f1",
+        "average_precision",
+        "benign_flagged",
+        "benign_flagged_rate",
+        "adjusted_rand_index",
+        "rings_flagged",
+    ):
         if key in report:
             lines.append(f"{key:<28}{report[key]:>10}")
     lines.append("")

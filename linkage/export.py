@@ -7,13 +7,15 @@ killed while replacing an earlier one never leaves a mixed set that looks comple
 get the permissions the umask allows, like any file the user creates. CSV cells that a
 spreadsheet would run as a formula are escaped (the Parquet copies keep exact values).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
@@ -64,10 +66,16 @@ def _for_csv(frame: pl.DataFrame) -> pl.DataFrame:
     """CSV has no nested types: lists become '|'-joined text; then text that would start a formula is
     prefixed with an apostrophe, which spreadsheets show as text and hide."""
     flat = _flat(frame)
-    return flat.with_columns([
-        pl.when(pl.col(c).cast(pl.Utf8).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(c).cast(pl.Utf8))
-        .otherwise(pl.col(c).cast(pl.Utf8)).alias(c)
-        for c, t in flat.schema.items() if t in (pl.Utf8, pl.Categorical)])
+    return flat.with_columns(
+        [
+            pl.when(pl.col(c).cast(pl.Utf8).str.contains(_FORMULA_START))
+            .then(pl.lit("'") + pl.col(c).cast(pl.Utf8))
+            .otherwise(pl.col(c).cast(pl.Utf8))
+            .alias(c)
+            for c, t in flat.schema.items()
+            if t in (pl.Utf8, pl.Categorical)
+        ]
+    )
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
@@ -77,17 +85,20 @@ def write_parquet(frame: pl.DataFrame, path: Path) -> None:
 def write_json(data: Any, path: Path) -> None:
     def dump(tmp: Path) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
     atomic_write(path, dump)
 
 
 def _flat(frame: pl.DataFrame) -> pl.DataFrame:
     """CSV has no nested types: lists become '|'-joined text."""
-    return frame.with_columns([pl.col(c).cast(pl.List(pl.Utf8)).list.join("|")
-                               for c, t in frame.schema.items() if isinstance(t, pl.List)])
+    return frame.with_columns(
+        [pl.col(c).cast(pl.List(pl.Utf8)).list.join("|") for c, t in frame.schema.items() if isinstance(t, pl.List)]
+    )
 
 
-def write_rings(out_dir: Path, rings: pl.DataFrame, members: pl.DataFrame, evidence: pl.DataFrame,
-                accounts: pl.DataFrame) -> None:
+def write_rings(
+    out_dir: Path, rings: pl.DataFrame, members: pl.DataFrame, evidence: pl.DataFrame, accounts: pl.DataFrame
+) -> None:
     """rings.csv / ring_members.csv (contract) plus Parquet and JSON copies and per-account scores."""
     write_parquet(rings, out_dir / "rings.parquet")
     write_parquet(members, out_dir / "ring_members.parquet")

@@ -4,6 +4,7 @@ Nodes per label and relationships per type (``src``, ``dst``, ``count``, ``first
 ``last_seen``). These are the tables the embedded store writes as Parquet and the Neo4j
 store loads, so both stores hold exactly the same graph.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -66,8 +67,10 @@ class Graph:
     rels: dict[str, pl.DataFrame] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return {"nodes": {k: v.height for k, v in self.nodes.items()},
-                "relationships": {k: v.height for k, v in self.rels.items()}}
+        return {
+            "nodes": {k: v.height for k, v in self.nodes.items()},
+            "relationships": {k: v.height for k, v in self.rels.items()},
+        }
 
 
 def graph_delta(current: Graph, previous: Graph) -> Graph:
@@ -82,8 +85,9 @@ def graph_delta(current: Graph, previous: Graph) -> Graph:
                 continue
             row_hash = pl.struct(pl.all()).hash(3).alias("_row_hash")
             seen = old.select(row_hash)
-            getattr(delta, kind)[name] = frame.with_columns(row_hash).join(seen, on="_row_hash", how="anti") \
-                .drop("_row_hash")
+            getattr(delta, kind)[name] = (
+                frame.with_columns(row_hash).join(seen, on="_row_hash", how="anti").drop("_row_hash")
+            )
     return delta
 
 
@@ -95,28 +99,36 @@ def graph_removals(current: Graph, previous: Graph) -> Graph:
         old, new = previous.nodes.get(spec.label), current.nodes.get(spec.label)
         if old is not None and old.height:
             keys = old.select(spec.key)
-            removed.nodes[spec.label] = keys if new is None else keys.join(new.select(spec.key), on=spec.key, how="anti")
+            removed.nodes[spec.label] = (
+                keys if new is None else keys.join(new.select(spec.key), on=spec.key, how="anti")
+            )
     for rel in REL_SPECS:
         old, new = previous.rels.get(rel.type), current.rels.get(rel.type)
         if old is not None and old.height:
             pairs = old.select("src", "dst")
-            removed.rels[rel.type] = pairs if new is None else pairs.join(new.select("src", "dst"), on=["src", "dst"],
-                                                                          how="anti")
+            removed.rels[rel.type] = (
+                pairs if new is None else pairs.join(new.select("src", "dst"), on=["src", "dst"], how="anti")
+            )
     return removed
 
 
 def _text(frame: pl.DataFrame) -> pl.DataFrame:
     """Categorical columns back to text, for the (small, aggregated) graph tables."""
-    return frame.with_columns([pl.col(c).cast(pl.Utf8) for c, t in frame.schema.items() if isinstance(t, pl.Categorical)])
+    return frame.with_columns(
+        [pl.col(c).cast(pl.Utf8) for c, t in frame.schema.items() if isinstance(t, pl.Categorical)]
+    )
 
 
 def _rel(frame: pl.DataFrame, src: str, dst: str, ts: str | None = None) -> pl.DataFrame:
     """Aggregate (src, dst) pairs with count and first/last time, ordered by (src, dst)."""
     time = pl.col(ts) if ts else pl.lit(None, pl.Datetime("ms", "UTC"))
-    grouped = (frame.lazy().filter(pl.col(src).is_not_null() & pl.col(dst).is_not_null())
-               .group_by(pl.col(src).alias("src"), pl.col(dst).alias("dst"))
-               .agg(pl.len().cast(pl.Int64).alias("count"), time.min().alias("first_seen"), time.max().alias("last_seen"))
-               .collect(engine="streaming"))
+    grouped = (
+        frame.lazy()
+        .filter(pl.col(src).is_not_null() & pl.col(dst).is_not_null())
+        .group_by(pl.col(src).alias("src"), pl.col(dst).alias("dst"))
+        .agg(pl.len().cast(pl.Int64).alias("count"), time.min().alias("first_seen"), time.max().alias("last_seen"))
+        .collect(engine="streaming")
+    )
     return _text(grouped).sort("src", "dst")
 
 
@@ -129,7 +141,7 @@ class TextRanks:
     text: pl.Series
 
     @classmethod
-    def of(cls, values: pl.Series) -> "TextRanks":
+    def of(cls, values: pl.Series) -> TextRanks:
         distinct = _coded(values).unique(maintain_order=True).drop_nulls()  # (any order: sorted by text below)
         text = distinct.cast(pl.Utf8)
         order = text.arg_sort().to_numpy()
@@ -160,10 +172,11 @@ class RequestKeys:
     ts: np.ndarray
 
     @classmethod
-    def of(cls, requests: pl.DataFrame) -> "RequestKeys":
+    def of(cls, requests: pl.DataFrame) -> RequestKeys:
         accounts = TextRanks.of(requests["account_id"])
-        return cls(accounts, accounts.of_rows(requests["account_id"]),
-                   requests["ts"].to_physical().fill_null(0).to_numpy())
+        return cls(
+            accounts, accounts.of_rows(requests["account_id"]), requests["ts"].to_physical().fill_null(0).to_numpy()
+        )
 
 
 def _request_rel(requests: pl.DataFrame, keys: RequestKeys, dst: str) -> tuple[pl.DataFrame, pl.Series]:
@@ -184,18 +197,24 @@ def _request_rel(requests: pl.DataFrame, keys: RequestKeys, dst: str) -> tuple[p
     if groups is None:
         groups = _pair_groups_by_hashing(account_rank, dst_rank, ts)
     account, target, count, first, last = groups
-    rel = pl.DataFrame({
-        "src": keys.accounts.text.gather(account), "dst": targets.text.gather(target), "count": count,
-        "first_seen": first, "last_seen": last,
-    }).with_columns(pl.col("first_seen", "last_seen").cast(pl.Datetime("ms", "UTC")))
+    rel = pl.DataFrame(
+        {
+            "src": keys.accounts.text.gather(account),
+            "dst": targets.text.gather(target),
+            "count": count,
+            "first_seen": first,
+            "last_seen": last,
+        }
+    ).with_columns(pl.col("first_seen", "last_seen").cast(pl.Datetime("ms", "UTC")))
     return rel, targets.text.alias(dst)
 
 
 PairGroups = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # account, target, count, first, last
 
 
-def _pair_groups_by_sorting(account: np.ndarray, n_accounts: int, target: np.ndarray, n_targets: int,
-                            ts: np.ndarray) -> PairGroups | None:
+def _pair_groups_by_sorting(
+    account: np.ndarray, n_accounts: int, target: np.ndarray, n_targets: int, ts: np.ndarray
+) -> PairGroups | None:
     """Per distinct (account, target) rank pair, in pair order: count and first and last time. One
     sort of 64-bit words (account, target, row) with numpy's vectorised sort, then runs: for the 7.1 M
     address pairs of 14.5 M requests half the CPU of a hash group-by and sort (0.97 against 1.8 s), on
@@ -212,9 +231,13 @@ def _pair_groups_by_sorting(account: np.ndarray, n_accounts: int, target: np.nda
     word >>= np.uint64(row_bits)  # now the pair
     starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]]) if n else np.zeros(0, np.int64)
     pair = word[starts]
-    return ((pair >> np.uint64(target_bits)).astype(np.int64), (pair & np.uint64((1 << target_bits) - 1)).astype(np.int64),
-            np.diff(np.r_[starts, n]).astype(np.int64), np.minimum.reduceat(ts_in_order, starts) if n else ts_in_order,
-            np.maximum.reduceat(ts_in_order, starts) if n else ts_in_order)
+    return (
+        (pair >> np.uint64(target_bits)).astype(np.int64),
+        (pair & np.uint64((1 << target_bits) - 1)).astype(np.int64),
+        np.diff(np.r_[starts, n]).astype(np.int64),
+        np.minimum.reduceat(ts_in_order, starts) if n else ts_in_order,
+        np.maximum.reduceat(ts_in_order, starts) if n else ts_in_order,
+    )
 
 
 def _bits(count: int) -> int:
@@ -224,12 +247,24 @@ def _bits(count: int) -> int:
 
 def _pair_groups_by_hashing(account: np.ndarray, target: np.ndarray, ts: np.ndarray) -> PairGroups:
     """:func:`_pair_groups_by_sorting` for any size: a hash group-by on the packed pair, then a sort."""
-    grouped = pl.DataFrame({"pair": (account.astype(np.uint64) << np.uint64(32)) | target, "ts": ts}).lazy() \
-        .group_by("pair").agg(pl.len().cast(pl.Int64).alias("count"), pl.col("ts").min().alias("first"),
-                              pl.col("ts").max().alias("last")).collect(engine="streaming").sort("pair")
+    grouped = (
+        pl.DataFrame({"pair": (account.astype(np.uint64) << np.uint64(32)) | target, "ts": ts})
+        .lazy()
+        .group_by("pair")
+        .agg(
+            pl.len().cast(pl.Int64).alias("count"), pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last")
+        )
+        .collect(engine="streaming")
+        .sort("pair")
+    )
     pair = grouped["pair"].to_numpy()
-    return ((pair >> np.uint64(32)).astype(np.int64), (pair & np.uint64(0xFFFFFFFF)).astype(np.int64),
-            grouped["count"].to_numpy(), grouped["first"].to_numpy(), grouped["last"].to_numpy())
+    return (
+        (pair >> np.uint64(32)).astype(np.int64),
+        (pair & np.uint64(0xFFFFFFFF)).astype(np.int64),
+        grouped["count"].to_numpy(),
+        grouped["first"].to_numpy(),
+        grouped["last"].to_numpy(),
+    )
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -256,12 +291,13 @@ def activity_signatures(keys: RequestKeys, window_minutes: int) -> pl.DataFrame:
     # the minimum over a multiset is the minimum over its set: one pass over the requests, no
     # de-duplication of (account, window) pairs first; accounts by text rank (dense, few)
     windows = keys.ts // (window_minutes * 60_000)
-    signature, first_row = _window_minhash(keys.account_rank.astype(np.int64), windows, valid, len(keys.accounts.text),
-                                           ACTIVITY_SIGNATURE_SIZE)
+    signature, first_row = _window_minhash(
+        keys.account_rank.astype(np.int64), windows, valid, len(keys.accounts.text), ACTIVITY_SIGNATURE_SIZE
+    )
     active = np.flatnonzero(first_row >= 0)
-    return pl.DataFrame({"account_id": keys.accounts.text.gather(active),
-                         "activity_signature": signature[active]}).with_columns(
-        pl.col("activity_signature").cast(pl.List(pl.Int64)))
+    return pl.DataFrame(
+        {"account_id": keys.accounts.text.gather(active), "activity_signature": signature[active]}
+    ).with_columns(pl.col("activity_signature").cast(pl.List(pl.Int64)))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -294,18 +330,35 @@ def _window_minhash(codes, windows, valid, n_codes, size):
 def _account_activity(requests: pl.DataFrame, keys: RequestKeys) -> pl.DataFrame:
     """Per account of the log: requests, first and last time, token totals, requests over proxy-like
     networks, reasoning-style and sampled prompts — one compiled pass over the account ranks."""
+
     def numbers(column: str) -> np.ndarray:
         return requests[column].fill_null(0).to_numpy()
 
     proxy = requests["ip_type"].is_in(list(PROXY_IP_TYPES)).fill_null(False).to_numpy()
     reasoning = requests["reasoning_style"]
-    totals = _per_account_totals(keys.account_rank, len(keys.accounts.text), keys.ts, numbers("input_tokens"),
-                                 numbers("output_tokens"), proxy, reasoning.fill_null(False).to_numpy(),
-                                 reasoning.is_not_null().to_numpy())
-    names = ("requests", "first_seen", "last_seen", "input_tokens", "output_tokens", "proxy_requests",
-             "reasoning_requests", "sampled_prompts")
+    totals = _per_account_totals(
+        keys.account_rank,
+        len(keys.accounts.text),
+        keys.ts,
+        numbers("input_tokens"),
+        numbers("output_tokens"),
+        proxy,
+        reasoning.fill_null(False).to_numpy(),
+        reasoning.is_not_null().to_numpy(),
+    )
+    names = (
+        "requests",
+        "first_seen",
+        "last_seen",
+        "input_tokens",
+        "output_tokens",
+        "proxy_requests",
+        "reasoning_requests",
+        "sampled_prompts",
+    )
     return pl.DataFrame({"account_id": keys.accounts.text, **dict(zip(names, totals))}).with_columns(
-        pl.col("first_seen", "last_seen").cast(pl.Datetime("ms", "UTC")))
+        pl.col("first_seen", "last_seen").cast(pl.Datetime("ms", "UTC"))
+    )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -314,7 +367,11 @@ def _per_account_totals(rank, n_ranks, ts, input_tokens, output_tokens, proxy, r
     first = np.full(n_ranks, np.iinfo(np.int64).max)
     last = np.full(n_ranks, np.iinfo(np.int64).min)
     tokens_in, tokens_out = np.zeros(n_ranks, np.int64), np.zeros(n_ranks, np.int64)
-    proxied, reasoned, sampled_total = np.zeros(n_ranks, np.int64), np.zeros(n_ranks, np.int64), np.zeros(n_ranks, np.int64)
+    proxied, reasoned, sampled_total = (
+        np.zeros(n_ranks, np.int64),
+        np.zeros(n_ranks, np.int64),
+        np.zeros(n_ranks, np.int64),
+    )
     for row in range(len(rank)):
         r = rank[row]
         if r >= n_ranks:  # (no account)
@@ -334,11 +391,22 @@ def _per_ip(requests: pl.DataFrame) -> pl.DataFrame:
     """One row per address: subnet, its most frequent ASN and IP type (ties: the smallest), first and
     last use. One pass over the request log by (address, ASN, type) — few rows per address — and the
     modes from that small table: a per-group ``mode()`` over millions of requests costs three times more."""
-    by_variant = requests.lazy().filter(pl.col("ip").is_not_null()).group_by("ip", "asn", "ip_type").agg(
-        pl.len().alias("n"), pl.col("subnet").first(), pl.col("ts").min().alias("first_seen"),
-        pl.col("ts").max().alias("last_seen")).collect(engine="streaming")
+    by_variant = (
+        requests.lazy()
+        .filter(pl.col("ip").is_not_null())
+        .group_by("ip", "asn", "ip_type")
+        .agg(
+            pl.len().alias("n"),
+            pl.col("subnet").first(),
+            pl.col("ts").min().alias("first_seen"),
+            pl.col("ts").max().alias("last_seen"),
+        )
+        .collect(engine="streaming")
+    )
     by_variant = _text(by_variant)
-    per_ip = by_variant.group_by("ip").agg(pl.col("subnet").first(), pl.col("first_seen").min(), pl.col("last_seen").max())
+    per_ip = by_variant.group_by("ip").agg(
+        pl.col("subnet").first(), pl.col("first_seen").min(), pl.col("last_seen").max()
+    )
     per_ip = per_ip.join(_modes(by_variant, "ip", ["asn", "ip_type"], weight="n"), on="ip", how="left")
     return per_ip.select("ip", "subnet", "asn", "ip_type", "first_seen", "last_seen")
 
@@ -348,15 +416,23 @@ def _modes(frame: pl.DataFrame, key: str, columns: list[str], weight: str | None
     rows or summing ``weight``. Group-bys and a sort instead of per-group ``mode()``, which is slow."""
     result = frame.select(key).unique()
     for column in columns:
-        counts = frame.filter(pl.col(column).is_not_null()).group_by(key, column).agg(
-            (pl.col(weight).sum() if weight else pl.len()).alias("_n"))
+        counts = (
+            frame.filter(pl.col(column).is_not_null())
+            .group_by(key, column)
+            .agg((pl.col(weight).sum() if weight else pl.len()).alias("_n"))
+        )
         mode = counts.sort([key, "_n", column], descending=[False, True, False]).unique(key, keep="first")
         result = result.join(mode.select(key, column), on=key, how="left")
     return result
 
 
-def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.DataFrame,
-                templates: TemplateResult, activity_window_minutes: int = 10) -> Graph:
+def build_graph(
+    accounts: pl.DataFrame,
+    payments: pl.DataFrame,
+    requests: pl.DataFrame,
+    templates: TemplateResult,
+    activity_window_minutes: int = 10,
+) -> Graph:
     """accounts: normalised account rows; payments: valid rows; requests: compact, de-duplicated requests
     with template_id already attached."""
     graph = Graph()
@@ -371,33 +447,55 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
         sent_template, _ = _request_rel(requests, keys, "template_id")
         used_model, models = _request_rel(requests, keys, "model")
         used_ip, _ = by_address.result()
-    graph.nodes["Account"] = (accounts.select("account_id", "created_at", "email", "email_domain", "org_id",
-                                              "country", "signup_ip")
-                              .join(activity, on="account_id", how="left")
-                              .with_columns(pl.col("requests", "proxy_requests", "reasoning_requests", "sampled_prompts").fill_null(0))
-                              .sort("account_id"))
-    graph.nodes["PaymentInstrument"] = _modes(payments, "instrument_id", ["instrument_type", "bin", "issuer_country"]) \
-        .sort("instrument_id")
+    graph.nodes["Account"] = (
+        accounts.select("account_id", "created_at", "email", "email_domain", "org_id", "country", "signup_ip")
+        .join(activity, on="account_id", how="left")
+        .with_columns(pl.col("requests", "proxy_requests", "reasoning_requests", "sampled_prompts").fill_null(0))
+        .sort("account_id")
+    )
+    graph.nodes["PaymentInstrument"] = _modes(
+        payments, "instrument_id", ["instrument_type", "bin", "issuer_country"]
+    ).sort("instrument_id")
     per_ip = _per_ip(requests)
-    signup = accounts.filter(pl.col("signup_ip").is_not_null()).group_by("signup_ip").agg(
-        pl.col("signup_subnet").first().alias("subnet"), pl.col("created_at").min().alias("first_seen"),
-        pl.col("created_at").max().alias("last_seen")).rename({"signup_ip": "ip"})
-    ips = pl.concat([per_ip, signup.with_columns(pl.lit(None, pl.Int64).alias("asn"), pl.lit(None, pl.Utf8).alias("ip_type"))
-                     .select(per_ip.columns)])
-    ips = ips.group_by("ip").agg(pl.col("subnet").first(), pl.col("asn").drop_nulls().first(),
-                                 pl.col("ip_type").drop_nulls().first(), pl.col("first_seen").min(),
-                                 pl.col("last_seen").max())
+    signup = (
+        accounts.filter(pl.col("signup_ip").is_not_null())
+        .group_by("signup_ip")
+        .agg(
+            pl.col("signup_subnet").first().alias("subnet"),
+            pl.col("created_at").min().alias("first_seen"),
+            pl.col("created_at").max().alias("last_seen"),
+        )
+        .rename({"signup_ip": "ip"})
+    )
+    ips = pl.concat(
+        [
+            per_ip,
+            signup.with_columns(pl.lit(None, pl.Int64).alias("asn"), pl.lit(None, pl.Utf8).alias("ip_type")).select(
+                per_ip.columns
+            ),
+        ]
+    )
+    ips = ips.group_by("ip").agg(
+        pl.col("subnet").first(),
+        pl.col("asn").drop_nulls().first(),
+        pl.col("ip_type").drop_nulls().first(),
+        pl.col("first_seen").min(),
+        pl.col("last_seen").max(),
+    )
     graph.nodes["IP"] = ips.select("ip", "subnet", "asn", "ip_type").sort("ip")
     graph.nodes["Subnet"] = graph.nodes["IP"].select("subnet").drop_nulls().unique().sort("subnet")
     graph.nodes["ASN"] = graph.nodes["IP"].select("asn").drop_nulls().unique().sort("asn")
     graph.nodes["Device"] = pl.DataFrame({"device_id": devices})  # (every device and model used, in text order)
     # (one SENT_TEMPLATE row per account and template: its requests and accounts without the log)
     usage = sent_template.group_by(pl.col("dst").alias("template_id")).agg(
-        pl.col("count").sum().alias("requests"), pl.len().cast(pl.Int64).alias("accounts"))
+        pl.col("count").sum().alias("requests"), pl.len().cast(pl.Int64).alias("accounts")
+    )
     graph.nodes["PromptTemplate"] = templates.templates.join(usage, on="template_id", how="inner").sort("template_id")
     graph.nodes["Org"] = accounts.select("org_id").drop_nulls().unique().sort("org_id")
     graph.nodes["Model"] = pl.DataFrame({"model": models})
-    graph.nodes["EmailDomain"] = accounts.select(pl.col("email_domain").alias("domain")).drop_nulls().unique().sort("domain")
+    graph.nodes["EmailDomain"] = (
+        accounts.select(pl.col("email_domain").alias("domain")).drop_nulls().unique().sort("domain")
+    )
 
     graph.rels["PAID_WITH"] = _rel(payments, "account_id", "instrument_id", "added_at")
     graph.rels["USED_IP"] = used_ip
@@ -408,8 +506,16 @@ def build_graph(accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.Dat
     graph.rels["HAS_EMAIL_DOMAIN"] = _rel(accounts, "account_id", "email_domain", "created_at")
     graph.rels["USED_MODEL"] = used_model
     structural = ips.select(pl.col("ip").alias("src"), pl.lit(1, pl.Int64).alias("count"), "first_seen", "last_seen")
-    graph.rels["IN_SUBNET"] = structural.with_columns(ips["subnet"].alias("dst")).filter(pl.col("dst").is_not_null()) \
-        .select(REL_COLUMNS).sort("src", "dst")
-    graph.rels["ROUTED_BY"] = structural.with_columns(ips["asn"].alias("dst")).filter(pl.col("dst").is_not_null()) \
-        .select(REL_COLUMNS).sort("src", "dst")
+    graph.rels["IN_SUBNET"] = (
+        structural.with_columns(ips["subnet"].alias("dst"))
+        .filter(pl.col("dst").is_not_null())
+        .select(REL_COLUMNS)
+        .sort("src", "dst")
+    )
+    graph.rels["ROUTED_BY"] = (
+        structural.with_columns(ips["asn"].alias("dst"))
+        .filter(pl.col("dst").is_not_null())
+        .select(REL_COLUMNS)
+        .sort("src", "dst")
+    )
     return graph

@@ -5,6 +5,7 @@ source file, 1-based row number (the n-th data record of the file, header exclud
 field at fault and the reason. Missing tables, missing required columns and corrupt files
 are fatal :class:`InputError` s naming the file and column.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,12 +17,11 @@ import os
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -48,8 +48,11 @@ def table_files(input_dir: Path, spec: TableSpec) -> list[Path]:
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise InputError(f"{input_dir}: input directory does not exist")
-    singles = [input_dir / f"{spec.name}{ext}" for ext in EXTENSIONS
-               if (input_dir / f"{spec.name}{ext}").is_file() or (input_dir / f"{spec.name}{ext}").is_symlink()]
+    singles = [
+        input_dir / f"{spec.name}{ext}"
+        for ext in EXTENSIONS
+        if (input_dir / f"{spec.name}{ext}").is_file() or (input_dir / f"{spec.name}{ext}").is_symlink()
+    ]
     folder = input_dir / spec.name
     nested = _partition_files(folder) if folder.is_dir() else []
     if len(singles) > 1 or (singles and nested):
@@ -125,8 +128,10 @@ def check_file_columns(path: Path, spec: TableSpec) -> None:
         return
     missing = [c for c in spec.required_columns if c not in columns]
     if missing:
-        raise InputError(f"{path}: required column '{missing[0]}' missing from table '{spec.name}' "
-                         f"(columns present: {', '.join(columns) or 'none'})")
+        raise InputError(
+            f"{path}: required column '{missing[0]}' missing from table '{spec.name}' "
+            f"(columns present: {', '.join(columns) or 'none'})"
+        )
 
 
 # ---------------------------------------------------------------- reading
@@ -167,8 +172,12 @@ def _read_parquet(path: Path, batch_rows: int, categorical: frozenset[str] = fro
     source = pq.ParquetFile(path)
     meta = source.metadata
     schema = source.schema_arrow
-    as_dictionary = [name for name in schema.names if name in categorical
-                     and (pa.types.is_string(schema.field(name).type) or pa.types.is_large_string(schema.field(name).type))]
+    as_dictionary = [
+        name
+        for name in schema.names
+        if name in categorical
+        and (pa.types.is_string(schema.field(name).type) or pa.types.is_large_string(schema.field(name).type))
+    ]
     if as_dictionary:
         source = pq.ParquetFile(path, read_dictionary=as_dictionary)
     others = [name for name in schema.names if name not in as_dictionary]
@@ -212,7 +221,8 @@ def _read_csv(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
             read_options=pacsv.ReadOptions(block_size=8 << 20, use_threads=True, column_names=header, skip_rows=1),
             parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=note_malformed),
             convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in header}, strings_can_be_null=False,
+                column_types={name: pa.string() for name in header},
+                strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             ),
         )
@@ -252,8 +262,11 @@ def _read_csv_slow(path: Path, header: list[str], batch_rows: int) -> Iterator[p
                 raw = ",".join(record)[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
                 field_name = "(record)" if reason.startswith("malformed") else reason.rsplit(" ", 1)[-1]
                 bad.append({ROW_COL: number, "_raw": raw, REASON_COL: reason, FIELD_COL: field_name})
-    frame = pl.DataFrame(good, schema={name: pl.Utf8 for name in header}, orient="row") if good else \
-        pl.DataFrame(schema={name: pl.Utf8 for name in header})
+    frame = (
+        pl.DataFrame(good, schema={name: pl.Utf8 for name in header}, orient="row")
+        if good
+        else pl.DataFrame(schema={name: pl.Utf8 for name in header})
+    )
     frame = frame.with_columns(pl.Series(ROW_COL, numbers, dtype=pl.Int64))
     if bad:
         yield pl.DataFrame(bad).with_columns(pl.lit(True).alias("_malformed"))
@@ -292,15 +305,24 @@ def _read_jsonl(path: Path) -> Iterator[pl.DataFrame]:
                 if not isinstance(value, dict):
                     raise ValueError("not a JSON object")
             except UnicodeEncodeError:
-                bad.append({ROW_COL: number, "_raw": line[:2000].encode("utf-8", "backslashreplace").decode(),
-                            REASON_COL: "invalid UTF-8 in record", FIELD_COL: "(record)"})
+                bad.append(
+                    {
+                        ROW_COL: number,
+                        "_raw": line[:2000].encode("utf-8", "backslashreplace").decode(),
+                        REASON_COL: "invalid UTF-8 in record",
+                        FIELD_COL: "(record)",
+                    }
+                )
                 continue
             except ValueError as exc:
-                bad.append({ROW_COL: number, "_raw": line[:2000], REASON_COL: f"malformed JSON: {exc}",
-                            FIELD_COL: "(record)"})
+                bad.append(
+                    {ROW_COL: number, "_raw": line[:2000], REASON_COL: f"malformed JSON: {exc}", FIELD_COL: "(record)"}
+                )
                 continue
-            records.append({k: (None if v is None else v if isinstance(v, str) else json.dumps(v))
-                            for k, v in value.items()} | {ROW_COL: number})
+            records.append(
+                {k: (None if v is None else v if isinstance(v, str) else json.dumps(v)) for k, v in value.items()}
+                | {ROW_COL: number}
+            )
     if bad:
         yield pl.DataFrame(bad).with_columns(pl.lit(True).alias("_malformed"))
     if records:
@@ -317,12 +339,23 @@ class TableCounts:
     reasons: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
-        return {"files": self.files, "rows_read": self.rows_read, "rows_used": self.rows_used,
-                "rows_quarantined": self.rows_quarantined, "quarantine_reasons": dict(sorted(self.reasons.items()))}
+        return {
+            "files": self.files,
+            "rows_read": self.rows_read,
+            "rows_used": self.rows_used,
+            "rows_quarantined": self.rows_quarantined,
+            "quarantine_reasons": dict(sorted(self.reasons.items())),
+        }
 
 
-QUARANTINE_SCHEMA = {"table": pl.Utf8, "source_file": pl.Utf8, "row": pl.Int64,
-                     "field": pl.Utf8, "reason": pl.Utf8, "record": pl.Utf8}
+QUARANTINE_SCHEMA = {
+    "table": pl.Utf8,
+    "source_file": pl.Utf8,
+    "row": pl.Int64,
+    "field": pl.Utf8,
+    "reason": pl.Utf8,
+    "record": pl.Utf8,
+}
 
 
 class Quarantine:
@@ -340,9 +373,12 @@ class Quarantine:
         if rows.height == 0:
             return
         frame = rows.select(
-            pl.lit(table).alias("table"), pl.col(FILE_COL).cast(pl.Utf8).alias("source_file"),
-            pl.col(ROW_COL).cast(pl.Int64).alias("row"), pl.col(FIELD_COL).cast(pl.Utf8).alias("field"),
-            pl.col(REASON_COL).cast(pl.Utf8).alias("reason"), pl.col("record").cast(pl.Utf8),
+            pl.lit(table).alias("table"),
+            pl.col(FILE_COL).cast(pl.Utf8).alias("source_file"),
+            pl.col(ROW_COL).cast(pl.Int64).alias("row"),
+            pl.col(FIELD_COL).cast(pl.Utf8).alias("field"),
+            pl.col(REASON_COL).cast(pl.Utf8).alias("reason"),
+            pl.col("record").cast(pl.Utf8),
         )
         self.frames.setdefault(table, []).append(frame)
         counts = self.table_counts(table)
@@ -350,7 +386,7 @@ class Quarantine:
         for reason, n in frame.group_by("reason").len().iter_rows():
             counts.reasons[f"{reason}"] += n
 
-    def merge(self, other: "Quarantine") -> None:
+    def merge(self, other: Quarantine) -> None:
         """Take over another quarantine's rows and counts (one file's, processed on its own)."""
         for table, frames in other.frames.items():
             self.frames.setdefault(table, []).extend(frames)
@@ -376,20 +412,30 @@ def record_json(columns: list[str]) -> pl.Expr:
 _TYPED_KINDS = ("timestamp", "int", "ip")
 
 
-def validate_batch(raw: pl.DataFrame, spec: TableSpec, source: str, settings: IngestSettings,
-                   quarantine: Quarantine) -> pl.DataFrame:
+def validate_batch(
+    raw: pl.DataFrame, spec: TableSpec, source: str, settings: IngestSettings, quarantine: Quarantine
+) -> pl.DataFrame:
     """Typed good rows of one batch; bad ones go to quarantine with file, row, field and reason."""
     counts = quarantine.table_counts(spec.name)
     if "_malformed" in raw.columns:
         counts.rows_read += raw.height
-        quarantine.add(spec.name, raw.select(
-            pl.lit(source).alias(FILE_COL), pl.col(ROW_COL), pl.col(FIELD_COL),
-            pl.col(REASON_COL), pl.col("_raw").alias("record")))
+        quarantine.add(
+            spec.name,
+            raw.select(
+                pl.lit(source).alias(FILE_COL),
+                pl.col(ROW_COL),
+                pl.col(FIELD_COL),
+                pl.col(REASON_COL),
+                pl.col("_raw").alias("record"),
+            ),
+        )
         return pl.DataFrame()
     missing = [c for c in spec.required_columns if c not in raw.columns]
     if missing:
-        raise InputError(f"{source}: required column '{missing[0]}' missing from table '{spec.name}' "
-                         f"(columns present: {', '.join(c for c in raw.columns if c != ROW_COL) or 'none'})")
+        raise InputError(
+            f"{source}: required column '{missing[0]}' missing from table '{spec.name}' "
+            f"(columns present: {', '.join(c for c in raw.columns if c != ROW_COL) or 'none'})"
+        )
     counts.rows_read += raw.height
     raw_columns = [c for c in raw.columns if c != ROW_COL]
     typed, problems = _typed_columns(raw, spec, settings)
@@ -398,22 +444,29 @@ def validate_batch(raw: pl.DataFrame, spec: TableSpec, source: str, settings: In
     if problems.width:
         names = problems.columns
         frame = frame.with_columns(
-            problems.select(pl.coalesce(names).alias(REASON_COL),
-                            pl.coalesce([pl.when(pl.col(n).is_not_null()).then(pl.lit(n)) for n in names])
-                            .alias(FIELD_COL)))
+            problems.select(
+                pl.coalesce(names).alias(REASON_COL),
+                pl.coalesce([pl.when(pl.col(n).is_not_null()).then(pl.lit(n)) for n in names]).alias(FIELD_COL),
+            )
+        )
     else:
         frame = frame.with_columns(pl.lit(None, pl.Utf8).alias(REASON_COL), pl.lit(None, pl.Utf8).alias(FIELD_COL))
     bad_mask = frame[REASON_COL].is_not_null()
     if bad_mask.any():
-        quarantine.add(spec.name, frame.filter(bad_mask).select(FILE_COL, ROW_COL, FIELD_COL, REASON_COL)
-                       .with_columns(raw.filter(bad_mask).select(record_json(raw_columns))))
+        quarantine.add(
+            spec.name,
+            frame.filter(bad_mask)
+            .select(FILE_COL, ROW_COL, FIELD_COL, REASON_COL)
+            .with_columns(raw.filter(bad_mask).select(record_json(raw_columns))),
+        )
     good = frame.filter(pl.col(REASON_COL).is_null()).drop(REASON_COL, FIELD_COL)
     counts.rows_used += good.height
     return good
 
 
-def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
-                   settings: IngestSettings) -> tuple[list[pl.Series], pl.DataFrame]:
+def _typed_columns(
+    raw: pl.DataFrame, spec: TableSpec, settings: IngestSettings
+) -> tuple[list[pl.Series], pl.DataFrame]:
     """Typed replacement columns, and a frame with one column per field giving the row's problem (or
     null; a field with no problem in the batch has no column)."""
     typed: list[pl.Series] = []
@@ -436,8 +489,9 @@ def _typed_columns(raw: pl.DataFrame, spec: TableSpec,
     return typed, pl.DataFrame(problems) if problems else pl.DataFrame()
 
 
-def _clean_rows(original: pl.Series, column: Column,
-                settings: IngestSettings) -> tuple[pl.Series, pl.Series | None, pl.Series | None]:
+def _clean_rows(
+    original: pl.Series, column: Column, settings: IngestSettings
+) -> tuple[pl.Series, pl.Series | None, pl.Series | None]:
     """(typed value, the address's subnet for an IP column, per row the problem or null; None: no problem)."""
     if original.dtype == pl.Utf8:
         # an empty CSV/JSON field is a missing value, whatever the reader made of it; outside
@@ -495,7 +549,7 @@ class CategoryCleaner:
         with self._lock:
             if len(codes) and codes.max() >= len(self._slot_of):
                 grown = np.full(max(int(codes.max()) + 1, 2 * len(self._slot_of)), -1, np.int64)
-                grown[:len(self._slot_of)] = self._slot_of
+                grown[: len(self._slot_of)] = self._slot_of
                 self._slot_of = grown
             unseen = self._slot_of[codes] < 0
             if nulls is not None:
@@ -511,8 +565,14 @@ class CategoryCleaner:
         value = _as_category(value)
         self._slot_of[new_codes] = np.arange(len(self._value), len(self._value) + len(new_codes))
         self._value = pl.concat([self._value, value])
-        self._subnet = pl.concat([self._subnet, subnet.cast(pl.Categorical) if subnet is not None
-                                  else pl.Series([None] * len(raw), dtype=pl.Categorical)])
+        self._subnet = pl.concat(
+            [
+                self._subnet,
+                subnet.cast(pl.Categorical)
+                if subnet is not None
+                else pl.Series([None] * len(raw), dtype=pl.Categorical),
+            ]
+        )
         problem = problem if problem is not None else pl.Series([None] * len(raw), dtype=pl.Utf8)
         self._problem = pl.concat([self._problem, problem])
         self._has_problem = np.r_[self._has_problem, problem.is_not_null().to_numpy()]
@@ -553,13 +613,22 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
     if kind == "int":
         if original.dtype == pl.Utf8:
             as_float = original.cast(pl.Float64, strict=False)
-            value = pl.select(pl.when(as_float == as_float.round(0)).then(as_float)).to_series().cast(pl.Int64, strict=False)
+            value = (
+                pl.select(pl.when(as_float == as_float.round(0)).then(as_float))
+                .to_series()
+                .cast(pl.Int64, strict=False)
+            )
         else:
             value = original.cast(pl.Int64, strict=False)
         unparseable = present & value.is_null()
-        problem = (pl.when(unparseable).then(pl.lit(f"unparseable integer in {name}"))
-                   .when(value < 0).then(pl.lit(f"negative {name}"))
-                   .when(value > settings.max_tokens).then(pl.lit(f"{name} above {settings.max_tokens}")))
+        problem = (
+            pl.when(unparseable)
+            .then(pl.lit(f"unparseable integer in {name}"))
+            .when(value < 0)
+            .then(pl.lit(f"negative {name}"))
+            .when(value > settings.max_tokens)
+            .then(pl.lit(f"{name} above {settings.max_tokens}"))
+        )
         return value, problem
     text = original.cast(pl.Utf8)  # (blank values are already null: see _typed_columns)
     if kind == "ip":
@@ -576,10 +645,11 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
     return text, problem
 
 
-def read_table(input_dir: Path, spec: TableSpec, settings: IngestSettings, quarantine: Quarantine,
-               files: list[Path] | None = None) -> Iterator[tuple[Path, pl.DataFrame]]:
+def read_table(
+    input_dir: Path, spec: TableSpec, settings: IngestSettings, quarantine: Quarantine, files: list[Path] | None = None
+) -> Iterator[tuple[Path, pl.DataFrame]]:
     """Typed, validated batches of a table, file by file."""
-    for path in (table_files(input_dir, spec) if files is None else files):
+    for path in table_files(input_dir, spec) if files is None else files:
         quarantine.table_counts(spec.name).files += 1
         source = str(path)
         for raw in read_file(path, settings.batch_rows, spec.categorical_columns):

@@ -4,6 +4,7 @@ Every function takes and returns polars objects; nothing loops over rows in Pyth
 the rare distinct IPv6 forms the compiled parser leaves to ``ipaddress`` (embedded dotted IPv4,
 zone ids, IPv4-mapped addresses).
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,9 +26,16 @@ _ISO = (
 
 
 _ISO_FORMS = (  # without an offset: UTC. "+00:00" literally first: parsing any offset (%:z) is slower
-    "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%.fZ", "%Y-%m-%dT%H:%M:%S+00:00", "%Y-%m-%dT%H:%M:%S%.f+00:00",
-    "%Y-%m-%dT%H:%M:%S%:z", "%Y-%m-%dT%H:%M:%S%.f%:z",
-    "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%SZ",
+    "%Y-%m-%dT%H:%M:%S%.fZ",
+    "%Y-%m-%dT%H:%M:%S+00:00",
+    "%Y-%m-%dT%H:%M:%S%.f+00:00",
+    "%Y-%m-%dT%H:%M:%S%:z",
+    "%Y-%m-%dT%H:%M:%S%.f%:z",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d %H:%M:%S%.f",
 )
 
 
@@ -56,7 +64,9 @@ def parse_timestamps(values: pl.Series) -> pl.Series:
         if len(rows) == 0:
             return result.alias(values.name)
         part = text if len(rows) == len(text) else text.gather(rows)
-        if part.head(64).str.to_datetime(form, strict=False, time_unit="ms", time_zone="UTC").null_count() == min(64, len(part)):
+        if part.head(64).str.to_datetime(form, strict=False, time_unit="ms", time_zone="UTC").null_count() == min(
+            64, len(part)
+        ):
             continue
         result = result.scatter(rows, part.str.to_datetime(form, strict=False, time_unit="ms", time_zone="UTC"))
         pending = result.is_null() & text.is_not_null()
@@ -77,15 +87,19 @@ def _parse_general(text: pl.Series) -> pl.Series:
         .str.replace(r"^([+-][0-9]{2})([0-9]{2})$", "${1}:${2}")
         .fill_null("+00:00")
     )
-    iso = pl.concat_str([
-        parts.struct.field("1"), pl.lit("T"),
-        parts.struct.field("2").fill_null("00:00"),
-        parts.struct.field("3").fill_null(":00"),
-        parts.struct.field("4").fill_null(""),
-        offset,
-    ])
+    iso = pl.concat_str(
+        [
+            parts.struct.field("1"),
+            pl.lit("T"),
+            parts.struct.field("2").fill_null("00:00"),
+            parts.struct.field("3").fill_null(":00"),
+            parts.struct.field("4").fill_null(""),
+            offset,
+        ]
+    )
     from_iso = (
-        pl.select(iso.alias("v")).to_series()
+        pl.select(iso.alias("v"))
+        .to_series()
         .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_unit="ms")
         .dt.convert_time_zone("UTC")
     )
@@ -93,11 +107,7 @@ def _parse_general(text: pl.Series) -> pl.Series:
 
 
 def _from_epoch(seconds: pl.Series) -> pl.Series:
-    millis = (
-        pl.select(
-            pl.when(seconds.abs() > _EPOCH_MS_CUTOFF).then(seconds).otherwise(seconds * 1000)
-        ).to_series()
-    )
+    millis = pl.select(pl.when(seconds.abs() > _EPOCH_MS_CUTOFF).then(seconds).otherwise(seconds * 1000)).to_series()
     # NaN and ±inf compare false, so they fall out with everything beyond years 1–9999; the cast is
     # lenient because polars evaluates it on every row, the ones the mask drops included
     in_range = (millis > -62_135_596_800_000) & (millis < 253_402_300_799_000)
@@ -119,8 +129,11 @@ def parse_ips(values: pl.Series) -> pl.DataFrame:
     original = values.cast(pl.Utf8)
     distinct = original.unique()  # parse each distinct address once, then join back
     parsed = _parse_distinct(distinct).with_columns(distinct.alias("raw"))
-    return pl.DataFrame({"raw": original}).join(parsed, on="raw", how="left", maintain_order="left", nulls_equal=True) \
+    return (
+        pl.DataFrame({"raw": original})
+        .join(parsed, on="raw", how="left", maintain_order="left", nulls_equal=True)
         .drop("raw")
+    )
 
 
 def _parse_distinct(values: pl.Series) -> pl.DataFrame:
@@ -137,9 +150,13 @@ def _parse_distinct(values: pl.Series) -> pl.DataFrame:
         v6_ip, v6_subnet = v6_ip.scatter(maybe_v6, ip), v6_subnet.scatter(maybe_v6, subnet)
     return pl.DataFrame({"is_v4": is_v4, "v4": raw, "v6_ip": v6_ip, "v6_subnet": v6_subnet}).select(
         ip=pl.when(pl.col("is_v4")).then(pl.col("v4")).otherwise(pl.col("v6_ip")),
-        ip_version=pl.when(pl.col("is_v4")).then(pl.lit(4, pl.Int8))
-        .when(pl.col("v6_ip").is_not_null()).then(pl.lit(6, pl.Int8)),
-        subnet=pl.when(pl.col("is_v4")).then(pl.col("v4").str.replace(r"\.[0-9]+$", ".0/24")).otherwise(pl.col("v6_subnet")),
+        ip_version=pl.when(pl.col("is_v4"))
+        .then(pl.lit(4, pl.Int8))
+        .when(pl.col("v6_ip").is_not_null())
+        .then(pl.lit(6, pl.Int8)),
+        subnet=pl.when(pl.col("is_v4"))
+        .then(pl.col("v4").str.replace(r"\.[0-9]+$", ".0/24"))
+        .otherwise(pl.col("v6_subnet")),
     )
 
 
@@ -149,7 +166,7 @@ def _parse_v6(texts: pl.Series) -> tuple[pl.Series, pl.Series]:
     (privacy addresses rotate daily) and the standard library costs ~20 µs each. The rare forms it
     leaves alone (embedded dotted IPv4, zone ids, IPv4-mapped addresses) go through the standard library."""
     array = texts.fill_null("").to_arrow().cast(pa.large_string())
-    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset:array.offset + len(array) + 1]
+    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset : array.offset + len(array) + 1]
     data = np.frombuffer(array.buffers()[2], np.uint8) if array.buffers()[2] is not None else np.zeros(0, np.uint8)
     status, ip_offsets, ip_data, subnet_offsets, subnet_data = _v6_kernel(offsets, data)
     ip = _strings(ip_offsets, ip_data)
@@ -184,8 +201,15 @@ def _v6_kernel(offsets, data):
     ip_end = subnet_end = 0
     for row in range(n):
         state = _v6_groups(data, offsets[row], offsets[row + 1], groups)
-        if state == 1 and groups[0] == 0 and groups[1] == 0 and groups[2] == 0 and groups[3] == 0 \
-                and groups[4] == 0 and groups[5] == 0xFFFF:
+        if (
+            state == 1
+            and groups[0] == 0
+            and groups[1] == 0
+            and groups[2] == 0
+            and groups[3] == 0
+            and groups[4] == 0
+            and groups[5] == 0xFFFF
+        ):
             state = 2  # IPv4-mapped: read as the IPv4 address it maps
         status[row] = state
         if state == 1:
@@ -249,7 +273,7 @@ def _v6_groups(data, start, end, groups):
     groups[:] = 0
     groups[:gap] = parts[:gap]
     tail = count - gap
-    groups[8 - tail:] = parts[gap:count]
+    groups[8 - tail :] = parts[gap:count]
     return 1
 
 
@@ -317,7 +341,11 @@ def canonical_emails(emails: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     lowered = emails.str.strip_chars().str.to_lowercase()
     local = lowered.str.extract(r"^([^@]+)@", 1).str.replace(r"\+.*$", "")
     domain = lowered.str.extract(r"@([^@]+)$", 1).str.replace("^googlemail.com$", "gmail.com")
-    local = pl.when(domain.is_in(list(_DOTLESS_DOMAINS))).then(local.str.replace_all(".", "", literal=True)).otherwise(local)
+    local = (
+        pl.when(domain.is_in(list(_DOTLESS_DOMAINS)))
+        .then(local.str.replace_all(".", "", literal=True))
+        .otherwise(local)
+    )
     canonical = pl.when(domain.is_null()).then(lowered).otherwise(pl.concat_str([local, pl.lit("@"), domain]))
     return canonical, domain
 
@@ -328,19 +356,50 @@ def canonical_emails(emails: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
 _MASKS: tuple[tuple[str, str], ...] = (
     # one alternation, one pass: code blocks, URLs and emails, quoted spans, any token with a digit
     # (numbers, ids, hashes, uuids); the kind of slot does not matter to the scaffold, only its place
-    (r"(?s)```.*?(?:```|$)|\S+://\S+|www\.\S+|\S+@\S+\.\w+|\"[^\"\n]{0,400}\"|“[^”\n]{0,400}”|«[^»\n]{0,400}»"
-     r"|'[^'\n]{2,400}'|`[^`\n]{1,200}`|[\w-]*\d[\w-]*", "‹n›"),
+    (
+        r"(?s)```.*?(?:```|$)|\S+://\S+|www\.\S+|\S+@\S+\.\w+|\"[^\"\n]{0,400}\"|“[^”\n]{0,400}”|«[^»\n]{0,400}»"
+        r"|'[^'\n]{2,400}'|`[^`\n]{1,200}`|[\w-]*\d[\w-]*",
+        "‹n›",
+    ),
     (r"([a-z,;] )[A-Z][a-z]+(?: [A-Z][a-z]+)*", "${1}‹name›"),  # capitalised words mid-sentence
 )
 _BREAKS = [". ", "? ", "! ", ": ", "; ", "。", "？", "！", "：", "\r"]
 # Phrases of prompts that harvest reasoning traces, grades or tool-use trajectories (matched
 # case-insensitively with Aho-Corasick: one cheap pass, a few languages).
 REASONING_STYLE = [
-    "step-by-step", "step by step", "chain of thought", "chain-of-thought", "show your work", "show your reasoning",
-    "show all your work", "reasoning trace", "reasoning steps", "think carefully", "explain your reasoning",
-    "full reasoning", "complete reasoning", "internal reasoning", "numbered steps", "rubric", "grade the",
-    "score the response", "tool_call", "tool call", "function call", "<tool", "observation:", "trajectory",
-    "raisonnement", "étape par étape", "paso a paso", "razonamiento", "пошагово", "рассуждени", "推理", "逐步", "思考过程",
+    "step-by-step",
+    "step by step",
+    "chain of thought",
+    "chain-of-thought",
+    "show your work",
+    "show your reasoning",
+    "show all your work",
+    "reasoning trace",
+    "reasoning steps",
+    "think carefully",
+    "explain your reasoning",
+    "full reasoning",
+    "complete reasoning",
+    "internal reasoning",
+    "numbered steps",
+    "rubric",
+    "grade the",
+    "score the response",
+    "tool_call",
+    "tool call",
+    "function call",
+    "<tool",
+    "observation:",
+    "trajectory",
+    "raisonnement",
+    "étape par étape",
+    "paso a paso",
+    "razonamiento",
+    "пошагово",
+    "рассуждени",
+    "推理",
+    "逐步",
+    "思考过程",
 ]
 
 
@@ -362,10 +421,12 @@ def split_segments(keys: pl.Series, masked: pl.Series, max_segments: int) -> pl.
 
 # ---------------------------------------------------------------- table normalisers
 
+
 def normalize_accounts(accounts: pl.DataFrame) -> pl.DataFrame:
     canonical, domain = canonical_emails(pl.col("email"))
     return accounts.with_columns(
-        canonical.alias("email"), domain.alias("email_domain"),
+        canonical.alias("email"),
+        domain.alias("email_domain"),
         pl.col("country").str.to_uppercase(),
         pl.col("signup_ip_subnet").alias("signup_subnet"),
     )
@@ -388,8 +449,11 @@ def lowercase(values: pl.Series) -> pl.Series:
     if (lowered.to_physical() == distinct.to_physical()).all():
         return values
     mapping = pl.DataFrame({"raw": distinct.to_physical(), "lowered": lowered})
-    return pl.DataFrame({"raw": values.to_physical()}).join(mapping, on="raw", how="left", maintain_order="left")["lowered"] \
+    return (
+        pl.DataFrame({"raw": values.to_physical()})
+        .join(mapping, on="raw", how="left", maintain_order="left")["lowered"]
         .alias(values.name)
+    )
 
 
 def normalize_requests(batch: pl.DataFrame, miner, bound: tuple[np.ndarray, np.ndarray] | None = None) -> pl.DataFrame:
@@ -403,12 +467,18 @@ def normalize_requests(batch: pl.DataFrame, miner, bound: tuple[np.ndarray, np.n
     # turn every later group-by into an integer one
     cat = pl.Categorical
     return batch.select(
-        accounts, "ts", pl.col("ip").cast(cat),
+        accounts,
+        "ts",
+        pl.col("ip").cast(cat),
         pl.col("ip_subnet").alias("subnet").cast(cat),
         "asn",
         lowercase(batch["ip_type"]).cast(cat),
-        pl.col("device_id").cast(cat), pl.col("model").cast(cat), "input_tokens", "output_tokens",
+        pl.col("device_id").cast(cat),
+        pl.col("model").cast(cat),
+        "input_tokens",
+        "output_tokens",
         request_key.alias("request_key"),
         per_prompt["prompt_key"],
-        pl.col("_file").cast(pl.Categorical), "_row",
+        pl.col("_file").cast(pl.Categorical),
+        "_row",
     )

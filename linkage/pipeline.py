@@ -4,6 +4,7 @@
 own module (ingest, normalize/templates, graph, detect, score, export, store) and this
 module only wires them together, timing each one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,7 @@ from .detect import Detection, detect
 from .errors import InputError
 from .export import begin_export, write_json, write_quarantine, write_rings
 from .graph import Graph, build_graph
-from .ingest import FILE_COL, REASON_COL, ROW_COL, FIELD_COL, Quarantine, read_table, record_json, table_files
+from .ingest import FIELD_COL, FILE_COL, REASON_COL, ROW_COL, Quarantine, read_table, record_json, table_files
 from .normalize import normalize_accounts, normalize_payments, normalize_requests
 from .progress import StageClock, peak_rss_mb, progress
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS
@@ -60,8 +61,9 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- stages
-def read_rows(input_dir: Path, spec, settings: Settings, quarantine: Quarantine,
-              files: list[Path] | None = None) -> pl.DataFrame:
+def read_rows(
+    input_dir: Path, spec, settings: Settings, quarantine: Quarantine, files: list[Path] | None = None
+) -> pl.DataFrame:
     """All valid rows of a (small) table, in file and row order."""
     frames = [batch for _, batch in read_table(input_dir, spec, settings.ingest, quarantine, files)]
     return pl.concat(frames, how="diagonal_relaxed") if frames else _empty(spec)
@@ -72,10 +74,17 @@ def prepare_accounts(accounts: pl.DataFrame, quarantine: Quarantine) -> pl.DataF
     first = accounts.with_columns(pl.col("account_id").is_first_distinct().alias("_first"))
     duplicates = first.filter(~pl.col("_first"))
     if duplicates.height:
-        origin = first.filter(pl.col("_first")).select("account_id", pl.col(FILE_COL).alias("_f0"), pl.col(ROW_COL).alias("_r0"))
+        origin = first.filter(pl.col("_first")).select(
+            "account_id", pl.col(FILE_COL).alias("_f0"), pl.col(ROW_COL).alias("_r0")
+        )
         duplicates = duplicates.join(origin, on="account_id")
-        _requarantine(quarantine, "accounts", duplicates, "account_id",
-                      pl.format("duplicate account_id (first at {} row {})", pl.col("_f0"), pl.col("_r0")))
+        _requarantine(
+            quarantine,
+            "accounts",
+            duplicates,
+            "account_id",
+            pl.format("duplicate account_id (first at {} row {})", pl.col("_f0"), pl.col("_r0")),
+        )
     return normalize_accounts(first.filter(pl.col("_first")).drop("_first"))
 
 
@@ -93,19 +102,24 @@ class RequestFile:
     quarantine: Quarantine
 
 
-def ingest_request_file(path: Path, settings: Settings, bound: tuple[np.ndarray, np.ndarray] | None = None) -> RequestFile:
+def ingest_request_file(
+    path: Path, settings: Settings, bound: tuple[np.ndarray, np.ndarray] | None = None
+) -> RequestFile:
     """``bound``: the run's prompt sample so far (:attr:`TemplateMiner.bound`), or None for a
     self-contained sample of this file (staging)."""
     quarantine = Quarantine()
     miner = TemplateMiner(settings.templates)
-    rows = [normalize_requests(batch, miner, bound)
-            for _, batch in read_table(path.parent, REQUESTS, settings.ingest, quarantine, [path])]
+    rows = [
+        normalize_requests(batch, miner, bound)
+        for _, batch in read_table(path.parent, REQUESTS, settings.ingest, quarantine, [path])
+    ]
     frame = pl.concat(rows, how="vertical_relaxed") if rows else _empty_compact()
     return RequestFile(frame, miner.state(), quarantine)
 
 
-def ingest_requests(input_dir: Path, settings: Settings, quarantine: Quarantine,
-                    files: list[Path] | None = None) -> tuple[pl.DataFrame, TemplateMiner]:
+def ingest_requests(
+    input_dir: Path, settings: Settings, quarantine: Quarantine, files: list[Path] | None = None
+) -> tuple[pl.DataFrame, TemplateMiner]:
     """Stream the request log file by file (several at once: polars releases the GIL); only
     compact columns survive each file. Results are combined in file order, so the outcome does
     not depend on which file finished first."""
@@ -139,35 +153,55 @@ def clean_requests(requests: pl.DataFrame, known: pl.DataFrame, quarantine: Quar
         return requests
     repeated = requests["request_key"].is_not_null() & ~requests["request_key"].is_first_distinct()
     if repeated.any():
-        _requarantine(quarantine, "requests", requests.filter(repeated), "request_id",
-                      pl.lit("duplicate request_id (already counted)"))
+        _requarantine(
+            quarantine,
+            "requests",
+            requests.filter(repeated),
+            "request_id",
+            pl.lit("duplicate request_id (already counted)"),
+        )
         requests = requests.filter(~repeated)
     return requests
 
 
-def _drop_unknown_accounts(frame: pl.DataFrame, known: pl.DataFrame, quarantine: Quarantine, table: str) -> pl.DataFrame:
+def _drop_unknown_accounts(
+    frame: pl.DataFrame, known: pl.DataFrame, quarantine: Quarantine, table: str
+) -> pl.DataFrame:
     if frame.height == 0:
         return frame
     ids = known["account_id"].cast(frame.schema["account_id"])
     unknown = ~frame["account_id"].is_in(ids.implode())  # a membership test, not a join of the whole frame
     if unknown.any():
-        _requarantine(quarantine, table, frame.filter(unknown), "account_id", pl.lit("account_id not in accounts table"))
+        _requarantine(
+            quarantine, table, frame.filter(unknown), "account_id", pl.lit("account_id not in accounts table")
+        )
         frame = frame.filter(~unknown)
     return frame
 
 
 def _requarantine(quarantine: Quarantine, table: str, rows: pl.DataFrame, field_name: str, reason: pl.Expr) -> None:
     """Rows that passed row-level checks but fail a cross-row one move from used to quarantined."""
-    shown = [c for c in rows.columns if not c.startswith("_") and rows[c].dtype != pl.Object
-             and not isinstance(rows[c].dtype, pl.List)][:12]
-    quarantine.add(table, rows.select(
-        pl.col(FILE_COL).cast(pl.Utf8), ROW_COL, pl.lit(field_name).alias(FIELD_COL), reason.alias(REASON_COL),
-        record_json(shown)))
+    shown = [
+        c
+        for c in rows.columns
+        if not c.startswith("_") and rows[c].dtype != pl.Object and not isinstance(rows[c].dtype, pl.List)
+    ][:12]
+    quarantine.add(
+        table,
+        rows.select(
+            pl.col(FILE_COL).cast(pl.Utf8),
+            ROW_COL,
+            pl.lit(field_name).alias(FIELD_COL),
+            reason.alias(REASON_COL),
+            record_json(shown),
+        ),
+    )
     quarantine.table_counts(table).rows_used -= rows.height
 
 
 def _empty(spec) -> pl.DataFrame:
     from .ingest import _dtype
+
     schema = {c.name: _dtype(c.kind) for c in spec.columns}
     schema |= {f"{c.name}_subnet": pl.Utf8 for c in spec.columns if c.kind == "ip"}
     return pl.DataFrame(schema=schema | {FILE_COL: pl.Utf8, ROW_COL: pl.Int64})
@@ -180,12 +214,16 @@ def attach_templates(requests: pl.DataFrame, miner: TemplateMiner):
     # one lookup of the key column (joining the whole chunked frame would gather every column of
     # every request); counts and results then follow by position in the sample
     position = requests.select("prompt_key").join(
-        pl.DataFrame({"prompt_key": keys}).with_row_index("position"), on="prompt_key", how="left",
-        maintain_order="left")["position"]
+        pl.DataFrame({"prompt_key": keys}).with_row_index("position"),
+        on="prompt_key",
+        how="left",
+        maintain_order="left",
+    )["position"]
     counts = np.bincount(position.drop_nulls().to_numpy(), minlength=len(keys))
     result = miner.finish(pl.DataFrame({"prompt_key": keys, "requests": counts}))
-    return requests.with_columns(result.assignments["template_id"].gather(position),
-                                 result.assignments["reasoning_style"].gather(position)), result
+    return requests.with_columns(
+        result.assignments["template_id"].gather(position), result.assignments["reasoning_style"].gather(position)
+    ), result
 
 
 def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clock: StageClock) -> Inputs:
@@ -203,16 +241,29 @@ def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clo
 
 
 def _empty_compact() -> pl.DataFrame:
-    return pl.DataFrame(schema={
-        "account_id": pl.Categorical, "ts": pl.Datetime("ms", "UTC"), "ip": pl.Categorical, "subnet": pl.Categorical,
-        "asn": pl.Int64, "ip_type": pl.Categorical, "device_id": pl.Categorical, "model": pl.Categorical,
-        "input_tokens": pl.Int64,
-        "output_tokens": pl.Int64, "request_key": pl.UInt64, "prompt_key": pl.UInt64,
-        FILE_COL: pl.Categorical, ROW_COL: pl.Int64})
+    return pl.DataFrame(
+        schema={
+            "account_id": pl.Categorical,
+            "ts": pl.Datetime("ms", "UTC"),
+            "ip": pl.Categorical,
+            "subnet": pl.Categorical,
+            "asn": pl.Int64,
+            "ip_type": pl.Categorical,
+            "device_id": pl.Categorical,
+            "model": pl.Categorical,
+            "input_tokens": pl.Int64,
+            "output_tokens": pl.Int64,
+            "request_key": pl.UInt64,
+            "prompt_key": pl.UInt64,
+            FILE_COL: pl.Categorical,
+            ROW_COL: pl.Int64,
+        }
+    )
 
 
-def analyse(graph: Graph, settings: Settings, clock: StageClock
-            ) -> tuple[Detection, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def analyse(
+    graph: Graph, settings: Settings, clock: StageClock
+) -> tuple[Detection, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Detection and scoring over a graph, whichever store it came from: (detection, rings, members,
     evidence, every account's risk and score outside a ring)."""
     with clock.stage("detect"):
@@ -225,16 +276,21 @@ def analyse(graph: Graph, settings: Settings, clock: StageClock
 def account_scores(graph: Graph, members: pl.DataFrame, alone: pl.DataFrame) -> pl.DataFrame:
     """Every account ranked: a ring member by its ring's score and its own risk, any other account by
     its own risk against the background (``alone``)."""
-    return graph.nodes["Account"].select("account_id", "org_id", "requests").join(
-        members, on="account_id", how="left").join(alone, on="account_id", how="left") \
-        .with_columns(pl.coalesce("account_score", "alone_score", pl.lit(0.0)).alias("account_score")) \
-        .select("account_id", "ring_id", "account_score", "risk", "attachment", "org_id", "requests") \
+    return (
+        graph.nodes["Account"]
+        .select("account_id", "org_id", "requests")
+        .join(members, on="account_id", how="left")
+        .join(alone, on="account_id", how="left")
+        .with_columns(pl.coalesce("account_score", "alone_score", pl.lit(0.0)).alias("account_score"))
+        .select("account_id", "ring_id", "account_score", "risk", "attachment", "org_id", "requests")
         .sort(["account_score", "account_id"], descending=[True, False])
+    )
 
 
 # ---------------------------------------------------------------- facade
-def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Settings | None = None,
-        store: Any = None) -> RunResult:
+def run(
+    input_dir: str | Path, out_dir: str | Path | None = None, settings: Settings | None = None, store: Any = None
+) -> RunResult:
     """Files in, ranked rings out. ``out_dir=None`` computes without writing (notebooks).
 
     ``store``: a graph store, or a list of them (Neo4j, the embedded Parquet store), that receive
@@ -245,13 +301,14 @@ def run(input_dir: str | Path, out_dir: str | Path | None = None, settings: Sett
     quarantine = Quarantine()
     inputs = load_inputs(Path(input_dir), settings, quarantine, clock)
     with clock.stage("graph"):
-        graph = build_graph(inputs.accounts, inputs.payments, inputs.requests, inputs.templates,
-                            settings.detect.activity_window_minutes)
+        graph = build_graph(
+            inputs.accounts, inputs.payments, inputs.requests, inputs.templates, settings.detect.activity_window_minutes
+        )
     del inputs
     detection, rings, members, evidence, alone = analyse(graph, settings, clock)
     scores = account_scores(graph, members, alone)
     result = RunResult(rings, members, evidence, scores, graph, detection)
-    for target in (store if isinstance(store, list) else [store] if store is not None else []):
+    for target in store if isinstance(store, list) else [store] if store is not None else []:
         with clock.stage("store"):
             target.write_graph(graph)
             target.write_rings(rings, members, run_id=_run_id(started))
@@ -295,21 +352,33 @@ def _run_id(started: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
 
 
-def summarise(input_dir: Any, settings: Settings, quarantine: Quarantine, clock: StageClock, graph: Graph,
-              rings: pl.DataFrame, started: float) -> dict[str, Any]:
+def summarise(
+    input_dir: Any,
+    settings: Settings,
+    quarantine: Quarantine,
+    clock: StageClock,
+    graph: Graph,
+    rings: pl.DataFrame,
+    started: float,
+) -> dict[str, Any]:
     counts = {table: c.as_dict() for table, c in quarantine.counts.items()}
     for table, c in counts.items():
         if c["rows_read"] != c["rows_used"] + c["rows_quarantined"]:
-            raise InputError(f"{table}: internal count mismatch read={c['rows_read']} used={c['rows_used']} "
-                             f"quarantined={c['rows_quarantined']}")
+            raise InputError(
+                f"{table}: internal count mismatch read={c['rows_read']} used={c['rows_used']} "
+                f"quarantined={c['rows_quarantined']}"
+            )
     return {
         "run_id": _run_id(started),
         "input_dir": str(input_dir),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "tables": counts,
         "graph": graph.counts(),
-        "rings": {"total": rings.height, "flagged": int(rings["flagged"].sum()) if rings.height else 0,
-                  "accounts_in_flagged": int(rings.filter(pl.col("flagged"))["size"].sum()) if rings.height else 0},
+        "rings": {
+            "total": rings.height,
+            "flagged": int(rings["flagged"].sum()) if rings.height else 0,
+            "accounts_in_flagged": int(rings.filter(pl.col("flagged"))["size"].sum()) if rings.height else 0,
+        },
         **clock_figures(clock),
         "parameters": settings.public_dict(),
         "versions": _versions(),
@@ -318,12 +387,16 @@ def summarise(input_dir: Any, settings: Settings, quarantine: Quarantine, clock:
 
 def clock_figures(clock: StageClock) -> dict[str, Any]:
     """Timings and peak memory per stage (the process's running maximum at the end of each), and overall."""
-    return {"timings_s": dict(clock.timings), "cpu_s": dict(clock.cpu), "stage_peak_rss_mb": dict(clock.peak_rss),
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "timings_s": dict(clock.timings),
+        "cpu_s": dict(clock.cpu),
+        "stage_peak_rss_mb": dict(clock.peak_rss),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def _versions() -> dict[str, str]:
-    names = ["polars", "pyarrow", "numpy", "scipy", "igraph", "leidenalg", "neo4j"]
+    names = ["polars", "pyarrow", "numpy", "scipy", "igraph", "numba", "neo4j"]
     found = {"linkage": __version__, "python": platform.python_version()}
     for name in names:
         try:

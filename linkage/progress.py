@@ -1,13 +1,15 @@
 """Stage timing, logging and a progress display that stays silent when stderr is not a terminal."""
+
 from __future__ import annotations
 
 import logging
 import resource
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 from tqdm import tqdm
 

@@ -16,6 +16,7 @@ nights of partitions give exactly the rings of one full rebuild over the same fi
 staged file and the manifest are written to a temporary name and renamed; a run killed at any
 point leaves either the old or the new version of each, and the next run converges.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -27,9 +28,10 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
@@ -37,8 +39,21 @@ from .errors import InputError, LockHeldError
 from .export import write_csv, write_json, write_parquet
 from .graph import build_graph, graph_delta, graph_removals
 from .ingest import Quarantine, read_table, table_files
-from .pipeline import (RunResult, _empty, _empty_compact, account_scores, analyse, attach_templates, clock_figures,
-                       clean_requests, export, ingest_request_file, prepare_accounts, prepare_payments, summarise)
+from .pipeline import (
+    RunResult,
+    _empty,
+    _empty_compact,
+    account_scores,
+    analyse,
+    attach_templates,
+    clean_requests,
+    clock_figures,
+    export,
+    ingest_request_file,
+    prepare_accounts,
+    prepare_payments,
+    summarise,
+)
 from .progress import StageClock
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS, TableSpec
 from .settings import Settings
@@ -59,7 +74,7 @@ class RunLock:
         self.handle: Any = None
         self.previous_holder: str | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a+")
         try:
@@ -75,8 +90,9 @@ class RunLock:
             log.warning("taking over the lock left by a run that did not finish (%s)", self.previous_holder)
         self.handle.seek(0)
         self.handle.truncate()
-        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        self.handle.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+        )
         self.handle.flush()
         return self
 
@@ -104,9 +120,11 @@ def staging_fingerprint(settings: Settings) -> str:
     """What staged files depend on besides the input: their format and the settings that shape them
     (validation limits, the per-file prompt sample). Settings used only after staging are left out, so
     changing them never re-ingests the input."""
-    shaping = {"version": STAGING_VERSION,
-               "templates": settings.templates.model_dump(include={"max_prompts_per_account", "max_prompt_chars"}),
-               "ingest": settings.ingest.model_dump(include={"max_id_chars", "max_text_chars", "max_tokens"})}
+    shaping = {
+        "version": STAGING_VERSION,
+        "templates": settings.templates.model_dump(include={"max_prompts_per_account", "max_prompt_chars"}),
+        "ingest": settings.ingest.model_dump(include={"max_id_chars", "max_text_chars", "max_tokens"}),
+    }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -127,16 +145,20 @@ class StateDir:
             return {}
         manifest = json.loads(self.manifest_path.read_text())
         if manifest.get("staging") != self.fingerprint:
-            log.warning("staged files were written by another linkage version or other ingest/template settings; "
-                        "staging every input file again")
+            log.warning(
+                "staged files were written by another linkage version or other ingest/template settings; "
+                "staging every input file again"
+            )
             shutil.rmtree(self.root / "staged", ignore_errors=True)
             self.staging_reset = True
             return {}
         return manifest["files"]
 
     def save_manifest(self, files: dict[str, dict[str, Any]]) -> None:
-        write_json({"version": STAGING_VERSION, "staging": self.fingerprint, "files": dict(sorted(files.items()))},
-                   self.manifest_path)
+        write_json(
+            {"version": STAGING_VERSION, "staging": self.fingerprint, "files": dict(sorted(files.items()))},
+            self.manifest_path,
+        )
 
     def staged(self, key: str) -> Path:
         return self.root / "staged" / key
@@ -188,15 +210,19 @@ def sync_staging(input_dir: Path, state: StateDir, settings: Settings) -> dict[s
     """Stage new and changed files, forget removed ones; report what changed."""
     manifest = state.load_manifest()
     seen: set[str] = set()
-    report = {"new": [], "changed": [], "removed": [], "unchanged": 0}
+    report: dict[str, Any] = {"new": [], "changed": [], "removed": [], "unchanged": 0}
     for spec in (ACCOUNTS, PAYMENTS, REQUESTS):
         for path in table_files(input_dir, spec):
             relative = str(path.relative_to(input_dir))
             seen.add(relative)
             stat = path.stat()
             entry = manifest.get(relative)
-            if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns \
-                    and state.staged(entry["staged"]).exists():
+            if (
+                entry
+                and entry["size"] == stat.st_size
+                and entry["mtime_ns"] == stat.st_mtime_ns
+                and state.staged(entry["staged"]).exists()
+            ):
                 report["unchanged"] += 1
                 continue
             checksum = _checksum(path)
@@ -209,8 +235,14 @@ def sync_staging(input_dir: Path, state: StateDir, settings: Settings) -> dict[s
                 log.warning("%s changed since it was ingested; re-ingesting it", relative)
             key = _file_key(spec.name, relative)
             counts = _stage_file(spec, path, input_dir, settings, state.staged(key))
-            manifest[relative] = {"table": spec.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                                  "sha256": checksum, "staged": key, "rows_read": counts["rows_read"]}
+            manifest[relative] = {
+                "table": spec.name,
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": checksum,
+                "staged": key,
+                "rows_read": counts["rows_read"],
+            }
             state.save_manifest(manifest)  # after every file: a kill loses at most the file in hand
     for relative in sorted(set(manifest) - seen):
         report["removed"].append(relative)
@@ -230,8 +262,9 @@ def _remove_orphans(state: StateDir, manifest: dict[str, dict[str, Any]]) -> Non
 
 
 # ---------------------------------------------------------------- assembly
-def merged_sample(state: StateDir, manifest: dict[str, dict[str, Any]], staged: list[Path],
-                  settings: Settings) -> TemplateMiner:
+def merged_sample(
+    state: StateDir, manifest: dict[str, dict[str, Any]], staged: list[Path], settings: Settings
+) -> TemplateMiner:
     """The prompt sample of all staged request files, saved for the next run as ``state/sample/``.
 
     The bottom-k of a union is the bottom-k of (an earlier bottom-k ∪ what came since): when every file
@@ -260,8 +293,14 @@ def merged_sample(state: StateDir, manifest: dict[str, dict[str, Any]], staged: 
     return miner
 
 
-def assemble(input_dir: Path, state: StateDir, manifest: dict[str, dict[str, Any]], settings: Settings,
-             quarantine: Quarantine, clock: StageClock):
+def assemble(
+    input_dir: Path,
+    state: StateDir,
+    manifest: dict[str, dict[str, Any]],
+    settings: Settings,
+    quarantine: Quarantine,
+    clock: StageClock,
+):
     """All staged data, in sorted file order, through the same cross-file checks as a full run."""
     by_table: dict[str, list[Path]] = {"accounts": [], "payments": [], "requests": []}
     for relative in sorted(manifest):
@@ -282,8 +321,9 @@ def assemble(input_dir: Path, state: StateDir, manifest: dict[str, dict[str, Any
                 quarantine.frames.setdefault(table, []).append(rows)
     with clock.stage("assemble"):
         accounts = prepare_accounts(_concat([d / "rows.parquet" for d in by_table["accounts"]], ACCOUNTS), quarantine)
-        payments = prepare_payments(_concat([d / "rows.parquet" for d in by_table["payments"]], PAYMENTS),
-                                    accounts, quarantine)
+        payments = prepare_payments(
+            _concat([d / "rows.parquet" for d in by_table["payments"]], PAYMENTS), accounts, quarantine
+        )
         requests = _concat([d / "rows.parquet" for d in by_table["requests"]], None)
         requests = clean_requests(requests, accounts, quarantine)
     with clock.stage("templates"):
@@ -310,8 +350,13 @@ def match_rings(previous: pl.DataFrame, current: pl.DataFrame, run_id: str) -> t
     id, changes table)."""
     prev_sizes = previous.group_by("ring_id").len("prev_size")
     cur_sizes = current.group_by("ring_id").len("size")
-    overlap = current.join(previous.rename({"ring_id": "prev_id"}), on="account_id").group_by("ring_id", "prev_id") \
-        .len("shared").join(prev_sizes.rename({"ring_id": "prev_id"}), on="prev_id").join(cur_sizes, on="ring_id")
+    overlap = (
+        current.join(previous.rename({"ring_id": "prev_id"}), on="account_id")
+        .group_by("ring_id", "prev_id")
+        .len("shared")
+        .join(prev_sizes.rename({"ring_id": "prev_id"}), on="prev_id")
+        .join(cur_sizes, on="ring_id")
+    )
     strong = overlap.filter((2 * pl.col("shared") >= pl.col("prev_size")) | (2 * pl.col("shared") >= pl.col("size")))
     ranked = strong.sort(["shared", "prev_id", "ring_id"], descending=[True, False, False])
     assigned: dict[str, str] = {}
@@ -327,7 +372,9 @@ def match_rings(previous: pl.DataFrame, current: pl.DataFrame, run_id: str) -> t
         origin = sources.filter(pl.col("ring_id") == ring_id)["from"].to_list()
         origin = origin[0] if origin else []
         persistent = assigned.get(ring_id) or "L" + hashlib.sha1(f"{run_id}|{ring_id}".encode()).hexdigest()[:12]
-        prev_size = int(prev_sizes.filter(pl.col("ring_id") == persistent)["prev_size"].sum()) if ring_id in assigned else None
+        prev_size = (
+            int(prev_sizes.filter(pl.col("ring_id") == persistent)["prev_size"].sum()) if ring_id in assigned else None
+        )
         if len(origin) > 1:
             change = "merged"
         elif not origin:
@@ -337,20 +384,43 @@ def match_rings(previous: pl.DataFrame, current: pl.DataFrame, run_id: str) -> t
         else:
             change = "grown" if size > prev_size else "shrunk" if size < prev_size else "unchanged"
         assigned[ring_id] = persistent
-        rows.append({"ring_id": persistent, "change": change, "previous_size": prev_size, "size": size,
-                     "previous_ring_ids": "|".join(origin)})
+        rows.append(
+            {
+                "ring_id": persistent,
+                "change": change,
+                "previous_size": prev_size,
+                "size": size,
+                "previous_ring_ids": "|".join(origin),
+            }
+        )
     for prev_id, prev_size in prev_sizes.sort("ring_id").iter_rows():
         if prev_id not in taken and prev_id not in set(strong["prev_id"].to_list()):
-            rows.append({"ring_id": prev_id, "change": "vanished", "previous_size": prev_size, "size": 0,
-                         "previous_ring_ids": prev_id})
-    changes = pl.DataFrame(rows, schema={"ring_id": pl.Utf8, "change": pl.Utf8, "previous_size": pl.Int64,
-                                         "size": pl.Int64, "previous_ring_ids": pl.Utf8})
+            rows.append(
+                {
+                    "ring_id": prev_id,
+                    "change": "vanished",
+                    "previous_size": prev_size,
+                    "size": 0,
+                    "previous_ring_ids": prev_id,
+                }
+            )
+    changes = pl.DataFrame(
+        rows,
+        schema={
+            "ring_id": pl.Utf8,
+            "change": pl.Utf8,
+            "previous_size": pl.Int64,
+            "size": pl.Int64,
+            "previous_ring_ids": pl.Utf8,
+        },
+    )
     return assigned, changes
 
 
 # ---------------------------------------------------------------- the job
-def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | None = None, store: Any = None,
-            full: bool = False) -> dict[str, Any]:
+def rebuild(
+    input_dir: str | Path, out_dir: str | Path, settings: Settings | None = None, store: Any = None, full: bool = False
+) -> dict[str, Any]:
     settings = settings or Settings()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     started = time.time()
@@ -364,18 +434,24 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
         with clock.stage("ingest"):
             sync = sync_staging(input_dir, state, settings)
         quarantine = Quarantine()
-        accounts, payments, requests, templates = assemble(input_dir, state, sync["manifest"], settings, quarantine, clock)
+        accounts, payments, requests, templates = assemble(
+            input_dir, state, sync["manifest"], settings, quarantine, clock
+        )
         with clock.stage("graph"):
             graph = build_graph(accounts, payments, requests, templates, settings.detect.activity_window_minutes)
         del requests
         detection, rings, members, evidence, alone = analyse(graph, settings, clock)
         previous_path = state.root / "rings.parquet"
-        previous = pl.read_parquet(previous_path) if previous_path.exists() else \
-            pl.DataFrame(schema={"ring_id": pl.Utf8, "account_id": pl.Utf8})
+        previous = (
+            pl.read_parquet(previous_path)
+            if previous_path.exists()
+            else pl.DataFrame(schema={"ring_id": pl.Utf8, "account_id": pl.Utf8})
+        )
         mapping, changes = match_rings(previous, members.select("ring_id", "account_id"), run_id)
         rename = pl.col("ring_id").replace_strict(mapping, default=pl.col("ring_id"))
-        rings = rings.with_columns(rename).join(changes.select("ring_id", "change", "previous_size"), on="ring_id",
-                                               how="left")
+        rings = rings.with_columns(rename).join(
+            changes.select("ring_id", "change", "previous_size"), on="ring_id", how="left"
+        )
         members = members.with_columns(rename)
         evidence = evidence.with_columns(rename)
         result = RunResult(rings, members, evidence, account_scores(graph, members, alone), graph, detection)
@@ -395,10 +471,18 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
                     store.remove_graph(graph_removals(graph, previous_graph))
                     delta = graph_delta(graph, previous_graph)
                 stats = store.write_graph(delta)
-                store.write_rings(rings, members, run_id=run_id,
-                                  run_props={"new_files": len(sync["new"]), "changed_files": len(sync["changed"])})
+                store.write_rings(
+                    rings,
+                    members,
+                    run_id=run_id,
+                    run_props={"new_files": len(sync["new"]), "changed_files": len(sync["changed"])},
+                )
                 snapshot.write_graph(graph)
-                loaded = {"nodes": stats.nodes, "relationships": stats.relationships, "seconds": round(stats.seconds, 2)}
+                loaded = {
+                    "nodes": stats.nodes,
+                    "relationships": stats.relationships,
+                    "seconds": round(stats.seconds, 2),
+                }
         summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
         with clock.stage("export"):
             export(out_dir, result, quarantine)
@@ -406,9 +490,15 @@ def rebuild(input_dir: str | Path, out_dir: str | Path, settings: Settings | Non
             write_parquet(members.select("ring_id", "account_id"), previous_path)
         change_counts = {k: int(v) for k, v in changes.group_by("change").len().iter_rows()}
         files = {k: sync[k] if k == "unchanged" else len(sync[k]) for k in ("new", "changed", "removed", "unchanged")}
-        summary |= {"run_id": run_id, "exit_reason": "ok", "files": files | {"staging_reset": state.staging_reset},
-                    "ring_changes": change_counts, "lock_taken_over": lock.previous_holder, "neo4j_load": loaded,
-                    **clock_figures(clock)}
+        summary |= {
+            "run_id": run_id,
+            "exit_reason": "ok",
+            "files": files | {"staging_reset": state.staging_reset},
+            "ring_changes": change_counts,
+            "lock_taken_over": lock.previous_holder,
+            "neo4j_load": loaded,
+            **clock_figures(clock),
+        }
         write_json(summary, out_dir / "run.json")
         _append_history(out_dir / "runs.jsonl", summary)
     return summary
@@ -432,8 +522,13 @@ def _remove_temporaries(out_dir: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def nightly(input_dir: str | Path, out_dir: str | Path, config: str | Path | None = None, use_neo4j: bool = False,
-            full: bool = False) -> dict[str, Any]:
+def nightly(
+    input_dir: str | Path,
+    out_dir: str | Path,
+    config: str | Path | None = None,
+    use_neo4j: bool = False,
+    full: bool = False,
+) -> dict[str, Any]:
     """The cron job: settings, the Neo4j connection (holding its load lock) and :func:`rebuild`.
     Every failure, from a bad settings file to a lost server, is recorded in ``runs.jsonl`` with its
     ``exit_reason`` before it propagates (see :func:`failure_summary`)."""
@@ -443,6 +538,7 @@ def nightly(input_dir: str | Path, out_dir: str | Path, config: str | Path | Non
         settings = Settings.load(config)
         if use_neo4j:
             from .store.neo4j import Neo4jStore
+
             store = Neo4jStore.from_settings(settings.neo4j, writer=True)
         return rebuild(input_dir, out_dir, settings, store=store, full=full)
     except BaseException as exc:
@@ -462,9 +558,13 @@ def failure_summary(exc: BaseException, started: float) -> dict[str, Any]:
     message = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
     if reason == "internal_error":
         message = f"{type(exc).__name__}: {message}"
-    return {"run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "exit_reason": reason, "exit_code": code if reason != "interrupted" else 130, "error": message}
+    return {
+        "run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "exit_reason": reason,
+        "exit_code": code if reason != "interrupted" else 130,
+        "error": message,
+    }
 
 
 def _record_failure(out_dir: Path, summary: dict[str, Any]) -> None:
@@ -476,8 +576,22 @@ def _record_failure(out_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def _append_history(path: Path, summary: dict[str, Any]) -> None:
-    entry = {k: summary[k] for k in ("run_id", "started_at", "exit_reason", "exit_code", "error", "files",
-                                     "rings", "ring_changes", "timings_s", "peak_rss_mb") if k in summary}
+    entry = {
+        k: summary[k]
+        for k in (
+            "run_id",
+            "started_at",
+            "exit_reason",
+            "exit_code",
+            "error",
+            "files",
+            "rings",
+            "ring_changes",
+            "timings_s",
+            "peak_rss_mb",
+        )
+        if k in summary
+    }
     if "tables" in summary:
         entry["tables"] = _table_counts(summary["tables"])
     line = json.dumps(entry)
@@ -489,8 +603,18 @@ def _append_history(path: Path, summary: dict[str, Any]) -> None:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """The one JSON line a cron job prints on stdout."""
-    keys = ("run_id", "exit_reason", "exit_code", "error", "files", "rings", "ring_changes", "neo4j_load", "timings_s",
-            "tables")
+    keys = (
+        "run_id",
+        "exit_reason",
+        "exit_code",
+        "error",
+        "files",
+        "rings",
+        "ring_changes",
+        "neo4j_load",
+        "timings_s",
+        "tables",
+    )
     short = {k: summary[k] for k in keys if k in summary}
     if "tables" in short:
         short["tables"] = _table_counts(short["tables"])

@@ -1,4 +1,5 @@
 """The input tables of the data contract (../shared/DATA_CONTRACT.md), as data."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,43 +29,57 @@ class TableSpec:
         return next((c for c in self.columns if c.name == name), None)
 
 
-ACCOUNTS = TableSpec("accounts", (
-    Column("account_id", "id", True),
-    Column("created_at", "timestamp", True),
-    Column("email", "string"),
-    Column("org_id", "string"),
-    Column("country", "string"),
-    Column("signup_ip", "ip"),
-))
+ACCOUNTS = TableSpec(
+    "accounts",
+    (
+        Column("account_id", "id", True),
+        Column("created_at", "timestamp", True),
+        Column("email", "string"),
+        Column("org_id", "string"),
+        Column("country", "string"),
+        Column("signup_ip", "ip"),
+    ),
+)
 
-PAYMENTS = TableSpec("payments", (
-    Column("account_id", "id", True),
-    Column("instrument_id", "id", True),
-    Column("instrument_type", "string"),
-    Column("bin", "string"),
-    Column("issuer_country", "string"),
-    Column("added_at", "timestamp"),
-))
+PAYMENTS = TableSpec(
+    "payments",
+    (
+        Column("account_id", "id", True),
+        Column("instrument_id", "id", True),
+        Column("instrument_type", "string"),
+        Column("bin", "string"),
+        Column("issuer_country", "string"),
+        Column("added_at", "timestamp"),
+    ),
+)
 
-REQUESTS = TableSpec("requests", (
-    Column("account_id", "id", True),
-    Column("ts", "timestamp", True),
-    Column("ip", "ip", True),
-    Column("request_id", "string"),
-    Column("asn", "int"),
-    Column("ip_type", "string"),
-    Column("device_id", "string"),
-    Column("user_agent", "text"),
-    Column("model", "string"),
-    Column("prompt", "text"),
-    Column("input_tokens", "int"),
-    Column("output_tokens", "int"),
-), categorical_columns=frozenset({"account_id", "ip", "ip_type", "device_id", "model"}))
+REQUESTS = TableSpec(
+    "requests",
+    (
+        Column("account_id", "id", True),
+        Column("ts", "timestamp", True),
+        Column("ip", "ip", True),
+        Column("request_id", "string"),
+        Column("asn", "int"),
+        Column("ip_type", "string"),
+        Column("device_id", "string"),
+        Column("user_agent", "text"),
+        Column("model", "string"),
+        Column("prompt", "text"),
+        Column("input_tokens", "int"),
+        Column("output_tokens", "int"),
+    ),
+    categorical_columns=frozenset({"account_id", "ip", "ip_type", "device_id", "model"}),
+)
 
-LABELS = TableSpec("labels", (
-    Column("account_id", "id", True),
-    Column("label", "id", True),
-), required_table=False)
+LABELS = TableSpec(
+    "labels",
+    (
+        Column("account_id", "id", True),
+        Column("label", "id", True),
+    ),
+    required_table=False,
+)
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, PAYMENTS, REQUESTS, LABELS)}
 EXTENSIONS = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".parquet")

@@ -27,6 +27,7 @@ The older coordination features (lockstep, owned infrastructure and templates, e
 signup burst, declared org) are kept as columns and in the evidence text: they say *how* a ring
 is tied, while the risk says whether it behaves like extraction.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,11 +39,27 @@ from .detect import Detection
 from .graph import Graph
 from .settings import ScoreSettings
 
-RISK_FEATURES = ("proxy_share", "recency", "address_spread", "scaffold_share", "reasoning_share",
-                 "output_per_request", "input_per_request", "volume")
+RISK_FEATURES = (
+    "proxy_share",
+    "recency",
+    "address_spread",
+    "scaffold_share",
+    "reasoning_share",
+    "output_per_request",
+    "input_per_request",
+    "volume",
+)
 # how a ring is tied (columns and evidence text; the score is the members' risk)
-COORDINATION_FEATURES = ("coordination", "owned_infrastructure", "owned_templates", "reasoning_style", "equal_volume",
-                         "lockstep", "proxy_share", "signup_burst")
+COORDINATION_FEATURES = (
+    "coordination",
+    "owned_infrastructure",
+    "owned_templates",
+    "reasoning_style",
+    "equal_volume",
+    "lockstep",
+    "proxy_share",
+    "signup_burst",
+)
 _INFRA_TYPES = ["PaymentInstrument", "IP", "SignupIP", "Subnet", "Device", "Bin"]
 _BURST_WINDOW_MS = 6 * 3600 * 1000
 
@@ -54,8 +71,9 @@ def ring_ids(communities: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame({"community": members["community"], "ring_id": ids})
 
 
-def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings, flag_threshold: float | None = None
-                ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def score_rings(
+    detection: Detection, graph: Graph, settings: ScoreSettings, flag_threshold: float | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(rings, ring_members, ring_evidence, alone) — rings sorted by score, highest first; ``alone``:
     every account's risk and the score it has outside any ring (as if in a ring at the background's
     mean). Reads only the graph."""
@@ -63,20 +81,32 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings, fla
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
     if members.height == 0:
-        return _empty_rings(), pl.DataFrame(schema={"ring_id": pl.Utf8, "account_id": pl.Utf8, "account_score": pl.Float64,
-                                                    "attachment": pl.Float64}), _empty_evidence(), \
-            _alone(account_risk(graph), None)
+        return (
+            _empty_rings(),
+            pl.DataFrame(
+                schema={
+                    "ring_id": pl.Utf8,
+                    "account_id": pl.Utf8,
+                    "account_score": pl.Float64,
+                    "attachment": pl.Float64,
+                }
+            ),
+            _empty_evidence(),
+            _alone(account_risk(graph), None),
+        )
     ring_of = members.select("account_id", "ring_id")
     strength = _internal_strength(detection, members)
     evidence = _shared_entities(detection, members)
-    features = (_size_and_org(members, accounts)
-                .join(_coordination(strength), on="ring_id", how="left")
-                .join(_owned_infrastructure(evidence), on="ring_id", how="left")
-                .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
-                .join(_owned_templates(graph, ring_of), on="ring_id", how="left")
-                .join(_signup_burst(members, accounts), on="ring_id", how="left")
-                .join(_lockstep(detection, members), on="ring_id", how="left")
-                .with_columns(pl.col(pl.Float64).fill_null(0.0)))
+    features = (
+        _size_and_org(members, accounts)
+        .join(_coordination(strength), on="ring_id", how="left")
+        .join(_owned_infrastructure(evidence), on="ring_id", how="left")
+        .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
+        .join(_owned_templates(graph, ring_of), on="ring_id", how="left")
+        .join(_signup_burst(members, accounts), on="ring_id", how="left")
+        .join(_lockstep(detection, members), on="ring_id", how="left")
+        .with_columns(pl.col(pl.Float64).fill_null(0.0))
+    )
     risk = account_risk(graph)
     background = background_risk(risk, members.select("account_id"), accounts)
     prior = float(background.mean()) if background.len() else 0.5
@@ -84,44 +114,89 @@ def score_rings(detection: Detection, graph: Graph, settings: ScoreSettings, fla
     # pseudo-customers, so a ring of three needs to be risky throughout, a ring of fifty barely
     # moves, and the seats of one declared org (one customer) move it little
     customers = members.join(accounts.select("account_id", "org_id"), on="account_id", how="left")
-    ring_risk = customers.join(risk, on="account_id", how="left").group_by("ring_id").agg(
-        pl.col("risk").fill_null(0.0).mean().alias("mean"),
-        pl.coalesce("org_id", "account_id").n_unique().alias("customers"))
-    ring_risk = ring_risk.select("ring_id", ((pl.col("mean") * pl.col("customers") + settings.prior_members * prior)
-                                             / (pl.col("customers") + settings.prior_members)).alias("score"))
-    threshold = flag_cut(risk, members, accounts, ring_risk, background, settings.flag_background_share) \
-        if flag_threshold is None else flag_threshold
+    ring_risk = (
+        customers.join(risk, on="account_id", how="left")
+        .group_by("ring_id")
+        .agg(
+            pl.col("risk").fill_null(0.0).mean().alias("mean"),
+            pl.coalesce("org_id", "account_id").n_unique().alias("customers"),
+        )
+    )
+    ring_risk = ring_risk.select(
+        "ring_id",
+        (
+            (pl.col("mean") * pl.col("customers") + settings.prior_members * prior)
+            / (pl.col("customers") + settings.prior_members)
+        ).alias("score"),
+    )
+    threshold = (
+        flag_cut(risk, members, accounts, ring_risk, background, settings.flag_background_share)
+        if flag_threshold is None
+        else flag_threshold
+    )
     rings = features.join(ring_risk, on="ring_id", how="left").with_columns(pl.col("score").fill_null(0.0))
-    rings = rings.with_columns((pl.col("score") >= threshold).alias("flagged"),
-                               _background_percentile(background, pl.col("score")).alias("background_percentile"))
+    rings = rings.with_columns(
+        (pl.col("score") >= threshold).alias("flagged"),
+        _background_percentile(background, pl.col("score")).alias("background_percentile"),
+    )
     rings = rings.join(_evidence_text(evidence, settings.top_evidence), on="ring_id", how="left")
-    rings = rings.with_columns(pl.concat_str([
-        pl.format("members riskier than {}% of unlinked accounts", (pl.col("background_percentile") * 100).round(1)),
-        pl.col("evidence").fill_null(""),
-        pl.format("; proxy/VPN/DC traffic {}%", (pl.col("proxy_share") * 100).round(0)),
-        pl.format("; owned scaffolds {}%", (pl.col("owned_templates") * 100).round(0)),
-        pl.format("; reasoning-style {}%", (pl.col("reasoning_style") * 100).round(0)),
-        pl.format("; signup burst {}%", (pl.col("signup_burst") * 100).round(0)),
-        pl.format("; volume CV {}", (1 - pl.col("equal_volume")).round(2)),
-        pl.format("; declared org {}%", (pl.col("org_explained") * 100).round(0)),
-    ]).str.strip_chars("; ").alias("evidence"))
+    rings = rings.with_columns(
+        pl.concat_str(
+            [
+                pl.format(
+                    "members riskier than {}% of unlinked accounts", (pl.col("background_percentile") * 100).round(1)
+                ),
+                pl.col("evidence").fill_null(""),
+                pl.format("; proxy/VPN/DC traffic {}%", (pl.col("proxy_share") * 100).round(0)),
+                pl.format("; owned scaffolds {}%", (pl.col("owned_templates") * 100).round(0)),
+                pl.format("; reasoning-style {}%", (pl.col("reasoning_style") * 100).round(0)),
+                pl.format("; signup burst {}%", (pl.col("signup_burst") * 100).round(0)),
+                pl.format("; volume CV {}", (1 - pl.col("equal_volume")).round(2)),
+                pl.format("; declared org {}%", (pl.col("org_explained") * 100).round(0)),
+            ]
+        )
+        .str.strip_chars("; ")
+        .alias("evidence")
+    )
     rings = rings.sort(["score", "ring_id"], descending=[True, False])
-    order = ["ring_id", "score", "size", "flagged", "background_percentile", *COORDINATION_FEATURES, "org_explained", "org_id",
-             "requests", "evidence"]
+    order = [
+        "ring_id",
+        "score",
+        "size",
+        "flagged",
+        "background_percentile",
+        *COORDINATION_FEATURES,
+        "org_explained",
+        "org_id",
+        "requests",
+        "evidence",
+    ]
     # round: parallel float sums may differ in the last bit between runs; outputs must not
     rings = rings.select(order).with_columns(pl.col(pl.Float64).round(6))
-    ring_members = (members.select("ring_id", "account_id").join(strength.select("account_id", "attachment"),
-                                                                  on="account_id", how="left")
-                    .join(rings.select("ring_id", "score"), on="ring_id")
-                    .with_columns(pl.col("attachment").fill_null(0.0))
-                    .join(risk, on="account_id", how="left")
-                    .with_columns(((pl.col("score") + pl.col("risk").fill_null(0.0)) / 2).round(6).alias("account_score"))
-                    .drop("score"))
-    ring_members = ring_members.join(rings.select("ring_id", pl.int_range(pl.len()).alias("_rank")), on="ring_id") \
-        .sort("_rank", "account_id").drop("_rank").select("ring_id", "account_id", "account_score", "attachment")
+    ring_members = (
+        members.select("ring_id", "account_id")
+        .join(strength.select("account_id", "attachment"), on="account_id", how="left")
+        .join(rings.select("ring_id", "score"), on="ring_id")
+        .with_columns(pl.col("attachment").fill_null(0.0))
+        .join(risk, on="account_id", how="left")
+        .with_columns(((pl.col("score") + pl.col("risk").fill_null(0.0)) / 2).round(6).alias("account_score"))
+        .drop("score")
+    )
+    ring_members = (
+        ring_members.join(rings.select("ring_id", pl.int_range(pl.len()).alias("_rank")), on="ring_id")
+        .sort("_rank", "account_id")
+        .drop("_rank")
+        .select("ring_id", "account_id", "account_score", "attachment")
+    )
     evidence = evidence.with_columns(pl.col(pl.Float64).round(6))
-    return rings, ring_members, evidence.join(rings.select("ring_id"), on="ring_id").sort(
-        "ring_id", "value_total", "entity", descending=[False, True, False]), _alone(risk, prior)
+    return (
+        rings,
+        ring_members,
+        evidence.join(rings.select("ring_id"), on="ring_id").sort(
+            "ring_id", "value_total", "entity", descending=[False, True, False]
+        ),
+        _alone(risk, prior),
+    )
 
 
 def _alone(risk: pl.DataFrame, background_mean: float | None) -> pl.DataFrame:
@@ -136,8 +211,11 @@ def account_risk(graph: Graph) -> pl.DataFrame:
     """Per account: each available risk feature as its percentile in this run, and ``risk``, their mean."""
     accounts = graph.nodes["Account"]
     addresses = graph.rels["USED_IP"].group_by(pl.col("src").alias("account_id")).agg(pl.len().alias("addresses"))
-    templated = graph.rels["SENT_TEMPLATE"].group_by(pl.col("src").alias("account_id")).agg(
-        pl.col("count").sum().alias("templated"))
+    templated = (
+        graph.rels["SENT_TEMPLATE"]
+        .group_by(pl.col("src").alias("account_id"))
+        .agg(pl.col("count").sum().alias("templated"))
+    )
     frame = accounts.join(addresses, on="account_id", how="left").join(templated, on="account_id", how="left")
     requests = pl.col("requests").cast(pl.Float64).clip(1, None)
     sampled = pl.col("sampled_prompts").cast(pl.Float64).clip(1, None)
@@ -150,12 +228,15 @@ def account_risk(graph: Graph) -> pl.DataFrame:
         (pl.col("reasoning_requests") / sampled).alias("reasoning_share"),
         (pl.col("output_tokens").fill_null(0) / requests).alias("output_per_request"),
         (pl.col("input_tokens").fill_null(0) / requests).alias("input_per_request"),
-        pl.col("requests").cast(pl.Float64).alias("volume"))
+        pl.col("requests").cast(pl.Float64).alias("volume"),
+    )
     available = [name for name in RISK_FEATURES if values[name].drop_nulls().n_unique() > 1]
     if not available:
         return values.select("account_id", pl.lit(0.0).alias("risk"))
-    percentiles = values.select("account_id", *[(pl.col(name).fill_null(pl.col(name).min()).rank("average")
-                                                 / pl.len()).alias(name) for name in available])
+    percentiles = values.select(
+        "account_id",
+        *[(pl.col(name).fill_null(pl.col(name).min()).rank("average") / pl.len()).alias(name) for name in available],
+    )
     return percentiles.with_columns(pl.mean_horizontal(available).alias("risk"))
 
 
@@ -163,14 +244,24 @@ def background_risk(risk: pl.DataFrame, excluded: pl.DataFrame, accounts: pl.Dat
     """The risk of every customer but the ``excluded`` accounts, a declared org counted once (the
     mean of its seats): seats of one org behave alike, and forty of them would otherwise decide
     the background's tail by themselves."""
-    rest = risk.join(excluded, on="account_id", how="anti") \
-        .join(accounts.select("account_id", "org_id"), on="account_id", how="left")
-    return rest.group_by(pl.coalesce("org_id", "account_id").alias("customer")).agg(pl.col("risk").mean()) \
+    rest = risk.join(excluded, on="account_id", how="anti").join(
+        accounts.select("account_id", "org_id"), on="account_id", how="left"
+    )
+    return (
+        rest.group_by(pl.coalesce("org_id", "account_id").alias("customer"))
+        .agg(pl.col("risk").mean())
         .sort("customer")["risk"]
+    )
 
 
-def flag_cut(risk: pl.DataFrame, members: pl.DataFrame, accounts: pl.DataFrame, ring_risk: pl.DataFrame,
-             unlinked: pl.Series, share: float) -> float:
+def flag_cut(
+    risk: pl.DataFrame,
+    members: pl.DataFrame,
+    accounts: pl.DataFrame,
+    ring_risk: pl.DataFrame,
+    unlinked: pl.Series,
+    share: float,
+) -> float:
     """The ring score to flag at: the risk only ``share`` of ordinary customers reach, taking the
     lower of two readings of "ordinary". The customers no ring holds are one; but where most
     customers are in some ring (at incident scale four in five are, mostly in small benign ones)
@@ -193,34 +284,63 @@ def _background_percentile(background: pl.Series, score: pl.Expr) -> pl.Expr:
     ordered = np.sort(background.to_numpy())
     if len(ordered) == 0:
         return pl.lit(1.0)
-    return score.map_batches(lambda s: pl.Series(np.searchsorted(ordered, s.to_numpy(), side="left") / len(ordered)),
-                             return_dtype=pl.Float64)
+    return score.map_batches(
+        lambda s: pl.Series(np.searchsorted(ordered, s.to_numpy(), side="left") / len(ordered)), return_dtype=pl.Float64
+    )
 
 
 def _empty_rings() -> pl.DataFrame:
-    schema = {"ring_id": pl.Utf8, "score": pl.Float64, "size": pl.Int64, "flagged": pl.Boolean,
-              "background_percentile": pl.Float64}
+    schema = {
+        "ring_id": pl.Utf8,
+        "score": pl.Float64,
+        "size": pl.Int64,
+        "flagged": pl.Boolean,
+        "background_percentile": pl.Float64,
+    }
     schema |= {name: pl.Float64 for name in COORDINATION_FEATURES}
     schema |= {"org_explained": pl.Float64, "org_id": pl.Utf8, "requests": pl.Int64, "evidence": pl.Utf8}
     return pl.DataFrame(schema=schema)
 
 
 def _empty_evidence() -> pl.DataFrame:
-    return pl.DataFrame(schema={"ring_id": pl.Utf8, "entity": pl.Utf8, "type": pl.Utf8, "members": pl.UInt32,
-                                "degree": pl.UInt32, "value": pl.Float64, "value_total": pl.Float64})
+    return pl.DataFrame(
+        schema={
+            "ring_id": pl.Utf8,
+            "entity": pl.Utf8,
+            "type": pl.Utf8,
+            "members": pl.UInt32,
+            "degree": pl.UInt32,
+            "value": pl.Float64,
+            "value_total": pl.Float64,
+        }
+    )
 
 
 def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
     """Per member: summed weight of kept links inside its ring, and attachment relative to the ring median."""
     ring_by_idx = members.select("idx", "ring_id")
-    edges = detection.pairs.join(ring_by_idx.rename({"idx": "a", "ring_id": "ra"}), on="a") \
-        .join(ring_by_idx.rename({"idx": "b", "ring_id": "rb"}), on="b").filter(pl.col("ra") == pl.col("rb"))
-    ends = pl.concat([edges.select(pl.col("a").alias("idx"), "weight"), edges.select(pl.col("b").alias("idx"), "weight")])
+    edges = (
+        detection.pairs.join(ring_by_idx.rename({"idx": "a", "ring_id": "ra"}), on="a")
+        .join(ring_by_idx.rename({"idx": "b", "ring_id": "rb"}), on="b")
+        .filter(pl.col("ra") == pl.col("rb"))
+    )
+    ends = pl.concat(
+        [edges.select(pl.col("a").alias("idx"), "weight"), edges.select(pl.col("b").alias("idx"), "weight")]
+    )
     strength = ends.group_by("idx").agg(pl.col("weight").sum().alias("strength"))
-    out = members.select("idx", "account_id", "ring_id").join(strength, on="idx", how="left").with_columns(
-        pl.col("strength").fill_null(0.0))
-    return out.with_columns((pl.col("strength") / pl.col("strength").median().over("ring_id")).clip(0, 1)
-                            .fill_nan(0.0).round(4).alias("attachment"), pl.col("strength").round(6))
+    out = (
+        members.select("idx", "account_id", "ring_id")
+        .join(strength, on="idx", how="left")
+        .with_columns(pl.col("strength").fill_null(0.0))
+    )
+    return out.with_columns(
+        (pl.col("strength") / pl.col("strength").median().over("ring_id"))
+        .clip(0, 1)
+        .fill_nan(0.0)
+        .round(4)
+        .alias("attachment"),
+        pl.col("strength").round(6),
+    )
 
 
 def _coordination(strength: pl.DataFrame) -> pl.DataFrame:
@@ -230,60 +350,100 @@ def _coordination(strength: pl.DataFrame) -> pl.DataFrame:
 
 def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
     """Entities shared by at least two members of a ring, with how many members and accounts share each."""
-    shared = detection.memberships.join(members.select("idx", "ring_id"), on="idx").group_by(
-        "ring_id", "entity", "type").agg(pl.len().alias("members"), pl.col("degree").first(), pl.col("value").first())
+    shared = (
+        detection.memberships.join(members.select("idx", "ring_id"), on="idx")
+        .group_by("ring_id", "entity", "type")
+        .agg(pl.len().alias("members"), pl.col("degree").first(), pl.col("value").first())
+    )
     return shared.filter(pl.col("members") >= 2).with_columns(
-        (pl.col("value") * (pl.col("members") - 1)).alias("value_total"))
+        (pl.col("value") * (pl.col("members") - 1)).alias("value_total")
+    )
 
 
 def _owned_infrastructure(evidence: pl.DataFrame) -> pl.DataFrame:
     infra = evidence.filter(pl.col("type").is_in(_INFRA_TYPES))
     return infra.group_by("ring_id").agg(
-        ((pl.col("members") / pl.col("degree")) * pl.col("value_total")).sum().truediv(pl.col("value_total").sum())
-        .alias("owned_infrastructure"))
+        ((pl.col("members") / pl.col("degree")) * pl.col("value_total"))
+        .sum()
+        .truediv(pl.col("value_total").sum())
+        .alias("owned_infrastructure")
+    )
 
 
 def _size_and_org(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
     with_org = members.join(accounts.select("account_id", "org_id"), on="account_id", how="left")
-    modal = with_org.filter(pl.col("org_id").is_not_null()).group_by("ring_id", "org_id").len() \
-        .sort("len", "org_id", descending=[True, False]).unique("ring_id", keep="first")
+    modal = (
+        with_org.filter(pl.col("org_id").is_not_null())
+        .group_by("ring_id", "org_id")
+        .len()
+        .sort("len", "org_id", descending=[True, False])
+        .unique("ring_id", keep="first")
+    )
     sizes = members.group_by("ring_id").len("size").with_columns(pl.col("size").cast(pl.Int64))
-    return sizes.join(modal, on="ring_id", how="left").with_columns(
-        (pl.col("len").fill_null(0) / pl.col("size")).alias("org_explained")).drop("len")
+    return (
+        sizes.join(modal, on="ring_id", how="left")
+        .with_columns((pl.col("len").fill_null(0) / pl.col("size")).alias("org_explained"))
+        .drop("len")
+    )
 
 
 def _traffic_features(accounts: pl.DataFrame, ring_of: pl.DataFrame) -> pl.DataFrame:
     per_account = accounts.join(ring_of, on="account_id").select(
-        "ring_id", pl.col("requests").cast(pl.Float64).alias("n"), "proxy_requests", "reasoning_requests",
-        "sampled_prompts")
+        "ring_id",
+        pl.col("requests").cast(pl.Float64).alias("n"),
+        "proxy_requests",
+        "reasoning_requests",
+        "sampled_prompts",
+    )
     total = pl.col("n").sum()
     sampled = pl.col("sampled_prompts").sum()
     return per_account.group_by("ring_id").agg(
         pl.when(total > 0).then(pl.col("proxy_requests").sum() / total).otherwise(0.0).alias("proxy_share"),
         pl.when(sampled > 0).then(pl.col("reasoning_requests").sum() / sampled).otherwise(0.0).alias("reasoning_style"),
         # equal volumes among three accounts happen by chance; among thirty they are scheduled
-        (pl.when(pl.col("n").mean() > 0).then(1 - (pl.col("n").std(ddof=0) / pl.col("n").mean()).clip(0, 1))
-         .otherwise(0.0) * ((pl.len() - 1) / 9).clip(0, 1)).alias("equal_volume"),
-        total.cast(pl.Int64).alias("requests"))
+        (
+            pl.when(pl.col("n").mean() > 0)
+            .then(1 - (pl.col("n").std(ddof=0) / pl.col("n").mean()).clip(0, 1))
+            .otherwise(0.0)
+            * ((pl.len() - 1) / 9).clip(0, 1)
+        ).alias("equal_volume"),
+        total.cast(pl.Int64).alias("requests"),
+    )
 
 
 def _owned_templates(graph: Graph, ring_of: pl.DataFrame) -> pl.DataFrame:
     """Σ over templates of (share of the ring's requests) × (share of the template's use inside the ring)²."""
-    sent = graph.rels["SENT_TEMPLATE"].select(pl.col("src").alias("account_id"), pl.col("dst").alias("template_id"),
-                                              pl.col("count").alias("n"))
+    sent = graph.rels["SENT_TEMPLATE"].select(
+        pl.col("src").alias("account_id"), pl.col("dst").alias("template_id"), pl.col("count").alias("n")
+    )
     global_use = graph.nodes["PromptTemplate"].select("template_id", pl.col("requests").alias("global_requests"))
-    totals = graph.nodes["Account"].join(ring_of, on="account_id").group_by("ring_id").agg(
-        pl.col("sampled_prompts").sum().alias("ring_requests"))
-    use = sent.join(ring_of, on="account_id").group_by("ring_id", "template_id").agg(pl.col("n").sum()) \
-        .join(global_use, on="template_id").join(totals, on="ring_id")
+    totals = (
+        graph.nodes["Account"]
+        .join(ring_of, on="account_id")
+        .group_by("ring_id")
+        .agg(pl.col("sampled_prompts").sum().alias("ring_requests"))
+    )
+    use = (
+        sent.join(ring_of, on="account_id")
+        .group_by("ring_id", "template_id")
+        .agg(pl.col("n").sum())
+        .join(global_use, on="template_id")
+        .join(totals, on="ring_id")
+    )
     return use.group_by("ring_id").agg(
-        ((pl.col("n") / pl.col("ring_requests")) * (pl.col("n") / pl.col("global_requests"))).sum()
-        .clip(0, 1).alias("owned_templates"))
+        ((pl.col("n") / pl.col("ring_requests")) * (pl.col("n") / pl.col("global_requests")))
+        .sum()
+        .clip(0, 1)
+        .alias("owned_templates")
+    )
 
 
 def _signup_burst(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
-    created = members.join(accounts.select("account_id", "created_at"), on="account_id").select(
-        "ring_id", pl.col("created_at").dt.epoch("ms").alias("t")).sort("ring_id", "t")
+    created = (
+        members.join(accounts.select("account_id", "created_at"), on="account_id")
+        .select("ring_id", pl.col("created_at").dt.epoch("ms").alias("t"))
+        .sort("ring_id", "t")
+    )
     rings, times = created["ring_id"].to_numpy(), created["t"].to_numpy()
     best: dict[str, float] = {}
     boundaries = np.flatnonzero(np.r_[True, rings[1:] != rings[:-1], True])
@@ -291,21 +451,37 @@ def _signup_burst(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame
         t = times[start:end]
         within = np.searchsorted(t, t + _BURST_WINDOW_MS, side="right") - np.arange(len(t))
         best[rings[start]] = float(within.max()) / len(t)
-    return pl.DataFrame({"ring_id": list(best), "signup_burst": list(best.values())},
-                        schema={"ring_id": pl.Utf8, "signup_burst": pl.Float64})
+    return pl.DataFrame(
+        {"ring_id": list(best), "signup_burst": list(best.values())},
+        schema={"ring_id": pl.Utf8, "signup_burst": pl.Float64},
+    )
 
 
 def _lockstep(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
     """The mean lockstep surprisal (nats) of the ring's links."""
     ring_by_idx = members.select("idx", "ring_id")
-    edges = detection.pairs.join(ring_by_idx.rename({"idx": "a"}), on="a") \
-        .join(ring_by_idx.rename({"idx": "b", "ring_id": "rb"}), on="b").filter(pl.col("ring_id") == pl.col("rb"))
+    edges = (
+        detection.pairs.join(ring_by_idx.rename({"idx": "a"}), on="a")
+        .join(ring_by_idx.rename({"idx": "b", "ring_id": "rb"}), on="b")
+        .filter(pl.col("ring_id") == pl.col("rb"))
+    )
     return edges.group_by("ring_id").agg(pl.col("activity").mean().alias("lockstep"))
 
 
 def _evidence_text(evidence: pl.DataFrame, top: int) -> pl.DataFrame:
-    ranked = evidence.sort("ring_id", "value_total", "entity", descending=[False, True, False]) \
-        .group_by("ring_id", maintain_order=True).head(top)
+    ranked = (
+        evidence.sort("ring_id", "value_total", "entity", descending=[False, True, False])
+        .group_by("ring_id", maintain_order=True)
+        .head(top)
+    )
     return ranked.group_by("ring_id", maintain_order=True).agg(
-        pl.format("{} shared by {} members ({} accounts overall, weight {})", pl.col("entity"), pl.col("members"),
-                  pl.col("degree"), pl.col("value").round(2)).str.join("; ").alias("evidence"))
+        pl.format(
+            "{} shared by {} members ({} accounts overall, weight {})",
+            pl.col("entity"),
+            pl.col("members"),
+            pl.col("degree"),
+            pl.col("value").round(2),
+        )
+        .str.join("; ")
+        .alias("evidence")
+    )

@@ -6,6 +6,7 @@ leaves every other type's weight alone) — and CLI options override the file. U
 and evidence types or IP types that do not exist, are errors, so a typo never silently does
 nothing; every error is reported at once, with the file it came from.
 """
+
 from __future__ import annotations
 
 import tomllib
@@ -17,8 +18,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ConfigError
 
-EVIDENCE_TYPES = ("PaymentInstrument", "Email", "Device", "PromptTemplate", "IP", "SignupIP", "Subnet", "ASN",
-                  "EmailDomain", "Bin", "SignupBurst", "ModelSwitch", "ActivityWindow")
+EVIDENCE_TYPES = (
+    "PaymentInstrument",
+    "Email",
+    "Device",
+    "PromptTemplate",
+    "IP",
+    "SignupIP",
+    "Subnet",
+    "ASN",
+    "EmailDomain",
+    "Bin",
+    "SignupBurst",
+    "ModelSwitch",
+    "ActivityWindow",
+)
 IP_TYPES = ("mobile", "residential", "unknown", "datacenter", "vpn", "proxy", "tor")
 SECRET_FIELDS = {("neo4j", "password")}
 
@@ -40,12 +54,24 @@ class TemplateSettings(_Section):
     # per account over the whole input, its distinct texts of smallest hash. Cost grows with it
     # (masking the sample is most of template mining); an account whose traffic is 70 % scaffolded
     # misses its scaffold with probability 0.3^10
-    max_prompts_per_account: int = Field(10, gt=0, description="distinct prompts mined per account over the whole input (those of smallest text hash)")
+    max_prompts_per_account: int = Field(
+        10, gt=0, description="distinct prompts mined per account over the whole input (those of smallest text hash)"
+    )
     max_segments: int = Field(32, gt=0, description="segments kept per prompt")
-    min_segment_accounts: int = Field(3, ge=2, description="a segment used by this many accounts is scaffold, not filler")
-    min_scaffold_chars: int = Field(25, ge=0, description="fixed text a scaffold needs around its slots; shorter stock phrases are everyday phrasing")
-    sibling_support_ratio: float = Field(0.2, ge=0, le=1, description="a segment rarer than this share of its prompt's most common segment is filler")
-    near_duplicate_jaccard: float = Field(0.6, gt=0, le=1, description="templates this similar (MinHash LSH) are merged")
+    min_segment_accounts: int = Field(
+        3, ge=2, description="a segment used by this many accounts is scaffold, not filler"
+    )
+    min_scaffold_chars: int = Field(
+        25,
+        ge=0,
+        description="fixed text a scaffold needs around its slots; shorter stock phrases are everyday phrasing",
+    )
+    sibling_support_ratio: float = Field(
+        0.2, ge=0, le=1, description="a segment rarer than this share of its prompt's most common segment is filler"
+    )
+    near_duplicate_jaccard: float = Field(
+        0.6, gt=0, le=1, description="templates this similar (MinHash LSH) are merged"
+    )
     example_sample_modulus: int = Field(64, gt=0, description="1 in N prompts kept as template examples")
 
 
@@ -61,35 +87,77 @@ class DetectSettings(_Section):
     # (Device and PromptTemplate as one "client" family was tried: it stopped benign users of one
     # open-source agent from linking, but at incident scale it left enough campaign accounts
     # unlinked to lift the flag cut over whole campaign rings: F1 0.92 -> 0.36.)
-    type_families: dict[str, list[str]] = Field(default_factory=lambda: {
-        "network": ["IP", "SignupIP", "Subnet", "ASN"],
-        "billing": ["PaymentInstrument", "Bin"],
-        "identity": ["Email", "EmailDomain"],
-        "schedule": ["SignupBurst", "ModelSwitch"],
-    })
+    type_families: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "network": ["IP", "SignupIP", "Subnet", "ASN"],
+            "billing": ["PaymentInstrument", "Bin"],
+            "identity": ["Email", "EmailDomain"],
+            "schedule": ["SignupBurst", "ModelSwitch"],
+        }
+    )
     # IP types whose sharing says little (carrier NAT, relays) and those that are paid infrastructure:
     # a prior factor on an address's surprisal, since the run cannot tell a NAT from a proxy exit.
-    ip_type_factor: dict[str, float] = Field(default_factory=lambda: {
-        "mobile": 0.5, "residential": 1.0, "unknown": 1.0, "datacenter": 1.0,
-        "vpn": 0.75, "proxy": 1.0, "tor": 0.5,
-    })
-    chance_links_per_account: float = Field(0.1, gt=0, lt=1, description="expected chance links per account the link threshold allows (below 1: chance links cannot percolate)")
-    hub_size: int = Field(48, ge=3, description="entities shared by more accounts are expanded sparsely, never as a clique")
-    max_entities_per_type: int = Field(24, ge=1, description="per account and evidence type, only the most-used entities count")
-    hub_min_share: float = Field(0.25, ge=0, description="hubs worth less than this share of the link threshold propose no pairs (they still add to pairs proposed otherwise): a pair found only through weaker hubs would need more than four families of them")
+    ip_type_factor: dict[str, float] = Field(
+        default_factory=lambda: {
+            "mobile": 0.5,
+            "residential": 1.0,
+            "unknown": 1.0,
+            "datacenter": 1.0,
+            "vpn": 0.75,
+            "proxy": 1.0,
+            "tor": 0.5,
+        }
+    )
+    chance_links_per_account: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="expected chance links per account the link threshold allows (below 1: chance links cannot percolate)",
+    )
+    hub_size: int = Field(
+        48, ge=3, description="entities shared by more accounts are expanded sparsely, never as a clique"
+    )
+    max_entities_per_type: int = Field(
+        24, ge=1, description="per account and evidence type, only the most-used entities count"
+    )
+    hub_min_share: float = Field(
+        0.25,
+        ge=0,
+        description="hubs worth less than this share of the link threshold propose no pairs (they still add to pairs proposed otherwise): a pair found only through weaker hubs would need more than four families of them",
+    )
     hub_partners: int = Field(5, ge=1, description="random cycles laid through a hub's members")
     max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
-    within_type_extra: float = Field(0.25, ge=0, le=1, description="further shared entities of a type (or types of a family) add at most this share of the strongest")
-    org_discount: float = Field(0.15, ge=0, le=1, description="factor on the surprisal of what two seats of one declared org share")
+    within_type_extra: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="further shared entities of a type (or types of a family) add at most this share of the strongest",
+    )
+    org_discount: float = Field(
+        0.15, ge=0, le=1, description="factor on the surprisal of what two seats of one declared org share"
+    )
     signup_window_minutes: int = Field(30, gt=0)
-    activity_window_minutes: int = Field(60, gt=0, description="time slot for lockstep activity (schedulers fill whole hours)")
+    activity_window_minutes: int = Field(
+        60, gt=0, description="time slot for lockstep activity (schedulers fill whole hours)"
+    )
     burst_min_excess: float = Field(4.0, gt=1, description="window count over its expected count to be a burst")
-    resolution: float = Field(0.05, gt=0, description="Leiden CPM resolution: the least density of threshold-strength links a ring keeps")
-    leiden_iterations: int = Field(2, description="Leiden passes (-1 = until stable: 38 s instead of 4 s at incident scale for the same rings on every tuning world)")
+    resolution: float = Field(
+        0.05, gt=0, description="Leiden CPM resolution: the least density of threshold-strength links a ring keeps"
+    )
+    leiden_iterations: int = Field(
+        2,
+        description="Leiden passes (-1 = until stable: 38 s instead of 4 s at incident scale for the same rings on every tuning world)",
+    )
     seed: int = 42
     min_ring_size: int = Field(3, ge=2)
-    merge_ratio: float = Field(0.0, ge=0, description="communities tied to each other by this share of the smaller one's internal weight are merged (0 = off)")
-    min_attachment: float = Field(0.1, ge=0, le=1, description="members tied to their ring below this share of its median member are dropped")
+    merge_ratio: float = Field(
+        0.0,
+        ge=0,
+        description="communities tied to each other by this share of the smaller one's internal weight are merged (0 = off)",
+    )
+    min_attachment: float = Field(
+        0.1, ge=0, le=1, description="members tied to their ring below this share of its median member are dropped"
+    )
 
     @field_validator("type_weights")
     @classmethod
@@ -119,9 +187,18 @@ def _check_names(names: Any, known: tuple[str, ...], what: str) -> None:
 
 
 class ScoreSettings(_Section):
-    flag_background_share: float = Field(0.05, gt=0, lt=1, description="rings whose average member is riskier than all but this share of unlinked accounts are flagged")
-    prior_members: float = Field(2.0, ge=0, description="pseudo-customers of background risk a ring's mean is shrunk by")
-    flag_threshold: float | None = Field(None, ge=0, le=1, description="a fixed risk to flag at instead (overrides the background cut)")
+    flag_background_share: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="rings whose average member is riskier than all but this share of unlinked accounts are flagged",
+    )
+    prior_members: float = Field(
+        2.0, ge=0, description="pseudo-customers of background risk a ring's mean is shrunk by"
+    )
+    flag_threshold: float | None = Field(
+        None, ge=0, le=1, description="a fixed risk to flag at instead (overrides the background cut)"
+    )
     top_evidence: int = Field(5, gt=0, description="shared entities listed per ring")
 
 
@@ -148,7 +225,7 @@ class Settings(_Section):
     neo4j: Neo4jSettings = Field(default_factory=Neo4jSettings)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "Settings":
+    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
         """Defaults, then the TOML file, then dotted overrides such as ``{"score.flag_threshold": 0.6}``,
         each merged key by key into what came before. Any problem is one :class:`ConfigError` naming
         the file and listing every invalid key (never a value: it could be a password)."""
@@ -172,9 +249,12 @@ class Settings(_Section):
         try:
             return cls.model_validate(data)
         except pydantic.ValidationError as exc:
-            problems = [f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}" for error in exc.errors()]
-            raise ConfigError(f"{source}: {len(problems)} invalid setting{'s' if len(problems) > 1 else ''}: "
-                              + "; ".join(problems)) from None
+            problems = [
+                f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}" for error in exc.errors()
+            ]
+            raise ConfigError(
+                f"{source}: {len(problems)} invalid setting{'s' if len(problems) > 1 else ''}: " + "; ".join(problems)
+            ) from None
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as recorded in run.json: the password never leaves the process."""

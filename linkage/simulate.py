@@ -10,6 +10,7 @@ are written from how such operations must work (paid proxy pools, scaffolded pro
 schedulers, signup waves) and how ordinary customers look alike by accident (carrier NAT,
 campus egress, SDK defaults, popular templates, org seats).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,24 +27,31 @@ NEW_MODEL_DAY = 20
 MODELS = np.array(["atlas-large", "atlas-medium", "atlas-small"])
 NEW_MODEL = "atlas-large-2"
 
-WORDS = np.array((
-    "apple river stone cloud market garden engine signal forest budget ladder window planet violin harbor "
-    "puzzle orbit candle meadow silver copper rocket tunnel island lantern marble pepper thunder velvet "
-    "canyon glacier falcon beacon compass quartz saddle timber walnut zephyr anchor basket cactus dolphin "
-    "ember fossil granite horizon ivory jungle kettle lemon magnet nectar oasis pebble quiver raven summit "
-    "tiger umbrella vortex wander yonder zenith algebra matrix vector integral prime theorem sequence graph "
-    "protein enzyme neuron voltage circuit photon plasma sodium carbon nitrogen climate drought harvest "
-    "contract invoice payroll tenant mortgage pension tariff export import customer shipment warehouse"
-).split())
+WORDS = np.array(
+    (
+        "apple river stone cloud market garden engine signal forest budget ladder window planet violin harbor "
+        "puzzle orbit candle meadow silver copper rocket tunnel island lantern marble pepper thunder velvet "
+        "canyon glacier falcon beacon compass quartz saddle timber walnut zephyr anchor basket cactus dolphin "
+        "ember fossil granite horizon ivory jungle kettle lemon magnet nectar oasis pebble quiver raven summit "
+        "tiger umbrella vortex wander yonder zenith algebra matrix vector integral prime theorem sequence graph "
+        "protein enzyme neuron voltage circuit photon plasma sodium carbon nitrogen climate drought harvest "
+        "contract invoice payroll tenant mortgage pension tariff export import customer shipment warehouse"
+    ).split()
+)
 NAMES = np.array("Alice Bob Carlos Dana Emeka Fatima Goran Hana Ivan Julia Kenji Lena Mateo Nora Omar Priya".split())
 
 POPULAR_SYSTEM = "You are a helpful assistant."
 BENIGN_SHAPES = [
-    "How do I {a} {b} in Python?", "Can you explain {a} and {b} to a beginner?",
-    "Write a short email to {name} about the {a} {b}.", "Summarize this: {a} {b} {c} {d}.",
-    "What is the difference between {a} and {b}?", "Translate to French: the {a} near the {b}.",
-    "Give me three ideas for a {a} {b} project.", "Fix this bug: {a}_{b} returns None when {c} is empty.",
-    "Why does my {a} {b} keep failing after {n} retries?", "Draft a plan for {a}, {b} and {c}.",
+    "How do I {a} {b} in Python?",
+    "Can you explain {a} and {b} to a beginner?",
+    "Write a short email to {name} about the {a} {b}.",
+    "Summarize this: {a} {b} {c} {d}.",
+    "What is the difference between {a} and {b}?",
+    "Translate to French: the {a} near the {b}.",
+    "Give me three ideas for a {a} {b} project.",
+    "Fix this bug: {a}_{b} returns None when {c} is empty.",
+    "Why does my {a} {b} keep failing after {n} retries?",
+    "Draft a plan for {a}, {b} and {c}.",
     "Explain step by step how {a} relates to {b}.",
 ]
 POPULAR_TEMPLATES = [  # framework defaults used by many unrelated customers
@@ -75,7 +83,7 @@ SCAFFOLDS = {
         "You are an autonomous software engineer working in the repository {a}-{b}. Task: {c} {d} {e}.\n"
         "Think step by step, then emit each tool call as JSON.\nAvailable tools: read_file, write_file, "
         "run_tests, search_code.\nBegin.",
-        "<trajectory>\nUser goal: {a} {b} {c}.\n<tool_call>{{\"name\": \"search_code\", \"query\": \"{d}\"}}"
+        '<trajectory>\nUser goal: {a} {b} {c}.\n<tool_call>{{"name": "search_code", "query": "{d}"}}'
         "</tool_call>\nObservation: {e} {f} {g}.\nContinue the trajectory. Explain the reasoning behind every "
         "action before calling the next tool.",
     ],
@@ -102,12 +110,14 @@ class World:
 
     benign: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BENIGN_KINDS, 1.0))
     everyday_shapes: int = 0  # extra benign prompt shapes from the phrase-bank generator
-    campaigns: dict[str, CampaignTactics] = field(default_factory=lambda: {
-        "campaign_hydra": CampaignTactics(camouflage=0.15, timing="scheduled_jitter"),
-        "campaign_sticky": CampaignTactics(camouflage=0.08, timing="scheduled"),
-        "campaign_dc": CampaignTactics(camouflage=0.1, timing="scheduled_jitter"),
-        "campaign_careful": CampaignTactics(camouflage=0.3, timing="careful"),
-    })
+    campaigns: dict[str, CampaignTactics] = field(
+        default_factory=lambda: {
+            "campaign_hydra": CampaignTactics(camouflage=0.15, timing="scheduled_jitter"),
+            "campaign_sticky": CampaignTactics(camouflage=0.08, timing="scheduled"),
+            "campaign_dc": CampaignTactics(camouflage=0.1, timing="scheduled_jitter"),
+            "campaign_careful": CampaignTactics(camouflage=0.3, timing="careful"),
+        }
+    )
     hydra_pool: str = "resproxy"  # resproxy | dcproxy | carrier0 (mobile proxies)
     hydra_accounts_per_card: int = 330
     sticky_device: str = "custom"  # custom | sdk_default
@@ -115,20 +125,26 @@ class World:
     missing: dict[str, float] = field(default_factory=lambda: {"device_id": 0.0, "asn": 0.0, "ip_type": 0.0})
 
     @classmethod
-    def fixed(cls) -> "World":
+    def fixed(cls) -> World:
         return cls()
 
     @classmethod
-    def draw(cls, seed: int) -> "World":
+    def draw(cls, seed: int) -> World:
         rng = np.random.default_rng(seed + 7_777)
 
         def multiplier(low: float = 0.3, high: float = 3.0) -> float:
             return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
-        campaigns = {name: CampaignTactics(
-            size=multiplier(0.3, 2.0), camouflage=float(rng.uniform(0.05, 0.6)),
-            timing=str(rng.choice(["scheduled", "scheduled_jitter", "careful"])), volume=multiplier(0.5, 2.0),
-            paraphrases=int(rng.choice([1, 1, 2, 4]))) for name in cls().campaigns}
+        campaigns = {
+            name: CampaignTactics(
+                size=multiplier(0.3, 2.0),
+                camouflage=float(rng.uniform(0.05, 0.6)),
+                timing=str(rng.choice(["scheduled", "scheduled_jitter", "careful"])),
+                volume=multiplier(0.5, 2.0),
+                paraphrases=int(rng.choice([1, 1, 2, 4])),
+            )
+            for name in cls().campaigns
+        }
         return cls(
             benign={kind: multiplier() for kind in BENIGN_KINDS},
             everyday_shapes=int(rng.choice([0, 40, 200, 1000])),
@@ -137,8 +153,11 @@ class World:
             hydra_accounts_per_card=int(rng.choice([25, 100, 330, 1000])),
             sticky_device=str(rng.choice(["custom", "sdk_default"])),
             dc_fake_org_share=float(rng.uniform(0.0, 0.6)),
-            missing={column: float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.5), 1.0]))
-                     for column in ("device_id", "asn", "ip_type")})
+            missing={
+                column: float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.5), 1.0]))
+                for column in ("device_id", "asn", "ip_type")
+            },
+        )
 
     def describe(self) -> dict[str, object]:
         return asdict(self)
@@ -188,8 +207,9 @@ class Simulator:
         start = self.next_id
         self.next_id += count
         # scrambled so that a campaign's accounts are not contiguous
-        raw = (np.arange(start, start + count, dtype=np.uint64) * np.uint64(0x9E3779B1) + np.uint64(self.config.seed)) \
-            & np.uint64(0xFFFFFFFFFF)
+        raw = (
+            np.arange(start, start + count, dtype=np.uint64) * np.uint64(0x9E3779B1) + np.uint64(self.config.seed)
+        ) & np.uint64(0xFFFFFFFFFF)
         return np.char.add("acct_", np.char.zfill(np.char.mod("%x", raw), 10))
 
     def _filler_pool(self, size: int) -> np.ndarray:
@@ -215,13 +235,17 @@ class Simulator:
         return self.rng.uniform(start, end, count).astype(np.int64)
 
     def cohort(self, kind: str, label: str, count: int, created: np.ndarray, **columns) -> Cohort:
-        columns = {k: (pl.Series(k, v.tolist(), dtype=pl.Utf8) if isinstance(v, np.ndarray) and v.dtype == object else v)
-                   for k, v in columns.items()}
+        columns = {
+            k: (pl.Series(k, v.tolist(), dtype=pl.Utf8) if isinstance(v, np.ndarray) and v.dtype == object else v)
+            for k, v in columns.items()
+        }
         frame = pl.DataFrame({"account_id": self.ids(count), "created_at": created, **columns})
         return Cohort(kind, label, frame.with_columns(pl.lit(kind).alias("kind"), pl.lit(label).alias("label")))
 
     def emails(self, ids: np.ndarray, domains: np.ndarray) -> np.ndarray:
-        local = np.char.add(self.rng.choice(np.char.lower(NAMES), len(ids)), np.char.mod("%d", self.rng.integers(1, 99999, len(ids))))
+        local = np.char.add(
+            self.rng.choice(np.char.lower(NAMES), len(ids)), np.char.mod("%d", self.rng.integers(1, 99999, len(ids)))
+        )
         return np.char.add(np.char.add(local, "@"), domains)
 
     # ------------------------------------------------------------ network pools
@@ -234,7 +258,9 @@ class Simulator:
             if c == 4:  # an IPv6 carrier: addresses inside a handful of /64s
                 prefix = rng.integers(0, 4, size)
                 host = rng.integers(1, 1 << 16, size)
-                ips = np.char.add(np.char.add(np.char.add("2600:380:", prefix.astype(str)), "::"), np.char.mod("%x", host))
+                ips = np.char.add(
+                    np.char.add(np.char.add("2600:380:", prefix.astype(str)), "::"), np.char.mod("%x", host)
+                )
             else:
                 ips = self.ipv4((100 << 24) + (64 << 16) + (c << 12) + rng.integers(0, 1 << 12, size))
             pools[f"carrier{c}"] = (ips, np.full(size, asn), np.full(size, "mobile"))
@@ -243,10 +269,13 @@ class Simulator:
             ips = self.ipv4((185 << 24) + (v << 16) + rng.integers(0, 1 << 12, size))
             pools[f"vpn{v}"] = (ips, np.full(size, 9000 + v), np.full(size, "vpn"))
         size = max(10, int(200 * min(self.s, 1) ** 0.5))  # privacy relay exits
-        pools["relay"] = (self.ipv4((172 << 24) + (224 << 16) + rng.integers(0, 1 << 16, size)),
-                          np.full(size, 9100), np.full(size, "proxy"))
+        pools["relay"] = (
+            self.ipv4((172 << 24) + (224 << 16) + rng.integers(0, 1 << 16, size)),
+            np.full(size, 9100),
+            np.full(size, "proxy"),
+        )
         # hydra's residential proxy pool: real customers' home addresses, re-sold as exits
-        size = min(len(regular_home_ips), max(50, int(4000 * self.s ** 0.7)))
+        size = min(len(regular_home_ips), max(50, int(4000 * self.s**0.7)))
         chosen = rng.choice(len(regular_home_ips), size, replace=False)
         ips = regular_home_ips[chosen]
         asn = 7000 + (np.array([int(x.split(".")[0]) for x in ips]) - 24)
@@ -254,7 +283,7 @@ class Simulator:
         pools["resproxy"] = (ips, asn, typed)
         # datacenter proxies: a few hosting ASNs, dense /24s
         subnets = rng.integers(0, 1 << 16, 30)
-        host = rng.integers(1, 255, max(60, int(1500 * self.s ** 0.5)))
+        host = rng.integers(1, 255, max(60, int(1500 * self.s**0.5)))
         sub = rng.integers(0, 30, len(host))
         ips = self.ipv4((45 << 24) + (subnets[sub] << 8) + host)
         pools["dcproxy"] = (ips, 16000 + sub % 3, np.where(rng.random(len(host)) < 0.6, "datacenter", "proxy"))
@@ -279,12 +308,23 @@ class Simulator:
 
 # Per-account behaviour columns every cohort carries (defaults fill what a cohort leaves out).
 BEHAVIOUR_DEFAULTS = {
-    "email": None, "org_id": None, "country": "US", "signup_ip": None,
-    "home_ip": None, "home_asn": 0, "home_type": "residential",
-    "pool": -1, "pool_share": 0.0,  # share of requests sent through the shared pool
-    "device": None, "user_agent": "atlas-python/1.4.2",
-    "family": "free", "camouflage": 0.0, "requests": 10, "timing": "diurnal",
-    "pivot": 0, "reasoning_tokens": 0,
+    "email": None,
+    "org_id": None,
+    "country": "US",
+    "signup_ip": None,
+    "home_ip": None,
+    "home_asn": 0,
+    "home_type": "residential",
+    "pool": -1,
+    "pool_share": 0.0,  # share of requests sent through the shared pool
+    "device": None,
+    "user_agent": "atlas-python/1.4.2",
+    "family": "free",
+    "camouflage": 0.0,
+    "requests": 10,
+    "timing": "diurnal",
+    "pivot": 0,
+    "reasoning_tokens": 0,
 }
 
 
@@ -308,10 +348,19 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
         defaults = rng.choice(sdk_defaults, count, p=[0.4, 0.25, 0.15, 0.12, 0.08])
         return np.where(rng.random(count) < default_share, defaults, own)
 
-    def card(ids: np.ndarray, instrument: np.ndarray, kind: str = "card", bins: np.ndarray | None = None) -> pl.DataFrame:
+    def card(
+        ids: np.ndarray, instrument: np.ndarray, kind: str = "card", bins: np.ndarray | None = None
+    ) -> pl.DataFrame:
         bins = bins if bins is not None else rng.choice(COMMON_BINS, len(ids))
-        return pl.DataFrame({"account_id": ids, "instrument_id": instrument, "instrument_type": kind,
-                             "bin": bins, "issuer_country": "US"})
+        return pl.DataFrame(
+            {
+                "account_id": ids,
+                "instrument_id": instrument,
+                "instrument_type": kind,
+                "bin": bins,
+                "issuer_country": "US",
+            }
+        )
 
     def unique_instruments(count: int, prefix: str = "pi") -> np.ndarray:
         return np.char.add(f"{prefix}_", np.char.mod("%014x", rng.integers(0, 1 << 56, count)))
@@ -322,10 +371,19 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     n = sim.n(150_000, kind="regular")
     created = sim.signup_times(n, past, START + 25 * DAY)
     home, asn = sim.home_ips(n)
-    regular = sim.cohort("regular", "benign", n, created, email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
-                         home_ip=home, home_asn=asn, signup_ip=home, device=devices(n, 0.6),
-                         family=np.where(rng.random(n) < 0.25, "popular", "free"),
-                         requests=np.clip(rng.lognormal(2.2, 1.0, n), 1, 2000).astype(int))
+    regular = sim.cohort(
+        "regular",
+        "benign",
+        n,
+        created,
+        email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+        home_ip=home,
+        home_asn=asn,
+        signup_ip=home,
+        device=devices(n, 0.6),
+        family=np.where(rng.random(n) < 0.25, "popular", "free"),
+        requests=np.clip(rng.lognormal(2.2, 1.0, n), 1, 2000).astype(int),
+    )
     cohorts.append(regular.frame)
     has_card = rng.random(n) < 0.85
     payments.append(card(regular.frame["account_id"].to_numpy()[has_card], unique_instruments(int(has_card.sum()))))
@@ -334,12 +392,19 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     # --- mobile users behind carrier NAT (IPv4 and IPv6 pools)
     n = sim.n(40_000, kind="mobile_nat")
     carrier = rng.integers(0, 5, n)
-    mobile = sim.cohort("mobile_nat", "benign", n, sim.signup_times(n, past, START + 25 * DAY),
-                        email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
-                        pool=np.array([sim.pool(f"carrier{c}") for c in range(5)])[carrier], pool_share=1.0,
-                        device=devices(n, 0.3), user_agent="atlas-mobile/2.0",
-                        family=np.where(rng.random(n) < 0.2, "popular", "free"),
-                        requests=np.clip(rng.lognormal(2.0, 0.9, n), 1, 500).astype(int))
+    mobile = sim.cohort(
+        "mobile_nat",
+        "benign",
+        n,
+        sim.signup_times(n, past, START + 25 * DAY),
+        email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+        pool=np.array([sim.pool(f"carrier{c}") for c in range(5)])[carrier],
+        pool_share=1.0,
+        device=devices(n, 0.3),
+        user_agent="atlas-mobile/2.0",
+        family=np.where(rng.random(n) < 0.2, "popular", "free"),
+        requests=np.clip(rng.lognormal(2.0, 0.9, n), 1, 500).astype(int),
+    )
     cohorts.append(mobile.frame.with_columns(pl.col("pool").cast(pl.Int64)))
     payments.append(card(mobile.frame["account_id"].to_numpy(), unique_instruments(n)))
 
@@ -349,26 +414,52 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
         egress = sim.ipv4((128 << 24) + (u << 16) + rng.integers(1, 250, 3))
         code = sim.private_pool(f"campus{u}", egress, np.full(3, 11000 + u), np.full(3, "unknown"))
         home, asn = sim.home_ips(n)
-        cohorts.append(sim.cohort("university", "benign", n, sim.signup_times(n, past, START + 20 * DAY),
-                                  email=sim.emails(np.empty(n), np.full(n, f"student.uni{u}.edu")),
-                                  home_ip=home, home_asn=asn, signup_ip=egress[rng.integers(0, 3, n)],
-                                  pool=code, pool_share=0.8, device=devices(n, 0.5),
-                                  family=np.where(rng.random(n) < 0.3, "popular", "free"),
-                                  requests=np.clip(rng.lognormal(2.3, 0.9, n), 1, 800).astype(int)).frame)
+        cohorts.append(
+            sim.cohort(
+                "university",
+                "benign",
+                n,
+                sim.signup_times(n, past, START + 20 * DAY),
+                email=sim.emails(np.empty(n), np.full(n, f"student.uni{u}.edu")),
+                home_ip=home,
+                home_asn=asn,
+                signup_ip=egress[rng.integers(0, 3, n)],
+                pool=code,
+                pool_share=0.8,
+                device=devices(n, 0.5),
+                family=np.where(rng.random(n) < 0.3, "popular", "free"),
+                requests=np.clip(rng.lognormal(2.3, 0.9, n), 1, 800).astype(int),
+            ).frame
+        )
 
     # --- organisations: seats share billing, egress, client build and an internal system prompt
     org_sizes = list(np.clip(rng.lognormal(2.5, 0.9, sim.n(150, 3, kind="org_seats")), 3, 300).astype(int)) + [300]
     for o, size in enumerate(org_sizes):
         egress = sim.ipv4((52 << 24) + (o << 8) + np.array([10, 11]))
         code = sim.private_pool(f"org{o}", egress, np.full(2, 14000 + o % 50), np.full(2, "datacenter"))
-        ids_frame = sim.cohort("org_seats", "benign", size, sim.signup_times(size, past, START + 10 * DAY),
-                               email=sim.emails(np.empty(size), np.full(size, f"corp{o}.com")), org_id=f"org_{o:04d}",
-                               signup_ip=egress[0], pool=code, pool_share=0.9, device=f"fp:org{o}-client",
-                               user_agent="atlas-python/1.4.2", family=f"org:{o}",
-                               requests=np.clip(rng.lognormal(3.0, 1.0, size), 1, 3000).astype(int)).frame
+        ids_frame = sim.cohort(
+            "org_seats",
+            "benign",
+            size,
+            sim.signup_times(size, past, START + 10 * DAY),
+            email=sim.emails(np.empty(size), np.full(size, f"corp{o}.com")),
+            org_id=f"org_{o:04d}",
+            signup_ip=egress[0],
+            pool=code,
+            pool_share=0.9,
+            device=f"fp:org{o}-client",
+            user_agent="atlas-python/1.4.2",
+            family=f"org:{o}",
+            requests=np.clip(rng.lognormal(3.0, 1.0, size), 1, 3000).astype(int),
+        ).frame
         cohorts.append(ids_frame)
-        payments.append(card(ids_frame["account_id"].to_numpy(), np.full(size, f"pi_org_{o:04d}"),
-                             kind="invoice" if size > 50 else "card"))
+        payments.append(
+            card(
+                ids_frame["account_id"].to_numpy(),
+                np.full(size, f"pi_org_{o:04d}"),
+                kind="invoice" if size > 50 else "card",
+            )
+        )
 
     # --- families sharing a card and a home connection
     for size in (2, 3, 4):
@@ -376,36 +467,65 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
         n = k * size
         family_home, family_asn = sim.home_ips(k)
         member_of = np.repeat(np.arange(k), size)
-        frame = sim.cohort("family", "benign", n, sim.signup_times(n, past, START + 20 * DAY),
-                           email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
-                           home_ip=family_home[member_of], home_asn=family_asn[member_of],
-                           signup_ip=family_home[member_of], device=devices(n, 0.5),
-                           requests=np.clip(rng.lognormal(2.0, 0.9, n), 1, 300).astype(int)).frame
+        frame = sim.cohort(
+            "family",
+            "benign",
+            n,
+            sim.signup_times(n, past, START + 20 * DAY),
+            email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+            home_ip=family_home[member_of],
+            home_asn=family_asn[member_of],
+            signup_ip=family_home[member_of],
+            device=devices(n, 0.5),
+            requests=np.clip(rng.lognormal(2.0, 0.9, n), 1, 300).astype(int),
+        ).frame
         cohorts.append(frame)
         instruments = unique_instruments(k, "pi_family")[member_of]
         payments.append(card(frame["account_id"].to_numpy(), instruments))
 
     # --- VPN and privacy-relay users: benign traffic through shared anonymising exits
-    for name, pool_names, count, share in (("vpn", ["vpn0", "vpn1", "vpn2"], 8000, 0.7), ("relay", ["relay"], 5000, 0.9)):
+    for name, pool_names, count, share in (
+        ("vpn", ["vpn0", "vpn1", "vpn2"], 8000, 0.7),
+        ("relay", ["relay"], 5000, 0.9),
+    ):
         n = sim.n(count, kind=name)
         home, asn = sim.home_ips(n)
         codes = np.array([sim.pool(p) for p in pool_names])[rng.integers(0, len(pool_names), n)]
-        frame = sim.cohort(name, "benign", n, sim.signup_times(n, past, START + 25 * DAY),
-                           email=sim.emails(np.empty(n), rng.choice(free_domains, n)), home_ip=home, home_asn=asn,
-                           pool=codes, pool_share=share, device=devices(n, 0.5),
-                           family=np.where(rng.random(n) < 0.25, "popular", "free"),
-                           requests=np.clip(rng.lognormal(2.2, 0.9, n), 1, 800).astype(int)).frame
+        frame = sim.cohort(
+            name,
+            "benign",
+            n,
+            sim.signup_times(n, past, START + 25 * DAY),
+            email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+            home_ip=home,
+            home_asn=asn,
+            pool=codes,
+            pool_share=share,
+            device=devices(n, 0.5),
+            family=np.where(rng.random(n) < 0.25, "popular", "free"),
+            requests=np.clip(rng.lognormal(2.2, 0.9, n), 1, 800).astype(int),
+        ).frame
         cohorts.append(frame)
         payments.append(card(frame["account_id"].to_numpy(), unique_instruments(n)))
 
     # --- high-volume single accounts: gateways and batch pipelines on their own servers
     n = sim.n(60, 3, kind="gateway")
     dc = sim.ipv4((34 << 24) + rng.integers(0, 1 << 20, n))
-    frame = sim.cohort("gateway", "benign", n, sim.signup_times(n, past, START),
-                       email=sim.emails(np.empty(n), np.full(n, "gmail.com")), home_ip=dc, home_asn=15169,
-                       home_type="datacenter", signup_ip=dc, device=devices(n, 0.0), timing="batch",
-                       family=np.where(rng.random(n) < 0.5, "popular", "free"),
-                       requests=np.full(n, int(20_000 * min(s, 1) ** 0.3))).frame
+    frame = sim.cohort(
+        "gateway",
+        "benign",
+        n,
+        sim.signup_times(n, past, START),
+        email=sim.emails(np.empty(n), np.full(n, "gmail.com")),
+        home_ip=dc,
+        home_asn=15169,
+        home_type="datacenter",
+        signup_ip=dc,
+        device=devices(n, 0.0),
+        timing="batch",
+        family=np.where(rng.random(n) < 0.5, "popular", "free"),
+        requests=np.full(n, int(20_000 * min(s, 1) ** 0.3)),
+    ).frame
     cohorts.append(frame)
     payments.append(card(frame["account_id"].to_numpy(), unique_instruments(n)))
 
@@ -413,11 +533,22 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     n = 40
     egress = sim.ipv4((52 << 24) + (250 << 16) + np.array([7, 8]))
     code = sim.private_pool("evalco", egress, np.full(2, 14999), np.full(2, "datacenter"))
-    frame = sim.cohort("eval_company", "benign", n, sim.signup_times(n, START - 200 * DAY, START - 100 * DAY),
-                       email=sim.emails(np.empty(n), np.full(n, "evalco.ai")), org_id="org_evalco",
-                       signup_ip=egress[0], pool=code, pool_share=1.0, device="fp:evalco-harness",
-                       family="evalco", timing="batch", reasoning_tokens=1,
-                       requests=np.full(n, int(3000 * min(s, 1) ** 0.5) + 10)).frame
+    frame = sim.cohort(
+        "eval_company",
+        "benign",
+        n,
+        sim.signup_times(n, START - 200 * DAY, START - 100 * DAY),
+        email=sim.emails(np.empty(n), np.full(n, "evalco.ai")),
+        org_id="org_evalco",
+        signup_ip=egress[0],
+        pool=code,
+        pool_share=1.0,
+        device="fp:evalco-harness",
+        family="evalco",
+        timing="batch",
+        reasoning_tokens=1,
+        requests=np.full(n, int(3000 * min(s, 1) ** 0.5) + 10),
+    ).frame
     cohorts.append(frame)
     payments.append(card(frame["account_id"].to_numpy(), np.full(n, "pi_evalco"), kind="invoice"))
 
@@ -427,10 +558,19 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
         venue = sim.ipv4(np.array([(81 << 24) + (h << 8) + 5]))[0]
         start = START + (5 + 7 * h) * DAY + 9 * 3600
         home, asn = sim.home_ips(n)
-        frame = sim.cohort("hackathon", "benign", n, sim.signup_times(n, start, start + 2 * 3600),
-                           email=sim.emails(np.empty(n), rng.choice(free_domains, n)), signup_ip=venue,
-                           home_ip=home, home_asn=asn, device=devices(n, 0.8), family="hackathon",
-                           requests=np.clip(rng.lognormal(2.5, 0.7, n), 3, 300).astype(int)).frame
+        frame = sim.cohort(
+            "hackathon",
+            "benign",
+            n,
+            sim.signup_times(n, start, start + 2 * 3600),
+            email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+            signup_ip=venue,
+            home_ip=home,
+            home_asn=asn,
+            device=devices(n, 0.8),
+            family="hackathon",
+            requests=np.clip(rng.lognormal(2.5, 0.7, n), 3, 300).astype(int),
+        ).frame
         cohorts.append(frame)
         payments.append(card(frame["account_id"].to_numpy(), unique_instruments(n)))
 
@@ -439,8 +579,20 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     return pl.concat(frames, how="vertical_relaxed"), pl.concat(payments, how="diagonal_relaxed")
 
 
-COMMON_BINS = np.array(["41111111", "42424242", "51055105", "52000000", "37828224", "60110000", "35301113",
-                        "40128888", "55555555", "49927398"])
+COMMON_BINS = np.array(
+    [
+        "41111111",
+        "42424242",
+        "51055105",
+        "52000000",
+        "37828224",
+        "60110000",
+        "35301113",
+        "40128888",
+        "55555555",
+        "49927398",
+    ]
+)
 
 
 def _campaigns(sim: Simulator, cohorts: list, payments: list, card, unique_instruments, devices) -> None:
@@ -460,13 +612,29 @@ def _campaigns(sim: Simulator, cohorts: list, payments: list, card, unique_instr
     plus = np.char.add(np.char.add(local, "+"), np.char.mod("%d", rng.integers(1, 999, n)))
     variant = rng.integers(0, 3, n)
     email = np.char.add(np.where(variant == 0, local, np.where(variant == 1, dotted, plus)), "@gmail.com")
-    frame = sim.cohort("campaign", "campaign_hydra", n, created, email=email, country=rng.choice(["US", "GB", "DE", "SG"], n),
-                       signup_ip=sim.pool_ip[sim.pool_offset[sim.pool(world.hydra_pool)] + rng.integers(
-                           0, sim.pool_offset[sim.pool(world.hydra_pool) + 1] - sim.pool_offset[sim.pool(world.hydra_pool)], n)],
-                       pool=sim.pool(world.hydra_pool), pool_share=1.0, device=devices(n, 0.0),
-                       family="cot_spoofed", camouflage=tactics["campaign_hydra"].camouflage,
-                       requests=int(500 * min(s, 1) ** 0.15 * tactics["campaign_hydra"].volume),
-                       timing=tactics["campaign_hydra"].timing, pivot=pivot, reasoning_tokens=1).frame
+    frame = sim.cohort(
+        "campaign",
+        "campaign_hydra",
+        n,
+        created,
+        email=email,
+        country=rng.choice(["US", "GB", "DE", "SG"], n),
+        signup_ip=sim.pool_ip[
+            sim.pool_offset[sim.pool(world.hydra_pool)]
+            + rng.integers(
+                0, sim.pool_offset[sim.pool(world.hydra_pool) + 1] - sim.pool_offset[sim.pool(world.hydra_pool)], n
+            )
+        ],
+        pool=sim.pool(world.hydra_pool),
+        pool_share=1.0,
+        device=devices(n, 0.0),
+        family="cot_spoofed",
+        camouflage=tactics["campaign_hydra"].camouflage,
+        requests=int(500 * min(s, 1) ** 0.15 * tactics["campaign_hydra"].volume),
+        timing=tactics["campaign_hydra"].timing,
+        pivot=pivot,
+        reasoning_tokens=1,
+    ).frame
     cohorts.append(frame)
     cards = max(3, n // world.hydra_accounts_per_card)
     payments.append(card(frame["account_id"].to_numpy(), unique_instruments(cards, "pi_h")[rng.integers(0, cards, n)]))
@@ -475,45 +643,93 @@ def _campaigns(sim: Simulator, cohorts: list, payments: list, card, unique_instr
     # one custom client, agentic coding / tool-use scaffolds, exact round robin.
     n = sim.n(8_000 * tactics["campaign_sticky"].size, 25)
     home, asn = sim.home_ips(n)
-    frame = sim.cohort("campaign", "campaign_sticky", n, sim.signup_times(n, START - 14 * DAY, START),
-                       email=sim.emails(np.empty(n), rng.choice(["mailbox-q.net", "inboxly.io", "tmpmail.cc"], n)),
-                       home_ip=home, home_asn=asn, signup_ip=home,
-                       device="fp:8c1e-harvester" if world.sticky_device == "custom" else devices(n, 1.0),
-                       user_agent="atlas-python/1.4.2", family="agentic", camouflage=tactics["campaign_sticky"].camouflage,
-                       requests=int(400 * min(s, 1) ** 0.15 * tactics["campaign_sticky"].volume),
-                       timing=tactics["campaign_sticky"].timing,
-                       pivot=pivot, reasoning_tokens=1).frame
+    frame = sim.cohort(
+        "campaign",
+        "campaign_sticky",
+        n,
+        sim.signup_times(n, START - 14 * DAY, START),
+        email=sim.emails(np.empty(n), rng.choice(["mailbox-q.net", "inboxly.io", "tmpmail.cc"], n)),
+        home_ip=home,
+        home_asn=asn,
+        signup_ip=home,
+        device="fp:8c1e-harvester" if world.sticky_device == "custom" else devices(n, 1.0),
+        user_agent="atlas-python/1.4.2",
+        family="agentic",
+        camouflage=tactics["campaign_sticky"].camouflage,
+        requests=int(400 * min(s, 1) ** 0.15 * tactics["campaign_sticky"].volume),
+        timing=tactics["campaign_sticky"].timing,
+        pivot=pivot,
+        reasoning_tokens=1,
+    ).frame
     cohorts.append(frame)
-    payments.append(card(frame["account_id"].to_numpy(), unique_instruments(n, "pi_v"), kind="virtual_card",
-                         bins=np.full(n, "53999901")))
+    payments.append(
+        card(
+            frame["account_id"].to_numpy(),
+            unique_instruments(n, "pi_v"),
+            kind="virtual_card",
+            bins=np.full(n, "53999901"),
+        )
+    )
 
     # C — datacenter proxies in dense subnets, a single signup burst, no card, rotating client
     # fingerprints, rubric-grading and censorship-rewrite scaffolds; some accounts declare fake orgs.
     n = sim.n(5_500 * tactics["campaign_dc"].size, 20)
     created = START - 2 * DAY + rng.integers(0, 6 * 3600, n)
-    fake_org = np.where(rng.random(n) < world.dc_fake_org_share, np.char.add("org_c", np.char.mod("%03d", rng.integers(0, max(1, n // 200), n))), None)
+    fake_org = np.where(
+        rng.random(n) < world.dc_fake_org_share,
+        np.char.add("org_c", np.char.mod("%03d", rng.integers(0, max(1, n // 200), n))),
+        None,
+    )
     fp_pool = np.char.add("fp:c-", np.char.mod("%02d", np.arange(25)))
-    frame = sim.cohort("campaign", "campaign_dc", n, created,
-                       email=sim.emails(np.empty(n), np.char.add(np.char.add("d", np.char.mod("%02d", rng.integers(0, 50, n))), ".biz")),
-                       org_id=fake_org, pool=sim.pool("dcproxy"), pool_share=1.0, device=rng.choice(fp_pool, n),
-                       user_agent="Mozilla/5.0", family=np.where(rng.random(n) < 0.55, "rubric", "rewrite"),
-                       camouflage=tactics["campaign_dc"].camouflage,
-                       requests=int(350 * min(s, 1) ** 0.15 * tactics["campaign_dc"].volume),
-                       timing=tactics["campaign_dc"].timing).frame
+    frame = sim.cohort(
+        "campaign",
+        "campaign_dc",
+        n,
+        created,
+        email=sim.emails(
+            np.empty(n), np.char.add(np.char.add("d", np.char.mod("%02d", rng.integers(0, 50, n))), ".biz")
+        ),
+        org_id=fake_org,
+        pool=sim.pool("dcproxy"),
+        pool_share=1.0,
+        device=rng.choice(fp_pool, n),
+        user_agent="Mozilla/5.0",
+        family=np.where(rng.random(n) < 0.55, "rubric", "rewrite"),
+        camouflage=tactics["campaign_dc"].camouflage,
+        requests=int(350 * min(s, 1) ** 0.15 * tactics["campaign_dc"].volume),
+        timing=tactics["campaign_dc"].timing,
+    ).frame
     cohorts.append(frame)
     wallet = rng.random(n) < 0.3
-    payments.append(card(frame["account_id"].to_numpy()[wallet], unique_instruments(int(wallet.sum()), "pi_w"),
-                         kind="crypto", bins=np.full(int(wallet.sum()), None)))
+    payments.append(
+        card(
+            frame["account_id"].to_numpy()[wallet],
+            unique_instruments(int(wallet.sum()), "pi_w"),
+            kind="crypto",
+            bins=np.full(int(wallet.sum()), None),
+        )
+    )
 
     # D — small and careful: unique everything, default SDK fingerprint, low volume; what it cannot
     # avoid is its own scaffold and its schedule.
     n = max(5, int(round((40 if s >= 0.1 else 25) * tactics["campaign_careful"].size)))
     home, asn = sim.home_ips(n)
-    frame = sim.cohort("campaign", "campaign_careful", n, sim.signup_times(n, START - 60 * DAY, START),
-                       email=sim.emails(np.empty(n), np.full(n, "gmail.com")), home_ip=home, home_asn=asn, signup_ip=home,
-                       device=devices(n, 1.0), family="careful", camouflage=tactics["campaign_careful"].camouflage,
-                       requests=int(80 * tactics["campaign_careful"].volume), timing=tactics["campaign_careful"].timing,
-                       reasoning_tokens=1).frame
+    frame = sim.cohort(
+        "campaign",
+        "campaign_careful",
+        n,
+        sim.signup_times(n, START - 60 * DAY, START),
+        email=sim.emails(np.empty(n), np.full(n, "gmail.com")),
+        home_ip=home,
+        home_asn=asn,
+        signup_ip=home,
+        device=devices(n, 1.0),
+        family="careful",
+        camouflage=tactics["campaign_careful"].camouflage,
+        requests=int(80 * tactics["campaign_careful"].volume),
+        timing=tactics["campaign_careful"].timing,
+        reasoning_tokens=1,
+    ).frame
     cohorts.append(frame)
     payments.append(card(frame["account_id"].to_numpy(), unique_instruments(n)))
 
@@ -523,42 +739,122 @@ def _with_defaults(frame: pl.DataFrame) -> pl.DataFrame:
     frame = frame.with_columns([pl.lit(v).alias(k) for k, v in missing.items()])
     frame = frame.select("account_id", "created_at", "label", "kind", *BEHAVIOUR_DEFAULTS)
     return frame.with_columns(
-        pl.col("created_at").cast(pl.Int64), pl.col("pool").cast(pl.Int64), pl.col("pool_share").cast(pl.Float64),
-        pl.col("requests").cast(pl.Int64), pl.col("camouflage").cast(pl.Float64), pl.col("pivot").cast(pl.Int64),
-        pl.col("home_asn").cast(pl.Int64), pl.col("reasoning_tokens").cast(pl.Int64),
-        *[pl.col(c).cast(pl.Utf8) for c in ("email", "org_id", "country", "signup_ip", "home_ip", "home_type",
-                                            "device", "user_agent", "family", "timing")])
+        pl.col("created_at").cast(pl.Int64),
+        pl.col("pool").cast(pl.Int64),
+        pl.col("pool_share").cast(pl.Float64),
+        pl.col("requests").cast(pl.Int64),
+        pl.col("camouflage").cast(pl.Float64),
+        pl.col("pivot").cast(pl.Int64),
+        pl.col("home_asn").cast(pl.Int64),
+        pl.col("reasoning_tokens").cast(pl.Int64),
+        *[
+            pl.col(c).cast(pl.Utf8)
+            for c in (
+                "email",
+                "org_id",
+                "country",
+                "signup_ip",
+                "home_ip",
+                "home_type",
+                "device",
+                "user_agent",
+                "family",
+                "timing",
+            )
+        ],
+    )
 
 
-OPERATING_HOURS = {"campaign_hydra": (0, 10), "campaign_sticky": (12, 20), "campaign_dc": (4, 14),
-                   "campaign_careful": (2, 4)}
+OPERATING_HOURS = {
+    "campaign_hydra": (0, 10),
+    "campaign_sticky": (12, 20),
+    "campaign_dc": (4, 14),
+    "campaign_careful": (2, 4),
+}
 DIURNAL = np.array([1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 7, 7, 7, 6, 5, 4, 3, 2, 1], float)
 
 
-OPENERS = ("", "", "Hi! ", "Quick question: ", "Please ", "Can you ", "I need help: ", "Hey, ", "Could you ",
-           "For my job, ", "For school, ", "Honestly, ")
-TASKS = ("explain {a} to me", "summarize the {a} {b} article", "write an email to {name} about {a}",
-         "fix my {a} {b} code", "compare {a} and {b}", "give me ideas for a {a} {b} party",
-         "translate the {a} {b} note to Spanish", "plan a trip to {a} with {b}", "draft a cover letter for a {a} job",
-         "what is a good {a} for {b}", "rewrite this: {a} {b} {c}", "help me understand {a} {b}",
-         "make a shopping list for {a} and {b}", "write a poem about {a}", "debug why {a} returns {n}",
-         "outline a talk on {a} {b}", "suggest names for a {a} {b}", "answer this quiz: {a} {b} {c}?")
-CLOSERS = ("", "", "", " Thanks!", " Keep it short.", " Step by step please.", " In simple words.",
-           " Use bullet points.", " Be concise.", " Keep it under {n} words.", " ASAP.", " Make it friendly.")
-PARAPHRASE = (("complete", "full"), ("Write out", "Spell out"), ("careful", "meticulous"), ("problem", "exercise"),
-              ("reasoning", "thinking"), ("Explain", "Justify"), ("Reconstruct", "Recreate"), ("each", "every"),
-              ("Grade", "Score"), ("Rewrite", "Rephrase"), ("autonomous", "independent"), ("Task", "Goal"),
-              ("numbered", "enumerated"), ("Narrate", "Describe"))
-_CAMPAIGN_FAMILIES = {"cot_spoofed": "campaign_hydra", "agentic": "campaign_sticky", "rubric": "campaign_dc",
-                      "rewrite": "campaign_dc", "careful": "campaign_careful"}
+OPENERS = (
+    "",
+    "",
+    "Hi! ",
+    "Quick question: ",
+    "Please ",
+    "Can you ",
+    "I need help: ",
+    "Hey, ",
+    "Could you ",
+    "For my job, ",
+    "For school, ",
+    "Honestly, ",
+)
+TASKS = (
+    "explain {a} to me",
+    "summarize the {a} {b} article",
+    "write an email to {name} about {a}",
+    "fix my {a} {b} code",
+    "compare {a} and {b}",
+    "give me ideas for a {a} {b} party",
+    "translate the {a} {b} note to Spanish",
+    "plan a trip to {a} with {b}",
+    "draft a cover letter for a {a} job",
+    "what is a good {a} for {b}",
+    "rewrite this: {a} {b} {c}",
+    "help me understand {a} {b}",
+    "make a shopping list for {a} and {b}",
+    "write a poem about {a}",
+    "debug why {a} returns {n}",
+    "outline a talk on {a} {b}",
+    "suggest names for a {a} {b}",
+    "answer this quiz: {a} {b} {c}?",
+)
+CLOSERS = (
+    "",
+    "",
+    "",
+    " Thanks!",
+    " Keep it short.",
+    " Step by step please.",
+    " In simple words.",
+    " Use bullet points.",
+    " Be concise.",
+    " Keep it under {n} words.",
+    " ASAP.",
+    " Make it friendly.",
+)
+PARAPHRASE = (
+    ("complete", "full"),
+    ("Write out", "Spell out"),
+    ("careful", "meticulous"),
+    ("problem", "exercise"),
+    ("reasoning", "thinking"),
+    ("Explain", "Justify"),
+    ("Reconstruct", "Recreate"),
+    ("each", "every"),
+    ("Grade", "Score"),
+    ("Rewrite", "Rephrase"),
+    ("autonomous", "independent"),
+    ("Task", "Goal"),
+    ("numbered", "enumerated"),
+    ("Narrate", "Describe"),
+)
+_CAMPAIGN_FAMILIES = {
+    "cot_spoofed": "campaign_hydra",
+    "agentic": "campaign_sticky",
+    "rubric": "campaign_dc",
+    "rewrite": "campaign_dc",
+    "careful": "campaign_careful",
+}
 
 
 def everyday_shapes(count: int, seed: int) -> list[str]:
     """Benign prompt shapes that share everyday phrasing (openers, stock closers) without being
     anyone's scaffold."""
     rng = np.random.default_rng(seed + 99)
-    shapes = {OPENERS[rng.integers(len(OPENERS))] + TASKS[rng.integers(len(TASKS))] + CLOSERS[rng.integers(len(CLOSERS))]
-              for _ in range(count)}
+    shapes = {
+        OPENERS[rng.integers(len(OPENERS))] + TASKS[rng.integers(len(TASKS))] + CLOSERS[rng.integers(len(CLOSERS))]
+        for _ in range(count)
+    }
     return sorted(shape[0].upper() + shape[1:] for shape in shapes)
 
 
@@ -582,23 +878,30 @@ def _formats(accounts: pl.DataFrame, world: World | None = None, seed: int = 0) 
     formats = {
         "free": free,
         "popular": POPULAR_TEMPLATES + [POPULAR_SYSTEM + "\n" + f for f in free[:4]],
-        "evalco": ["Evaluation item {n}. Solve the following and show your reasoning step by step, then give the "
-                   "final answer on its own line.\nItem: {a} {b} {c}?"],
-        "hackathon": ["Hackathon starter kit: build a {a} app that uses {b}. Return complete runnable code."] + free[:3],
+        "evalco": [
+            "Evaluation item {n}. Solve the following and show your reasoning step by step, then give the "
+            "final answer on its own line.\nItem: {a} {b} {c}?"
+        ],
+        "hackathon": ["Hackathon starter kit: build a {a} app that uses {b}. Return complete runnable code."]
+        + free[:3],
         "cot_spoofed": [POPULAR_SYSTEM + "\n" + f for f in SCAFFOLDS["cot"]],
         "agentic": SCAFFOLDS["agentic"] * 2 + SCAFFOLDS["cot"][1:2],
         "rubric": SCAFFOLDS["rubric"],
         "rewrite": SCAFFOLDS["rewrite"],
-        "careful": ["Solve the task and narrate your full internal reasoning in numbered steps before the final "
-                    "line, which starts with ANSWER.\nTask: {a} {b} {c} {d}?",
-                    "Task: {a} {b} {c}.\nNarrate your complete internal reasoning as numbered steps; end with a line "
-                    "starting with ANSWER."],
+        "careful": [
+            "Solve the task and narrate your full internal reasoning in numbered steps before the final "
+            "line, which starts with ANSWER.\nTask: {a} {b} {c} {d}?",
+            "Task: {a} {b} {c}.\nNarrate your complete internal reasoning as numbered steps; end with a line "
+            "starting with ANSWER.",
+        ],
     }
     for family in accounts["family"].unique().to_list():
         if family.startswith("org:"):
             o = family.split(":")[1]
-            prefix = (f"You are the internal assistant of Corp{o} Incorporated. Follow the Corp{o} style guide, "
-                      f"cite internal documents and never reveal customer data.\n")
+            prefix = (
+                f"You are the internal assistant of Corp{o} Incorporated. Follow the Corp{o} style guide, "
+                f"cite internal documents and never reveal customer data.\n"
+            )
             formats[family] = [prefix + f for f in free]
     for family, campaign in _CAMPAIGN_FAMILIES.items():
         count = world.campaigns[campaign].paraphrases
@@ -653,14 +956,23 @@ def _requests(sim: Simulator, accounts: pl.DataFrame) -> pl.DataFrame:
     reasoning = accounts["reasoning_tokens"].to_numpy()[owner] > 0
     output_tokens = np.where(reasoning, rng.lognormal(7.0, 0.4, r), rng.lognormal(5.5, 0.8, r)).astype(np.int64)
     camouflaged = rng.random(r) < accounts["camouflage"].to_numpy()[owner]
-    return pl.DataFrame({
-        "owner": owner, "ts": ts, "ip": ip.astype(str), "asn": asn_col.astype(np.int64), "ip_type": ip_type,
-        "model": model, "output_tokens": output_tokens, "camouflaged": camouflaged,
-    }).with_columns(pl.int_range(pl.len()).alias("seq"))
+    return pl.DataFrame(
+        {
+            "owner": owner,
+            "ts": ts,
+            "ip": ip.astype(str),
+            "asn": asn_col.astype(np.int64),
+            "ip_type": ip_type,
+            "model": model,
+            "output_tokens": output_tokens,
+            "camouflaged": camouflaged,
+        }
+    ).with_columns(pl.int_range(pl.len()).alias("seq"))
 
 
-def _scheduled(rng: np.random.Generator, owner: np.ndarray, timing: str, h0: int, h1: int,
-               created: np.ndarray) -> np.ndarray:
+def _scheduled(
+    rng: np.random.Generator, owner: np.ndarray, timing: str, h0: int, h1: int, created: np.ndarray
+) -> np.ndarray:
     """A scheduler's timeline: requests spread over daily operating hours and dealt to accounts in turn."""
     members, position = np.unique(owner, return_inverse=True)
     total = len(owner)
@@ -711,18 +1023,20 @@ def _prompts(sim: Simulator, rows: pl.DataFrame, accounts: pl.DataFrame, formats
 
 def _fill(fmt: str) -> pl.Expr:
     import re
+
     parts: list[pl.Expr] = []
     last = 0
     for match in re.finditer(r"\{(a|b|c|d|e|f|g|n|name)\}", fmt):
-        parts.append(pl.lit(fmt[last:match.start()].replace("{{", "{").replace("}}", "}")))
+        parts.append(pl.lit(fmt[last : match.start()].replace("{{", "{").replace("}}", "}")))
         parts.append(pl.col(match.group(1)))
         last = match.end()
     parts.append(pl.lit(fmt[last:].replace("{{", "{").replace("}}", "}")))
     return pl.concat_str(parts)
 
 
-def _write(out_dir: Path, config: SimulationConfig, accounts: pl.DataFrame, payments: pl.DataFrame,
-           requests: pl.DataFrame) -> dict[str, object]:
+def _write(
+    out_dir: Path, config: SimulationConfig, accounts: pl.DataFrame, payments: pl.DataFrame, requests: pl.DataFrame
+) -> dict[str, object]:
     out_dir = Path(out_dir)
     input_dir = out_dir / "input"
     (input_dir / "requests").mkdir(parents=True, exist_ok=True)
@@ -740,26 +1054,46 @@ def _write(out_dir: Path, config: SimulationConfig, accounts: pl.DataFrame, paym
     devices = accounts["device"]
     agents = accounts["user_agent"]
     gaps = np.random.default_rng(config.seed + 2)
-    days = requests.with_columns((pl.col("ts") // DAY).alias("day")).partition_by("day", as_dict=True, maintain_order=True)
+    days = requests.with_columns((pl.col("ts") // DAY).alias("day")).partition_by(
+        "day", as_dict=True, maintain_order=True
+    )
     for (day,), rows in sorted(days.items()):
         prompts = _prompts(sim, rows, accounts, formats)
         frame = rows.join(prompts, on="seq").sort("ts", "seq")
         frame = frame.with_columns(
-            ids.gather(frame["owner"]).alias("account_id"), devices.gather(frame["owner"]).alias("device_id"),
+            ids.gather(frame["owner"]).alias("account_id"),
+            devices.gather(frame["owner"]).alias("device_id"),
             agents.gather(frame["owner"]).alias("user_agent"),
         ).select(
-            (pl.lit("req_") + pl.col("seq").cast(pl.Utf8)).alias("request_id"), "account_id",
-            pl.from_epoch("ts", "s").dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("ts"), "ip", "asn", "ip_type",
-            "device_id", "user_agent", "model", "prompt",
-            (pl.col("prompt").str.len_chars() // 4 + 20).alias("input_tokens"), "output_tokens")
+            (pl.lit("req_") + pl.col("seq").cast(pl.Utf8)).alias("request_id"),
+            "account_id",
+            pl.from_epoch("ts", "s").dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("ts"),
+            "ip",
+            "asn",
+            "ip_type",
+            "device_id",
+            "user_agent",
+            "model",
+            "prompt",
+            (pl.col("prompt").str.len_chars() // 4 + 20).alias("input_tokens"),
+            "output_tokens",
+        )
         frame = _with_gaps(frame, sim.world.missing, gaps)
         date = pl.from_epoch(pl.lit(int(day) * DAY), "s").dt.strftime("%Y-%m-%d")
         date_text = pl.select(date).item()
         _save(frame, input_dir / "requests" / f"date={date_text}" / "part-0", config.fmt)
-    summary = {"accounts": accounts.height, "requests": requests.height, "payments": payments.height,
-               "campaign_accounts": int((accounts["label"] != "benign").sum()),
-               "labels": str(out_dir / "labels.parquet"), "input": str(input_dir), "scale": config.scale,
-               "seed": config.seed, "world": config.world, "world_spec": sim.world.describe()}
+    summary = {
+        "accounts": accounts.height,
+        "requests": requests.height,
+        "payments": payments.height,
+        "campaign_accounts": int((accounts["label"] != "benign").sum()),
+        "labels": str(out_dir / "labels.parquet"),
+        "input": str(input_dir),
+        "scale": config.scale,
+        "seed": config.seed,
+        "world": config.world,
+        "world_spec": sim.world.describe(),
+    }
     (out_dir / "simulation.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -770,8 +1104,9 @@ def _with_gaps(frame: pl.DataFrame, missing: dict[str, float], rng: np.random.Ge
         if share >= 1.0:
             frame = frame.drop(column)
         elif share > 0:
-            frame = frame.with_columns(pl.when(pl.Series(rng.random(frame.height) < share)).then(None)
-                                       .otherwise(pl.col(column)).alias(column))
+            frame = frame.with_columns(
+                pl.when(pl.Series(rng.random(frame.height) < share)).then(None).otherwise(pl.col(column)).alias(column)
+            )
     return frame
 
 

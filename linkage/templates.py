@@ -19,6 +19,7 @@ Two phases so that the request log streams:
 Counting support over distinct masked prompts, not requests, is what tells a scaffold
 (seen around many different fillers) from a filler that is merely re-sent often.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -113,8 +114,15 @@ class PromptSample:
         codes = candidates["account_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
         self._reserve(codes)
         accepted, self._slots, evicted = _merge_bottom_k(
-            codes, candidates["prompt_key"].to_numpy(), self._slot_of, self._slots, self._hash, self._ref,
-            self._filled, len(self._frames))
+            codes,
+            candidates["prompt_key"].to_numpy(),
+            self._slot_of,
+            self._slots,
+            self._hash,
+            self._ref,
+            self._filled,
+            len(self._frames),
+        )
         self._frames.append(candidates.filter(pl.Series(accepted)))
         self._dead += evicted
         if self._dead > max(int(self._filled.sum()), 100_000):
@@ -122,8 +130,9 @@ class PromptSample:
         self._publish_bound()
 
     def _publish_bound(self) -> None:
-        kth = np.where(self._filled[:self._slots] == self.k, self._hash[:self._slots, self.k - 1],
-                       np.iinfo(np.uint64).max)
+        kth = np.where(
+            self._filled[: self._slots] == self.k, self._hash[: self._slots, self.k - 1], np.iinfo(np.uint64).max
+        )
         self.bound = (self._slot_of.copy(), kth)
 
     def candidates(self) -> pl.DataFrame:
@@ -137,14 +146,15 @@ class PromptSample:
     def texts(self) -> pl.DataFrame:
         """The sampled texts, each once, in key order: prompt_key, prompt."""
         if self._texts is None:
-            self._texts = self.candidates().select("prompt_key", "prompt").unique("prompt_key", keep="first") \
-                .sort("prompt_key")
+            self._texts = (
+                self.candidates().select("prompt_key", "prompt").unique("prompt_key", keep="first").sort("prompt_key")
+            )
         return self._texts
 
     def _reserve(self, codes: np.ndarray) -> None:
         if len(codes) and codes.max() >= len(self._slot_of):
             grown = np.full(max(int(codes.max()) + 1, 2 * len(self._slot_of)), -1, np.int64)
-            grown[:len(self._slot_of)] = self._slot_of
+            grown[: len(self._slot_of)] = self._slot_of
             self._slot_of = grown
         needed = self._slots + len(np.unique(codes[self._slot_of[codes] < 0]))
         if needed > len(self._filled):
@@ -152,20 +162,22 @@ class PromptSample:
             for name in ("_hash", "_ref", "_filled"):
                 old = getattr(self, name)
                 new = np.zeros((size, *old.shape[1:]), old.dtype)
-                new[:len(old)] = old
+                new[: len(old)] = old
                 setattr(self, name, new)
 
     def _compact(self) -> None:
         """One frame holding exactly the rows in the buffers (refs renumbered)."""
         if len(self._frames) <= 1 and self._dead == 0:
             return
-        live = np.arange(self.k)[None, :] < self._filled[:self._slots, None]
-        refs_view = self._ref[:self._slots]
+        live = np.arange(self.k)[None, :] < self._filled[: self._slots, None]
+        refs_view = self._ref[: self._slots]
         refs = refs_view[live]
         order = np.argsort(refs, kind="stable")
         frame_of, row = refs[order] >> 32, refs[order] & 0xFFFFFFFF
         bounds = np.searchsorted(frame_of, np.arange(len(self._frames) + 1))
-        parts = [frame[row[bounds[f]:bounds[f + 1]]] for f, frame in enumerate(self._frames) if bounds[f + 1] > bounds[f]]
+        parts = [
+            frame[row[bounds[f] : bounds[f + 1]]] for f, frame in enumerate(self._frames) if bounds[f + 1] > bounds[f]
+        ]
         renumbered = np.empty_like(refs)
         renumbered[order] = np.arange(len(refs))
         refs_view[live] = renumbered
@@ -184,12 +196,18 @@ class TemplateMiner:
 
     settings: TemplateSettings
     _sample: PromptSample = field(init=False)
-    _segment_text: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"segment_key": pl.UInt64, "segment": pl.Utf8}))
-    _examples: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"prompt_key": pl.UInt64, "example": pl.Utf8}))
+    _segment_text: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"segment_key": pl.UInt64, "segment": pl.Utf8})
+    )
+    _examples: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"prompt_key": pl.UInt64, "example": pl.Utf8})
+    )
     # per distinct masked prompt: its masked values and length (set by _mine_texts)
     _masked_shape: pl.DataFrame = field(default_factory=pl.DataFrame)
     # (prompt_key, token) rows of every signature, in order: set by finish() for the template texts
-    _tokens: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"prompt_key": pl.UInt64, "token": pl.UInt64}))
+    _tokens: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"prompt_key": pl.UInt64, "token": pl.UInt64})
+    )
 
     STATE_PARTS = ("candidates",)
 
@@ -214,8 +232,9 @@ class TemplateMiner:
         """The sample's text hashes, ascending (the order of :meth:`finish`'s assignments)."""
         return self._sample.texts()["prompt_key"]
 
-    def add_batch(self, accounts: pl.Series, prompts: pl.Series,
-                  bound: tuple[np.ndarray, np.ndarray] | None = None) -> pl.DataFrame:
+    def add_batch(
+        self, accounts: pl.Series, prompts: pl.Series, bound: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> pl.DataFrame:
         """Per request: ``prompt_key``, the hash of its text (null without a prompt); the batch's
         candidates for the sample (per account its ``max_prompts_per_account`` distinct texts of
         smallest hash) are kept. Costs a hash per prompt; no text is masked here.
@@ -229,14 +248,24 @@ class TemplateMiner:
         hashes, present = keys.fill_null(0).to_numpy(), keys.is_not_null().to_numpy()
         if bound is not None:
             slot_of, kth = bound
-            slot = np.where(codes < len(slot_of), slot_of[np.minimum(codes, len(slot_of) - 1)], -1) \
-                if len(slot_of) else np.full(len(codes), -1)
+            slot = (
+                np.where(codes < len(slot_of), slot_of[np.minimum(codes, len(slot_of) - 1)], -1)
+                if len(slot_of)
+                else np.full(len(codes), -1)
+            )
             bounded = (slot >= 0) & (slot < len(kth))
             present &= ~bounded | (hashes < kth[np.where(bounded, slot, 0)])
         rows = _bottom_k_rows(codes.astype(np.int64), hashes, present, self.settings.max_prompts_per_account)
-        self._sample.offer(pl.DataFrame({"account_id": accounts.gather(rows), "prompt_key": keys.gather(rows),
-                                         "prompt": prompts.gather(rows).str.slice(0, self.settings.max_prompt_chars)}),
-                           is_sample=True)
+        self._sample.offer(
+            pl.DataFrame(
+                {
+                    "account_id": accounts.gather(rows),
+                    "prompt_key": keys.gather(rows),
+                    "prompt": prompts.gather(rows).str.slice(0, self.settings.max_prompt_chars),
+                }
+            ),
+            is_sample=True,
+        )
         return pl.DataFrame({"prompt_key": keys})
 
     def _mine_texts(self) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -249,26 +278,43 @@ class TemplateMiner:
         def mask(part: pl.DataFrame) -> pl.DataFrame:
             masked = mask_prompts(part["prompt"], settings.max_prompt_chars)
             return part.select("prompt_key", "prompt").with_columns(
-                masked.alias("masked"), masked.hash(_SEED).alias("masked_key"),
-                part["prompt"].str.contains_any(REASONING_STYLE, ascii_case_insensitive=True).fill_null(False)
-                .alias("reasoning_style"))
+                masked.alias("masked"),
+                masked.hash(_SEED).alias("masked_key"),
+                part["prompt"]
+                .str.contains_any(REASONING_STYLE, ascii_case_insensitive=True)
+                .fill_null(False)
+                .alias("reasoning_style"),
+            )
 
         masked = _in_halves(mask, texts)
         distinct = masked.unique("masked_key", keep="first", maintain_order=True)
         self._masked_shape = distinct.select(
-            pl.col("masked_key").alias("prompt_key"), pl.col("masked").str.count_matches("‹").alias("masked_values"),
-            pl.col("masked").str.len_chars().alias("masked_chars"))
+            pl.col("masked_key").alias("prompt_key"),
+            pl.col("masked").str.count_matches("‹").alias("masked_values"),
+            pl.col("masked").str.len_chars().alias("masked_chars"),
+        )
 
         def segment(part: pl.DataFrame) -> pl.DataFrame:
-            return split_segments(part["masked_key"], part["masked"], settings.max_segments) \
-                .rename({"key": "prompt_key"}).with_columns(pl.col("segment").hash(_SEED).alias("segment_key"))
+            return (
+                split_segments(part["masked_key"], part["masked"], settings.max_segments)
+                .rename({"key": "prompt_key"})
+                .with_columns(pl.col("segment").hash(_SEED).alias("segment_key"))
+            )
 
         exploded = _in_halves(segment, distinct)
-        self._segment_text = exploded.group_by("segment_key").agg(pl.col("segment").first(), pl.len().alias("n")) \
-            .filter(pl.col("n") >= 2).select("segment_key", "segment")
+        self._segment_text = (
+            exploded.group_by("segment_key")
+            .agg(pl.col("segment").first(), pl.len().alias("n"))
+            .filter(pl.col("n") >= 2)
+            .select("segment_key", "segment")
+        )
         examples = distinct.filter(pl.col("masked_key") % settings.example_sample_modulus == 0)
-        self._examples = examples.select(pl.col("masked_key").alias("prompt_key"), pl.col("prompt").str.slice(0, 600).alias("example"))
-        return masked.select("prompt_key", "masked_key", "reasoning_style"), exploded.select("prompt_key", "segment_key")
+        self._examples = examples.select(
+            pl.col("masked_key").alias("prompt_key"), pl.col("prompt").str.slice(0, 600).alias("example")
+        )
+        return masked.select("prompt_key", "masked_key", "reasoning_style"), exploded.select(
+            "prompt_key", "segment_key"
+        )
 
     def finish(self, request_counts: pl.DataFrame) -> TemplateResult:
         """``request_counts``: prompt_key (text hash), requests (after de-duplication of requests).
@@ -277,10 +323,18 @@ class TemplateMiner:
         prompts) and reasoning_style; a text not in the sample has no row."""
         sampled, segments = self._mine_texts()
         # from here on a "prompt" is a distinct masked prompt (prompt_key = its masked key)
-        request_counts = sampled.join(request_counts, on="prompt_key", how="left").group_by("masked_key").agg(
-            pl.col("requests").fill_null(0).sum()).rename({"masked_key": "prompt_key"})
-        support = segments.lazy().group_by("segment_key").agg(
-            pl.col("prompt_key").n_unique().cast(pl.UInt32).alias("support")).collect(engine="streaming")
+        request_counts = (
+            sampled.join(request_counts, on="prompt_key", how="left")
+            .group_by("masked_key")
+            .agg(pl.col("requests").fill_null(0).sum())
+            .rename({"masked_key": "prompt_key"})
+        )
+        support = (
+            segments.lazy()
+            .group_by("segment_key")
+            .agg(pl.col("prompt_key").n_unique().cast(pl.UInt32).alias("support"))
+            .collect(engine="streaming")
+        )
         with_support = segments.join(support, on="segment_key", how="left", maintain_order="left")
         # rows of a prompt are contiguous: per-prompt work is done on runs, not by grouping
         key = with_support["prompt_key"].to_numpy()
@@ -291,49 +345,86 @@ class TemplateMiner:
         # (a repository name typed into "You are an agent in repo …" a few times). The reference is the
         # prompt's most common segment long enough to be a scaffold: a bare label ("task:", "answer:")
         # is in thousands of prompts and would make every real instruction beside it look like filler
-        lengths = with_support.join(self._segment_text.select("segment_key", pl.col("segment").str.len_chars().alias("chars")),
-                                    on="segment_key", how="left", maintain_order="left")["chars"].fill_null(0).to_numpy()
+        lengths = (
+            with_support.join(
+                self._segment_text.select("segment_key", pl.col("segment").str.len_chars().alias("chars")),
+                on="segment_key",
+                how="left",
+                maintain_order="left",
+            )["chars"]
+            .fill_null(0)
+            .to_numpy()
+        )
         reference = np.where(lengths >= self.settings.min_scaffold_chars, support_values, 0)
-        strongest = np.repeat(np.maximum.reduceat(reference, run_starts), np.diff(np.r_[run_starts, len(key)])) \
-            if len(key) else support_values
-        is_scaffold = (support_values >= self.settings.min_segment_accounts) \
-            & (support_values >= self.settings.sibling_support_ratio * strongest)
+        strongest = (
+            np.repeat(np.maximum.reduceat(reference, run_starts), np.diff(np.r_[run_starts, len(key)]))
+            if len(key)
+            else support_values
+        )
+        is_scaffold = (support_values >= self.settings.min_segment_accounts) & (
+            support_values >= self.settings.sibling_support_ratio * strongest
+        )
         marked = with_support.select("prompt_key", "segment_key").with_columns(pl.Series("is_scaffold", is_scaffold))
         # collapse each run of filled slots into a single SLOT marker
         previous = np.r_[True, is_scaffold[:-1]] if len(key) else np.zeros(0, bool)
         keep = is_scaffold | starts | previous
         marked = marked.with_columns(
-            pl.when(pl.col("is_scaffold")).then(pl.col("segment_key")).otherwise(pl.lit(SLOT, pl.UInt64)).alias("token"),
+            pl.when(pl.col("is_scaffold"))
+            .then(pl.col("segment_key"))
+            .otherwise(pl.lit(SLOT, pl.UInt64))
+            .alias("token"),
         ).filter(pl.Series(keep))
         # a prompt's signature is its token sequence: hashed run by run, no per-prompt lists
         kept_starts = np.flatnonzero(starts[keep])
-        sequence_key, scaffold_segments = _hash_runs(kept_starts, marked["token"].to_numpy(),
-                                                     marked["is_scaffold"].to_numpy())
-        signatures = pl.DataFrame({"prompt_key": marked["prompt_key"].gather(kept_starts),
-                                   "sequence_key": sequence_key, "scaffold_segments": scaffold_segments})
+        sequence_key, scaffold_segments = _hash_runs(
+            kept_starts, marked["token"].to_numpy(), marked["is_scaffold"].to_numpy()
+        )
+        signatures = pl.DataFrame(
+            {
+                "prompt_key": marked["prompt_key"].gather(kept_starts),
+                "sequence_key": sequence_key,
+                "scaffold_segments": scaffold_segments,
+            }
+        )
         signatures = signatures.join(request_counts, on="prompt_key", how="left").with_columns(
-            pl.col("requests").fill_null(0))
+            pl.col("requests").fill_null(0)
+        )
         # a template is a scaffold its users fill: fixed instruction text around variable slots. A
         # question many people send word for word, or a short stock phrase ("step by step please.")
         # around their own text, is everyday phrasing, not a generation scaffold
         shape = self._scaffold_shape(marked)
-        with_scaffold = signatures.join(shape, on="prompt_key", how="left").filter(
-            (pl.col("scaffold_segments") > 0) & pl.col("slots").fill_null(0).gt(0)
-            & pl.col("scaffold_chars").fill_null(0).ge(self.settings.min_scaffold_chars)) \
-            .with_columns(pl.col("sequence_key").alias("template_key")).drop("slots", "scaffold_chars")
+        with_scaffold = (
+            signatures.join(shape, on="prompt_key", how="left")
+            .filter(
+                (pl.col("scaffold_segments") > 0)
+                & pl.col("slots").fill_null(0).gt(0)
+                & pl.col("scaffold_chars").fill_null(0).ge(self.settings.min_scaffold_chars)
+            )
+            .with_columns(pl.col("sequence_key").alias("template_key"))
+            .drop("slots", "scaffold_chars")
+        )
         # a prompt sent that often whose every variable part was masked (ids, numbers, URLs) is a
         # scaffold too: its masked values are the slots
-        verbatim = signatures.join(self._masked_shape, on="prompt_key", how="left").filter(
-            (pl.col("scaffold_segments") == 0) & (pl.col("requests") >= self.settings.min_segment_accounts)
-            & (pl.col("masked_values") > 0) & (pl.col("masked_chars") >= self.settings.min_scaffold_chars)) \
-            .with_columns((pl.col("prompt_key") ^ pl.lit(0x5BD1E995, pl.UInt64)).alias("template_key")) \
+        verbatim = (
+            signatures.join(self._masked_shape, on="prompt_key", how="left")
+            .filter(
+                (pl.col("scaffold_segments") == 0)
+                & (pl.col("requests") >= self.settings.min_segment_accounts)
+                & (pl.col("masked_values") > 0)
+                & (pl.col("masked_chars") >= self.settings.min_scaffold_chars)
+            )
+            .with_columns((pl.col("prompt_key") ^ pl.lit(0x5BD1E995, pl.UInt64)).alias("template_key"))
             .drop("masked_values", "masked_chars")
+        )
         keyed = pl.concat([with_scaffold, verbatim]).drop("sequence_key")
         self._tokens = marked.select("prompt_key", "token")
         keyed = self._merge_near_duplicates(keyed)
-        by_masked = keyed.select(pl.col("prompt_key").alias("masked_key"), _template_id(pl.col("template_key")).alias("template_id"))
-        assignments = sampled.join(by_masked, on="masked_key", how="left", maintain_order="left") \
-            .select("prompt_key", pl.col("template_id").cast(pl.Categorical), "reasoning_style")
+        by_masked = keyed.select(
+            pl.col("prompt_key").alias("masked_key"), _template_id(pl.col("template_key")).alias("template_id")
+        )
+        assignments = sampled.join(by_masked, on="masked_key", how="left", maintain_order="left").select(
+            "prompt_key", pl.col("template_id").cast(pl.Categorical), "reasoning_style"
+        )
         templates = self._describe(keyed)
         return TemplateResult(assignments=assignments, templates=templates)
 
@@ -341,24 +432,41 @@ class TemplateMiner:
     def _scaffold_shape(self, marked: pl.DataFrame) -> pl.DataFrame:
         """Per prompt: its runs of filled slots and the characters of its scaffold text."""
         # a slot is a run of filler segments or a masked value (‹n›, ‹name›) inside the scaffold text
-        lengths = self._segment_text.select("segment_key", pl.col("segment").str.len_chars().alias("chars"),
-                                            pl.col("segment").str.count_matches("‹").alias("masked"))
-        return marked.join(lengths, left_on="token", right_on="segment_key", how="left").group_by("prompt_key").agg(
-            ((~pl.col("is_scaffold")).sum() + pl.col("masked").filter(pl.col("is_scaffold")).sum()).alias("slots"),
-            pl.col("chars").filter(pl.col("is_scaffold")).sum().alias("scaffold_chars"))
+        lengths = self._segment_text.select(
+            "segment_key",
+            pl.col("segment").str.len_chars().alias("chars"),
+            pl.col("segment").str.count_matches("‹").alias("masked"),
+        )
+        return (
+            marked.join(lengths, left_on="token", right_on="segment_key", how="left")
+            .group_by("prompt_key")
+            .agg(
+                ((~pl.col("is_scaffold")).sum() + pl.col("masked").filter(pl.col("is_scaffold")).sum()).alias("slots"),
+                pl.col("chars").filter(pl.col("is_scaffold")).sum().alias("scaffold_chars"),
+            )
+        )
 
     def _template_texts(self, keyed: pl.DataFrame) -> pl.DataFrame:
         """template_key → readable scaffold text, slots shown as ‹…›."""
         # each template's most requested prompt (ties: smallest key), and its tokens in order
         representatives = keyed.group_by("template_key").agg(
-            pl.col("prompt_key").sort_by(["requests", "prompt_key"], descending=[True, False]).first())
-        tokens = self._tokens.filter(pl.col("prompt_key").is_in(representatives["prompt_key"].implode())) \
-            .join(representatives, on="prompt_key", how="left", maintain_order="left") \
+            pl.col("prompt_key").sort_by(["requests", "prompt_key"], descending=[True, False]).first()
+        )
+        tokens = (
+            self._tokens.filter(pl.col("prompt_key").is_in(representatives["prompt_key"].implode()))
+            .join(representatives, on="prompt_key", how="left", maintain_order="left")
             .with_columns(pl.int_range(pl.len()).over("template_key").alias("pos"))
-        tokens = tokens.join(self._segment_text, left_on="token", right_on="segment_key", how="left").sort("template_key", "pos")
+        )
+        tokens = tokens.join(self._segment_text, left_on="token", right_on="segment_key", how="left").sort(
+            "template_key", "pos"
+        )
         return tokens.group_by("template_key").agg(
-            pl.when(pl.col("token") == SLOT).then(pl.lit("‹…›")).otherwise(pl.col("segment").fill_null("‹?›"))
-            .str.join(" ").alias("text"))
+            pl.when(pl.col("token") == SLOT)
+            .then(pl.lit("‹…›"))
+            .otherwise(pl.col("segment").fill_null("‹?›"))
+            .str.join(" ")
+            .alias("text")
+        )
 
     def _merge_near_duplicates(self, keyed: pl.DataFrame) -> pl.DataFrame:
         """Templates whose scaffold text is nearly the same (reworded scaffolds) get one key."""
@@ -366,8 +474,11 @@ class TemplateMiner:
             return keyed
         from datasketch import MinHash, MinHashLSH
 
-        weight = keyed.group_by("template_key").agg(pl.col("requests").sum()).sort(
-            "requests", "template_key", descending=[True, False])
+        weight = (
+            keyed.group_by("template_key")
+            .agg(pl.col("requests").sum())
+            .sort("requests", "template_key", descending=[True, False])
+        )
         candidates = weight.filter(pl.col("requests") >= 2).head(20_000)
         texts = self._template_texts(keyed.filter(pl.col("template_key").is_in(candidates["template_key"].implode())))
         texts = candidates.join(texts, on="template_key", how="left")
@@ -384,23 +495,41 @@ class TemplateMiner:
             lsh.insert(key, signature)
         if not canonical:
             return keyed
-        mapping = pl.DataFrame({"template_key": list(canonical), "merged": list(canonical.values())},
-                               schema={"template_key": pl.UInt64, "merged": pl.UInt64})
-        return keyed.join(mapping, on="template_key", how="left").with_columns(
-            pl.coalesce("merged", "template_key").alias("template_key")).drop("merged")
+        mapping = pl.DataFrame(
+            {"template_key": list(canonical), "merged": list(canonical.values())},
+            schema={"template_key": pl.UInt64, "merged": pl.UInt64},
+        )
+        return (
+            keyed.join(mapping, on="template_key", how="left")
+            .with_columns(pl.coalesce("merged", "template_key").alias("template_key"))
+            .drop("merged")
+        )
 
     def _describe(self, keyed: pl.DataFrame) -> pl.DataFrame:
         texts = self._template_texts(keyed)
         examples = self._examples
-        example = keyed.select("template_key", "prompt_key", "requests").join(examples, on="prompt_key") \
-            .sort("requests", "prompt_key", descending=[True, False]) \
-            .unique("template_key", keep="first", maintain_order=True).select("template_key", "example")
+        example = (
+            keyed.select("template_key", "prompt_key", "requests")
+            .join(examples, on="prompt_key")
+            .sort("requests", "prompt_key", descending=[True, False])
+            .unique("template_key", keep="first", maintain_order=True)
+            .select("template_key", "example")
+        )
         summary = keyed.group_by("template_key").agg(
-            pl.len().alias("distinct_prompts"), pl.col("scaffold_segments").max())
-        return (summary.join(texts, on="template_key", how="left").join(example, on="template_key", how="left")
-                .select(_template_id(pl.col("template_key")).alias("template_id"), "text", "example",
-                        "distinct_prompts", "scaffold_segments")
-                .sort("template_id"))
+            pl.len().alias("distinct_prompts"), pl.col("scaffold_segments").max()
+        )
+        return (
+            summary.join(texts, on="template_key", how="left")
+            .join(example, on="template_key", how="left")
+            .select(
+                _template_id(pl.col("template_key")).alias("template_id"),
+                "text",
+                "example",
+                "distinct_prompts",
+                "scaffold_segments",
+            )
+            .sort("template_id")
+        )
 
 
 def _in_halves(work, frame: pl.DataFrame) -> pl.DataFrame:
@@ -431,7 +560,10 @@ def _insert_smallest(best_hash, best_ref, filled, slot, value, ref):
         entered = 2
     position = size
     while position > 0 and value < best_hash[slot, position - 1]:
-        best_hash[slot, position], best_ref[slot, position] = best_hash[slot, position - 1], best_ref[slot, position - 1]
+        best_hash[slot, position], best_ref[slot, position] = (
+            best_hash[slot, position - 1],
+            best_ref[slot, position - 1],
+        )
         position -= 1
     best_hash[slot, position], best_ref[slot, position] = value, ref
     filled[slot] = size + 1
@@ -510,4 +642,4 @@ def _template_id(key: pl.Expr) -> pl.Expr:
 
 def _shingles(text: str, width: int = 2) -> list[bytes]:
     words = text.split()
-    return [" ".join(words[i:i + width]).encode() for i in range(max(len(words) - width + 1, 0))]
+    return [" ".join(words[i : i + width]).encode() for i in range(max(len(words) - width + 1, 0))]

@@ -1,9 +1,9 @@
 """Links weighed against chance, hub handling, reproducibility, known answers."""
+
 from __future__ import annotations
 
 import shutil
-
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,33 +17,64 @@ from linkage.settings import DetectSettings, Settings
 
 from .conftest import TINY, TINY_LABELS, read_csv
 
-T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def _graph(n: int, shares: dict[str, list[tuple[str, list[int]]]], orgs: dict[int, str] | None = None) -> Graph:
     """A minimal graph: n accounts and, per relationship type, entities with their member indices."""
     ids = [f"a{i:04d}" for i in range(n)]
     graph = Graph()
-    graph.nodes["Account"] = pl.DataFrame({
-        "account_id": ids, "created_at": [T0] * n, "email": [None] * n, "org_id": [(orgs or {}).get(i) for i in range(n)],
-        "requests": [10] * n, "activity_signature": [None] * n,
-    }, schema_overrides={"email": pl.Utf8, "org_id": pl.Utf8, "activity_signature": pl.List(pl.Int64)}) \
-        .with_columns(pl.col("created_at").dt.replace_time_zone("UTC") + pl.duration(days=pl.int_range(n)))
-    empty = pl.DataFrame(schema={"src": pl.Utf8, "dst": pl.Utf8, "count": pl.Int64,
-                                 "first_seen": pl.Datetime("ms", "UTC"), "last_seen": pl.Datetime("ms", "UTC")})
-    for rel in ("PAID_WITH", "USED_DEVICE", "SENT_TEMPLATE", "HAS_EMAIL_DOMAIN", "SIGNED_UP_FROM", "USED_IP", "USED_MODEL"):
+    graph.nodes["Account"] = pl.DataFrame(
+        {
+            "account_id": ids,
+            "created_at": [T0] * n,
+            "email": [None] * n,
+            "org_id": [(orgs or {}).get(i) for i in range(n)],
+            "requests": [10] * n,
+            "activity_signature": [None] * n,
+        },
+        schema_overrides={"email": pl.Utf8, "org_id": pl.Utf8, "activity_signature": pl.List(pl.Int64)},
+    ).with_columns(pl.col("created_at").dt.replace_time_zone("UTC") + pl.duration(days=pl.int_range(n)))
+    empty = pl.DataFrame(
+        schema={
+            "src": pl.Utf8,
+            "dst": pl.Utf8,
+            "count": pl.Int64,
+            "first_seen": pl.Datetime("ms", "UTC"),
+            "last_seen": pl.Datetime("ms", "UTC"),
+        }
+    )
+    for rel in (
+        "PAID_WITH",
+        "USED_DEVICE",
+        "SENT_TEMPLATE",
+        "HAS_EMAIL_DOMAIN",
+        "SIGNED_UP_FROM",
+        "USED_IP",
+        "USED_MODEL",
+    ):
         rows = [(ids[i], entity) for entity, members in shares.get(rel, []) for i in members]
-        graph.rels[rel] = pl.DataFrame({"src": [r[0] for r in rows], "dst": [r[1] for r in rows], "count": [1] * len(rows)},
-                                       schema={"src": pl.Utf8, "dst": pl.Utf8, "count": pl.Int64}) \
-            .with_columns(first_seen=pl.lit(T0), last_seen=pl.lit(T0)) if rows else empty
+        graph.rels[rel] = (
+            pl.DataFrame(
+                {"src": [r[0] for r in rows], "dst": [r[1] for r in rows], "count": [1] * len(rows)},
+                schema={"src": pl.Utf8, "dst": pl.Utf8, "count": pl.Int64},
+            ).with_columns(first_seen=pl.lit(T0), last_seen=pl.lit(T0))
+            if rows
+            else empty
+        )
     ips = sorted({e for e, _ in shares.get("USED_IP", [])})
-    graph.nodes["IP"] = pl.DataFrame({"ip": ips, "subnet": [None] * len(ips), "asn": [None] * len(ips),
-                                      "ip_type": ["mobile" if ip.startswith("100.") else "residential" for ip in ips]},
-                                     schema={"ip": pl.Utf8, "subnet": pl.Utf8, "asn": pl.Int64, "ip_type": pl.Utf8})
+    graph.nodes["IP"] = pl.DataFrame(
+        {
+            "ip": ips,
+            "subnet": [None] * len(ips),
+            "asn": [None] * len(ips),
+            "ip_type": ["mobile" if ip.startswith("100.") else "residential" for ip in ips],
+        },
+        schema={"ip": pl.Utf8, "subnet": pl.Utf8, "asn": pl.Int64, "ip_type": pl.Utf8},
+    )
     graph.nodes["PaymentInstrument"] = pl.DataFrame(
-        {"instrument_id": [e for e, _ in shares.get("PAID_WITH", [])]},
-        schema={"instrument_id": pl.Utf8}).with_columns(pl.lit(None, pl.Utf8).alias("instrument_type"),
-                                                        pl.lit(None, pl.Utf8).alias("bin"))
+        {"instrument_id": [e for e, _ in shares.get("PAID_WITH", [])]}, schema={"instrument_id": pl.Utf8}
+    ).with_columns(pl.lit(None, pl.Utf8).alias("instrument_type"), pl.lit(None, pl.Utf8).alias("bin"))
     return graph
 
 
@@ -63,8 +94,13 @@ def _singly_held(n: int, rel: str, prefix: str, skip: set[int]) -> list[tuple[st
 
 def test_a_nat_address_is_worth_nothing_and_a_rare_one_much():
     n = 3000
-    graph = _graph(n, {"USED_IP": [("100.64.0.1", list(range(2000))), ("24.1.1.1", [2500, 2501])]
-                       + _singly_held(n, "USED_IP", "24.9.", set(range(2000)) | {2500, 2501})})
+    graph = _graph(
+        n,
+        {
+            "USED_IP": [("100.64.0.1", list(range(2000))), ("24.1.1.1", [2500, 2501])]
+            + _singly_held(n, "USED_IP", "24.9.", set(range(2000)) | {2500, 2501})
+        },
+    )
     nat, rare = _pair_weight(graph, 0, 1), _pair_weight(graph, 2500, 2501)
     assert nat < 0.1
     assert rare > 10
@@ -82,9 +118,12 @@ def test_one_shared_address_alone_does_not_link_where_households_share_them_but_
     besides it is not."""
     n = 2000
     households = [(f"24.2.{i}", [i, i + 1]) for i in range(4, 1204, 2)]
-    shares = {"USED_IP": [("24.1.1.1", [0, 1]), ("24.1.1.2", [2, 3])] + households
-              + _singly_held(n, "USED_IP", "24.9.", set(range(1204))),
-              "PAID_WITH": [("card1", [2, 3])] + _singly_held(n, "PAID_WITH", "c", {2, 3})}
+    shares = {
+        "USED_IP": [("24.1.1.1", [0, 1]), ("24.1.1.2", [2, 3])]
+        + households
+        + _singly_held(n, "USED_IP", "24.9.", set(range(1204))),
+        "PAID_WITH": [("card1", [2, 3])] + _singly_held(n, "PAID_WITH", "c", {2, 3}),
+    }
     accounts, evidence = memberships(_graph(n, shares), DetectSettings())
     linked = project(accounts, evidence, DetectSettings())
     pairs = set(zip(linked["a"].to_list(), linked["b"].to_list()))
@@ -105,6 +144,7 @@ def test_accounts_holding_many_entities_are_expected_to_meet():
 def test_weak_evidence_in_many_families_does_not_add_up_like_strong_evidence():
     """Fisher's combination: surprisal spread over several families is worth less than its sum."""
     from linkage.chance import fisher_log_tail
+
     assert fisher_log_tail(np.array([12.0]), np.array([1]))[0] == pytest.approx(12.0)
     combined = fisher_log_tail(np.array([12.0, 12.0]), np.array([2, 4]))
     assert combined[0] == pytest.approx(12.0 - np.log(13.0))
@@ -113,7 +153,9 @@ def test_weak_evidence_in_many_families_does_not_add_up_like_strong_evidence():
 
 def test_declared_org_explains_sharing() -> None:
     n = 500
-    shares = {"PAID_WITH": [("card_org", [0, 1]), ("card_other", [2, 3])] + _singly_held(n, "PAID_WITH", "c", {0, 1, 2, 3})}
+    shares = {
+        "PAID_WITH": [("card_org", [0, 1]), ("card_other", [2, 3])] + _singly_held(n, "PAID_WITH", "c", {0, 1, 2, 3})
+    }
     graph = _graph(n, shares, orgs={0: "org_a", 1: "org_a"})
     assert _pair_weight(graph, 0, 1) == pytest.approx(DetectSettings().org_discount * _pair_weight(graph, 2, 3))
 
@@ -202,9 +244,12 @@ def test_detection_from_the_embedded_graph_store_equals_the_run(tmp_path: Path) 
     from click.testing import CliRunner
 
     from linkage.cli import main
+
     runner = CliRunner()
     assert runner.invoke(main, ["run", str(TINY), "--out", str(tmp_path / "run"), "--graph"]).exit_code == 0
-    outcome = runner.invoke(main, ["detect", "--graph-dir", str(tmp_path / "run" / "graph"), "--out", str(tmp_path / "again")])
+    outcome = runner.invoke(
+        main, ["detect", "--graph-dir", str(tmp_path / "run" / "graph"), "--out", str(tmp_path / "again")]
+    )
     assert outcome.exit_code == 0, outcome.output
     for name in ("rings.csv", "ring_members.csv"):
         assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
@@ -222,8 +267,12 @@ def _brute_force_weight(small: dict, a: dict, b: dict, rules, ends: tuple[int, i
     per_family: dict[int, list[float]] = {}
     for t, shared in values.items():
         best = max(shared)
-        value = best + rules.extra * min(sum(shared) - best, best) \
-            - rules.log_memberships[ends[0], t] - rules.log_memberships[ends[1], t]
+        value = (
+            best
+            + rules.extra * min(sum(shared) - best, best)
+            - rules.log_memberships[ends[0], t]
+            - rules.log_memberships[ends[1], t]
+        )
         if value > 0:
             per_family.setdefault(int(rules.family_code[t]), []).append(value)
     total = sum(max(v) + rules.extra * min(sum(v) - max(v), max(v)) for v in per_family.values())
@@ -238,6 +287,7 @@ def test_pair_weights_match_brute_force(threads, monkeypatch):
     if threads == "two":  # the candidates cut in two halves weighed on two threads
         monkeypatch.setattr("linkage.detect.PARALLEL_MIN_PAIRS", 2)
     from linkage.detect import Held, Shared, TypeRules, pair_weights
+
     rng = np.random.default_rng(5)
     n_accounts, n_types = 70, 4
     member = rng.integers(0, 60, 900)
@@ -253,8 +303,9 @@ def test_pair_weights_match_brute_force(threads, monkeypatch):
     small_value = 3 * rng.random(300)
     log_memberships = np.log(rng.integers(1, 4, (n_accounts, n_types)).astype(float))
     rules = TypeRules(log_memberships=log_memberships, family_code=np.array([0, 1, 1, 2]), n_families=3, extra=0.25)
-    weights, families = pair_weights(n_accounts, ca, cb, Shared(position, small_type, small_value),
-                                     Held(member, hub_type, entity, hub_value), rules)
+    weights, families = pair_weights(
+        n_accounts, ca, cb, Shared(position, small_type, small_value), Held(member, hub_type, entity, hub_value), rules
+    )
     hubs: dict[int, dict] = {}
     for m, t, e, v in zip(member, hub_type, entity, hub_value):
         hubs.setdefault(int(m), {})[(int(t), int(e))] = v
@@ -262,8 +313,9 @@ def test_pair_weights_match_brute_force(threads, monkeypatch):
         small: dict[int, list[float]] = {}
         for k in np.flatnonzero(position == p):
             small.setdefault(int(small_type[k]), []).append(small_value[k])
-        expected, expected_families = _brute_force_weight(small, hubs.get(int(ca[p]), {}), hubs.get(int(cb[p]), {}),
-                                                          rules, (int(ca[p]), int(cb[p])))
+        expected, expected_families = _brute_force_weight(
+            small, hubs.get(int(ca[p]), {}), hubs.get(int(cb[p]), {}), rules, (int(ca[p]), int(cb[p]))
+        )
         assert weights[p] == pytest.approx(expected), p
         assert families[p] == expected_families, p
     assert (weights == 0).any() and (weights > 0).any() and (families >= 2).any()
@@ -274,16 +326,25 @@ def test_relationship_tables_are_in_text_order_whatever_the_category_codes():
     must equal the plain text aggregate, in text order, even when category codes were handed out in
     another order (files ingested concurrently), and skip rows with either end missing."""
     from linkage.graph import RequestKeys, _rel, _request_rel
+
     rng = np.random.default_rng(3)
     words = [f"{w}{n}" for w in ("b", "a", "ab", "Z", "é", "10", "9") for n in range(5)]
     # categories first seen in a scrambled order, then rows drawn from them
     pl.Series(list(reversed(words))).cast(pl.Categorical)
-    rows = pl.DataFrame({"account_id": rng.choice(words, 400), "ip": rng.choice(words, 400),
-                         "ts": pl.datetime_range(datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc),
-                                                 "1m", time_unit="ms", eager=True)[:400]})
+    rows = pl.DataFrame(
+        {
+            "account_id": rng.choice(words, 400),
+            "ip": rng.choice(words, 400),
+            "ts": pl.datetime_range(
+                datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC), "1m", time_unit="ms", eager=True
+            )[:400],
+        }
+    )
     rows = rows.with_columns(pl.col("ts").gather(rng.permutation(400)))  # (first and last are not the ends of the log)
-    rows = rows.with_columns(pl.when(pl.int_range(400) % 17 == 0).then(None).otherwise(pl.col("ip")).alias("ip"),
-                             pl.when(pl.int_range(400) % 23 == 0).then(None).otherwise(pl.col("account_id")).alias("account_id"))
+    rows = rows.with_columns(
+        pl.when(pl.int_range(400) % 17 == 0).then(None).otherwise(pl.col("ip")).alias("ip"),
+        pl.when(pl.int_range(400) % 23 == 0).then(None).otherwise(pl.col("account_id")).alias("account_id"),
+    )
     coded = rows.with_columns(pl.col("account_id", "ip").cast(pl.Categorical))
     ordered, distinct = _request_rel(coded, RequestKeys.of(coded), "ip")
     assert distinct.to_list() == sorted(rows["ip"].drop_nulls().unique().to_list())
@@ -300,6 +361,7 @@ def test_pair_groups_by_sorting_equal_the_hash_group_by():
     """The 64-bit sort (the usual path) and the hash group-by (logs too large for it) give the same
     groups in the same order; the sort declines what does not fit in 64 bits."""
     from linkage.graph import _pair_groups_by_hashing, _pair_groups_by_sorting
+
     rng = np.random.default_rng(5)
     for n in (0, 1, 5000):
         account = rng.integers(0, 300, n).astype(np.uint32)
@@ -316,22 +378,35 @@ def test_account_activity_equals_the_plain_group_by():
     """The compiled per-account totals equal a polars group-by, nulls included (no tokens, unsampled
     prompts, unknown network type)."""
     from linkage.graph import RequestKeys, _account_activity
+
     rng = np.random.default_rng(8)
     n = 3000
-    requests = pl.DataFrame({
-        "account_id": rng.choice([f"acct{i}" for i in range(40)], n),
-        "ts": pl.Series(rng.integers(1.7e12, 1.8e12, n)).cast(pl.Datetime("ms", "UTC")),
-        "ip_type": pl.Series([["proxy", "residential", "vpn", None][i] for i in rng.integers(0, 4, n)], dtype=pl.Utf8),
-        "input_tokens": pl.Series(rng.integers(0, 500, n)).set(pl.Series(rng.random(n) < 0.1), None),
-        "output_tokens": rng.integers(0, 500, n),
-        "reasoning_style": pl.Series([[True, False, None][i] for i in rng.integers(0, 3, n)], dtype=pl.Boolean),
-    }).with_columns(pl.col("account_id", "ip_type").cast(pl.Categorical))
-    expected = requests.group_by(pl.col("account_id").cast(pl.Utf8)).agg(
-        pl.len().cast(pl.Int64).alias("requests"), pl.col("ts").min().alias("first_seen"),
-        pl.col("ts").max().alias("last_seen"), pl.col("input_tokens").sum(), pl.col("output_tokens").sum(),
-        pl.col("ip_type").is_in(["proxy", "vpn", "datacenter", "tor"]).sum().cast(pl.Int64).alias("proxy_requests"),
-        pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"),
-        pl.col("reasoning_style").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts")).sort("account_id")
+    requests = pl.DataFrame(
+        {
+            "account_id": rng.choice([f"acct{i}" for i in range(40)], n),
+            "ts": pl.Series(rng.integers(1.7e12, 1.8e12, n)).cast(pl.Datetime("ms", "UTC")),
+            "ip_type": pl.Series(
+                [["proxy", "residential", "vpn", None][i] for i in rng.integers(0, 4, n)], dtype=pl.Utf8
+            ),
+            "input_tokens": pl.Series(rng.integers(0, 500, n)).set(pl.Series(rng.random(n) < 0.1), None),
+            "output_tokens": rng.integers(0, 500, n),
+            "reasoning_style": pl.Series([[True, False, None][i] for i in rng.integers(0, 3, n)], dtype=pl.Boolean),
+        }
+    ).with_columns(pl.col("account_id", "ip_type").cast(pl.Categorical))
+    expected = (
+        requests.group_by(pl.col("account_id").cast(pl.Utf8))
+        .agg(
+            pl.len().cast(pl.Int64).alias("requests"),
+            pl.col("ts").min().alias("first_seen"),
+            pl.col("ts").max().alias("last_seen"),
+            pl.col("input_tokens").sum(),
+            pl.col("output_tokens").sum(),
+            pl.col("ip_type").is_in(["proxy", "vpn", "datacenter", "tor"]).sum().cast(pl.Int64).alias("proxy_requests"),
+            pl.col("reasoning_style").sum().cast(pl.Int64).alias("reasoning_requests"),
+            pl.col("reasoning_style").is_not_null().sum().cast(pl.Int64).alias("sampled_prompts"),
+        )
+        .sort("account_id")
+    )
     assert _account_activity(requests, RequestKeys.of(requests)).equals(expected)
 
 
@@ -359,6 +434,7 @@ def test_top_per_account_keeps_each_accounts_most_used_entities():
 
 def test_signature_agreement_equals_a_plain_count():
     from linkage.detect import _signature_agreement
+
     rng = np.random.default_rng(4)
     n, width = 300, 16
     matrix = rng.integers(0, 3, (n, width)).astype(np.int32)
@@ -373,6 +449,7 @@ def test_lockstep_is_surprising_only_beyond_what_independent_accounts_share():
     """Two accounts active in the very same windows among many: far beyond chance. Two accounts active
     around the clock: their agreement is expected and worth little."""
     from linkage.chance import lockstep_surprisal
+
     same = lockstep_surprisal(np.array([0.75]), np.array([20.0]), np.array([20.0]), 720.0, 1.0, 16)
     always_on = lockstep_surprisal(np.array([0.75]), np.array([700.0]), np.array([700.0]), 720.0, 1.0, 16)
     one_of_two = lockstep_surprisal(np.array([5 / 16]), np.array([2.0]), np.array([2.0]), 600.0, 1.0, 16)
@@ -383,6 +460,7 @@ def test_lockstep_is_surprising_only_beyond_what_independent_accounts_share():
 
 def test_window_counts_estimate_distinct_windows_from_minhash():
     from linkage.chance import window_counts
+
     rng = np.random.default_rng(2)
     for true in (5, 50, 500):
         minima = np.array([(rng.random(true).min() * (1 << 31)) for _ in range(16 * 200)]).reshape(200, 16)
@@ -395,6 +473,7 @@ def test_benign_look_alikes_never_join_a_camouflaged_campaign_which_is_flagged(t
     the campaign; the campaign (65 % camouflage, no proxy) is found whole, pure and flagged; no benign account
     is flagged (fixtures/make_confounders.py)."""
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("make_confounders", TINY.parent / "make_confounders.py")
     maker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(maker)
@@ -411,6 +490,7 @@ def test_benign_look_alikes_never_join_a_camouflaged_campaign_which_is_flagged(t
     assert flagged <= campaign, "a benign account was flagged"
     # every account is ranked, in a ring or not: campaign accounts first
     from linkage.evaluate import average_precision
+
     scores = result.account_scores.join(labels, on="account_id")
     assert scores.height == labels.height
     assert average_precision(scores["account_score"].to_numpy(), (scores["label"] == "campaign").to_numpy()) > 0.95
@@ -431,6 +511,7 @@ def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_
     from scipy.stats import binom, poisson
 
     from linkage.chance import lockstep_surprisal
+
     rng = np.random.default_rng(1)
     n = 600
     agreement = rng.integers(0, 17, n) / 16
@@ -439,7 +520,9 @@ def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_
     for p in range(n):
         x = int(round(agreement[p] * 16))
         overlap = np.arange(0, int(min(a[p], b[p])) + 1)
-        tail = (poisson.pmf(overlap, 1.3 * a[p] * b[p] / 720) * binom.sf(x - 1, 16, overlap / (a[p] + b[p] - overlap))).sum()
+        tail = (
+            poisson.pmf(overlap, 1.3 * a[p] * b[p] / 720) * binom.sf(x - 1, 16, overlap / (a[p] + b[p] - overlap))
+        ).sum()
         expected = -np.log(tail) if x > 0 else 0.0
         if expected < 600:
             assert got[p] == pytest.approx(expected, abs=1.5), p

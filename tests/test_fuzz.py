@@ -4,6 +4,7 @@ Random cells are replaced by hostile values (non-finite numbers, control and esc
 formulas, other scripts' digits, huge and empty values, broken dates and addresses). Whatever the
 variant, linkage never fails with an internal error (exit 1), every row read is used or
 quarantined, and a run that refuses its input (exit 2) writes no ring files."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,44 @@ from linkage.cli import main
 from .conftest import TINY, read_csv
 
 HOSTILE = [
-    "", " ", "NaN", "nan", "inf", "-Infinity", "1e400", "-1", "0", "9" * 40, "18446744073709551616",
-    "\x00", "\x1b[2J\x1b]0;x\x07", "=HYPERLINK(\"http://x\")", "@SUM(A1)", "+1", "-2", "\t", "a\nb", "a\r\nb",
-    "١.٢.٣.٤", "１２３", "2026-13-45T99:99:99Z", "2026-02-30", "0000-00-00", "::ffff:1.2.3.4", "999.1.1.1",
-    "fe80::1%eth0", "' OR 1=1 --", "\"}) DETACH DELETE n //", "null", "None", "☃" * 50, "x" * 5000,
-    "‮override", "\ufeff", "%s%n", "../../etc/passwd",
+    "",
+    " ",
+    "NaN",
+    "nan",
+    "inf",
+    "-Infinity",
+    "1e400",
+    "-1",
+    "0",
+    "9" * 40,
+    "18446744073709551616",
+    "\x00",
+    "\x1b[2J\x1b]0;x\x07",
+    '=HYPERLINK("http://x")',
+    "@SUM(A1)",
+    "+1",
+    "-2",
+    "\t",
+    "a\nb",
+    "a\r\nb",
+    "١.٢.٣.٤",
+    "１２３",
+    "2026-13-45T99:99:99Z",
+    "2026-02-30",
+    "0000-00-00",
+    "::ffff:1.2.3.4",
+    "999.1.1.1",
+    "fe80::1%eth0",
+    "' OR 1=1 --",
+    '"}) DETACH DELETE n //',
+    "null",
+    "None",
+    "☃" * 50,
+    "x" * 5000,
+    "‮override",
+    "\ufeff",
+    "%s%n",
+    "../../etc/passwd",
 ]
 TABLES = ("accounts", "payments", "requests")
 

@@ -2,6 +2,7 @@
 
 Each test names its failure; each failed on the code before the fix. The Neo4j ones (F5, F6,
 F11, F12) are in ``test_neo4j.py``; the fuzz test is in ``test_fuzz.py``."""
+
 from __future__ import annotations
 
 import csv
@@ -69,8 +70,10 @@ def test_f1_float_nan_and_huge_epochs_in_parquet(tiny: Path, tmp_path: Path) -> 
 
 
 # F2 ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,content", [("accounts.csv", ""), ("accounts.csv", "foo,bar\n"),
-                                          ("accounts.jsonl", ""), ("accounts.jsonl", '{"foo": 1}\n')])
+@pytest.mark.parametrize(
+    "name,content",
+    [("accounts.csv", ""), ("accounts.csv", "foo,bar\n"), ("accounts.jsonl", ""), ("accounts.jsonl", '{"foo": 1}\n')],
+)
 def test_f2_empty_or_headerless_table_is_an_error(tiny: Path, tmp_path: Path, name: str, content: str) -> None:
     (tiny / "accounts.csv").unlink()
     (tiny / name).write_text(content)
@@ -155,8 +158,14 @@ def test_f9_underscore_and_dot_directories_are_skipped(tiny: Path) -> None:
 def test_f7_formula_cells_are_escaped_in_every_csv(tiny: Path, tmp_path: Path) -> None:
     for table in ("accounts", "payments", "requests"):
         path = tiny / f"{table}.csv"
-        path.write_text(path.read_text().replace("ring_00", "=HYPERLINK(1)").replace("ring_01", "@SUM(1)")
-                        .replace("ring_02", "+1").replace("ring_03", "-2").replace("ring_04", "\tx"))
+        path.write_text(
+            path.read_text()
+            .replace("ring_00", "=HYPERLINK(1)")
+            .replace("ring_01", "@SUM(1)")
+            .replace("ring_02", "+1")
+            .replace("ring_03", "-2")
+            .replace("ring_04", "\tx")
+        )
     result = run(tiny, tmp_path / "out")
     for name in ("ring_members.csv", "accounts.csv"):
         cells = read_csv(tmp_path / "out" / name)["account_id"].to_list()
@@ -176,8 +185,9 @@ def test_f7_query_output_escapes_formulas_and_terminal_controls() -> None:
 
 
 # F8 ------------------------------------------------------------------------------------------
-def test_f8_export_killed_midway_leaves_no_complete_looking_mix(tiny: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_f8_export_killed_midway_leaves_no_complete_looking_mix(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out"
     run(tiny, out)
     assert (out / "rings.csv").exists() and (out / "run.json").exists()
@@ -185,6 +195,7 @@ def test_f8_export_killed_midway_leaves_no_complete_looking_mix(tiny: Path, tmp_
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the run dies after the quarantine files, before the ring files
+
     monkeypatch.setattr(export, "write_parquet", killed)
     with pytest.raises(KeyboardInterrupt):
         run(tiny, out)
@@ -196,7 +207,7 @@ def test_f10_bad_utf8_in_one_field_quarantines_the_row(tiny: Path, tmp_path: Pat
     path = tiny / "requests.csv"
     data = path.read_bytes()
     at = data.index(b"ring_03")
-    path.write_bytes(data[:at] + b"ring_\xff03" + data[at + len(b"ring_03"):])
+    path.write_bytes(data[:at] + b"ring_\xff03" + data[at + len(b"ring_03") :])
     result = run(tiny, tmp_path / "out")
     counts = result.summary["tables"]["requests"]
     assert counts["rows_quarantined"] == 1 and counts["rows_read"] == counts["rows_used"] + 1
@@ -232,13 +243,15 @@ def test_f15_credentials_never_reach_the_message(tiny: Path, tmp_path: Path, mon
 
 
 # F13 -----------------------------------------------------------------------------------------
-def test_f13_every_failed_night_prints_and_records_its_reason(tiny: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_f13_every_failed_night_prints_and_records_its_reason(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out"
     import linkage.rebuild as nightly_module
 
     def broken(*args, **kwargs):
         raise MemoryError("cannot allocate")
+
     monkeypatch.setattr(nightly_module, "build_graph", broken)
     code, stdout, _ = _cli("rebuild", str(tiny), "--out", str(out))
     assert code == 1

@@ -1,4 +1,5 @@
 """Every input form of the contract, and every kind of bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -107,7 +108,9 @@ def test_console_script_flushes_everything_before_leaving(tiny: Path, tmp_path: 
     listed = subprocess.run(command + ["query", "--list"], capture_output=True, text=True)
     assert listed.returncode == 0 and "params:" in listed.stdout
     read_csv(tiny / "accounts.csv").drop("created_at").write_csv(tiny / "accounts.csv")
-    failed = subprocess.run(command + ["run", str(tiny), "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    failed = subprocess.run(
+        command + ["run", str(tiny), "--out", str(tmp_path / "bad")], capture_output=True, text=True
+    )
     assert failed.returncode == 2
     assert "created_at" in failed.stderr and failed.stdout == ""
 
@@ -133,11 +136,13 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("column,value,field,reason", BAD_REQUESTS)
-def test_bad_request_rows_are_quarantined_with_file_row_field(tiny: Path, tmp_path: Path, column: str, value: str,
-                                                               field: str, reason: str) -> None:
+def test_bad_request_rows_are_quarantined_with_file_row_field(
+    tiny: Path, tmp_path: Path, column: str, value: str, field: str, reason: str
+) -> None:
     frame = read_csv(tiny / "requests.csv")
-    frame = frame.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(pl.lit(value)).otherwise(pl.col(column))
-                               .alias(column))
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 4).then(pl.lit(value)).otherwise(pl.col(column)).alias(column)
+    )
     frame.write_csv(tiny / "requests.csv")
     out = tmp_path / "out"
     result = linkage.run(tiny, out)
@@ -216,23 +221,34 @@ def test_request_columns_validated_per_distinct_value_match_the_row_path() -> No
     """The request log's repeated columns are cleaned once per distinct value for the whole process
     (values, subnets and problems kept by category code): the result must be the row-by-row one,
     for clean and dirty values alike, and still be so for a later batch that repeats some values."""
-    spec = TableSpec("requests_test", (Column("account_id", "id", True), Column("ip", "ip", True),
-                                       Column("device_id", "string"), Column("model", "string")),
-                     categorical_columns=frozenset({"account_id", "ip", "device_id", "model"}))
+    spec = TableSpec(
+        "requests_test",
+        (
+            Column("account_id", "id", True),
+            Column("ip", "ip", True),
+            Column("device_id", "string"),
+            Column("model", "string"),
+        ),
+        categorical_columns=frozenset({"account_id", "ip", "device_id", "model"}),
+    )
     by_row = TableSpec(spec.name, spec.columns)
     settings = IngestSettings(max_id_chars=12)
-    first = pl.DataFrame({
-        "account_id": ["a1", " a1", "a2 ", "   ", "", None, "a-very-long-account", "a3"],
-        "ip": ["10.1.2.3", " 10.1.2.3", "2001:DB8::1", "999.1.1.1", "", None, "010.1.2.3", "::ffff:10.9.9.9"],
-        "device_id": ["d1", "d1", None, "d2\t", "x" * 20, "d1", "", "d3"],
-        "model": ["m", "m", "m", "m", "m", "m", "m", None],
-    })
-    second = pl.DataFrame({
-        "account_id": ["a1", "a9", " a9", None],
-        "ip": ["10.1.2.3", "10.7.7.7", "2001:db8::1", "zz"],
-        "device_id": ["d1", "d9 ", "x" * 20, None],
-        "model": ["m", "m2", None, "m"],
-    })
+    first = pl.DataFrame(
+        {
+            "account_id": ["a1", " a1", "a2 ", "   ", "", None, "a-very-long-account", "a3"],
+            "ip": ["10.1.2.3", " 10.1.2.3", "2001:DB8::1", "999.1.1.1", "", None, "010.1.2.3", "::ffff:10.9.9.9"],
+            "device_id": ["d1", "d1", None, "d2\t", "x" * 20, "d1", "", "d3"],
+            "model": ["m", "m", "m", "m", "m", "m", "m", None],
+        }
+    )
+    second = pl.DataFrame(
+        {
+            "account_id": ["a1", "a9", " a9", None],
+            "ip": ["10.1.2.3", "10.7.7.7", "2001:db8::1", "zz"],
+            "device_id": ["d1", "d9 ", "x" * 20, None],
+            "model": ["m", "m2", None, "m"],
+        }
+    )
     for raw in (first, second, first):
         cached_values, cached_problems = _typed_as_text(raw, spec, settings)
         row_values, row_problems = _typed_as_text(raw, by_row, settings)
@@ -252,12 +268,15 @@ def test_parquet_columns_read_as_categories_equal_the_plain_read(tmp_path: Path)
     values, nulls, row numbers and slicing by row group must be those of the plain read, and a column
     that is not text (an integer device id) is read as it is."""
     from linkage.ingest import read_file
-    frame = pl.DataFrame({
-        "account_id": [f"a{i % 7}" for i in range(1000)],
-        "ip": [None if i % 11 == 0 else f"10.0.{i % 5}.{i % 3}" for i in range(1000)],
-        "device_id": [i % 13 for i in range(1000)],
-        "ts": [f"2026-02-01T00:00:{i % 60:02d}Z" for i in range(1000)],
-    })
+
+    frame = pl.DataFrame(
+        {
+            "account_id": [f"a{i % 7}" for i in range(1000)],
+            "ip": [None if i % 11 == 0 else f"10.0.{i % 5}.{i % 3}" for i in range(1000)],
+            "device_id": [i % 13 for i in range(1000)],
+            "ts": [f"2026-02-01T00:00:{i % 60:02d}Z" for i in range(1000)],
+        }
+    )
     path = tmp_path / "requests.parquet"
     frame.write_parquet(path, row_group_size=128)
     wanted = frozenset({"account_id", "ip", "device_id", "model"})

@@ -1,4 +1,5 @@
 """Against the real Neo4j server started by `make neo4j-start` (CI: `make test`). Never a mock."""
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.neo4j
 
 def _connect():
     from linkage.store.neo4j import Neo4jStore
+
     if not os.environ.get("NEO4J_URI"):
         if os.environ.get("LINKAGE_REQUIRE_NEO4J"):
             pytest.fail("NEO4J_URI is not set but the Neo4j tests are required (CI)")
@@ -49,7 +51,8 @@ def _snapshot(store) -> tuple[dict, list]:
     counts = store.counts()
     props, _, _ = store.driver.execute_query(
         "MATCH (a:Account) OPTIONAL MATCH (a)-[r]->(x) WHERE NOT x:Ring "
-        "RETURN a.account_id AS a, a.requests AS n, type(r) AS t, r.count AS c ORDER BY a, t, c")
+        "RETURN a.account_id AS a, a.requests AS n, type(r) AS t, r.count AS c ORDER BY a, t, c"
+    )
     return counts, [tuple(r.values()) for r in props]
 
 
@@ -101,8 +104,11 @@ def test_detection_from_the_store_equals_the_embedded_run(store, tiny_result, tm
 def test_ring_write_back_replaces_previous_rings(store, tiny_result) -> None:
     store.write_graph(tiny_result.graph)
     store.write_rings(tiny_result.rings, tiny_result.members, run_id="r1")
-    store.write_rings(tiny_result.rings.head(1), tiny_result.members.filter(
-        pl.col("ring_id") == tiny_result.rings["ring_id"][0]), run_id="r2")
+    store.write_rings(
+        tiny_result.rings.head(1),
+        tiny_result.members.filter(pl.col("ring_id") == tiny_result.rings["ring_id"][0]),
+        run_id="r2",
+    )
     rings, _, _ = store.driver.execute_query("MATCH (r:Ring) RETURN collect(DISTINCT r.run_id) AS runs, count(r) AS n")
     assert rings[0]["runs"] == ["r2"] and rings[0]["n"] == 1
 
@@ -119,24 +125,47 @@ def test_every_named_query_on_known_answers(store, tiny_result) -> None:
     ring = tiny_result.rings.filter(pl.col("flagged"))["ring_id"][0]
     members = pl.read_json(_cli("query", "ring_members", "--param", f"ring_id={ring}", "--format", "json").encode())
     assert sorted(members["account_id"].to_list()) == [f"ring_{i:02d}" for i in range(12)]
-    why = pl.read_json(_cli("query", "why_linked", "--param", "a=ring_00", "--param", "b=ring_03",
-                            "--format", "json").encode())
+    why = pl.read_json(
+        _cli("query", "why_linked", "--param", "a=ring_00", "--param", "b=ring_03", "--format", "json").encode()
+    )
     assert {"card_ring_0", "fp:ring-client"} <= set(why["entity"].to_list())
-    near = pl.read_json(_cli("query", "neighbourhood", "--param", "account_id=family_0", "--param", "depth=1",
-                             "--param", "max_shared=50", "--param", "limit=50", "--format", "json").encode())
+    near = pl.read_json(
+        _cli(
+            "query",
+            "neighbourhood",
+            "--param",
+            "account_id=family_0",
+            "--param",
+            "depth=1",
+            "--param",
+            "max_shared=50",
+            "--param",
+            "limit=50",
+            "--format",
+            "json",
+        ).encode()
+    )
     assert sorted(near["account_id"].to_list()) == ["family_1", "family_2"]
     tied = pl.read_json(_cli("query", "accounts_by_entity", "--param", "value=card_acme", "--format", "json").encode())
     assert sorted(tied["account_id"].to_list()) == [f"org_{i:02d}" for i in range(10)]
-    templates = pl.read_json(_cli("query", "ring_templates", "--param", f"ring_id={ring}", "--param", "limit=3",
-                                  "--format", "json").encode())
+    templates = pl.read_json(
+        _cli("query", "ring_templates", "--param", f"ring_id={ring}", "--param", "limit=3", "--format", "json").encode()
+    )
     assert templates["members"][0] == 12 and "step-by-step" in templates["scaffold"][0]
     flagged = pl.read_json(_cli("query", "flagged_rings", "--param", "limit=5", "--format", "json").encode())
     assert flagged["ring_id"].to_list() == [ring]
     sharing = _cli("query", "rings_sharing_infrastructure", "--param", "min_shared=1", "--param", "limit=5")
     assert "(0 rows)" in sharing  # the tiny rings share nothing
     assert "ring_id" in _cli("query", "rings_new_or_grown", "--param", "min_growth=0")
-    assert set(queries()) >= {"ring_members", "why_linked", "neighbourhood", "accounts_by_entity", "ring_templates",
-                              "rings_sharing_infrastructure", "rings_new_or_grown"}
+    assert set(queries()) >= {
+        "ring_members",
+        "why_linked",
+        "neighbourhood",
+        "accounts_by_entity",
+        "ring_templates",
+        "rings_sharing_infrastructure",
+        "rings_new_or_grown",
+    }
 
 
 def test_investigator_queries_cannot_write(store) -> None:
@@ -148,10 +177,12 @@ def test_investigator_queries_cannot_write(store) -> None:
 
 def test_injection_in_ids_and_parameters_is_inert(store, tiny_result) -> None:
     from linkage.graph import Graph
+
     graph = Graph(dict(tiny_result.graph.nodes), dict(tiny_result.graph.rels))  # the module's result stays as it was
     evil = "x'}) DETACH DELETE n //"
-    graph.nodes["Account"] = pl.concat([graph.nodes["Account"], graph.nodes["Account"].head(1).with_columns(
-        pl.lit(evil).alias("account_id"))])
+    graph.nodes["Account"] = pl.concat(
+        [graph.nodes["Account"], graph.nodes["Account"].head(1).with_columns(pl.lit(evil).alias("account_id"))]
+    )
     store.write_graph(graph)
     keys, rows = store.run_read_query("MATCH (a:Account {account_id: $id}) RETURN a.account_id", {"id": evil})
     assert rows == [[evil]]
@@ -165,7 +196,9 @@ def test_bulk_import_holds_the_same_graph_as_the_transactional_load(store, tiny_
     Stops and restarts the project's server (the importer needs the database offline)."""
     import subprocess
     import sys
+
     from linkage.store.neo4j_import import bulk_import
+
     store.write_graph(tiny_result.graph)
     before = _snapshot(store)
     store.close()
@@ -181,7 +214,8 @@ def test_bulk_import_holds_the_same_graph_as_the_transactional_load(store, tiny_
     try:
         assert _snapshot(imported) == before
         times, _, _ = imported.driver.execute_query(
-            "MATCH (a:Account) WHERE a.created_at IS NOT NULL RETURN a.account_id AS id, a.created_at AS t ORDER BY id LIMIT 1")
+            "MATCH (a:Account) WHERE a.created_at IS NOT NULL RETURN a.account_id AS id, a.created_at AS t ORDER BY id LIMIT 1"
+        )
         expected = tiny_result.graph.nodes["Account"].filter(pl.col("account_id") == times[0]["id"])["created_at"][0]
         assert times[0]["t"].to_native() == expected
         again = detect_from_store(imported, tmp_path / "from-import", Settings(), write_back=False)
@@ -196,19 +230,24 @@ def _graph_signature(store) -> tuple[list, list]:
     nodes, _, _ = store.driver.execute_query(
         "MATCH (n) WHERE NOT n:Run AND NOT n:LinkageLock AND NOT n:Ring "
         "RETURN labels(n)[0] AS label, coalesce(n.account_id, n.ip, n.subnet, toString(n.asn), n.device_id, "
-        "n.template_id, n.instrument_id, n.org_id, n.domain, n.model) AS key ORDER BY label, key")
+        "n.template_id, n.instrument_id, n.org_id, n.domain, n.model) AS key ORDER BY label, key"
+    )
     rels, _, _ = store.driver.execute_query(
         "MATCH (a)-[r]->(b) WHERE NOT b:Run AND NOT b:Ring "
         "RETURN type(r) AS t, elementId(a) IS NOT NULL AS ok, r.count AS c, "
         "coalesce(a.account_id, a.ip) AS src, coalesce(b.ip, b.subnet, toString(b.asn), b.device_id, b.template_id, "
-        "b.instrument_id, b.org_id, b.domain, b.model) AS dst ORDER BY t, src, dst")
+        "b.instrument_id, b.org_id, b.domain, b.model) AS dst ORDER BY t, src, dst"
+    )
     return [tuple(r.values()) for r in nodes], [tuple(r.values()) for r in rels]
 
 
 def test_f5_rebuild_after_removing_a_partition_equals_a_full_load(store, tmp_path: Path) -> None:
     import shutil
+
     from linkage.rebuild import rebuild
+
     from .test_rebuild import _partitioned
+
     data = _partitioned(tmp_path / "in")
     rebuild(data, tmp_path / "out", store=store)
     partitions = sorted((data / "requests").iterdir())
@@ -226,10 +265,13 @@ def test_f5_rebuild_after_removing_a_partition_equals_a_full_load(store, tmp_pat
     assert _graph_signature(store) == incremental
 
 
-def test_f6_server_lost_mid_load_is_one_line_exit_3(store, tiny: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_f6_server_lost_mid_load_is_one_line_exit_3(
+    store, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from neo4j.exceptions import ServiceUnavailable, SessionExpired
+
     from linkage.store import neo4j as neo4j_store
+
     calls = {"n": 0}
     real = neo4j_store.Neo4jStore._write_batches
 
@@ -238,12 +280,14 @@ def test_f6_server_lost_mid_load_is_one_line_exit_3(store, tiny: Path, tmp_path:
         if calls["n"] == 3:  # the connection dies after two label loads
             raise SessionExpired("Failed to read from defunct connection")
         return real(self, statement, rows)
+
     monkeypatch.setattr(neo4j_store.Neo4jStore, "_write_batches", dropped)
     result = CliRunner().invoke(main, ["run", str(tiny), "--out", str(tmp_path / "out"), "--neo4j"])
     assert result.exit_code == 3
     assert len(result.stderr.strip().splitlines()) == 1 and "connection lost" in result.stderr
-    monkeypatch.setattr(neo4j_store.Neo4jStore, "_write_batches",
-                        lambda self, s, r: (_ for _ in ()).throw(ServiceUnavailable("gone")))
+    monkeypatch.setattr(
+        neo4j_store.Neo4jStore, "_write_batches", lambda self, s, r: (_ for _ in ()).throw(ServiceUnavailable("gone"))
+    )
     result = CliRunner().invoke(main, ["rebuild", str(tiny), "--out", str(tmp_path / "nightly"), "--neo4j"])
     assert result.exit_code == 3
     assert json.loads(result.stdout.strip().splitlines()[-1])["exit_reason"] == "store_error"
@@ -259,6 +303,7 @@ def test_f11_queries_cannot_read_the_servers_files(store) -> None:
 def test_f12_concurrent_loads_are_serialised_by_the_database_lock(store, tiny_result) -> None:
     from linkage.errors import LockHeldError
     from linkage.store.neo4j import Neo4jStore
+
     settings = Settings().neo4j
     first = Neo4jStore.from_settings(settings, writer=True)
     try:
@@ -280,6 +325,7 @@ def test_f12_concurrent_loads_are_serialised_by_the_database_lock(store, tiny_re
                 writer.close()
         except BaseException as exc:  # noqa: BLE001 — collected for the assertion
             errors.append(exc)
+
     threads = [threading.Thread(target=load) for _ in range(3)]
     for thread in threads:
         thread.start()

@@ -12,7 +12,7 @@ def test_ip_subnets_v4_and_v6() -> None:
 
 
 def test_ip_octets_with_leading_zeros_are_rejected_not_reinterpreted() -> None:
-    """"010.1.2.3" is octal to some parsers and decimal to others: unparseable (so quarantined), like ipaddress."""
+    """ "010.1.2.3" is octal to some parsers and decimal to others: unparseable (so quarantined), like ipaddress."""
     parsed = parse_ips(pl.Series(["010.001.002.003", "10.1.2.3", "0.0.0.0", "192.168.000.010"]))
     assert parsed["ip"].to_list() == [None, "10.1.2.3", "0.0.0.0", None]
     assert parsed["subnet"].to_list() == [None, "10.1.2.0/24", "0.0.0.0/24", None]
@@ -37,8 +37,9 @@ def test_email_canonical_form() -> None:
 
 
 def test_timestamps_offsets_epochs_and_garbage() -> None:
-    values = pl.Series(["2026-02-23T10:00:00Z", "2026-02-23T12:00:00+02:00", "2026-02-23 10:00", "1771840800",
-                        "yesterday", None])
+    values = pl.Series(
+        ["2026-02-23T10:00:00Z", "2026-02-23T12:00:00+02:00", "2026-02-23 10:00", "1771840800", "yesterday", None]
+    )
     parsed = parse_timestamps(values).dt.epoch("s").to_list()
     assert parsed[:4] == [1771840800] * 4
     assert parsed[4:] == [None, None]
@@ -52,10 +53,34 @@ def test_ipv6_compiled_parser_agrees_with_the_standard_library() -> None:
     from linkage.normalize import _parse_v6
 
     rng = random.Random(7)
-    cases = ["::", "::1", "1::", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8", "2001:DB8::1",
-             "2001:0db8:0000:0000:0000:ff00:0042:8329", "fe80::1%eth0", "::ffff:1.2.3.4", "::ffff:a01:203",
-             "64:ff9b::1.2.3.4", "1:0:0:2:0:0:0:3", "1:0:0:2:0:0:3:4", "0:0:1:0:0:1:0:0", ":::", "1:2:3:4:5:6:7:8:9",
-             "12345::", "g::1", "1::2::3", ":1::", "1:", ":1", "1:2:3:4:5:6:7", "", "1:2:3:4:5:6:7:8::"]
+    cases = [
+        "::",
+        "::1",
+        "1::",
+        "1:2:3:4:5:6:7::",
+        "::2:3:4:5:6:7:8",
+        "1:2:3:4:5:6:7:8",
+        "2001:DB8::1",
+        "2001:0db8:0000:0000:0000:ff00:0042:8329",
+        "fe80::1%eth0",
+        "::ffff:1.2.3.4",
+        "::ffff:a01:203",
+        "64:ff9b::1.2.3.4",
+        "1:0:0:2:0:0:0:3",
+        "1:0:0:2:0:0:3:4",
+        "0:0:1:0:0:1:0:0",
+        ":::",
+        "1:2:3:4:5:6:7:8:9",
+        "12345::",
+        "g::1",
+        "1::2::3",
+        ":1::",
+        "1:",
+        ":1",
+        "1:2:3:4:5:6:7",
+        "",
+        "1:2:3:4:5:6:7:8::",
+    ]
     for _ in range(3000):
         words = [rng.choice([0, 0, 0, rng.randrange(1 << 16)]) for _ in range(8)]
         text = ":".join(f"{w:x}" if rng.random() < 0.7 else f"{w:04X}" for w in words)
@@ -71,7 +96,9 @@ def test_ipv6_compiled_parser_agrees_with_the_standard_library() -> None:
             v4 = str(address.ipv4_mapped)
             assert (got_ip, got_subnet) == (v4, v4.rsplit(".", 1)[0] + ".0/24"), text
         else:
-            assert (got_ip, got_subnet) == (str(address), str(ipaddress.ip_network(f"{address}/64", strict=False))), text
+            assert (got_ip, got_subnet) == (str(address), str(ipaddress.ip_network(f"{address}/64", strict=False))), (
+                text
+            )
 
 
 def test_timestamp_fast_forms_agree_with_the_general_parser() -> None:
@@ -79,10 +106,22 @@ def test_timestamp_fast_forms_agree_with_the_general_parser() -> None:
     what the general parser gives."""
     from linkage.normalize import _parse_general
 
-    values = ["2026-02-23T10:00:00Z", "2026-02-23T10:00:00.250Z", "2026-02-23T12:00:00+02:00",
-              "2026-02-23T10:00:00+00:00", "2026-02-23T10:00:00.001+00:00",
-              "2026-02-23T04:30:00.5-05:30", "2026-02-23T10:00:00", "2026-02-23T10:00:00.125",
-              "2026-02-23 10:00:00", "2026-02-23 10:00:00.75", "2026-02-23T10:00", "1771840800", "soon", None]
+    values = [
+        "2026-02-23T10:00:00Z",
+        "2026-02-23T10:00:00.250Z",
+        "2026-02-23T12:00:00+02:00",
+        "2026-02-23T10:00:00+00:00",
+        "2026-02-23T10:00:00.001+00:00",
+        "2026-02-23T04:30:00.5-05:30",
+        "2026-02-23T10:00:00",
+        "2026-02-23T10:00:00.125",
+        "2026-02-23 10:00:00",
+        "2026-02-23 10:00:00.75",
+        "2026-02-23T10:00",
+        "1771840800",
+        "soon",
+        None,
+    ]
     expected = _parse_general(pl.Series(values, dtype=pl.Utf8)).dt.epoch("ms").to_list()
     assert expected[0] == 1771840800000 and expected[2] == 1771840800000 and expected[5] == 1771840800500
     assert parse_timestamps(pl.Series(values)).dt.epoch("ms").to_list() == expected  # mixed

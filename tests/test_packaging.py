@@ -3,6 +3,7 @@
 The wheel is built from the repository, installed without its dependencies into a fresh virtual
 environment that borrows the test environment's third-party packages, and run from outside the
 checkout, so nothing can come from the source tree."""
+
 from __future__ import annotations
 
 import os
@@ -20,16 +21,31 @@ from .conftest import ROOT, TINY
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``bin/`` of a fresh venv holding only the built wheel (dependencies borrowed)."""
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(work / "dist")],
-                   check=True, cwd=work)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(work / "dist")],
+        check=True,
+        cwd=work,
+    )
     wheel = next((work / "dist").glob("linkage-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(work / "venv")], check=True)
     venv_site = next((work / "venv" / "lib").glob("python3*/site-packages"))
     # the test environment's packages for the dependencies; its .pth files (the editable checkout)
     # are not processed from a path added this way
     (venv_site / "borrowed.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(work / "venv" / "bin" / "python"), "install",
-                    "-q", "--no-deps", str(wheel)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(work / "venv" / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+    )
     return work / "venv" / "bin"
 
 
@@ -43,8 +59,13 @@ def test_wheel_ships_the_cypher_files(installed: Path, tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     names = sorted(p.stem for p in (ROOT / "cypher" / "queries").glob("*.cypher"))
     assert names and all(name in listed.stdout for name in names)
-    where = subprocess.run([str(installed / "python"), "-c", "import linkage.cypher as c; print(c.CYPHER_DIR)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True)
+    where = subprocess.run(
+        [str(installed / "python"), "-c", "import linkage.cypher as c; print(c.CYPHER_DIR)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
     assert str(ROOT) not in where.stdout  # from the installed package, not the checkout
 
 

@@ -1,4 +1,5 @@
 """Cron rebuilds: incremental equals full, changed files, locking, SIGKILL at any stage, ring identity."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ def _partitioned(target: Path, days: int = 4) -> Path:
     shutil.copy(TINY / "accounts.csv", target)
     shutil.copy(TINY / "payments.csv", target)
     requests = read_csv(TINY / "requests.csv").with_columns(pl.col("ts").str.slice(0, 10).alias("_day"))
-    for i, (day, part) in enumerate(sorted(requests.partition_by("_day", as_dict=True).items())):
+    for day, part in sorted(requests.partition_by("_day", as_dict=True).items()):
         folder = target / "requests" / f"date={day[0]}"
         folder.mkdir(parents=True, exist_ok=True)
         part.drop("_day").write_csv(folder / "part-0.csv")
@@ -38,8 +39,11 @@ def _content(out: Path) -> list[tuple]:
     """Rings as member sets with score and flag: what must not depend on the order of ingestion."""
     members = read_csv(out / "ring_members.csv")
     rings = read_csv(out / "rings.csv")
-    grouped = members.group_by("ring_id").agg(pl.col("account_id").sort()).join(
-        rings.select("ring_id", "score", "flagged"), on="ring_id")
+    grouped = (
+        members.group_by("ring_id")
+        .agg(pl.col("account_id").sort())
+        .join(rings.select("ring_id", "score", "flagged"), on="ring_id")
+    )
     return sorted((tuple(a), s, f) for a, s, f in grouped.select("account_id", "score", "flagged").iter_rows())
 
 
@@ -119,7 +123,9 @@ def test_stdout_is_one_json_line(tmp_path: Path) -> None:
 
 
 def _rebuild_process(data: Path, out: Path, neo4j: bool) -> subprocess.Popen:
-    args = [sys.executable, "-m", "linkage.cli", "rebuild", str(data), "--out", str(out)] + (["--neo4j"] if neo4j else [])
+    args = [sys.executable, "-m", "linkage.cli", "rebuild", str(data), "--out", str(out)] + (
+        ["--neo4j"] if neo4j else []
+    )
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
 
 
@@ -150,14 +156,17 @@ def test_sigkill_at_any_stage_then_next_run_completes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_with_neo4j_converges_to_the_same_graph(tmp_path: Path) -> None:
     from .test_neo4j import _connect
+
     store = _connect()
     with store.driver.session() as session:
         session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+
     def graph_counts() -> tuple[int, int]:
         # (:Run) nodes are the run history: one per completed run, so they are left out
         records, _, _ = store.driver.execute_query(
             "MATCH (n) WHERE NOT n:Run WITH count(n) AS nodes "
-            "MATCH (a)-[r]->(b) WHERE NOT b:Run RETURN nodes, count(r) AS relationships")
+            "MATCH (a)-[r]->(b) WHERE NOT b:Run RETURN nodes, count(r) AS relationships"
+        )
         return records[0]["nodes"], records[0]["relationships"]
 
     reference, _ = _sigkill_then_finish(tmp_path / "a", neo4j=True, delays=[])
@@ -175,6 +184,7 @@ def test_sigkill_with_neo4j_converges_to_the_same_graph(tmp_path: Path) -> None:
 @pytest.mark.neo4j
 def test_nightly_neo4j_load_sends_only_what_changed(tmp_path: Path) -> None:
     from .test_neo4j import _connect
+
     store = _connect()
     with store.driver.session() as session:
         session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()

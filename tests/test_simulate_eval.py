@@ -35,8 +35,9 @@ def test_simulate_run_eval_end_to_end(tmp_path: Path) -> None:
 def test_simulation_is_deterministic(tmp_path: Path) -> None:
     runner = CliRunner()
     for name in ("a", "b"):
-        runner.invoke(main, ["simulate", "--out", str(tmp_path / name), "--scale", "0.003", "--seed", "9",
-                             "--format", "csv"])
+        runner.invoke(
+            main, ["simulate", "--out", str(tmp_path / name), "--scale", "0.003", "--seed", "9", "--format", "csv"]
+        )
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.csv"))
     assert files
     for rel in files:

@@ -1,4 +1,5 @@
 """Requests filled into one scaffold share a template; unrelated prompts do not."""
+
 from __future__ import annotations
 
 import random
@@ -22,15 +23,23 @@ def _templates_of(prompts: list[str], settings: TemplateSettings | None = None) 
     per_request = miner.add_batch(accounts, pl.Series(prompts))
     counts = per_request.filter(pl.col("prompt_key").is_not_null()).group_by("prompt_key").len("requests")
     result = miner.finish(counts)
-    return per_request.join(result.assignments, on="prompt_key", how="left", maintain_order="left")["template_id"].to_list()
+    return per_request.join(result.assignments, on="prompt_key", how="left", maintain_order="left")[
+        "template_id"
+    ].to_list()
 
 
 def test_same_scaffold_different_fillers_share_a_template() -> None:
     rng = random.Random(1)
-    cot = [f"Here is a problem and its final answer. Write the full step-by-step reasoning.\nProblem: "
-           f"{_filler(rng)}?\nAnswer: {rng.randint(1, 9999)}" for _ in range(20)]
-    agent = [f"You are a coding agent in repo {_filler(rng, 2)}-{rng.randint(1, 99)}. Task: {_filler(rng)}.\n"
-             f"Emit each tool call as JSON." for _ in range(20)]
+    cot = [
+        f"Here is a problem and its final answer. Write the full step-by-step reasoning.\nProblem: "
+        f"{_filler(rng)}?\nAnswer: {rng.randint(1, 9999)}"
+        for _ in range(20)
+    ]
+    agent = [
+        f"You are a coding agent in repo {_filler(rng, 2)}-{rng.randint(1, 99)}. Task: {_filler(rng)}.\n"
+        f"Emit each tool call as JSON."
+        for _ in range(20)
+    ]
     free = [f"{_filler(rng, 9)} {_filler(rng, 5)}" for _ in range(20)]
     ids = _templates_of(cot + agent + free)
     assert len(set(ids[:20])) == 1 and ids[0] is not None
@@ -42,26 +51,37 @@ def test_same_scaffold_different_fillers_share_a_template() -> None:
 def test_scaffold_behind_a_popular_system_prompt_is_its_own_template() -> None:
     rng = random.Random(2)
     popular = [f"You are a helpful assistant.\n{_filler(rng, 9)}?" for _ in range(20)]
-    wrapped = [f"You are a helpful assistant.\nReconstruct the full chain of thought.\nQuestion: {_filler(rng)}?"
-               for _ in range(20)]
+    wrapped = [
+        f"You are a helpful assistant.\nReconstruct the full chain of thought.\nQuestion: {_filler(rng)}?"
+        for _ in range(20)
+    ]
     ids = _templates_of(popular + wrapped)
     assert len(set(ids[:20])) == 1 and len(set(ids[20:])) == 1
     assert ids[0] != ids[20]
 
 
 def test_masked_slots_numbers_ids_urls_quotes() -> None:
-    prompts = [f'Fetch https://api.example.com/v1/items/{i} for user_{1000 + i} and reply "{WORDS[i % 7]}" '
-               f"with id {i:08x}-{i:04d}." for i in range(12)]
+    prompts = [
+        f'Fetch https://api.example.com/v1/items/{i} for user_{1000 + i} and reply "{WORDS[i % 7]}" '
+        f"with id {i:08x}-{i:04d}."
+        for i in range(12)
+    ]
     ids = _templates_of(prompts)
     assert len(set(ids)) == 1 and ids[0] is not None
 
 
 def test_near_duplicate_scaffolds_merge() -> None:
     rng = random.Random(3)
-    a = [f"Write out the complete step by step reasoning that leads to the answer, as a careful expert would.\n"
-         f"Problem: {_filler(rng)}?" for _ in range(10)]
-    b = [f"Write out the complete step by step reasoning that leads to the answer, as a careful expert would do.\n"
-         f"Problem: {_filler(rng)}?" for _ in range(10)]
+    a = [
+        f"Write out the complete step by step reasoning that leads to the answer, as a careful expert would.\n"
+        f"Problem: {_filler(rng)}?"
+        for _ in range(10)
+    ]
+    b = [
+        f"Write out the complete step by step reasoning that leads to the answer, as a careful expert would do.\n"
+        f"Problem: {_filler(rng)}?"
+        for _ in range(10)
+    ]
     ids = _templates_of(a + b, TemplateSettings(max_prompts_per_account=10_000, near_duplicate_jaccard=0.6))
     assert len(set(ids)) == 1
 
@@ -88,7 +108,9 @@ def test_prompt_sample_is_each_accounts_smallest_distinct_hashes_whatever_the_la
             merged = TemplateMiner(TemplateSettings(max_prompts_per_account=k))
             for part in parts:  # each part sampled on its own (a file), then merged (as ingest and rebuild do)
                 one_file = TemplateMiner(TemplateSettings(max_prompts_per_account=k))
-                one_file.add_batch(pl.Series([accounts[r] for r in part]), pl.Series([prompts[r] for r in part], dtype=pl.Utf8))
+                one_file.add_batch(
+                    pl.Series([accounts[r] for r in part]), pl.Series([prompts[r] for r in part], dtype=pl.Utf8)
+                )
                 merged.absorb(one_file.state())
             got = merged.state()["candidates"].group_by(pl.col("account_id").cast(pl.Utf8)).agg("prompt_key")
             assert {a: set(keys) for a, keys in got.iter_rows()} == {a: e for a, e in expected.items() if e}, (name, k)
@@ -120,8 +142,11 @@ def test_a_popular_label_does_not_turn_the_instruction_beside_it_into_filler() -
     instruction text as scaffold (the sibling rule's reference is a segment long enough to be one)."""
     rng = random.Random(4)
     labelled = [f"Task: {_filler(rng, 9)}." for _ in range(400)]
-    careful = [f"Task: {_filler(rng, 9)}.\nNarrate your complete internal reasoning as numbered steps; end with a line "
-               f"starting with ANSWER." for _ in range(30)]
+    careful = [
+        f"Task: {_filler(rng, 9)}.\nNarrate your complete internal reasoning as numbered steps; end with a line "
+        f"starting with ANSWER."
+        for _ in range(30)
+    ]
     ids = _templates_of(labelled + careful)
     assert ids[400] is not None and len(set(ids[400:])) == 1
     assert ids[400] not in set(ids[:400])

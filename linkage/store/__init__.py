@@ -2,6 +2,7 @@
 
 Detection never reads a store directly: a store hands back the same :class:`~linkage.graph.Graph`
 tables, so ``detect`` and ``score`` run identically on either (Splink-style adapters)."""
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -16,7 +17,8 @@ class GraphStore(Protocol):
 
     def read_graph(self) -> Graph: ...
 
-    def write_rings(self, rings: pl.DataFrame, members: pl.DataFrame, run_id: str,
-                    run_props: dict | None = None) -> None: ...
+    def write_rings(
+        self, rings: pl.DataFrame, members: pl.DataFrame, run_id: str, run_props: dict | None = None
+    ) -> None: ...
 
     def close(self) -> None: ...

@@ -1,4 +1,5 @@
 """The embedded store: the graph tables as Parquet files in a directory (no server)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +28,9 @@ class EmbeddedStore:
             graph.rels[rel.type] = pl.read_parquet(self.directory / "relationships" / f"{rel.type}.parquet")
         return graph
 
-    def write_rings(self, rings: pl.DataFrame, members: pl.DataFrame, run_id: str, run_props: dict | None = None) -> None:
+    def write_rings(
+        self, rings: pl.DataFrame, members: pl.DataFrame, run_id: str, run_props: dict | None = None
+    ) -> None:
         write_parquet(members, self.directory / "rings" / "ring_members.parquet")
         write_parquet(rings, self.directory / "rings" / "rings.parquet")
         write_json({"run_id": run_id, **(run_props or {})}, self.directory / "rings" / "run.json")

@@ -4,6 +4,7 @@ Every statement comes from ``cypher/*.cypher`` and takes its data as parameters.
 through managed transactions (``execute_write``), which retry transient errors such as
 deadlocks between two concurrent loads; each unit of work is an idempotent MERGE batch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -12,14 +13,16 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
-from neo4j import Driver, GraphDatabase, RoutingControl, unit_of_work
 from neo4j.exceptions import AuthError, ClientError, DriverError, Neo4jError, ServiceUnavailable
+
+from neo4j import Driver, GraphDatabase, RoutingControl, unit_of_work
 
 from ..cypher import schema_statements, statements
 from ..errors import LockHeldError, StoreError
@@ -55,8 +58,9 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 def _store_errors(method: _Method) -> _Method:
     """Any driver or server failure inside a store method becomes one StoreError line (exit 3)."""
+
     @functools.wraps(method)
-    def wrapper(self: "Neo4jStore", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Neo4jStore, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except (StoreError, LockHeldError):
@@ -65,8 +69,10 @@ def _store_errors(method: _Method) -> _Method:
             reason = (exc.message or exc.code or type(exc).__name__).splitlines()[0][:300]
             raise StoreError(f"neo4j at {masked_uri(self.settings.uri)}: {reason}") from exc
         except (DriverError, OSError) as exc:
-            raise StoreError(f"neo4j at {masked_uri(self.settings.uri)}: connection lost or refused "
-                             f"({type(exc).__name__})") from exc
+            raise StoreError(
+                f"neo4j at {masked_uri(self.settings.uri)}: connection lost or refused ({type(exc).__name__})"
+            ) from exc
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -90,15 +96,19 @@ class Neo4jStore:
         self.lock_holder: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Neo4jSettings | None = None, writer: bool = False) -> "Neo4jStore":
+    def from_settings(cls, settings: Neo4jSettings | None = None, writer: bool = False) -> Neo4jStore:
         """Connect (and apply the schema). ``writer``: take the database's load lock for the store's
         lifetime (loads and ring write-back), waiting up to ``lock_wait_seconds`` for another holder."""
         settings = settings_from_env(settings)
         where = masked_uri(settings.uri)
         try:
-            driver = GraphDatabase.driver(settings.uri, auth=(settings.username, settings.password),
-                                          max_connection_lifetime=1800, liveness_check_timeout=60,
-                                          notifications_min_severity="OFF")
+            driver = GraphDatabase.driver(
+                settings.uri,
+                auth=(settings.username, settings.password),
+                max_connection_lifetime=1800,
+                liveness_check_timeout=60,
+                notifications_min_severity="OFF",
+            )
             driver.verify_connectivity()
         except AuthError as exc:
             raise StoreError(f"neo4j at {where}: authentication failed for user '{settings.username}'") from exc
@@ -135,30 +145,46 @@ class Neo4jStore:
         deadline = time.monotonic() + self.settings.lock_wait_seconds
         while True:
             records, _, _ = self.driver.execute_query(
-                lock["take_lock"], name=self.LOCK_NAME, holder=holder, now_ms=_now_ms(),
-                lease_ms=int(self.settings.lock_lease_seconds * 1000), database_=self.settings.database)
+                lock["take_lock"],
+                name=self.LOCK_NAME,
+                holder=holder,
+                now_ms=_now_ms(),
+                lease_ms=int(self.settings.lock_lease_seconds * 1000),
+                database_=self.settings.database,
+            )
             if records:
                 self.lock_holder = holder
                 return
             if time.monotonic() >= deadline:
-                current, _, _ = self.driver.execute_query(lock["lock_holder"], name=self.LOCK_NAME,
-                                                          database_=self.settings.database)
+                current, _, _ = self.driver.execute_query(
+                    lock["lock_holder"], name=self.LOCK_NAME, database_=self.settings.database
+                )
                 other = current[0]["holder"] if current else "another load"
-                raise LockHeldError(f"neo4j at {masked_uri(self.settings.uri)}: {other} is loading; "
-                                    f"waited {self.settings.lock_wait_seconds:g} s")
+                raise LockHeldError(
+                    f"neo4j at {masked_uri(self.settings.uri)}: {other} is loading; "
+                    f"waited {self.settings.lock_wait_seconds:g} s"
+                )
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     def _renew_lock(self) -> None:
         if self.lock_holder is not None:
-            self.driver.execute_query(statements("lock.cypher")["take_lock"], name=self.LOCK_NAME,
-                                      holder=self.lock_holder, now_ms=_now_ms(),
-                                      lease_ms=int(self.settings.lock_lease_seconds * 1000),
-                                      database_=self.settings.database)
+            self.driver.execute_query(
+                statements("lock.cypher")["take_lock"],
+                name=self.LOCK_NAME,
+                holder=self.lock_holder,
+                now_ms=_now_ms(),
+                lease_ms=int(self.settings.lock_lease_seconds * 1000),
+                database_=self.settings.database,
+            )
 
     @_store_errors
     def release_lock(self) -> None:
-        self.driver.execute_query(statements("lock.cypher")["release_lock"], name=self.LOCK_NAME,
-                                  holder=self.lock_holder, database_=self.settings.database)
+        self.driver.execute_query(
+            statements("lock.cypher")["release_lock"],
+            name=self.LOCK_NAME,
+            holder=self.lock_holder,
+            database_=self.settings.database,
+        )
         self.lock_holder = None
 
     # ------------------------------------------------------------ writes
@@ -171,8 +197,8 @@ class Neo4jStore:
         size = self.settings.batch_size
         with self.driver.session(database=self.settings.database) as session:
             for start in range(0, len(rows), size):
-                batch = rows[start:start + size]
-                session.execute_write(lambda tx, b=batch: tx.run(statement, rows=b).consume())
+                batch = rows[start : start + size]
+                session.execute_write(_run_batch, statement, {"rows": batch})
 
     @_store_errors
     def write_graph(self, graph: Graph) -> LoadStats:
@@ -200,8 +226,13 @@ class Neo4jStore:
             self._renew_lock()
         stats.seconds = time.perf_counter() - start
         self.last_load = stats
-        log.info("neo4j load: %d nodes, %d relationships in %.1fs (%.0f rel/s)", stats.nodes, stats.relationships,
-                 stats.seconds, stats.relationships_per_second)
+        log.info(
+            "neo4j load: %d nodes, %d relationships in %.1fs (%.0f rel/s)",
+            stats.nodes,
+            stats.relationships,
+            stats.seconds,
+            stats.relationships_per_second,
+        )
         return stats
 
     @_store_errors
@@ -222,8 +253,9 @@ class Neo4jStore:
                 size = self.settings.batch_size
                 with self.driver.session(database=self.settings.database) as session:
                     for start in range(0, len(keys), size):
-                        session.execute_write(lambda tx, k=keys[start:start + size]:
-                                              tx.run(load[f"unload_node_{spec.label}"], keys=k).consume())
+                        session.execute_write(
+                            _run_batch, load[f"unload_node_{spec.label}"], {"keys": keys[start : start + size]}
+                        )
                 asked += frame.height
         self._renew_lock()
         return asked
@@ -236,20 +268,25 @@ class Neo4jStore:
         self._renew_lock()
 
     @_store_errors
-    def write_rings(self, rings: pl.DataFrame, members: pl.DataFrame, run_id: str, run_props: dict | None = None) -> None:
+    def write_rings(
+        self, rings: pl.DataFrame, members: pl.DataFrame, run_id: str, run_props: dict | None = None
+    ) -> None:
         """Replace the rings in one transaction: readers see the old set or the new one, never a mix."""
         ring_rows = rings.with_columns(pl.lit(run_id).alias("run_id")).to_dicts()
         member_rows = _records(members.select("ring_id", "account_id", "account_score", "attachment"))
-        props = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rings": rings.height,
-                 "flagged": int(rings["flagged"].sum()) if rings.height else 0} | (run_props or {})
+        props = {
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "rings": rings.height,
+            "flagged": int(rings["flagged"].sum()) if rings.height else 0,
+        } | (run_props or {})
         sql = statements("rings.cypher")
 
         def replace(tx) -> None:
             tx.run(sql["delete_rings"]).consume()
             for start in range(0, max(len(ring_rows), 1), 5000):
-                tx.run(sql["create_rings"], rings=ring_rows[start:start + 5000]).consume()
+                tx.run(sql["create_rings"], rings=ring_rows[start : start + 5000]).consume()
             for start in range(0, len(member_rows), 10000):
-                tx.run(sql["create_members"], members=member_rows[start:start + 10000]).consume()
+                tx.run(sql["create_members"], members=member_rows[start : start + 10000]).consume()
             tx.run(sql["record_run"], run_id=run_id, props=_plain(props)).consume()
 
         with self.driver.session(database=self.settings.database) as session:
@@ -263,18 +300,21 @@ class Neo4jStore:
         for spec in NODE_SPECS:
             graph.nodes[spec.label] = _frame(self._read(reads[f"read_{spec.label}"]), spec.key)
         for rel in REL_SPECS:
-            graph.rels[rel.type] = _frame(self._read(reads[f"read_{rel.type}"]), None,
-                                          ["src", "dst", "count", "first_seen", "last_seen"])
+            graph.rels[rel.type] = _frame(
+                self._read(reads[f"read_{rel.type}"]), None, ["src", "dst", "count", "first_seen", "last_seen"]
+            )
         graph.nodes["Account"] = graph.nodes["Account"].sort("account_id")
         return graph
 
     def _read(self, statement: str, **params: Any) -> list[dict[str, Any]]:
-        records, _, _ = self.driver.execute_query(statement, params, database_=self.settings.database,
-                                                  routing_=RoutingControl.READ)
+        records, _, _ = self.driver.execute_query(
+            statement, params, database_=self.settings.database, routing_=RoutingControl.READ
+        )
         return [r["row"] for r in records]
 
     def run_read_query(self, text: str, params: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         """An investigator's query in a READ transaction: the server itself refuses any write."""
+
         @unit_of_work(timeout=300)
         def work(tx):
             result = tx.run(text, params)
@@ -291,9 +331,15 @@ class Neo4jStore:
 
     @_store_errors
     def counts(self) -> dict[str, int]:
-        records, _, _ = self.driver.execute_query(statements("rings.cypher")["graph_counts"],
-                                                  database_=self.settings.database, routing_=RoutingControl.READ)
+        records, _, _ = self.driver.execute_query(
+            statements("rings.cypher")["graph_counts"], database_=self.settings.database, routing_=RoutingControl.READ
+        )
         return dict(records[0])
+
+
+def _run_batch(tx: Any, statement: str, params: dict[str, Any]) -> None:
+    """One batch in a managed transaction (retried as a whole on transient errors)."""
+    tx.run(statement, params).consume()
 
 
 def _now_ms() -> int:
@@ -317,8 +363,9 @@ def _frame(rows: Iterable[dict[str, Any]], key: str | None, columns: list[str] |
         return pl.DataFrame(schema={c: pl.Utf8 for c in (columns or [key or "id"])})
     frame = pl.DataFrame(rows, infer_schema_length=None)
     times = [c for c in _TIME_COLUMNS if c in frame.columns]
-    frame = frame.with_columns([pl.col(c).cast(pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
-                                for c in times])
+    frame = frame.with_columns(
+        [pl.col(c).cast(pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC") for c in times]
+    )
     if columns:
         frame = frame.select(columns)
     return frame.sort(key) if key else frame.sort("src", "dst")

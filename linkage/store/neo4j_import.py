@@ -7,6 +7,7 @@ database in use), and the next ``Neo4jStore.from_settings`` re-creates the const
 indexes of ``cypher/schema.cypher`` on the imported data. Incremental nightly loads keep using
 the transactional path.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 _DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"  # whole seconds without a fraction: the importer parses datetimes slowly
 
 
-def _csv_type(dtype: pl.DataType) -> str:
+def _csv_type(dtype: Any) -> str:
     if isinstance(dtype, pl.Datetime):
         return "datetime"
     if dtype.is_integer():
@@ -44,18 +46,27 @@ def _csv_type(dtype: pl.DataType) -> str:
 
 def _typed(frame: pl.DataFrame) -> pl.DataFrame:
     """Columns renamed to ``name:type`` and lists flattened to ``;``-joined text."""
-    renamed = {name: f"{name}:{_csv_type(dtype)}" for name, dtype in frame.schema.items() if _csv_type(dtype) != "string"}
-    lists = [pl.col(name).cast(pl.List(pl.Utf8)).list.join(";") for name, dtype in frame.schema.items()
-             if isinstance(dtype, pl.List)]
-    categoricals = [pl.col(name).cast(pl.Utf8) for name, dtype in frame.schema.items()
-                    if isinstance(dtype, (pl.Categorical, pl.Enum))]
+    renamed = {
+        name: f"{name}:{_csv_type(dtype)}" for name, dtype in frame.schema.items() if _csv_type(dtype) != "string"
+    }
+    lists = [
+        pl.col(name).cast(pl.List(pl.Utf8)).list.join(";")
+        for name, dtype in frame.schema.items()
+        if isinstance(dtype, pl.List)
+    ]
+    categoricals = [
+        pl.col(name).cast(pl.Utf8)
+        for name, dtype in frame.schema.items()
+        if isinstance(dtype, (pl.Categorical, pl.Enum))
+    ]
     return frame.with_columns(lists + categoricals).rename(renamed)
 
 
 def _has_newlines(frame: pl.DataFrame) -> bool:
     text = [name for name, dtype in frame.schema.items() if dtype == pl.Utf8]
-    return bool(text) and bool(frame.select(pl.any_horizontal(
-        [pl.col(c).str.contains("\n", literal=True).any() for c in text])).item())
+    return bool(text) and bool(
+        frame.select(pl.any_horizontal([pl.col(c).str.contains("\n", literal=True).any() for c in text])).item()
+    )
 
 
 def write_import_files(graph: Graph, directory: Path) -> tuple[list[str], int, int]:
@@ -75,11 +86,14 @@ def write_import_files(graph: Graph, directory: Path) -> tuple[list[str], int, i
         frame = frame.filter(pl.col(spec.key).is_not_null()).unique(spec.key, keep="first").sort(spec.key)
         # the importer's id is the row number (an integer id space per label, cheaper for it than
         # text); the key stays a property of its own type
-        positions[spec.label] = frame.select(pl.col(spec.key).cast(pl.Utf8).alias("key"),
-                                             pl.int_range(pl.len(), dtype=pl.Int64).alias("id"))
+        positions[spec.label] = frame.select(
+            pl.col(spec.key).cast(pl.Utf8).alias("key"), pl.int_range(pl.len(), dtype=pl.Int64).alias("id")
+        )
         out = _typed(frame).with_columns(positions[spec.label]["id"].alias(f":ID({spec.label})"))
         path = directory / f"node_{spec.label}.csv"
-        out.select(f":ID({spec.label})", pl.exclude(f":ID({spec.label})")).write_csv(path, datetime_format=_DATETIME_FORMAT)
+        out.select(f":ID({spec.label})", pl.exclude(f":ID({spec.label})")).write_csv(
+            path, datetime_format=_DATETIME_FORMAT
+        )
         arguments.append(f"--nodes={spec.label}={path}")
         if _has_newlines(frame):
             multiline.append(str(path))
@@ -89,11 +103,22 @@ def write_import_files(graph: Graph, directory: Path) -> tuple[list[str], int, i
         if frame is None or frame.height == 0 or rel.src.label not in positions or rel.dst.label not in positions:
             continue
         start, end = f":START_ID({rel.src.label})", f":END_ID({rel.dst.label})"
-        ends = frame.with_columns(pl.col("src").cast(pl.Utf8), pl.col("dst").cast(pl.Utf8)) \
-            .join(positions[rel.src.label].rename({"key": "src", "id": start}), on="src", how="inner", maintain_order="left") \
-            .join(positions[rel.dst.label].rename({"key": "dst", "id": end}), on="dst", how="inner", maintain_order="left")
+        ends = (
+            frame.with_columns(pl.col("src").cast(pl.Utf8), pl.col("dst").cast(pl.Utf8))
+            .join(
+                positions[rel.src.label].rename({"key": "src", "id": start}),
+                on="src",
+                how="inner",
+                maintain_order="left",
+            )
+            .join(
+                positions[rel.dst.label].rename({"key": "dst", "id": end}), on="dst", how="inner", maintain_order="left"
+            )
+        )
         if ends.height < frame.height:
-            log.warning("%s: %d relationships name a node the graph lacks; not imported", rel.type, frame.height - ends.height)
+            log.warning(
+                "%s: %d relationships name a node the graph lacks; not imported", rel.type, frame.height - ends.height
+            )
         out = _typed(ends.select("count", "first_seen", "last_seen")).with_columns(ends[start], ends[end])
         path = directory / f"rel_{rel.type}.csv"
         out.select(start, end, pl.exclude("^:.*$")).write_csv(path, datetime_format=_DATETIME_FORMAT)
@@ -123,21 +148,37 @@ def bulk_import(graph: Graph, admin_command: str, database: str = "neo4j", work_
         stats.per_type["write_csv"] = round(time.perf_counter() - start, 3)
         command = _resolve(shlex.split(admin_command)) + [
             # the database name first: --nodes/--relationships take several values and would swallow it
-            "database", "import", "full", database, "--overwrite-destination=true", "--skip-duplicate-nodes=false",
+            "database",
+            "import",
+            "full",
+            database,
+            "--overwrite-destination=true",
+            "--skip-duplicate-nodes=false",
             "--id-type=integer",
-            "--array-delimiter=;", f"--report-file={work / 'import.report'}", *arguments]
+            "--array-delimiter=;",
+            f"--report-file={work / 'import.report'}",
+            *arguments,
+        ]
         log.info("neo4j bulk import: %s", " ".join(command[:6]))
         began = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         stats.per_type["neo4j_admin_import"] = round(time.perf_counter() - began, 3)
         if done.returncode != 0:
-            detail = [line for line in (done.stderr + done.stdout).splitlines()
-                      if "Exception" in line or "rror" in line][:6]
-            raise StoreError(f"neo4j-admin import of database '{database}' failed (exit {done.returncode}; is the "
-                             f"server stopped?): " + " | ".join(detail))
+            detail = [
+                line for line in (done.stderr + done.stdout).splitlines() if "Exception" in line or "rror" in line
+            ][:6]
+            raise StoreError(
+                f"neo4j-admin import of database '{database}' failed (exit {done.returncode}; is the "
+                f"server stopped?): " + " | ".join(detail)
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     stats.seconds = time.perf_counter() - start
-    log.info("neo4j bulk import: %d nodes, %d relationships in %.1fs (%.0f rel/s)", stats.nodes, stats.relationships,
-             stats.seconds, stats.relationships_per_second)
+    log.info(
+        "neo4j bulk import: %d nodes, %d relationships in %.1fs (%.0f rel/s)",
+        stats.nodes,
+        stats.relationships,
+        stats.seconds,
+        stats.relationships_per_second,
+    )
     return stats
