@@ -23,9 +23,43 @@ def _settings(config: str | None, overrides: dict[str, Any]) -> Settings:
     return Settings.load(config, {k: v for k, v in overrides.items() if v is not None})
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line (``--log-format json``), for cron and log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _output_options(ctx: click.Context) -> dict[str, Any]:
+    return ctx.find_root().meta.setdefault("linkage.output", {"quiet": False, "log_format": "text"})
+
+
+def _quiet() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context and _output_options(context)["quiet"])
+
+
 def _setup_logging(verbose: int) -> None:
+    """-v progress, -vv debug; ``--quiet`` only errors; ``--log-format json`` one JSON object per line."""
+    context = click.get_current_context(silent=True)
+    options = _output_options(context) if context else {"quiet": False, "log_format": "text"}
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if options["quiet"]:
+        level = logging.ERROR
+    handler = logging.StreamHandler(sys.stderr)
+    if options["log_format"] == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # the driver logs every lost connection and retry itself; linkage reports the failure in one
     # line (exit 3), so the driver's own lines only with -vv
     logging.getLogger("neo4j").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
@@ -53,7 +87,38 @@ class _Group(click.Group):
 
 
 common_config = click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file")
-verbosity = click.option("-v", "--verbose", count=True, help="-v progress logging, -vv debug")
+
+
+def _remember(name: str):
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            _output_options(ctx)[name] = value
+
+    return callback
+
+
+def verbosity(command):
+    """-v/-vv, --quiet and --log-format, on every command that does work."""
+    command = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_remember("log_format"),
+        help="log lines as text or as one JSON object each (cron)",
+    )(command)
+    command = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_remember("quiet"),
+        help="only errors on stderr (a rebuild's JSON line still goes to stdout)",
+    )(command)
+    return click.option("-v", "--verbose", count=True, help="-v progress logging, -vv debug")(command)
 
 
 @click.group(cls=_Group)
@@ -127,10 +192,11 @@ def run(
         for store in stores:
             store.close()
     rings = result.summary["rings"]
-    click.echo(
-        f"{rings['total']} rings, {rings['flagged']} flagged ({rings['accounts_in_flagged']} accounts) → {out_dir}",
-        err=True,
-    )
+    if not _quiet():
+        click.echo(
+            f"{rings['total']} rings, {rings['flagged']} flagged ({rings['accounts_in_flagged']} accounts) → {out_dir}",
+            err=True,
+        )
 
 
 def _neo4j_store(settings: Settings, writer: bool):
@@ -219,17 +285,21 @@ def detect(
     finally:
         store.close()
     rings = result.summary["rings"]
-    click.echo(f"{rings['total']} rings, {rings['flagged']} flagged → {out_dir}", err=True)
+    if not _quiet():
+        click.echo(f"{rings['total']} rings, {rings['flagged']} flagged → {out_dir}", err=True)
 
 
 @main.command()
 @click.argument("input_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--neo4j", "use_neo4j", is_flag=True, help="also keep the graph and rings in Neo4j")
-@click.option("--full", is_flag=True, help="forget what was ingested and rebuild from scratch")
+@click.option("--full", is_flag=True, help="forget what was ingested and rebuild from scratch (ring ids carry over)")
+@click.option("--reset-history", is_flag=True, help="with --full: also forget the rings, so every ring gets a new id")
 @common_config
 @verbosity
-def rebuild(input_dir: str, out_dir: str, use_neo4j: bool, full: bool, config: str | None, verbose: int) -> None:
+def rebuild(
+    input_dir: str, out_dir: str, use_neo4j: bool, full: bool, reset_history: bool, config: str | None, verbose: int
+) -> None:
     """Nightly rebuild for cron: ingest new or changed files only, recompute rings over everything.
 
     Prints one JSON line on stdout. Exit codes: 0 done, 1 internal error, 2 bad input or
@@ -239,11 +309,32 @@ def rebuild(input_dir: str, out_dir: str, use_neo4j: bool, full: bool, config: s
 
     started = time.time()
     try:
-        summary = nightly(input_dir, out_dir, config, use_neo4j=use_neo4j, full=full)
+        summary = nightly(input_dir, out_dir, config, use_neo4j=use_neo4j, full=full, reset_history=reset_history)
     except BaseException as exc:
         click.echo(summary_line(failure_summary(exc, started)))
         raise
     click.echo(summary_line(summary))
+
+
+@main.group()
+def config() -> None:
+    """Inspect settings."""
+
+
+@config.command(name="show")
+@common_config
+def config_show(config: str | None) -> None:
+    """Print the effective settings (defaults, then --config, then NEO4J_* variables) as TOML,
+    secrets masked. Paste any part into a settings file to change it."""
+    import tomli_w
+
+    from .store.neo4j import masked_uri, settings_from_env
+
+    settings = _settings(config, {})
+    effective = settings.model_copy(update={"neo4j": settings_from_env(settings.neo4j)})
+    shown = effective.shown()
+    shown["neo4j"]["uri"] = masked_uri(shown["neo4j"]["uri"])
+    click.echo(tomli_w.dumps(shown).rstrip("\n"))
 
 
 def _parse_param(text: str) -> tuple[str, Any]:

@@ -19,6 +19,8 @@ from typing import Any
 
 import polars as pl
 
+from .errors import ConfigError
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` then rename ``tmp`` over ``path`` (same directory, so the rename is atomic)."""
@@ -32,6 +34,30 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def ensure_writable(directory: Path) -> None:
+    """Prove that ``directory`` can be written (or created), before any work is done and without
+    creating anything: a bad ``--out`` fails in a second with its reason, not as an internal error
+    after the whole run."""
+    directory = Path(directory).absolute()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a directory"
+    elif existing == directory:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".linkage-probe.", suffix=".tmp", dir=directory)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem:
+        raise ConfigError(f"{directory}: output directory cannot be written ({problem})")
 
 
 def _umask() -> int:

@@ -398,6 +398,28 @@ class Quarantine:
             mine.files += theirs.files
             mine.reasons.update(theirs.reasons)
 
+    def check_share(self, limit: float, min_rows: int) -> None:
+        """Refuse the run (:class:`InputError`, exit 2) when a table lost more than ``limit`` of its rows
+        to quarantine (and at least ``min_rows``): a wholesale format change must not read as "no
+        campaign". The message names the dominant reason and an example row."""
+        for table, counts in sorted(self.counts.items()):
+            if counts.rows_read == 0 or counts.rows_quarantined < min_rows:
+                continue
+            share = counts.rows_quarantined / counts.rows_read
+            if share <= limit:
+                continue
+            reason, n = counts.reasons.most_common(1)[0]
+            example = ""
+            frames = self.frames.get(table)
+            if frames:
+                first = pl.concat(frames).filter(pl.col("reason") == reason).head(1)
+                if first.height:
+                    example = f"; e.g. {first['source_file'][0]} row {first['row'][0]}, field {first['field'][0]}"
+            raise InputError(
+                f"{table}: {counts.rows_quarantined:,} of {counts.rows_read:,} rows quarantined ({share:.1%}, "
+                f"limit {limit:.1%}, ingest.max_quarantine_share); mostly '{reason}' ({n:,}){example}"
+            )
+
     def rows(self, table: str) -> pl.DataFrame:
         frames = self.frames.get(table)
         return pl.concat(frames) if frames else pl.DataFrame(schema=QUARANTINE_SCHEMA)

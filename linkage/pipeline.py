@@ -22,7 +22,7 @@ import polars as pl
 from . import __version__
 from .detect import Detection, detect
 from .errors import InputError
-from .export import begin_export, write_json, write_quarantine, write_rings
+from .export import begin_export, ensure_writable, write_json, write_quarantine, write_rings
 from .graph import Graph, build_graph
 from .ingest import FIELD_COL, FILE_COL, REASON_COL, ROW_COL, Quarantine, read_table, record_json, table_files
 from .normalize import normalize_accounts, normalize_payments, normalize_requests
@@ -235,6 +235,7 @@ def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clo
         payments = prepare_payments(read_rows(input_dir, PAYMENTS, settings, quarantine), accounts, quarantine)
         requests, miner = ingest_requests(input_dir, settings, quarantine)
         requests = clean_requests(requests, accounts, quarantine)
+        quarantine.check_share(settings.ingest.max_quarantine_share, settings.ingest.quarantine_guard_min_rows)
     with clock.stage("templates"):
         requests, templates = attach_templates(requests, miner)
     return Inputs(accounts, payments, requests, templates)
@@ -296,6 +297,8 @@ def run(
     ``store``: a graph store, or a list of them (Neo4j, the embedded Parquet store), that receive
     the graph and the rings."""
     settings = settings or Settings()
+    if out_dir is not None:
+        ensure_writable(Path(out_dir))
     started = time.time()
     clock = StageClock()
     quarantine = Quarantine()

@@ -47,6 +47,25 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
-    """A progress bar on an interactive terminal, nothing otherwise (cron, CI, pipes)."""
-    return tqdm(items, desc=desc, total=total, unit="file", disable=not sys.stderr.isatty(), leave=False)
+def progress(
+    items: Iterable[T], desc: str, total: int | None = None, unit: str = "file", every_seconds: float = 30.0
+) -> Iterable[T]:
+    """A progress bar on an interactive terminal; elsewhere (cron, CI, pipes) a log line at most every
+    ``every_seconds`` and one at the end, at INFO (``-v``)."""
+    if sys.stderr.isatty():
+        return tqdm(items, desc=desc, total=total, unit=unit, leave=False)
+    return _logged(items, desc, total, unit, every_seconds)
+
+
+def _logged(items: Iterable[T], desc: str, total: int | None, unit: str, every_seconds: float) -> Iterator[T]:
+    started = last = time.perf_counter()
+    done = 0
+    of = f"/{total}" if total is not None else ""
+    for item in items:
+        yield item
+        done += 1
+        now = time.perf_counter()
+        if now - last >= every_seconds:
+            log.info("%s: %d%s %ss (%.0f s)", desc, done, of, unit, now - started)
+            last = now
+    log.info("%s: %d%s %ss done in %.1f s", desc, done, of, unit, time.perf_counter() - started)

@@ -36,7 +36,7 @@ from typing import Any
 import polars as pl
 
 from .errors import InputError, LockHeldError
-from .export import write_csv, write_json, write_parquet
+from .export import ensure_writable, write_csv, write_json, write_parquet
 from .graph import build_graph, graph_delta, graph_removals
 from .ingest import Quarantine, read_table, table_files
 from .pipeline import (
@@ -163,8 +163,15 @@ class StateDir:
     def staged(self, key: str) -> Path:
         return self.root / "staged" / key
 
-    def reset(self) -> None:
+    def reset(self, keep_history: bool = True) -> None:
+        """Forget everything staged (``--full``); the last rings stay, so ring ids carry over, unless
+        ``keep_history`` is false (``--reset-history``)."""
+        history = self.root / "rings.parquet"
+        kept = history.read_bytes() if keep_history and history.exists() else None
         shutil.rmtree(self.root, ignore_errors=True)
+        if kept is not None:
+            self.root.mkdir(parents=True)
+            history.write_bytes(kept)
 
 
 def _stage_file(table: TableSpec, path: Path, input_dir: Path, settings: Settings, target: Path) -> dict[str, Any]:
@@ -326,6 +333,7 @@ def assemble(
         )
         requests = _concat([d / "rows.parquet" for d in by_table["requests"]], None)
         requests = clean_requests(requests, accounts, quarantine)
+        quarantine.check_share(settings.ingest.max_quarantine_share, settings.ingest.quarantine_guard_min_rows)
     with clock.stage("templates"):
         miner = merged_sample(state, manifest, by_table["requests"], settings)
         requests, templates = attach_templates(requests, miner)
@@ -419,18 +427,24 @@ def match_rings(previous: pl.DataFrame, current: pl.DataFrame, run_id: str) -> t
 
 # ---------------------------------------------------------------- the job
 def rebuild(
-    input_dir: str | Path, out_dir: str | Path, settings: Settings | None = None, store: Any = None, full: bool = False
+    input_dir: str | Path,
+    out_dir: str | Path,
+    settings: Settings | None = None,
+    store: Any = None,
+    full: bool = False,
+    reset_history: bool = False,
 ) -> dict[str, Any]:
     settings = settings or Settings()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
     clock = StageClock()
+    ensure_writable(out_dir)
     with RunLock(out_dir / ".lock") as lock:
         _remove_temporaries(out_dir)
         state = StateDir(out_dir / "state", staging_fingerprint(settings))
-        if full:
-            state.reset()
+        if full or reset_history:
+            state.reset(keep_history=not reset_history)
         with clock.stage("ingest"):
             sync = sync_staging(input_dir, state, settings)
         quarantine = Quarantine()
@@ -528,6 +542,7 @@ def nightly(
     config: str | Path | None = None,
     use_neo4j: bool = False,
     full: bool = False,
+    reset_history: bool = False,
 ) -> dict[str, Any]:
     """The cron job: settings, the Neo4j connection (holding its load lock) and :func:`rebuild`.
     Every failure, from a bad settings file to a lost server, is recorded in ``runs.jsonl`` with its
@@ -540,7 +555,7 @@ def nightly(
             from .store.neo4j import Neo4jStore
 
             store = Neo4jStore.from_settings(settings.neo4j, writer=True)
-        return rebuild(input_dir, out_dir, settings, store=store, full=full)
+        return rebuild(input_dir, out_dir, settings, store=store, full=full, reset_history=reset_history)
     except BaseException as exc:
         _record_failure(Path(out_dir), failure_summary(exc, started))
         raise

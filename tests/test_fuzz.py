@@ -91,7 +91,9 @@ def _variant(target: Path, fmt: str, seed: int) -> None:
 def test_hostile_cells_never_crash_and_nothing_is_lost(tmp_path: Path, fmt: str, seed: int) -> None:
     data, out = tmp_path / "in", tmp_path / "out"
     _variant(data, fmt, seed)
-    result = CliRunner().invoke(main, ["run", str(data), "--out", str(out)])
+    tolerant = tmp_path / "tolerant.toml"  # every bad row quarantined, however many: the row path is under test
+    tolerant.write_text("[ingest]\nmax_quarantine_share = 1.0\n")
+    result = CliRunner().invoke(main, ["run", str(data), "--out", str(out), "--config", str(tolerant)])
     assert result.exit_code in (0, 2), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert (result.exit_code == 2) == (seed % 5 == 4)
@@ -105,3 +107,12 @@ def test_hostile_cells_never_crash_and_nothing_is_lost(tmp_path: Path, fmt: str,
         quarantined = out / "quarantine" / f"{table}.csv"
         listed = read_csv(quarantined).height if quarantined.exists() else 0
         assert listed == counts["rows_quarantined"], table
+
+
+def test_a_run_that_loses_many_rows_fails_and_writes_nothing(tmp_path: Path) -> None:
+    data, out = tmp_path / "in", tmp_path / "out"
+    _variant(data, "csv", 0)
+    result = CliRunner().invoke(main, ["run", str(data), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "rows quarantined" in result.stderr and "e.g." in result.stderr and "row" in result.stderr
+    assert not (out / "rings.csv").exists()

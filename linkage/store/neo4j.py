@@ -213,6 +213,7 @@ class Neo4jStore:
             rows = _records(frame.filter(pl.col(spec.key).is_not_null()).unique(spec.key, keep="first").sort(spec.key))
             self._write_batches(load[f"node_{spec.label}"], rows)
             stats.nodes += len(rows)
+            log.info("neo4j load: %d %s nodes", len(rows), spec.label)
             self._renew_lock()
         for rel in REL_SPECS:
             frame = graph.rels.get(rel.type)
@@ -223,6 +224,7 @@ class Neo4jStore:
             self._write_batches(load[f"rel_{rel.type}"], rows)
             stats.relationships += len(rows)
             stats.per_type[rel.type] = round(time.perf_counter() - began, 3)
+            log.info("neo4j load: %d %s relationships in %.1f s", len(rows), rel.type, stats.per_type[rel.type])
             self._renew_lock()
         stats.seconds = time.perf_counter() - start
         self.last_load = stats
