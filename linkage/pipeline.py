@@ -57,7 +57,10 @@ class RunResult:
 
     def to_pandas(self) -> tuple[Any, Any]:
         """(rings, ring_members) as pandas DataFrames, for notebooks."""
-        return self.rings.to_pandas(), self.members.to_pandas()
+        try:
+            return self.rings.to_pandas(), self.members.to_pandas()
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError("to_pandas() needs pandas: pip install 'linkage[pandas]'") from exc
 
 
 # ---------------------------------------------------------------- stages
