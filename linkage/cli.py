@@ -316,6 +316,27 @@ def rebuild(
     click.echo(summary_line(summary))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("account")
+@click.argument("other", required=False)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def explain(run_dir: str, account: str, other: str | None, fmt: str) -> None:
+    """Why ACCOUNT is in its ring (its links and attachment), or, with OTHER, the waterfall of what
+    links the two: each shared entity, the chance and family discounts, timing, the org discount and
+    Fisher's combination, ending on the weight detection used."""
+    from dataclasses import asdict
+
+    from .explain import explain_account, explain_pair, format_account, format_pair
+
+    found = explain_pair(run_dir, account, other) if other else explain_account(run_dir, account)
+    if fmt == "json":
+        click.echo(json.dumps(asdict(found), indent=2))
+    else:
+        text = format_pair(found) if other else format_account(found)  # type: ignore[arg-type]
+        click.echo(terminal_safe(text).replace("\\x0a", "\n"))
+
+
 @main.group()
 def config() -> None:
     """Inspect settings."""

@@ -463,7 +463,7 @@ def project(
     candidates = sorted_unique(np.concatenate([contrib_pair, hub_pairs]))
     log.info("projection: %d small-entity contributions, %d candidate pairs", len(contrib_pair), len(candidates))
     if len(candidates) == 0:
-        return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64, "activity": pl.Float64})
+        return pl.DataFrame(schema=PAIR_SCHEMA)
 
     ca, cb = candidates // n, candidates % n
     family_of = {t: f for f, members in settings.type_families.items() for t in members}
@@ -489,14 +489,40 @@ def project(
     # what timing would have to add for the pair to link (pairs far short of it need no exact figure)
     needed = (link_at / np.maximum(discount, 1e-9) - surprisal) / timing_weight if timing_weight > 0 else None
     timing = timing_weight * _lockstep(accounts, ca, cb, settings, needed) if timing_weight > 0 else np.zeros(len(ca))
-    surprisal = (surprisal + timing) * discount
+    shared = surprisal
+    surprisal = (shared + timing) * discount
     shared_families += timing > 0
     # Fisher's tail never exceeds the plain sum: only pairs whose sum reaches the threshold can link
     reach = np.flatnonzero(surprisal >= link_at)
     weight = fisher_log_tail(surprisal[reach], shared_families[reach])
     keep = reach[weight >= link_at]
     log.info("projection: %d of %d candidate pairs beyond chance (threshold %.1f nats)", len(keep), len(ca), link_at)
-    return pl.DataFrame({"a": ca[keep], "b": cb[keep], "weight": weight[weight >= link_at], "activity": timing[keep]})
+    # every step of a kept pair's weight, so that `linkage explain` shows the numbers used here
+    return pl.DataFrame(
+        {
+            "a": ca[keep],
+            "b": cb[keep],
+            "weight": weight[weight >= link_at],
+            "activity": timing[keep],
+            "shared": shared[keep],
+            "discount": discount[keep],
+            "surprisal": surprisal[keep],
+            "families": shared_families[keep].astype(np.int64),
+        },
+        schema=PAIR_SCHEMA,
+    )
+
+
+PAIR_SCHEMA = {
+    "a": pl.Int64,  # account indices, a < b
+    "b": pl.Int64,
+    "weight": pl.Float64,  # Fisher's combined tail of `surprisal` over `families`: the link's weight (nats)
+    "activity": pl.Float64,  # the lockstep (timing) part, before the org discount
+    "shared": pl.Float64,  # what the shared entities add, by type and family, less what chance explains
+    "discount": pl.Float64,  # the declared-org factor (1 when the two are not seats of one org)
+    "surprisal": pl.Float64,  # (shared + activity) × discount
+    "families": pl.Int64,  # independent evidence families behind it (timing counts as one)
+}
 
 
 def _log_memberships(n_accounts: int, idx: np.ndarray, types: np.ndarray, held: np.ndarray, n_types: int) -> np.ndarray:

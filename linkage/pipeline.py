@@ -22,9 +22,11 @@ import polars as pl
 from . import __version__
 from .detect import Detection, detect
 from .errors import InputError
-from .export import begin_export, ensure_writable, write_json, write_quarantine, write_rings
+from .explain import LINKS_FILE, MEMBERSHIPS_FILE, explanation_tables
+from .export import begin_export, ensure_writable, write_json, write_parquet, write_quarantine, write_rings
 from .graph import Graph, build_graph
 from .ingest import FIELD_COL, FILE_COL, REASON_COL, ROW_COL, Quarantine, read_table, record_json, table_files
+from .labels import entity_labels
 from .normalize import normalize_accounts, normalize_payments, normalize_requests
 from .progress import StageClock, peak_rss_mb, progress
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS
@@ -273,7 +275,9 @@ def analyse(
     with clock.stage("detect"):
         detection = detect(graph, settings.detect, clock)
     with clock.stage("score"):
-        rings, members, evidence, alone = score_rings(detection, graph, settings.score)
+        rings, members, evidence, alone = score_rings(
+            detection, graph, settings.score, labels=lambda found: entity_labels(graph, found, settings.detect)
+        )
     return detection, rings, members, evidence, alone
 
 
@@ -351,6 +355,9 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
 def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> None:
     begin_export(out_dir)
     write_quarantine(out_dir, {t: quarantine.rows(t) for t in quarantine.counts})
+    links, kept = explanation_tables(result.detection, result.members)
+    write_parquet(links, out_dir / LINKS_FILE)
+    write_parquet(kept, out_dir / MEMBERSHIPS_FILE)
     write_rings(out_dir, result.rings, result.members, result.evidence, result.account_scores)
 
 

@@ -31,6 +31,7 @@ is tied, while the risk says whether it behaves like extraction.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
@@ -72,11 +73,18 @@ def ring_ids(communities: pl.DataFrame) -> pl.DataFrame:
 
 
 def score_rings(
-    detection: Detection, graph: Graph, settings: ScoreSettings, flag_threshold: float | None = None
+    detection: Detection,
+    graph: Graph,
+    settings: ScoreSettings,
+    flag_threshold: float | None = None,
+    labels: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(rings, ring_members, ring_evidence, alone) — rings sorted by score, highest first; ``alone``:
     every account's risk and the score it has outside any ring (as if in a ring at the background's
-    mean). Reads only the graph."""
+    mean). Reads only the graph.
+
+    ``labels``: from the evidence rows (``entity, type, degree``) to ``entity, label`` (see
+    :func:`linkage.labels.entity_labels`); without it an entity is labelled by its key."""
     accounts = graph.nodes["Account"]
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
@@ -89,6 +97,7 @@ def score_rings(
                     "account_id": pl.Utf8,
                     "account_score": pl.Float64,
                     "attachment": pl.Float64,
+                    "strength": pl.Float64,
                 }
             ),
             _empty_evidence(),
@@ -97,6 +106,10 @@ def score_rings(
     ring_of = members.select("account_id", "ring_id")
     strength = _internal_strength(detection, members)
     evidence = _shared_entities(detection, members)
+    named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
+    evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
+        pl.col("label").fill_null(pl.col("entity"))
+    )
     features = (
         _size_and_org(members, accounts)
         .join(_coordination(strength), on="ring_id", how="left")
@@ -146,7 +159,7 @@ def score_rings(
                 pl.format(
                     "members riskier than {}% of unlinked accounts", (pl.col("background_percentile") * 100).round(1)
                 ),
-                pl.col("evidence").fill_null(""),
+                pl.format("; {}", pl.col("evidence")).fill_null(""),
                 pl.format("; proxy/VPN/DC traffic {}%", (pl.col("proxy_share") * 100).round(0)),
                 pl.format("; owned scaffolds {}%", (pl.col("owned_templates") * 100).round(0)),
                 pl.format("; reasoning-style {}%", (pl.col("reasoning_style") * 100).round(0)),
@@ -175,9 +188,9 @@ def score_rings(
     rings = rings.select(order).with_columns(pl.col(pl.Float64).round(6))
     ring_members = (
         members.select("ring_id", "account_id")
-        .join(strength.select("account_id", "attachment"), on="account_id", how="left")
+        .join(strength.select("account_id", "attachment", "strength"), on="account_id", how="left")
         .join(rings.select("ring_id", "score"), on="ring_id")
-        .with_columns(pl.col("attachment").fill_null(0.0))
+        .with_columns(pl.col("attachment").fill_null(0.0), pl.col("strength").fill_null(0.0))
         .join(risk, on="account_id", how="left")
         .with_columns(((pl.col("score") + pl.col("risk").fill_null(0.0)) / 2).round(6).alias("account_score"))
         .drop("score")
@@ -186,15 +199,15 @@ def score_rings(
         ring_members.join(rings.select("ring_id", pl.int_range(pl.len()).alias("_rank")), on="ring_id")
         .sort("_rank", "account_id")
         .drop("_rank")
-        .select("ring_id", "account_id", "account_score", "attachment")
+        .select("ring_id", "account_id", "account_score", "attachment", "strength")
     )
     evidence = evidence.with_columns(pl.col(pl.Float64).round(6))
     return (
         rings,
         ring_members,
-        evidence.join(rings.select("ring_id"), on="ring_id").sort(
-            "ring_id", "value_total", "entity", descending=[False, True, False]
-        ),
+        evidence.join(rings.select("ring_id"), on="ring_id")
+        .sort("ring_id", "value_total", "entity", descending=[False, True, False])
+        .select("ring_id", "entity", "type", "label", "members", "degree", "value", "value_total", "shared_by"),
         _alone(risk, prior),
     )
 
@@ -312,6 +325,8 @@ def _empty_evidence() -> pl.DataFrame:
             "degree": pl.UInt32,
             "value": pl.Float64,
             "value_total": pl.Float64,
+            "shared_by": pl.List(pl.Utf8),
+            "label": pl.Utf8,
         }
     )
 
@@ -353,7 +368,12 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
     shared = (
         detection.memberships.join(members.select("idx", "ring_id"), on="idx")
         .group_by("ring_id", "entity", "type")
-        .agg(pl.len().alias("members"), pl.col("degree").first(), pl.col("value").first())
+        .agg(
+            pl.len().alias("members"),
+            pl.col("degree").first(),
+            pl.col("value").first(),
+            pl.col("account_id").sort().alias("shared_by"),
+        )
     )
     return shared.filter(pl.col("members") >= 2).with_columns(
         (pl.col("value") * (pl.col("members") - 1)).alias("value_total")
@@ -477,7 +497,7 @@ def _evidence_text(evidence: pl.DataFrame, top: int) -> pl.DataFrame:
     return ranked.group_by("ring_id", maintain_order=True).agg(
         pl.format(
             "{} shared by {} members ({} accounts overall, weight {})",
-            pl.col("entity"),
+            pl.col("label"),
             pl.col("members"),
             pl.col("degree"),
             pl.col("value").round(2),

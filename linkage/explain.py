@@ -1,0 +1,286 @@
+"""Why an account is in its ring, and what links two accounts: ``linkage explain``.
+
+Detection keeps, for every link it used, each step of its weight (:data:`linkage.detect.PAIR_SCHEMA`)
+and, for every ring member, the value of each entity it shares (``memberships.parquet``). This
+module reads those files back; it never runs detection again. A pair's waterfall attributes the
+link's weight to the entities behind it, step by step as :func:`linkage.detect._weigh_pairs`
+combines them — the strongest entity of a type in full, the others by the within-type share, less
+what the two accounts' numbers of such entities make expected by chance, families of correlated
+types, lockstep timing, the declared-org discount and Fisher's combination — and each step ends
+on the figure detection recorded (checked: a waterfall that does not meet it is an error).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .errors import InputError
+from .settings import DetectSettings
+
+LINKS_FILE, MEMBERSHIPS_FILE = "links.parquet", "memberships.parquet"
+_TOLERANCE = 1e-6
+
+
+@dataclass
+class Step:
+    """One bar of a waterfall: what it is, and what it adds (nats; negative takes away)."""
+
+    kind: str  # entity | chance | family | timing | org | fisher
+    what: str
+    nats: float
+    entity: str | None = None
+
+
+@dataclass
+class PairExplanation:
+    a: str
+    b: str
+    linked: bool
+    weight: float  # the weight detection used (0 when the two are not linked)
+    steps: list[Step] = field(default_factory=list)
+    shared: list[dict[str, Any]] = field(default_factory=list)  # every entity both hold, with its value
+
+
+@dataclass
+class AccountExplanation:
+    account_id: str
+    ring_id: str | None
+    attachment: float | None
+    strength: float  # summed weight of its links inside its ring
+    ring_median_strength: float | None
+    links: list[dict[str, Any]] = field(default_factory=list)  # partner, weight, top entity
+
+
+def explanation_tables(detection: Any, members: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(links, memberships) to write beside a run's rings: the kept links touching a ring member,
+    with account ids and every step of their weight; the memberships of the accounts they join."""
+    ids = detection.accounts.select("idx", "account_id")
+    in_rings = members.select("account_id").unique().join(ids, on="account_id")
+    ringed = in_rings["idx"].cast(pl.Int64).implode()
+    touching = detection.pairs.filter(pl.col("a").is_in(ringed) | pl.col("b").is_in(ringed))
+    links = (
+        touching.join(ids.rename({"idx": "a", "account_id": "account_a"}), on="a")
+        .join(ids.rename({"idx": "b", "account_id": "account_b"}), on="b")
+        .select("account_a", "account_b", pl.exclude("account_a", "account_b"))
+        .with_columns(pl.col(pl.Float64).round(9))
+        .sort("account_a", "account_b")
+    )
+    ends = pl.concat([in_rings["idx"].cast(pl.Int64), touching["a"], touching["b"]]).unique()  # both ends kept
+    kept = detection.memberships.filter(pl.col("idx").cast(pl.Int64).is_in(ends.implode())).select(
+        "idx", "account_id", "entity", "type", "value", "degree", "held"
+    )
+    return links, kept.sort("account_id", "entity")
+
+
+class RunFiles:
+    """A run directory's rings, links and memberships, as ``linkage explain`` reads them."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        missing = [
+            name
+            for name in (LINKS_FILE, MEMBERSHIPS_FILE, "ring_members.parquet", "ring_evidence.parquet", "run.json")
+            if not (self.out_dir / name).exists()
+        ]
+        if missing:
+            raise InputError(f"{self.out_dir}: not a complete linkage run ({', '.join(missing)} missing)")
+        self.links = pl.read_parquet(self.out_dir / LINKS_FILE)
+        self.memberships = pl.read_parquet(self.out_dir / MEMBERSHIPS_FILE)
+        self.members = pl.read_parquet(self.out_dir / "ring_members.parquet")
+        self.evidence = pl.read_parquet(self.out_dir / "ring_evidence.parquet")
+        parameters = json.loads((self.out_dir / "run.json").read_text())["parameters"]["detect"]
+        self.settings = DetectSettings.model_validate(parameters)
+
+    def label(self, entity: str) -> str:
+        found = self.evidence.filter(pl.col("entity") == entity)["label"]
+        return found[0] if found.len() else entity
+
+    def link(self, a: str, b: str) -> dict[str, Any] | None:
+        first, second = sorted((a, b))
+        row = self.links.filter(
+            ((pl.col("account_a") == first) & (pl.col("account_b") == second))
+            | ((pl.col("account_a") == second) & (pl.col("account_b") == first))
+        )
+        return row.row(0, named=True) if row.height else None
+
+
+def explain_account(out_dir: str | Path, account_id: str) -> AccountExplanation:
+    """An account's ring, its attachment, and every link inside the ring that holds it there (they sum
+    to its strength; attachment = strength / the ring's median strength, at most 1)."""
+    run = RunFiles(out_dir)
+    mine = run.members.filter(pl.col("account_id") == account_id)
+    if mine.height == 0:
+        return AccountExplanation(account_id, None, None, 0.0, None)
+    ring_id = mine["ring_id"][0]
+    ring = run.members.filter(pl.col("ring_id") == ring_id)
+    mates = set(ring["account_id"].to_list()) - {account_id}
+    links = run.links.filter(
+        ((pl.col("account_a") == account_id) & pl.col("account_b").is_in(mates))
+        | ((pl.col("account_b") == account_id) & pl.col("account_a").is_in(mates))
+    ).with_columns(
+        pl.when(pl.col("account_a") == account_id)
+        .then(pl.col("account_b"))
+        .otherwise(pl.col("account_a"))
+        .alias("partner")
+    )
+    rows = []
+    for link in links.sort("weight", "partner", descending=[True, False]).iter_rows(named=True):
+        top = _shared_entities(run, account_id, link["partner"])
+        rows.append(
+            {
+                "partner": link["partner"],
+                "weight": link["weight"],
+                "strongest": run.label(top[0]["entity"]) if top else "lockstep timing",
+            }
+        )
+    return AccountExplanation(
+        account_id=account_id,
+        ring_id=ring_id,
+        attachment=float(mine["attachment"][0]),
+        strength=float(sum(r["weight"] for r in rows)),
+        ring_median_strength=float(ring.select(pl.col("strength").median()).item())
+        if "strength" in ring.columns
+        else None,
+        links=rows,
+    )
+
+
+def explain_pair(out_dir: str | Path, a: str, b: str) -> PairExplanation:
+    """The waterfall of the link between ``a`` and ``b``: each shared entity's contribution and what the
+    null model, correlated families, timing, the org discount and Fisher's combination did to it."""
+    run = RunFiles(out_dir)
+    shared = _shared_entities(run, a, b)
+    link = run.link(a, b)
+    explanation = PairExplanation(a, b, link is not None, link["weight"] if link else 0.0, shared=shared)
+    if link is None:
+        return explanation
+    steps, shared_total = _shared_steps(run, shared, a, b)
+    if abs(shared_total - link["shared"]) > _TOLERANCE * max(1.0, link["shared"]):
+        raise InputError(
+            f"{run.out_dir}: the memberships give {shared_total:.6f} nats for {a}–{b}, detection used "
+            f"{link['shared']:.6f}: the files are not of one run"
+        )
+    if link["activity"] > 0:
+        steps.append(Step("timing", "lockstep: active in the same hours beyond chance", link["activity"]))
+    before_org = link["shared"] + link["activity"]
+    if link["discount"] < 1:
+        steps.append(
+            Step("org", "seats of one declared org (detect.org_discount)", before_org * (link["discount"] - 1))
+        )
+    steps.append(
+        Step(
+            "fisher",
+            f"combined over {link['families']} independent families (Fisher's method)",
+            link["weight"] - link["surprisal"],
+        )
+    )
+    explanation.steps = steps
+    return explanation
+
+
+def _shared_entities(run: RunFiles, a: str, b: str) -> list[dict[str, Any]]:
+    """Entities both accounts hold, valued as detection valued them (on the lower-index account)."""
+    both = run.memberships.filter(pl.col("account_id").is_in([a, b]))
+    pairs = both.filter(pl.col("account_id") == a).join(
+        both.filter(pl.col("account_id") == b).select(
+            "entity", pl.col("idx").alias("idx_b"), pl.col("value").alias("value_b")
+        ),
+        on="entity",
+    )
+    valued = pairs.with_columns(
+        pl.when(pl.col("idx") < pl.col("idx_b")).then(pl.col("value")).otherwise(pl.col("value_b")).alias("value")
+    )
+    return (
+        valued.sort("value", "entity", descending=[True, False]).select("entity", "type", "value", "degree").to_dicts()
+    )
+
+
+def _held(run: RunFiles, account: str) -> dict[str, int]:
+    rows = run.memberships.filter(pl.col("account_id") == account).unique("type")
+    return dict(zip(rows["type"].to_list(), rows["held"].to_list()))
+
+
+def _shared_steps(run: RunFiles, shared: list[dict[str, Any]], a: str, b: str) -> tuple[list[Step], float]:
+    """Entity, chance and family steps; their sum is what detection recorded as ``shared``."""
+    extra = run.settings.within_type_extra
+    family_of = {t: f for f, members in run.settings.type_families.items() for t in members}
+    held_a, held_b = _held(run, a), _held(run, b)
+    steps: list[Step] = []
+    by_family: dict[str, list[tuple[str, float]]] = {}
+    for type_name in sorted({row["type"] for row in shared}):
+        rows = [row for row in shared if row["type"] == type_name]
+        strongest, total = rows[0]["value"], sum(r["value"] for r in rows)
+        others = total - strongest
+        added = extra * min(others, strongest)
+        type_steps = [Step("entity", run.label(rows[0]["entity"]), strongest, rows[0]["entity"])]
+        for row in rows[1:]:
+            type_steps.append(Step("entity", run.label(row["entity"]), added * row["value"] / others, row["entity"]))
+        expected = math.log(max(held_a.get(type_name, 1), 1)) + math.log(max(held_b.get(type_name, 1), 1))
+        if expected > 0:
+            type_steps.append(
+                Step(
+                    "chance",
+                    f"expected of two accounts holding {held_a.get(type_name, 1)} and {held_b.get(type_name, 1)} "
+                    f"{type_name} entities",
+                    -expected,
+                )
+            )
+        value = strongest + added - expected
+        if value <= 0:
+            type_steps.append(Step("chance", f"{type_name}: no more than chance, not counted", -value))
+        else:
+            by_family.setdefault(family_of.get(type_name, type_name), []).append((type_name, value))
+        steps.extend(type_steps)
+    shared_total = 0.0
+    for family, values in sorted(by_family.items()):
+        strongest = max(v for _, v in values)
+        total = sum(v for _, v in values)
+        family_value = strongest + extra * min(total - strongest, strongest)
+        if len(values) > 1:
+            steps.append(
+                Step("family", f"{family}: {', '.join(t for t, _ in values)} are correlated", family_value - total)
+            )
+        shared_total += family_value
+    return steps, shared_total
+
+
+def format_pair(explanation: PairExplanation) -> str:
+    if not explanation.linked:
+        lines = [f"{explanation.a} and {explanation.b} are not linked (no link beyond chance)."]
+        if explanation.shared:
+            lines.append(
+                "They share: " + "; ".join(f"{r['entity']} ({r['value']:.2f} nats)" for r in explanation.shared)
+            )
+        return "\n".join(lines)
+    what = [_short(step.what) for step in explanation.steps]
+    width = max(len(text) for text in what)
+    lines = [f"link {explanation.a} — {explanation.b}: weight {explanation.weight:.3f} nats", ""]
+    running = 0.0
+    for step, text in zip(explanation.steps, what):
+        running += step.nats
+        lines.append(f"  {text:<{width}}  {step.nats:+9.3f}  = {running:9.3f}")
+    return "\n".join(lines)
+
+
+def _short(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_account(explanation: AccountExplanation) -> str:
+    if explanation.ring_id is None:
+        return f"{explanation.account_id} is in no ring."
+    lines = [
+        f"{explanation.account_id} in ring {explanation.ring_id}: attachment {explanation.attachment:.3f} "
+        f"(strength {explanation.strength:.3f} nats over {len(explanation.links)} links"
+        + (f", ring median {explanation.ring_median_strength:.3f})" if explanation.ring_median_strength else ")"),
+        "",
+    ]
+    for link in explanation.links:
+        lines.append(f"  {link['partner']:<24} {link['weight']:9.3f}  strongest: {link['strongest']}")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Readable labels for evidence entities: what an investigator reads instead of an opaque key.
+
+An entity is ``TYPE|key`` throughout detection (``PromptTemplate|T1341…``, ``SignupBurst|982964``,
+``ModelSwitch|atlas-large-2@491844``). :func:`entity_labels` turns each into a sentence built from
+the graph's own node properties: a template becomes its scaffold text, a signup burst or model
+switch its time window and how many accounts are in it, a card its type, BIN and issuer country.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .graph import Graph
+from .settings import DetectSettings
+
+_MAX_TEMPLATE_CHARS = 160
+
+
+def entity_labels(graph: Graph, entities: pl.DataFrame, settings: DetectSettings) -> pl.DataFrame:
+    """``entity, label`` for the distinct ``entity`` values of ``entities`` (columns ``entity``, ``type``,
+    ``degree``: the number of accounts holding it)."""
+    distinct = entities.select("entity", "type", "degree").unique("entity", keep="first")
+    if distinct.height == 0:
+        return pl.DataFrame(schema={"entity": pl.Utf8, "label": pl.Utf8})
+    keyed = distinct.with_columns(pl.col("entity").str.splitn("|", 2).struct.field("field_1").alias("key"))
+    labelled = keyed.join(_cards(graph), on="key", how="left").join(_addresses(graph), on="key", how="left")
+    labelled = labelled.join(_templates(graph), on="key", how="left")
+    burst_seconds = settings.signup_window_minutes * 60
+    window_start = pl.from_epoch(pl.col("key").cast(pl.Int64, strict=False) * burst_seconds, time_unit="s")
+    switch = pl.col("key").str.splitn("@", 2)
+    switch_start = pl.from_epoch(switch.struct.field("field_1").cast(pl.Int64, strict=False) * 3600, time_unit="s")
+    accounts = pl.format("{} accounts", pl.col("degree"))
+    label = (
+        pl.when(pl.col("type") == "PaymentInstrument")
+        .then(pl.format("card {} ({})", pl.col("key"), pl.col("card_facts").fill_null("no card details")))
+        .when(pl.col("type") == "Bin")
+        .then(pl.format("BIN {} (cards of {})", pl.col("key"), accounts))
+        .when(pl.col("type").is_in(["IP", "SignupIP"]))
+        .then(
+            pl.format(
+                "{} {} ({})",
+                pl.when(pl.col("type") == "IP").then(pl.lit("address")).otherwise(pl.lit("signup address")),
+                pl.col("key"),
+                pl.col("address_facts").fill_null("no network details"),
+            )
+        )
+        .when(pl.col("type") == "Subnet")
+        .then(pl.format("subnet {}", pl.col("key")))
+        .when(pl.col("type") == "ASN")
+        .then(pl.format("network AS{}", pl.col("key")))
+        .when(pl.col("type") == "Device")
+        .then(pl.format("client fingerprint {}", pl.col("key")))
+        .when(pl.col("type") == "Email")
+        .then(pl.format("mailbox {}", pl.col("key")))
+        .when(pl.col("type") == "EmailDomain")
+        .then(pl.format("email domain {}", pl.col("key")))
+        .when(pl.col("type") == "PromptTemplate")
+        .then(pl.format("template «{}»", pl.col("template_text").fill_null(pl.col("key"))))
+        .when(pl.col("type") == "SignupBurst")
+        .then(
+            pl.format(
+                "signup burst {}–{} UTC ({})",
+                window_start.dt.strftime("%Y-%m-%d %H:%M"),
+                (window_start + pl.duration(seconds=burst_seconds)).dt.strftime("%H:%M"),
+                accounts,
+            )
+        )
+        .when(pl.col("type") == "ModelSwitch")
+        .then(
+            pl.format(
+                "switch to {} in the hour from {} UTC ({})",
+                switch.struct.field("field_0"),
+                switch_start.dt.strftime("%Y-%m-%d %H:%M"),
+                accounts,
+            )
+        )
+        .otherwise(pl.format("{} {}", pl.col("type"), pl.col("key")))
+    )
+    return labelled.select("entity", label.alias("label"))
+
+
+def _cards(graph: Graph) -> pl.DataFrame:
+    cards = graph.nodes.get("PaymentInstrument")
+    if cards is None or cards.height == 0:
+        return pl.DataFrame(schema={"key": pl.Utf8, "card_facts": pl.Utf8})
+    facts = pl.concat_str(
+        [
+            pl.col("instrument_type"),
+            pl.format("BIN {}", pl.col("bin")),
+            pl.format("issued in {}", pl.col("issuer_country")),
+        ],
+        separator=", ",
+        ignore_nulls=True,
+    )
+    return cards.select(pl.col("instrument_id").alias("key"), pl.when(facts != "").then(facts).alias("card_facts"))
+
+
+def _addresses(graph: Graph) -> pl.DataFrame:
+    ips = graph.nodes.get("IP")
+    if ips is None or ips.height == 0:
+        return pl.DataFrame(schema={"key": pl.Utf8, "address_facts": pl.Utf8})
+    facts = pl.concat_str(
+        [pl.col("ip_type"), pl.format("AS{}", pl.col("asn")), pl.format("subnet {}", pl.col("subnet"))],
+        separator=", ",
+        ignore_nulls=True,
+    )
+    return ips.select(pl.col("ip").alias("key"), pl.when(facts != "").then(facts).alias("address_facts"))
+
+
+def _templates(graph: Graph) -> pl.DataFrame:
+    templates = graph.nodes.get("PromptTemplate")
+    if templates is None or templates.height == 0:
+        return pl.DataFrame(schema={"key": pl.Utf8, "template_text": pl.Utf8})
+    text = pl.col("text").str.replace_all(r"\s+", " ").str.strip_chars()
+    short = (
+        pl.when(text.str.len_chars() > _MAX_TEMPLATE_CHARS)
+        .then(text.str.slice(0, _MAX_TEMPLATE_CHARS) + "…")
+        .otherwise(text)
+    )
+    return templates.select(pl.col("template_id").alias("key"), short.alias("template_text"))

@@ -1,0 +1,78 @@
+"""`linkage explain`: the numbers detection used, read back, never recomputed differently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+import linkage
+from linkage.cli import main
+from linkage.errors import InputError
+from linkage.explain import LINKS_FILE, explain_account, explain_pair
+
+from .conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, linkage.RunResult]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    return out, linkage.run(TINY, out)
+
+
+def test_a_members_links_sum_to_its_attachment(demo) -> None:
+    out, result = demo
+    for member in result.members.iter_rows(named=True):
+        explained = explain_account(out, member["account_id"])
+        assert explained.ring_id == member["ring_id"]
+        assert explained.strength == pytest.approx(member["strength"], abs=1e-6)
+        median = result.members.filter(pl.col("ring_id") == member["ring_id"])["strength"].median()
+        assert min(1.0, explained.strength / median) == pytest.approx(member["attachment"], abs=1e-4)
+
+
+def test_every_pair_waterfall_sums_to_the_weight_detection_used(demo) -> None:
+    out, result = demo
+    ids = result.detection.accounts["account_id"]
+    pairs = result.detection.pairs
+    assert pairs.height > 20
+    for a, b, weight in pairs.select("a", "b", "weight").iter_rows():
+        explained = explain_pair(out, ids[a], ids[b])
+        if explained.linked:  # links touching a ring member are kept for explain
+            assert sum(step.nats for step in explained.steps) == pytest.approx(weight, abs=1e-6)
+            assert explained.weight == pytest.approx(weight, abs=1e-8)
+            kinds = {step.kind for step in explained.steps}
+            assert "entity" in kinds and "fisher" in kinds
+
+
+def test_unlinked_pair_and_unringed_account(demo) -> None:
+    out, result = demo
+    outside = set(result.detection.accounts["account_id"]) - set(result.members["account_id"])
+    loner = sorted(outside)[0]
+    assert explain_account(out, loner).ring_id is None
+    assert not explain_pair(out, loner, result.members["account_id"][0]).linked
+
+
+def test_files_of_another_run_are_refused(demo, tmp_path: Path) -> None:
+    out, _ = demo
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for path in out.iterdir():
+        if path.is_file():
+            (mixed / path.name).write_bytes(path.read_bytes())
+    links = pl.read_parquet(mixed / LINKS_FILE).with_columns(pl.col("shared") + 1.0)
+    links.write_parquet(mixed / LINKS_FILE)
+    first = links.row(0, named=True)
+    with pytest.raises(InputError, match="not of one run"):
+        explain_pair(mixed, first["account_a"], first["account_b"])
+
+
+def test_cli_explain(demo) -> None:
+    out, result = demo
+    member = result.members["account_id"][0]
+    shown = CliRunner().invoke(main, ["explain", str(out), member])
+    assert shown.exit_code == 0 and "attachment" in shown.stdout
+    partner = explain_account(out, member).links[0]["partner"]
+    waterfall = CliRunner().invoke(main, ["explain", str(out), member, partner])
+    assert waterfall.exit_code == 0 and "Fisher" in waterfall.stdout
