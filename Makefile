@@ -28,11 +28,13 @@ lint: install  ## lint, format and type checks (also part of make test)
 demo: install  ## the main job on the embedded default, on the fixture with known rings
 	$(VENV)/bin/linkage run fixtures/tiny --out out/tiny
 	$(VENV)/bin/linkage eval --labels fixtures/tiny_labels.csv out/tiny
+	@echo "report: $(CURDIR)/out/tiny/report.html"
 
 test: install lint  ## everything: lint and types, then the tests, the Neo4j-marked ones against a real server
 	./scripts/neo4j.sh start
 	set -a; . ./.neo4j/env; set +a; status=0; \
-	  LINKAGE_REQUIRE_NEO4J=1 $(PY) -m pytest -q || status=$$?; \
+	  LINKAGE_CHROMIUM=$$(./scripts/chromium.sh) LINKAGE_REQUIRE_NEO4J=1 LINKAGE_REQUIRE_BROWSER=1 \
+	  LINKAGE_ARTIFACTS=$(CURDIR)/out/ci $(PY) -m pytest -q || status=$$?; \
 	  ./scripts/neo4j.sh stop; exit $$status
 
 test-fast: install  ## unit tests only, no server

@@ -337,6 +337,15 @@ def explain(run_dir: str, account: str, other: str | None, fmt: str) -> None:
         click.echo(terminal_safe(text).replace("\\x0a", "\n"))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report(run_dir: str) -> None:
+    """Write RUN_DIR/report.html again from a finished run's files (every run writes it too)."""
+    from .report import write_report
+
+    click.echo(str(write_report(run_dir)))
+
+
 @main.group()
 def config() -> None:
     """Inspect settings."""

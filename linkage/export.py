@@ -22,7 +22,7 @@ import polars as pl
 from .errors import ConfigError
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` then rename ``tmp`` over ``path`` (same directory, so the rename is atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -67,11 +67,13 @@ def _umask() -> int:
 
 
 COMPLETION_MARKERS = ("rings.csv", "run.json")
+DERIVED = ("report.html",)  # drawn from the run's files after run.json: never left from an earlier run
 
 
 def begin_export(out_dir: Path) -> None:
-    """Remove the previous run's completion markers before any new file lands beside them."""
-    for name in COMPLETION_MARKERS:
+    """Remove the previous run's completion markers (and what is derived from a complete set) before
+    any new file lands beside them."""
+    for name in COMPLETION_MARKERS + DERIVED:
         (out_dir / name).unlink(missing_ok=True)
 
 

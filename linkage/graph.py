@@ -73,6 +73,18 @@ class Graph:
         }
 
 
+def daily_requests(requests: pl.DataFrame) -> pl.DataFrame:
+    """Requests per account and UTC day (the report's timelines): one small table, not the log."""
+    if requests.height == 0:
+        return pl.DataFrame(schema={"account_id": pl.Utf8, "day": pl.Date, "requests": pl.UInt32})
+    return _text(
+        requests.lazy()
+        .group_by("account_id", pl.col("ts").dt.date().alias("day"))
+        .agg(pl.len().alias("requests"))
+        .collect(engine="streaming")
+    )
+
+
 def graph_delta(current: Graph, previous: Graph) -> Graph:
     """Rows of ``current`` that ``previous`` lacks or held with other values: what an incremental
     load must write (MERGE makes writing them again harmless, so any superset is also correct)."""

@@ -24,11 +24,12 @@ from .detect import Detection, detect
 from .errors import InputError
 from .explain import LINKS_FILE, MEMBERSHIPS_FILE, explanation_tables
 from .export import begin_export, ensure_writable, write_json, write_parquet, write_quarantine, write_rings
-from .graph import Graph, build_graph
+from .graph import Graph, build_graph, daily_requests
 from .ingest import FIELD_COL, FILE_COL, REASON_COL, ROW_COL, Quarantine, read_table, record_json, table_files
 from .labels import entity_labels
 from .normalize import normalize_accounts, normalize_payments, normalize_requests
 from .progress import StageClock, peak_rss_mb, progress
+from .report import ACTIVITY_FILE, TEMPLATES_FILE, report_tables, write_report
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS
 from .score import score_rings
 from .settings import Settings
@@ -56,6 +57,7 @@ class RunResult:
     graph: Graph
     detection: Detection
     summary: dict[str, Any] = field(default_factory=dict)
+    daily: pl.DataFrame | None = None  # requests per account and day (report timelines); None without the log
 
     def to_pandas(self) -> tuple[Any, Any]:
         """(rings, ring_members) as pandas DataFrames, for notebooks."""
@@ -314,10 +316,11 @@ def run(
         graph = build_graph(
             inputs.accounts, inputs.payments, inputs.requests, inputs.templates, settings.detect.activity_window_minutes
         )
+        daily = daily_requests(inputs.requests)
     del inputs
     detection, rings, members, evidence, alone = analyse(graph, settings, clock)
     scores = account_scores(graph, members, alone)
-    result = RunResult(rings, members, evidence, scores, graph, detection)
+    result = RunResult(rings, members, evidence, scores, graph, detection, daily=daily)
     for target in store if isinstance(store, list) else [store] if store is not None else []:
         with clock.stage("store"):
             target.write_graph(graph)
@@ -327,7 +330,7 @@ def run(
         with clock.stage("export"):
             export(Path(out_dir), result, quarantine)
         result.summary |= clock_figures(clock)  # export is timed too
-        write_json(result.summary, Path(out_dir) / "run.json")
+        finish_export(Path(out_dir), result)
     return result
 
 
@@ -348,17 +351,27 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
         with clock.stage("export"):
             export(Path(out_dir), result, Quarantine())
         result.summary |= clock_figures(clock)  # export is timed too
-        write_json(result.summary, Path(out_dir) / "run.json")
+        finish_export(Path(out_dir), result)
     return result
 
 
 def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> None:
+    """Every output but ``run.json`` and the report (:func:`finish_export`), ``rings.csv`` last."""
     begin_export(out_dir)
     write_quarantine(out_dir, {t: quarantine.rows(t) for t in quarantine.counts})
     links, kept = explanation_tables(result.detection, result.members)
     write_parquet(links, out_dir / LINKS_FILE)
     write_parquet(kept, out_dir / MEMBERSHIPS_FILE)
+    activity, templates = report_tables(result.graph, result.members, result.daily)
+    write_parquet(activity, out_dir / ACTIVITY_FILE)
+    write_parquet(templates, out_dir / TEMPLATES_FILE)
     write_rings(out_dir, result.rings, result.members, result.evidence, result.account_scores)
+
+
+def finish_export(out_dir: Path, result: RunResult) -> None:
+    """``run.json``, then the report drawn from the files just written."""
+    write_json(result.summary, out_dir / "run.json")
+    write_report(out_dir)
 
 
 def _run_id(started: float) -> str:

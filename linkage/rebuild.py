@@ -37,7 +37,7 @@ import polars as pl
 
 from .errors import InputError, LockHeldError
 from .export import ensure_writable, write_csv, write_json, write_parquet
-from .graph import build_graph, graph_delta, graph_removals
+from .graph import build_graph, daily_requests, graph_delta, graph_removals
 from .ingest import Quarantine, read_table, table_files
 from .pipeline import (
     RunResult,
@@ -55,6 +55,7 @@ from .pipeline import (
     summarise,
 )
 from .progress import StageClock
+from .report import write_report
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS, TableSpec
 from .settings import Settings
 from .store.embedded import EmbeddedStore
@@ -453,6 +454,7 @@ def rebuild(
         )
         with clock.stage("graph"):
             graph = build_graph(accounts, payments, requests, templates, settings.detect.activity_window_minutes)
+            daily = daily_requests(requests)
         del requests
         detection, rings, members, evidence, alone = analyse(graph, settings, clock)
         previous_path = state.root / "rings.parquet"
@@ -468,7 +470,9 @@ def rebuild(
         )
         members = members.with_columns(rename)
         evidence = evidence.with_columns(rename)
-        result = RunResult(rings, members, evidence, account_scores(graph, members, alone), graph, detection)
+        result = RunResult(
+            rings, members, evidence, account_scores(graph, members, alone), graph, detection, daily=daily
+        )
         loaded = None
         if store is not None:
             with clock.stage("store"):
@@ -514,6 +518,7 @@ def rebuild(
             **clock_figures(clock),
         }
         write_json(summary, out_dir / "run.json")
+        write_report(out_dir)
         _append_history(out_dir / "runs.jsonl", summary)
     return summary
 

@@ -135,6 +135,13 @@ def score_rings(
             pl.coalesce("org_id", "account_id").n_unique().alias("customers"),
         )
     )
+    available = [f for f in RISK_FEATURES if f in risk.columns]
+    ring_features = (
+        members.select("ring_id", "account_id")
+        .join(risk, on="account_id", how="left")
+        .group_by("ring_id")
+        .agg([pl.col(f).mean().alias(f"risk_{f}") for f in available])
+    )
     ring_risk = ring_risk.select(
         "ring_id",
         (
@@ -147,7 +154,11 @@ def score_rings(
         if flag_threshold is None
         else flag_threshold
     )
-    rings = features.join(ring_risk, on="ring_id", how="left").with_columns(pl.col("score").fill_null(0.0))
+    rings = (
+        features.join(ring_risk, on="ring_id", how="left")
+        .join(ring_features, on="ring_id", how="left")
+        .with_columns(pl.col("score").fill_null(0.0))
+    )
     rings = rings.with_columns(
         (pl.col("score") >= threshold).alias("flagged"),
         _background_percentile(background, pl.col("score")).alias("background_percentile"),
@@ -182,6 +193,7 @@ def score_rings(
         "org_explained",
         "org_id",
         "requests",
+        *[f"risk_{f}" for f in available],
         "evidence",
     ]
     # round: parallel float sums may differ in the last bit between runs; outputs must not

@@ -1,0 +1,197 @@
+"""Stage 7 — report: ``OUT/report.html``, one self-contained page per run for investigators.
+
+An overview of every ring (flagged first, by score and size, with what changed since the last
+rebuild where there is history) and a card per ring: a force-directed drawing of its members and
+the entities they share (vis-network, vendored: no network at view time), the evidence table with
+readable labels, example prompts of its templates, a timeline of signups and daily requests, and
+its score broken into the behaviours behind it. Huge rings are drawn capped, and the cap is stated.
+
+The page is built from the run's own files (:func:`load_report_data`), so ``linkage report OUT``
+renders any finished run again. Data travels as JSON in a ``<script type="application/json">``
+block and the page sets it with ``textContent`` only: an id cannot become markup.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .errors import InputError
+from .export import atomic_write
+from .score import RISK_FEATURES
+
+REPORT_FILE = "report.html"
+ACTIVITY_FILE, TEMPLATES_FILE = "ring_activity.parquet", "ring_templates.parquet"
+VIS_NETWORK = "vis-network-9.1.13.min.js"
+MAX_DRAWN_MEMBERS = 60  # members drawn per ring (the most attached); the card states the cap
+MAX_DRAWN_ENTITIES = 40  # shared entities drawn per ring (the weightiest)
+MAX_TABLE_ROWS = 30  # evidence rows listed per ring
+MAX_RINGS = 300  # ring cards per page (flagged first); the overview lists them all
+
+
+@dataclass
+class ReportData:
+    rings: pl.DataFrame
+    members: pl.DataFrame
+    evidence: pl.DataFrame
+    activity: pl.DataFrame  # account_id, day (date), requests; signups as kind == "signup"
+    templates: pl.DataFrame  # template_id, text, example, requests, accounts
+    summary: dict[str, Any]
+
+
+def report_tables(graph: Any, members: pl.DataFrame, daily: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(activity, templates) of ring members, written beside the rings for the report: per member and
+    day its requests, plus its signup; the templates its ring shares, with an example prompt."""
+    ringed = members.select("account_id").unique()
+    signups = (
+        graph.nodes["Account"]
+        .join(ringed, on="account_id")
+        .filter(pl.col("created_at").is_not_null())
+        .select(
+            "account_id",
+            pl.col("created_at").dt.date().alias("day"),
+            pl.lit(1, pl.Int64).alias("requests"),
+            pl.lit("signup").alias("kind"),
+        )
+    )
+    parts = [signups]
+    if daily is not None and daily.height:
+        parts.append(
+            daily.join(ringed, on="account_id").select(
+                "account_id", "day", pl.col("requests").cast(pl.Int64), pl.lit("requests").alias("kind")
+            )
+        )
+    activity = pl.concat(parts).sort("account_id", "day", "kind")
+    used = graph.rels["SENT_TEMPLATE"].join(ringed, left_on="src", right_on="account_id").select("dst").unique()
+    templates = graph.nodes["PromptTemplate"].join(used, left_on="template_id", right_on="dst")
+    return activity, templates.select("template_id", "text", "example", "requests", "accounts").sort("template_id")
+
+
+def load_report_data(out_dir: str | Path) -> ReportData:
+    """A finished run's files, as the report needs them."""
+    out_dir = Path(out_dir)
+    needed = [
+        "rings.parquet",
+        "ring_members.parquet",
+        "ring_evidence.parquet",
+        "run.json",
+        ACTIVITY_FILE,
+        TEMPLATES_FILE,
+    ]
+    missing = [name for name in needed if not (out_dir / name).exists()]
+    if missing:
+        raise InputError(f"{out_dir}: not a complete linkage run ({', '.join(missing)} missing)")
+    return ReportData(
+        rings=pl.read_parquet(out_dir / "rings.parquet"),
+        members=pl.read_parquet(out_dir / "ring_members.parquet"),
+        evidence=pl.read_parquet(out_dir / "ring_evidence.parquet"),
+        activity=pl.read_parquet(out_dir / ACTIVITY_FILE),
+        templates=pl.read_parquet(out_dir / TEMPLATES_FILE),
+        summary=json.loads((out_dir / "run.json").read_text()),
+    )
+
+
+def write_report(out_dir: str | Path, data: ReportData | None = None) -> Path:
+    """Write ``OUT/report.html`` (from ``data``, or from the run's files) and return its path."""
+    out_dir = Path(out_dir)
+    data = data or load_report_data(out_dir)
+    page = render(data)
+    path = out_dir / REPORT_FILE
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return path
+
+
+def render(data: ReportData) -> str:
+    assets = files("linkage.report_assets")
+    template = assets.joinpath("report.html").read_text(encoding="utf-8")
+    vis = assets.joinpath(VIS_NETWORK).read_text(encoding="utf-8")
+    payload = json.dumps(_page_data(data), default=str, separators=(",", ":"))
+    # inside <script>, only "</" can end the block early; JSON allows "<\/" for it
+    payload = payload.replace("</", "<\\/")
+    vis = vis.replace("</script", "<\\/script")
+    return template.replace("/*VIS_NETWORK*/", vis).replace("/*REPORT_DATA*/", payload)
+
+
+def _page_data(data: ReportData) -> dict[str, Any]:
+    rings = data.rings.sort(["flagged", "score", "size"], descending=[True, True, True])
+    overview_columns = [
+        c
+        for c in (
+            "ring_id",
+            "score",
+            "size",
+            "flagged",
+            "background_percentile",
+            "org_id",
+            "requests",
+            "change",
+            "previous_size",
+        )
+        if c in rings.columns
+    ]
+    shown = rings.head(MAX_RINGS)
+    return {
+        "run": {
+            "run_id": data.summary.get("run_id"),
+            "started_at": data.summary.get("started_at"),
+            "input": data.summary.get("input_dir"),
+            "rings": data.summary.get("rings", {}),
+        },
+        "overview": rings.select(overview_columns).to_dicts(),
+        "cards_shown": shown.height,
+        "risk_features": [f for f in RISK_FEATURES if f"risk_{f}" in rings.columns],
+        "cards": [_card(ring, data) for ring in shown.iter_rows(named=True)],
+    }
+
+
+def _card(ring: dict[str, Any], data: ReportData) -> dict[str, Any]:
+    ring_id = ring["ring_id"]
+    members = data.members.filter(pl.col("ring_id") == ring_id).sort(
+        "attachment", "account_id", descending=[True, False]
+    )
+    evidence = data.evidence.filter(pl.col("ring_id") == ring_id).sort(
+        "value_total", "entity", descending=[True, False]
+    )
+    drawn_members = members.head(MAX_DRAWN_MEMBERS)
+    drawn_ids = set(drawn_members["account_id"].to_list())
+    drawn_entities = evidence.head(MAX_DRAWN_ENTITIES)
+    edges = [
+        {"from": member, "to": row["entity"]}
+        for row in drawn_entities.iter_rows(named=True)
+        for member in (row["shared_by"] or [])
+        if member in drawn_ids
+    ]
+    template_ids = [e.split("|", 1)[1] for e in evidence.filter(pl.col("type") == "PromptTemplate")["entity"].to_list()]
+    templates = data.templates.filter(pl.col("template_id").is_in(template_ids)).head(5)
+    activity = (
+        data.activity.join(members.select("account_id"), on="account_id")
+        .group_by("day", "kind")
+        .agg(pl.col("requests").sum())
+        .sort("day")
+    )
+    return {
+        "ring": {k: v for k, v in ring.items() if k != "evidence"},
+        "summary": ring.get("evidence", ""),
+        "members_total": members.height,
+        "entities_total": evidence.height,
+        "nodes": (
+            [
+                {"id": m["account_id"], "group": "Account", "label": m["account_id"], "attachment": m["attachment"]}
+                for m in drawn_members.iter_rows(named=True)
+            ]
+            + [
+                {"id": e["entity"], "group": e["type"], "label": e["label"], "members": e["members"]}
+                for e in drawn_entities.iter_rows(named=True)
+            ]
+        ),
+        "edges": edges,
+        "evidence": evidence.head(MAX_TABLE_ROWS).select("type", "label", "members", "degree", "value").to_dicts(),
+        "templates": templates.select("text", "example", "requests", "accounts").to_dicts(),
+        "timeline": activity.to_dicts(),
+        "risk": {f: ring.get(f"risk_{f}") for f in RISK_FEATURES if f"risk_{f}" in ring},
+    }

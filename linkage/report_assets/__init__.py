@@ -1,0 +1,1 @@
+"""Static files of the HTML report: its page template and the vendored vis-network build."""
