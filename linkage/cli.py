@@ -367,53 +367,81 @@ def config_show(config: str | None) -> None:
     click.echo(tomli_w.dumps(shown).rstrip("\n"))
 
 
-def _parse_param(text: str) -> tuple[str, Any]:
+def _split_param(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise click.BadParameter(f"'{text}': expected name=value")
     name, raw = text.split("=", 1)
-    for cast in (int, float):
-        try:
-            return name, cast(raw)
-        except ValueError:
-            pass
-    if raw.lower() in ("true", "false"):
-        return name, raw.lower() == "true"
     return name, raw
 
 
 @main.command()
 @click.argument("name", required=False)
 @click.option("--list", "list_queries", is_flag=True, help="list the named queries")
-@click.option("--param", "params", multiple=True, help="name=value (numbers and true/false are typed)")
+@click.option("--param", "params", multiple=True, help="name=value, typed as the query's header declares")
+@click.option(
+    "--graph-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="query a run's Parquet graph (OUT/graph, from `run --graph`) instead of Neo4j: no server needed",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--max-width", type=int, default=60, show_default=True, help="table cells cut at this width (0: never)")
 @common_config
-def query(name: str | None, list_queries: bool, params: tuple[str, ...], fmt: str, config: str | None) -> None:
-    """Run one of the investigators' named queries (cypher/queries) in a READ transaction."""
+def query(
+    name: str | None,
+    list_queries: bool,
+    params: tuple[str, ...],
+    graph_dir: str | None,
+    fmt: str,
+    max_width: int,
+    config: str | None,
+) -> None:
+    """Run one of the investigators' named queries (cypher/queries): on Neo4j in a READ
+    transaction, or with --graph-dir over a run's Parquet graph (the same answers)."""
     _setup_logging(0)
     from .cypher import queries
     from .cypher import query as named_query
 
     if list_queries or not name:
         for q in queries().values():
-            click.echo(
-                f"{q.name:<30} {q.purpose}\n{'':<30} params: {', '.join(q.parameters) or '-'}\n"
-                f"{'':<30} e.g. {q.example}"
-            )
+            click.echo(f"{q.name:<30} {q.purpose}")
+            for p in q.params:
+                default = "required" if p.required else f"default {p.default!r}"
+                click.echo(f"{'':<30}   {p.name} ({p.type}, {default}) {p.help}")
+            click.echo(f"{'':<30}   e.g. {q.example}")
         return
     chosen = named_query(name)
-    values = dict(_parse_param(p) for p in params)
-    missing = [p for p in chosen.parameters if p not in values]
-    if missing:
-        raise ConfigError(f"query '{name}' needs --param {missing[0]}=… (parameters: {', '.join(chosen.parameters)})")
-    store = _neo4j_store(_settings(config, {}), writer=False)
-    try:
-        keys, rows = store.run_read_query(chosen.text, values)
-    finally:
-        store.close()
-    click.echo(_format_rows(keys, rows, fmt))
+    values = chosen.bind(dict(_split_param(p) for p in params))
+    if graph_dir:
+        from .store.lookups import run_lookup
+
+        keys, rows = run_lookup(graph_dir, name, values)
+    else:
+        store = _neo4j_store(_settings(config, {}), writer=False)
+        try:
+            keys, rows = store.run_read_query(chosen.text, values)
+        finally:
+            store.close()
+    click.echo(_format_rows(keys, rows, fmt, max_width))
 
 
-def _format_rows(keys: list[str], rows: list[list[Any]], fmt: str) -> str:
+def plain_value(value: Any) -> Any:
+    """A database or Parquet value as the same plain Python value: times as ISO-8601 seconds (UTC)."""
+    import datetime as dt
+
+    if hasattr(value, "to_native"):  # neo4j.time types
+        value = value.to_native()
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC).isoformat(timespec="seconds")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
+    return value
+
+
+def _format_rows(keys: list[str], rows: list[list[Any]], fmt: str, max_width: int = 60) -> str:
     """Rows for a terminal or a file: values from the database are data, never terminal controls
     or spreadsheet formulas."""
     import csv
@@ -421,7 +449,7 @@ def _format_rows(keys: list[str], rows: list[list[Any]], fmt: str) -> str:
 
     from .export import escape_formula
 
-    plain = [[v.iso_format() if hasattr(v, "iso_format") else v for v in row] for row in rows]
+    plain = [[plain_value(v) for v in row] for row in rows]
     if fmt == "json":  # JSON escapes control characters itself
         return json.dumps([dict(zip(keys, row)) for row in plain], default=str, indent=2)
     if fmt == "csv":
@@ -433,12 +461,18 @@ def _format_rows(keys: list[str], rows: list[list[Any]], fmt: str) -> str:
         )
         return buffer.getvalue().rstrip("\n")
     cells = [keys] + [
-        ["" if v is None else terminal_safe(str(v)).replace("\n", "\\n")[:60] for v in row] for row in plain
+        ["" if v is None else _cell(terminal_safe(str(v)).replace("\n", "\\n"), max_width) for v in row]
+        for row in plain
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(keys))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines + [f"({len(rows)} rows)"])
+
+
+def _cell(text: str, width: int) -> str:
+    """A table cell, cut visibly (…) at ``width``; --format csv/json and --max-width 0 keep everything."""
+    return text if width <= 0 or len(text) <= width else text[: width - 1] + "…"
 
 
 # C0 controls (ESC starts terminal escape sequences), DEL and C1 controls, shown as \xNN instead

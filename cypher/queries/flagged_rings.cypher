@@ -1,5 +1,5 @@
 // Purpose: the current flagged rings, highest score first, with their size and evidence.
-// Parameters: $limit (integer)
+// Param: limit integer = 50 — rings at most
 // Example: linkage query flagged_rings --param limit=20
 MATCH (r:Ring {flagged: true})
 RETURN r.ring_id AS ring_id, r.score AS score, r.size AS size, r.evidence AS evidence, r.run_id AS run_id

@@ -1,5 +1,6 @@
 // Purpose: a ring's most used prompt templates, with the scaffold text and an example prompt.
-// Parameters: $ring_id (string), $limit (integer)
+// Param: ring_id string — the ring
+// Param: limit integer = 5 — templates at most
 // Example: linkage query ring_templates --param ring_id=Re705212898f8 --param limit=5
 MATCH (:Ring {ring_id: $ring_id})<-[:MEMBER_OF]-(a:Account)-[s:SENT_TEMPLATE]->(t:PromptTemplate)
 WITH t, sum(s.count) AS ring_requests, count(DISTINCT a) AS members

@@ -1,6 +1,6 @@
 // Purpose: rings that are new or have grown since the previous run (from the ring changes each
 // rebuild records on the ring), largest growth first.
-// Parameters: $min_growth (integer: members gained, 0 lists every new ring)
+// Param: min_growth integer = 0 — members gained at least (0 lists every new ring)
 // Example: linkage query rings_new_or_grown --param min_growth=0
 MATCH (r:Ring)
 WHERE r.change IN ['new', 'grown', 'merged'] AND coalesce(r.size - r.previous_size, r.size) >= $min_growth

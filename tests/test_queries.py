@@ -1,0 +1,92 @@
+"""The named queries' traps (issue 16), without a server: typed parameters with defaults, visible
+cuts, a bounded neighbourhood, and the files-only query tool."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from linkage.cli import _format_rows, main
+from linkage.cypher import queries
+from linkage.cypher import query as named_query
+from linkage.errors import ConfigError
+
+
+def test_ids_stay_strings_and_defaults_fill_in() -> None:
+    bound = named_query("accounts_by_entity").bind({"value": "00123"})
+    assert bound == {"value": "00123", "kind": "any", "limit": 500}
+    card = named_query("accounts_by_entity").bind({"value": "4111111111111111"})
+    assert card["value"] == "4111111111111111"
+    assert named_query("neighbourhood").bind({"account_id": "7", "depth": "3"})["depth"] == 3
+
+
+@pytest.mark.parametrize(
+    "given,message",
+    [
+        ({"depth": "2"}, "needs --param account_id"),
+        ({"account_id": "a", "depth": "two"}, "expected integer"),
+        ({"account_id": "a", "hops": "2"}, "no parameter 'hops'"),
+    ],
+)
+def test_parameter_mistakes_are_clear_errors(given: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        named_query("neighbourhood").bind(given)
+
+
+def test_every_example_binds() -> None:
+    for q in queries().values():
+        words = shlex.split(q.example)
+        given = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--param")
+        assert q.bind(given).keys() == {p.name for p in q.params}, q.name
+
+
+def test_table_cells_are_cut_visibly() -> None:
+    long = "x" * 100
+    assert "…" in _format_rows(["v"], [[long]], "table", 60)
+    assert long in _format_rows(["v"], [[long]], "table", 0)
+    assert long in _format_rows(["v"], [[long]], "csv", 60)
+
+
+@pytest.fixture(scope="module")
+def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny fixture with all-digit account ids (leading zeros), run with --graph."""
+    from .conftest import TINY
+
+    data = tmp_path_factory.mktemp("digits") / "in"
+    data.mkdir()
+    for table in ("accounts", "payments", "requests"):
+        text = (TINY / f"{table}.csv").read_text().replace("ring_", "000009").replace("ben_", "000008")
+        (data / f"{table}.csv").write_text(text)
+    out = data.parent / "out"
+    result = CliRunner().invoke(main, ["run", str(data), "--out", str(out), "--graph", "-q"])
+    assert result.exit_code == 0, result.stderr
+    return out / "graph"
+
+
+def _query(graph_dir: Path, *args: str) -> list[dict]:
+    result = CliRunner().invoke(main, ["query", *args, "--graph-dir", str(graph_dir), "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_files_only_queries_find_numeric_looking_ids(graph_dir: Path) -> None:
+    near = _query(graph_dir, "neighbourhood", "--param", "account_id=00000900", "--param", "depth=1")
+    assert near and all(row["account_id"].startswith("0000") for row in near)
+    shared = _query(graph_dir, "why_linked", "--param", "a=00000900", "--param", "b=00000905")
+    assert {"PaymentInstrument", "Device", "IP"} <= {row["kind"] for row in shared}
+
+
+def test_neighbourhood_is_bounded_per_hop(graph_dir: Path) -> None:
+    wide = _query(graph_dir, "neighbourhood", "--param", "account_id=00000900", "--param", "depth=3")
+    narrow = _query(
+        graph_dir, "neighbourhood", "--param", "account_id=00000900", "--param", "depth=3", "--param", "frontier=2"
+    )
+    assert len(wide) > 6
+    for hop in (1, 2, 3):
+        assert sum(1 for row in narrow if row["hops"] == hop) <= 2
+    blocked = _query(graph_dir, "neighbourhood", "--param", "account_id=00000900", "--param", "max_shared=1")
+    assert blocked == []  # every entity it holds is shared by more than one account: nothing followed
