@@ -7,14 +7,18 @@ cd "$(dirname "$0")/.."
 HOME_DIR="$PWD/.neo4j"
 LIB="$HOME_DIR/lib"
 PORT="${LINKAGE_NEO4J_PORT:-17687}"
+HTTP_PORT="${LINKAGE_NEO4J_HTTP_PORT:-$((PORT - 213))}"  # 17474 beside Bolt's 17687: Neo4j Browser
 PYTHON="${PYTHON:-.venv/bin/python}"
 
 fetch() {
-  if [ -f "$LIB/.complete" ]; then return; fi
+  # the jars of this pom: fetched again when the pom changes
+  local want; want=$(sha256sum neo4j/pom.xml | cut -d' ' -f1)
+  if [ -f "$LIB/.complete" ] && [ "$(cat "$LIB/.complete")" = "$want" ]; then return; fi
+  rm -rf "$LIB"
   mkdir -p "$LIB"
   echo "neo4j: resolving the server's jars from Maven Central (once)…" >&2
   mvn -q -B -Dstyle.color=never -f neo4j/pom.xml dependency:copy-dependencies -DoutputDirectory="$LIB" -DincludeScope=runtime
-  touch "$LIB/.complete"
+  echo "$want" > "$LIB/.complete"
 }
 
 configure() {
@@ -23,7 +27,9 @@ configure() {
 server.default_listen_address=127.0.0.1
 server.bolt.listen_address=127.0.0.1:$PORT
 server.bolt.advertised_address=127.0.0.1:$PORT
-server.http.enabled=false
+server.http.enabled=true
+server.http.listen_address=127.0.0.1:$HTTP_PORT
+server.http.advertised_address=127.0.0.1:$HTTP_PORT
 server.https.enabled=false
 server.directories.data=$HOME_DIR/data
 server.directories.logs=$HOME_DIR/logs
@@ -72,8 +78,9 @@ NEO4J_URI=bolt://127.0.0.1:$PORT
 NEO4J_USERNAME=neo4j
 NEO4J_PASSWORD=$(cat "$HOME_DIR/password")
 NEO4J_DATABASE=neo4j
+NEO4J_BROWSER_URL=http://127.0.0.1:$HTTP_PORT/browser/
 ENV
-  echo "neo4j: up on bolt://127.0.0.1:$PORT (settings in .neo4j/env)" >&2
+  echo "neo4j: up on bolt://127.0.0.1:$PORT, Neo4j Browser on http://127.0.0.1:$HTTP_PORT/browser/ (settings in .neo4j/env)" >&2
 }
 
 stop() {

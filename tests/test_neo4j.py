@@ -374,3 +374,14 @@ def test_named_queries_give_the_same_answers_with_and_without_neo4j(store, tmp_p
         assert [plain_value(r) for r in neo_rows] == [plain_value(r) for r in file_rows], (name, given)
         if name in ("accounts_by_entity", "why_linked", "ring_members"):
             assert neo_rows, (name, given)  # each lookup finds something on the fixture
+
+
+def test_neo4j_browser_is_served_on_loopback(store) -> None:
+    import urllib.request
+
+    url = os.environ.get("NEO4J_BROWSER_URL")
+    if not url:
+        pytest.skip("NEO4J_BROWSER_URL not set (a server not started by scripts/neo4j.sh)")
+    assert url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200 and b"Neo4j Browser" in response.read()
