@@ -149,6 +149,8 @@ def score_rings(
             / (pl.col("customers") + settings.prior_members)
         ).alias("score"),
     )
+    if settings.timing_confidence:
+        ring_risk = _weigh_by_timing(ring_risk, _lockstep(detection, members), prior)
     threshold = (
         flag_cut(risk, members, accounts, ring_risk, background, settings.flag_background_share)
         if flag_threshold is None
@@ -486,6 +488,20 @@ def _signup_burst(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame
     return pl.DataFrame(
         {"ring_id": list(best), "signup_burst": list(best.values())},
         schema={"ring_id": pl.Utf8, "signup_burst": pl.Float64},
+    )
+
+
+def _weigh_by_timing(ring_risk: pl.DataFrame, lockstep: pl.DataFrame, prior: float) -> pl.DataFrame:
+    """Members alike in behaviour are an operation only if they are operated together: the ring's risk
+    above the background's mean counts in proportion to ``1 − e^(−lockstep)``, the confidence that
+    its members keep one clock beyond chance (``lockstep`` is a surprisal, −ln of a p-value). A
+    class of students asking for step-by-step solutions behaves like a harvesting campaign, member
+    after member, but each keeps their own hours; a scheduler's accounts share its hours."""
+    confidence = 1.0 - (-pl.col("lockstep").fill_null(0.0)).exp()
+    return (
+        ring_risk.join(lockstep, on="ring_id", how="left")
+        .with_columns((prior + (pl.col("score") - prior) * confidence).alias("score"))
+        .drop("lockstep")
     )
 
 

@@ -206,6 +206,11 @@ class ScoreSettings(_Section):
         None, ge=0, le=1, description="a fixed risk to flag at instead (overrides the background cut)"
     )
     top_evidence: int = Field(5, gt=0, description="shared entities listed per ring")
+    timing_confidence: bool = Field(
+        True,
+        description="a ring's excess risk over the background counts in proportion to 1 - exp(-lockstep), "
+        "the confidence that its members keep one clock beyond chance (operated, not merely alike)",
+    )
 
 
 class Neo4jSettings(_Section):

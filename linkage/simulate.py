@@ -108,7 +108,7 @@ class World:
     a random member of the family: confounder mix and sizes, how varied benign prompts are,
     campaign tactics, and gaps in the optional columns. Nothing here is read by detection."""
 
-    benign: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BENIGN_KINDS, 1.0))
+    benign: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BENIGN_KINDS, 1.0) | {"course": 0.0})
     everyday_shapes: int = 0  # extra benign prompt shapes from the phrase-bank generator
     campaigns: dict[str, CampaignTactics] = field(
         default_factory=lambda: {
@@ -157,7 +157,14 @@ class World:
                 column: float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.5), 1.0]))
                 for column in ("device_id", "asn", "ip_type")
             },
-        )
+        )._with_course(rng)
+
+    def _with_course(self, rng: np.random.Generator) -> World:
+        """Course cohorts, drawn last so that every earlier draw of a seed is what it was before
+        they existed: 0, 1 or 2 classes (a course is the hardest benign look-alike: a cohort that
+        signs up together and asks for step-by-step reasoning on one assignment scaffold)."""
+        self.benign["course"] = float(rng.choice([0.0, 1.0, 2.0]))
+        return self
 
     def describe(self) -> dict[str, object]:
         return asdict(self)
@@ -575,6 +582,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
         payments.append(card(frame["account_id"].to_numpy(), unique_instruments(n)))
 
     _campaigns(sim, cohorts, payments, card, unique_instruments, devices)
+    _courses(sim, cohorts, payments, card, unique_instruments, devices)
     frames = [_with_defaults(c) for c in cohorts]
     return pl.concat(frames, how="vertical_relaxed"), pl.concat(payments, how="diagonal_relaxed")
 
@@ -593,6 +601,37 @@ COMMON_BINS = np.array(
         "49927398",
     ]
 )
+
+
+def _courses(sim: Simulator, cohorts: list, payments: list, card, unique_instruments, devices) -> None:
+    """University classes: students who sign up in the course's first days, on campus and at home,
+    and work through problem sets on the course's scaffold asking for step-by-step solutions."""
+    rng, s = sim.rng, sim.s
+    for c in range(int(sim.world.benign.get("course", 0.0))):
+        n = 120 if s >= 0.1 else 50
+        start = START + (3 + 9 * c) * DAY + 8 * 3600
+        egress = sim.ipv4((141 << 24) + (c << 16) + rng.integers(1, 250, 2))
+        code = sim.private_pool(f"course{c}", egress, np.full(2, 11500 + c), np.full(2, "unknown"))
+        home, asn = sim.home_ips(n)
+        frame = sim.cohort(
+            "course",
+            "benign",
+            n,
+            sim.signup_times(n, start, start + 3 * DAY),
+            email=sim.emails(np.empty(n), np.full(n, f"student.college{c}.edu")),
+            signup_ip=egress[rng.integers(0, 2, n)],
+            home_ip=home,
+            home_asn=asn,
+            pool=code,
+            pool_share=0.6,
+            device=devices(n, 0.6),
+            family="course",
+            reasoning_tokens=1,
+            requests=np.clip(rng.lognormal(3.2, 0.6, n), 5, 400).astype(int),
+        ).frame
+        cohorts.append(frame)
+        paying = frame["account_id"].to_numpy()[rng.random(n) < 0.3]  # most students stay on the free tier
+        payments.append(card(paying, unique_instruments(len(paying))))
 
 
 def _campaigns(sim: Simulator, cohorts: list, payments: list, card, unique_instruments, devices) -> None:
@@ -884,6 +923,12 @@ def _formats(accounts: pl.DataFrame, world: World | None = None, seed: int = 0) 
         ],
         "hackathon": ["Hackathon starter kit: build a {a} app that uses {b}. Return complete runnable code."]
         + free[:3],
+        "course": [
+            "MATH 201 problem set {n}. Solve the following problem and show every step of your reasoning, "
+            "then state the final answer.\nProblem: {a} {b} {c}?",
+            "MATH 201 problem set {n}. Explain step by step how to approach this problem.\nProblem: {a} {b}?",
+        ]
+        + free[:2],
         "cot_spoofed": [POPULAR_SYSTEM + "\n" + f for f in SCAFFOLDS["cot"]],
         "agentic": SCAFFOLDS["agentic"] * 2 + SCAFFOLDS["cot"][1:2],
         "rubric": SCAFFOLDS["rubric"],
