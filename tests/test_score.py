@@ -25,7 +25,7 @@ def test_excess_risk_counts_by_the_confidence_of_a_common_clock() -> None:
 
 
 def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
-    """Two classes of new students asking for step-by-step solutions on one scaffold (a tuning world
+    """A class of new students asking for step-by-step solutions on one scaffold (a tuning world
     of the simulator: seed 9 draws one)."""
     assert World.draw(9).benign["course"] >= 1.0
     simulate(tmp_path / "sim", SimulationConfig(scale=0.01, seed=9, world="random"))
