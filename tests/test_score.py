@@ -30,7 +30,7 @@ def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
     assert World.draw(9).benign["course"] >= 1.0
     simulate(tmp_path / "sim", SimulationConfig(scale=0.01, seed=9, world="random"))
     labels = pl.read_parquet(tmp_path / "sim" / "labels.parquet")
-    for timing, courses_flagged in ((True, 0), (False, None)):
+    for timing, courses_flagged in ((True, 0), (False, None)):  # (off by default: see ScoreSettings)
         settings = Settings.load(overrides={"score.timing_confidence": timing})
         result = linkage.run(tmp_path / "sim" / "input", settings=settings)
         flagged = result.members.join(result.rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
