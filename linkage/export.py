@@ -117,10 +117,24 @@ def write_json(data: Any, path: Path) -> None:
     atomic_write(path, dump)
 
 
+CSV_LIST_ITEMS = 50  # a list cell (the members sharing an entity) lists this many, then how many more
+
+
 def _flat(frame: pl.DataFrame) -> pl.DataFrame:
-    """CSV has no nested types: lists become '|'-joined text."""
+    """CSV has no nested types: lists become '|'-joined text, cut after ``CSV_LIST_ITEMS`` with a count of
+    the rest (a hub of a huge ring would otherwise fill megabytes; the Parquet copy keeps every item)."""
     return frame.with_columns(
-        [pl.col(c).cast(pl.List(pl.Utf8)).list.join("|") for c, t in frame.schema.items() if isinstance(t, pl.List)]
+        [
+            pl.when(pl.col(c).list.len() > CSV_LIST_ITEMS)
+            .then(
+                pl.col(c).list.head(CSV_LIST_ITEMS).cast(pl.List(pl.Utf8)).list.join("|")
+                + pl.format("|… {} more", pl.col(c).list.len() - CSV_LIST_ITEMS)
+            )
+            .otherwise(pl.col(c).cast(pl.List(pl.Utf8)).list.join("|"))
+            .alias(c)
+            for c, t in frame.schema.items()
+            if isinstance(t, pl.List)
+        ]
     )
 
 

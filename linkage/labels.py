@@ -23,8 +23,9 @@ def entity_labels(graph: Graph, entities: pl.DataFrame, settings: DetectSettings
     if distinct.height == 0:
         return pl.DataFrame(schema={"entity": pl.Utf8, "label": pl.Utf8})
     keyed = distinct.with_columns(pl.col("entity").str.splitn("|", 2).struct.field("field_1").alias("key"))
-    labelled = keyed.join(_cards(graph), on="key", how="left").join(_addresses(graph), on="key", how="left")
-    labelled = labelled.join(_templates(graph), on="key", how="left")
+    keys = keyed.select("key").unique()
+    labelled = keyed.join(_cards(graph, keys), on="key", how="left").join(_addresses(graph, keys), on="key", how="left")
+    labelled = labelled.join(_templates(graph, keys), on="key", how="left")
     burst_seconds = settings.signup_window_minutes * 60
     window_start = pl.from_epoch(pl.col("key").cast(pl.Int64, strict=False) * burst_seconds, time_unit="s")
     switch = pl.col("key").str.splitn("@", 2)
@@ -79,8 +80,10 @@ def entity_labels(graph: Graph, entities: pl.DataFrame, settings: DetectSettings
     return labelled.select("entity", label.alias("label"))
 
 
-def _cards(graph: Graph) -> pl.DataFrame:
+def _cards(graph: Graph, keys: pl.DataFrame) -> pl.DataFrame:
     cards = graph.nodes.get("PaymentInstrument")
+    if cards is not None:
+        cards = cards.join(keys, left_on="instrument_id", right_on="key")
     if cards is None or cards.height == 0:
         return pl.DataFrame(schema={"key": pl.Utf8, "card_facts": pl.Utf8})
     facts = pl.concat_str(
@@ -95,8 +98,10 @@ def _cards(graph: Graph) -> pl.DataFrame:
     return cards.select(pl.col("instrument_id").alias("key"), pl.when(facts != "").then(facts).alias("card_facts"))
 
 
-def _addresses(graph: Graph) -> pl.DataFrame:
+def _addresses(graph: Graph, keys: pl.DataFrame) -> pl.DataFrame:
     ips = graph.nodes.get("IP")
+    if ips is not None:
+        ips = ips.join(keys, left_on="ip", right_on="key")
     if ips is None or ips.height == 0:
         return pl.DataFrame(schema={"key": pl.Utf8, "address_facts": pl.Utf8})
     facts = pl.concat_str(
@@ -107,8 +112,10 @@ def _addresses(graph: Graph) -> pl.DataFrame:
     return ips.select(pl.col("ip").alias("key"), pl.when(facts != "").then(facts).alias("address_facts"))
 
 
-def _templates(graph: Graph) -> pl.DataFrame:
+def _templates(graph: Graph, keys: pl.DataFrame) -> pl.DataFrame:
     templates = graph.nodes.get("PromptTemplate")
+    if templates is not None:
+        templates = templates.join(keys, left_on="template_id", right_on="key")
     if templates is None or templates.height == 0:
         return pl.DataFrame(schema={"key": pl.Utf8, "template_text": pl.Utf8})
     text = pl.col("text").str.replace_all(r"\s+", " ").str.strip_chars()

@@ -29,7 +29,7 @@ from .ingest import FIELD_COL, FILE_COL, REASON_COL, ROW_COL, Quarantine, read_t
 from .labels import entity_labels
 from .normalize import normalize_accounts, normalize_payments, normalize_requests
 from .progress import StageClock, peak_rss_mb, progress
-from .report import ACTIVITY_FILE, TEMPLATES_FILE, report_tables, write_report
+from .report import ACTIVITY_FILE, TEMPLATES_FILE, ReportData, report_tables, write_report
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS
 from .score import score_rings
 from .settings import Settings
@@ -328,9 +328,9 @@ def run(
     result.summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
     if out_dir is not None:
         with clock.stage("export"):
-            export(Path(out_dir), result, quarantine)
+            report_data = export(Path(out_dir), result, quarantine)
         result.summary |= clock_figures(clock)  # export is timed too
-        finish_export(Path(out_dir), result)
+        finish_export(Path(out_dir), result, report_data)
     return result
 
 
@@ -349,14 +349,15 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
     result.summary = summarise("neo4j", settings, Quarantine(), clock, graph, rings, started)
     if out_dir is not None:
         with clock.stage("export"):
-            export(Path(out_dir), result, Quarantine())
+            report_data = export(Path(out_dir), result, Quarantine())
         result.summary |= clock_figures(clock)  # export is timed too
-        finish_export(Path(out_dir), result)
+        finish_export(Path(out_dir), result, report_data)
     return result
 
 
-def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> None:
-    """Every output but ``run.json`` and the report (:func:`finish_export`), ``rings.csv`` last."""
+def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> ReportData:
+    """Every output but ``run.json`` and the report (:func:`finish_export`), ``rings.csv`` last; returns
+    what the report is drawn from (the same tables, in memory)."""
     begin_export(out_dir)
     write_quarantine(out_dir, {t: quarantine.rows(t) for t in quarantine.counts})
     links, kept = explanation_tables(result.detection, result.members)
@@ -366,12 +367,14 @@ def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> None:
     write_parquet(activity, out_dir / ACTIVITY_FILE)
     write_parquet(templates, out_dir / TEMPLATES_FILE)
     write_rings(out_dir, result.rings, result.members, result.evidence, result.account_scores)
+    return ReportData(result.rings, result.members, result.evidence, activity, templates, {})
 
 
-def finish_export(out_dir: Path, result: RunResult) -> None:
-    """``run.json``, then the report drawn from the files just written."""
+def finish_export(out_dir: Path, result: RunResult, report_data: ReportData) -> None:
+    """``run.json``, then the report (the same page ``linkage report OUT`` draws from the files)."""
     write_json(result.summary, out_dir / "run.json")
-    write_report(out_dir)
+    report_data.summary = result.summary
+    write_report(out_dir, report_data)
 
 
 def _run_id(started: float) -> str:

@@ -503,7 +503,7 @@ def rebuild(
                 }
         summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
         with clock.stage("export"):
-            export(out_dir, result, quarantine)
+            report_data = export(out_dir, result, quarantine)
             write_csv(changes, out_dir / "ring_changes.csv")
             write_parquet(members.select("ring_id", "account_id"), previous_path)
         change_counts = {k: int(v) for k, v in changes.group_by("change").len().iter_rows()}
@@ -518,7 +518,8 @@ def rebuild(
             **clock_figures(clock),
         }
         write_json(summary, out_dir / "run.json")
-        write_report(out_dir)
+        report_data.summary = summary
+        write_report(out_dir, report_data)
         _append_history(out_dir / "runs.jsonl", summary)
     return summary
 

@@ -135,6 +135,18 @@ def _page_data(data: ReportData) -> dict[str, Any]:
         if c in rings.columns
     ]
     shown = rings.head(MAX_RINGS)
+    # each table split by ring once, not scanned once per card
+    ids = shown.select("ring_id")
+    members = data.members.join(ids, on="ring_id")
+    by_ring = {
+        "members": members.partition_by("ring_id", as_dict=True),
+        "evidence": data.evidence.join(ids, on="ring_id").partition_by("ring_id", as_dict=True),
+        "timeline": data.activity.join(members.select("account_id", "ring_id"), on="account_id")
+        .group_by("ring_id", "day", "kind")
+        .agg(pl.col("requests").sum())
+        .sort("day")
+        .partition_by("ring_id", as_dict=True),
+    }
     return {
         "run": {
             "run_id": data.summary.get("run_id"),
@@ -145,16 +157,20 @@ def _page_data(data: ReportData) -> dict[str, Any]:
         "overview": rings.select(overview_columns).to_dicts(),
         "cards_shown": shown.height,
         "risk_features": [f for f in RISK_FEATURES if f"risk_{f}" in rings.columns],
-        "cards": [_card(ring, data) for ring in shown.iter_rows(named=True)],
+        "cards": [_card(ring, data, by_ring) for ring in shown.iter_rows(named=True)],
     }
 
 
-def _card(ring: dict[str, Any], data: ReportData) -> dict[str, Any]:
+def _part(parts: dict, ring_id: str, like: pl.DataFrame) -> pl.DataFrame:
+    return parts.get((ring_id,), like.clear())
+
+
+def _card(ring: dict[str, Any], data: ReportData, by_ring: dict[str, dict]) -> dict[str, Any]:
     ring_id = ring["ring_id"]
-    members = data.members.filter(pl.col("ring_id") == ring_id).sort(
+    members = _part(by_ring["members"], ring_id, data.members).sort(
         "attachment", "account_id", descending=[True, False]
     )
-    evidence = data.evidence.filter(pl.col("ring_id") == ring_id).sort(
+    evidence = _part(by_ring["evidence"], ring_id, data.evidence).sort(
         "value_total", "entity", descending=[True, False]
     )
     drawn_members = members.head(MAX_DRAWN_MEMBERS)
@@ -168,12 +184,8 @@ def _card(ring: dict[str, Any], data: ReportData) -> dict[str, Any]:
     ]
     template_ids = [e.split("|", 1)[1] for e in evidence.filter(pl.col("type") == "PromptTemplate")["entity"].to_list()]
     templates = data.templates.filter(pl.col("template_id").is_in(template_ids)).head(5)
-    activity = (
-        data.activity.join(members.select("account_id"), on="account_id")
-        .group_by("day", "kind")
-        .agg(pl.col("requests").sum())
-        .sort("day")
-    )
+    activity = by_ring["timeline"].get((ring_id,))
+    timeline = activity.select("day", "kind", "requests").to_dicts() if activity is not None else []
     return {
         "ring": {k: v for k, v in ring.items() if k != "evidence"},
         "summary": ring.get("evidence", ""),
@@ -192,6 +204,6 @@ def _card(ring: dict[str, Any], data: ReportData) -> dict[str, Any]:
         "edges": edges,
         "evidence": evidence.head(MAX_TABLE_ROWS).select("type", "label", "members", "degree", "value").to_dicts(),
         "templates": templates.select("text", "example", "requests", "accounts").to_dicts(),
-        "timeline": activity.to_dicts(),
+        "timeline": timeline,
         "risk": {f: ring.get(f"risk_{f}") for f in RISK_FEATURES if f"risk_{f}" in ring},
     }

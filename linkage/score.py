@@ -379,17 +379,19 @@ def _coordination(strength: pl.DataFrame) -> pl.DataFrame:
 
 def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
     """Entities shared by at least two members of a ring, with how many members and accounts share each."""
+    held = detection.memberships.join(members.select("idx", "ring_id"), on="idx")
     shared = (
-        detection.memberships.join(members.select("idx", "ring_id"), on="idx")
-        .group_by("ring_id", "entity", "type")
-        .agg(
-            pl.len().alias("members"),
-            pl.col("degree").first(),
-            pl.col("value").first(),
-            pl.col("account_id").sort().alias("shared_by"),
-        )
+        held.group_by("ring_id", "entity", "type")
+        .agg(pl.len().alias("members"), pl.col("degree").first(), pl.col("value").first())
+        .filter(pl.col("members") >= 2)
     )
-    return shared.filter(pl.col("members") >= 2).with_columns(
+    # which members share each entity, for the entities shared (most of a ring's are held by one)
+    sharing = (
+        held.join(shared.select("ring_id", "entity"), on=["ring_id", "entity"])
+        .group_by("ring_id", "entity")
+        .agg(pl.col("account_id").sort().alias("shared_by"))
+    )
+    return shared.join(sharing, on=["ring_id", "entity"]).with_columns(
         (pl.col("value") * (pl.col("members") - 1)).alias("value_total")
     )
 
