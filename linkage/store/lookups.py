@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,153 +190,76 @@ def why_linked(g: ParquetGraph, a: str, b: str, limit: int) -> pl.DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class _Lookup:
+    """How one evidence kind is found: the node table and the column matched against the value, the
+    column reported as the entity, the node key the accounts' relationships point at, and which
+    relationships count (as ``accounts_by_entity.cypher`` reads each kind)."""
+
+    kind: str
+    label: str
+    match: str
+    entity: str
+    key: str
+    rels: tuple[str, ...]
+    lower: bool = False  # the value is compared lower-cased (domains, mailboxes)
+
+
+_LOOKUPS = (
+    _Lookup(
+        "PaymentInstrument", "PaymentInstrument", "instrument_id", "instrument_id", "instrument_id", ("PAID_WITH",)
+    ),
+    _Lookup("Bin", "PaymentInstrument", "bin", "bin", "instrument_id", ("PAID_WITH",)),
+    _Lookup("IP", "IP", "ip", "ip", "ip", ("USED_IP", "SIGNED_UP_FROM")),
+    _Lookup("Subnet", "IP", "subnet", "subnet", "ip", ("USED_IP", "SIGNED_UP_FROM")),
+    _Lookup("ASN", "IP", "asn", "asn", "ip", ("USED_IP",)),
+    _Lookup("Device", "Device", "device_id", "device_id", "device_id", ("USED_DEVICE",)),
+    _Lookup("Org", "Org", "org_id", "org_id", "org_id", ("IN_ORG",)),
+    _Lookup("EmailDomain", "EmailDomain", "domain", "domain", "domain", ("HAS_EMAIL_DOMAIN",), lower=True),
+    _Lookup("Model", "Model", "model", "model", "model", ("USED_MODEL",)),
+)
+
+
 def accounts_by_entity(g: ParquetGraph, value: str, kind: str, limit: int) -> pl.DataFrame:
-    touches = g.touches(
-        (
-            "PAID_WITH",
-            "USED_IP",
-            "SIGNED_UP_FROM",
-            "USED_DEVICE",
-            "SENT_TEMPLATE",
-            "IN_ORG",
-            "HAS_EMAIL_DOMAIN",
-            "USED_MODEL",
-        )
-    )
-    nodes = g.graph.nodes
+    touches = g.touches()
+    columns = ["kind", "entity", "account_id", "relationship", "uses"]
     found: list[pl.DataFrame] = []
-
-    def add(name: str, rows: pl.DataFrame) -> None:
-        if kind in ("any", name):
-            found.append(rows.select(pl.lit(name).alias("kind"), "entity", "account_id", "relationship", "uses"))
-
-    def on(label: str, keys: pl.DataFrame, types: tuple[str, ...], key_column: str = "key") -> pl.DataFrame:
-        rows = touches.filter((pl.col("label") == label) & pl.col("relationship").is_in(types))
-        return rows.join(keys, left_on="key", right_on=key_column).rename({"count": "uses"})
-
-    cards = nodes["PaymentInstrument"]
-    add(
-        "PaymentInstrument",
-        on(
-            "PaymentInstrument",
-            cards.filter(pl.col("instrument_id") == value).select(
-                pl.col("instrument_id").alias("key"), pl.col("instrument_id").alias("entity")
-            ),
-            ("PAID_WITH",),
-        ),
-    )
-    add(
-        "Bin",
-        on(
-            "PaymentInstrument",
-            cards.filter(pl.col("bin") == value).select(
-                pl.col("instrument_id").alias("key"), pl.col("bin").alias("entity")
-            ),
-            ("PAID_WITH",),
-        ),
-    )
-    ips = nodes["IP"]
-    add(
-        "IP",
-        on(
-            "IP",
-            ips.filter(pl.col("ip") == value).select(pl.col("ip").alias("key"), pl.col("ip").alias("entity")),
-            ("USED_IP", "SIGNED_UP_FROM"),
-        ),
-    )
-    add(
-        "Subnet",
-        on(
-            "IP",
-            ips.filter(pl.col("subnet") == value).select(pl.col("ip").alias("key"), pl.col("subnet").alias("entity")),
-            ("USED_IP", "SIGNED_UP_FROM"),
-        ),
-    )
-    add(
-        "ASN",
-        on(
-            "IP",
-            ips.filter(pl.col("asn").cast(pl.Utf8) == value).select(
-                pl.col("ip").alias("key"), pl.col("asn").cast(pl.Utf8).alias("entity")
-            ),
-            ("USED_IP",),
-        ),
-    )
-    add(
-        "Device",
-        on(
-            "Device",
-            nodes["Device"]
-            .filter(pl.col("device_id") == value)
-            .select(pl.col("device_id").alias("key"), pl.col("device_id").alias("entity")),
-            ("USED_DEVICE",),
-        ),
-    )
-    templates = nodes["PromptTemplate"].filter(
-        (pl.col("template_id") == value) | pl.col("text").str.contains(value.lower(), literal=True)
-    )
-    add(
-        "PromptTemplate",
-        on(
-            "PromptTemplate",
-            templates.select(pl.col("template_id").alias("key"), pl.col("template_id").alias("entity")),
-            ("SENT_TEMPLATE",),
-        ),
-    )
-    add(
-        "Org",
-        on(
-            "Org",
-            nodes["Org"]
-            .filter(pl.col("org_id") == value)
-            .select(pl.col("org_id").alias("key"), pl.col("org_id").alias("entity")),
-            ("IN_ORG",),
-        ),
-    )
-    add(
-        "EmailDomain",
-        on(
-            "EmailDomain",
-            nodes["EmailDomain"]
-            .filter(pl.col("domain") == value.lower())
-            .select(pl.col("domain").alias("key"), pl.col("domain").alias("entity")),
-            ("HAS_EMAIL_DOMAIN",),
-        ),
-    )
-    add(
-        "Model",
-        on(
-            "Model",
-            nodes["Model"]
-            .filter(pl.col("model") == value)
-            .select(pl.col("model").alias("key"), pl.col("model").alias("entity")),
-            ("USED_MODEL",),
-        ),
-    )
-    add(
-        "Email",
-        nodes["Account"]
-        .filter(pl.col("email") == value.lower())
-        .select(
-            pl.col("email").alias("entity"),
-            "account_id",
-            pl.lit(None, pl.Utf8).alias("relationship"),
-            pl.lit(None, pl.Int64).alias("uses"),
-        ),
-    )
-    frame = (
-        pl.concat([f.with_columns(pl.col("uses").cast(pl.Int64)) for f in found])
-        if found
-        else pl.DataFrame(
-            schema={
-                "kind": pl.Utf8,
-                "entity": pl.Utf8,
-                "account_id": pl.Utf8,
-                "relationship": pl.Utf8,
-                "uses": pl.Int64,
-            }
+    for lookup in _LOOKUPS + (
+        _Lookup("PromptTemplate", "PromptTemplate", "", "template_id", "template_id", ("SENT_TEMPLATE",)),
+    ):
+        if kind not in ("any", lookup.kind):
+            continue
+        nodes = g.graph.nodes[lookup.label]
+        if lookup.kind == "PromptTemplate":  # by id, or by words of its scaffold text
+            hit = (pl.col("template_id") == value) | pl.col("text").str.contains(value.lower(), literal=True)
+        else:
+            hit = pl.col(lookup.match).cast(pl.Utf8) == (value.lower() if lookup.lower else value)
+        keys = nodes.filter(hit).select(
+            pl.col(lookup.key).cast(pl.Utf8).alias("key"), pl.col(lookup.entity).cast(pl.Utf8).alias("entity")
         )
-    )
+        rows = touches.filter((pl.col("label") == lookup.label) & pl.col("relationship").is_in(lookup.rels))
+        found.append(
+            rows.join(keys, on="key").select(
+                pl.lit(lookup.kind).alias("kind"),
+                "entity",
+                "account_id",
+                "relationship",
+                pl.col("count").cast(pl.Int64).alias("uses"),
+            )
+        )
+    if kind in ("any", "Email"):  # a mailbox is a property of the account itself
+        found.append(
+            g.graph.nodes["Account"]
+            .filter(pl.col("email") == value.lower())
+            .select(
+                pl.lit("Email").alias("kind"),
+                pl.col("email").alias("entity"),
+                "account_id",
+                pl.lit(None, pl.Utf8).alias("relationship"),
+                pl.lit(None, pl.Int64).alias("uses"),
+            )
+        )
+    frame = pl.concat(found) if found else pl.DataFrame(schema=dict.fromkeys(columns, pl.Utf8) | {"uses": pl.Int64})
     return (
         frame.join(g.ring_of(), on="account_id", how="left")
         .unique()
