@@ -76,3 +76,21 @@ def test_wheel_loads_neo4j(installed: Path, tmp_path: Path) -> None:
     done = _linkage(installed, "run", str(TINY), "--out", str(tmp_path / "out"), "--neo4j", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "rings.csv").exists()
+
+
+def test_dependencies_are_bounded_and_locked() -> None:
+    """Every dependency names an upper bound on its major version, and the lock file that `make`
+    installs from pins each one (with hashes)."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = {m.group(1).lower().replace("_", "-") for m in re.finditer(r"^([A-Za-z0-9_.-]+)==", lock, re.M)}
+    for requirement in declared:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
+        assert "<" in requirement, f"{requirement}: no upper bound"
+        assert name in pinned, f"{name} is not in requirements.lock"
+    assert "--hash=sha256:" in lock
+    assert "--require-hashes -r requirements.lock" in (ROOT / "Makefile").read_text()
