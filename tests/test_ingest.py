@@ -106,7 +106,7 @@ def test_console_script_flushes_everything_before_leaving(tiny: Path, tmp_path: 
     summary = json.loads((tmp_path / "out" / "run.json").read_text())
     assert summary["rings"]["total"] == len(read_csv(tmp_path / "out" / "rings.csv"))
     listed = subprocess.run(command + ["query", "--list"], capture_output=True, text=True)
-    assert listed.returncode == 0 and "params:" in listed.stdout
+    assert listed.returncode == 0 and "required" in listed.stdout and "e.g. linkage query" in listed.stdout
     read_csv(tiny / "accounts.csv").drop("created_at").write_csv(tiny / "accounts.csv")
     failed = subprocess.run(
         command + ["run", str(tiny), "--out", str(tmp_path / "bad")], capture_output=True, text=True
