@@ -13,7 +13,7 @@ SET r = ring;
 UNWIND $members AS m
 MATCH (r:Ring {ring_id: m.ring_id})
 MATCH (a:Account {account_id: m.account_id})
-CREATE (a)-[:MEMBER_OF {account_score: m.account_score, attachment: m.attachment}]->(r);
+CREATE (a)-[:MEMBER_OF {account_score: m.account_score, attachment: m.attachment, strength: m.strength}]->(r);
 
 // :name record_run
 MERGE (run:Run {run_id: $run_id})

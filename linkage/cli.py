@@ -317,23 +317,38 @@ def rebuild(
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("account")
-@click.argument("other", required=False)
+@click.argument("where_and_accounts", nargs=-1, required=True, metavar="(RUN_DIR | --neo4j) ACCOUNT [OTHER]")
+@click.option("--neo4j", "use_neo4j", is_flag=True, help="read what the last run stored in Neo4j (flagged rings)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def explain(run_dir: str, account: str, other: str | None, fmt: str) -> None:
+@common_config
+def explain(where_and_accounts: tuple[str, ...], use_neo4j: bool, fmt: str, config: str | None) -> None:
     """Why ACCOUNT is in its ring (its links and attachment), or, with OTHER, the waterfall of what
     links the two: each shared entity, the chance and family discounts, timing, the org discount and
-    Fisher's combination, ending on the weight detection used."""
+    Fisher's combination, ending on the weight detection used. From a run directory, or with --neo4j
+    from the store (the members of flagged rings): the same numbers."""
     from dataclasses import asdict
 
-    from .explain import explain_account, explain_pair, format_account, format_pair
+    from .explain import RunTables, explain_account, explain_pair, format_account, format_pair
 
-    found = explain_pair(run_dir, account, other) if other else explain_account(run_dir, account)
+    args = list(where_and_accounts)
+    if use_neo4j:
+        _setup_logging(0)
+        store = _neo4j_store(_settings(config, {}), writer=False)
+        try:
+            source = RunTables.from_store(store)
+        finally:
+            store.close()
+    else:
+        if not Path(args[0]).is_dir():
+            raise ConfigError(f"explain: '{args[0]}' is not a run directory (or give --neo4j)")
+        source = RunTables.from_files(args.pop(0))
+    if not 1 <= len(args) <= 2:
+        raise ConfigError("explain: give one account, or two for the link between them")
+    found = explain_pair(source, args[0], args[1]) if len(args) == 2 else explain_account(source, args[0])
     if fmt == "json":
         click.echo(json.dumps(asdict(found), indent=2))
     else:
-        text = format_pair(found) if other else format_account(found)  # type: ignore[arg-type]
+        text = format_pair(found) if len(args) == 2 else format_account(found)  # type: ignore[arg-type]
         click.echo(terminal_safe(text).replace("\\x0a", "\n"))
 
 

@@ -78,28 +78,71 @@ def explanation_tables(detection: Any, members: pl.DataFrame) -> tuple[pl.DataFr
     return links, kept.sort("account_id", "entity")
 
 
-class RunFiles:
-    """A run directory's rings, links and memberships, as ``linkage explain`` reads them."""
+@dataclass
+class RunTables:
+    """A run's rings, links and memberships, as ``linkage explain`` reads them: from a run directory
+    (:meth:`from_files`) or from Neo4j (:meth:`from_store`, the members of flagged rings)."""
 
-    def __init__(self, out_dir: str | Path) -> None:
-        self.out_dir = Path(out_dir)
-        missing = [
-            name
-            for name in (LINKS_FILE, MEMBERSHIPS_FILE, "ring_members.parquet", "ring_evidence.parquet", "run.json")
-            if not (self.out_dir / name).exists()
-        ]
+    source: str
+    links: pl.DataFrame
+    memberships: pl.DataFrame
+    members: pl.DataFrame
+    labels: pl.DataFrame  # entity, label
+    settings: DetectSettings
+
+    @classmethod
+    def from_files(cls, out_dir: str | Path) -> RunTables:
+        out_dir = Path(out_dir)
+        needed = (LINKS_FILE, MEMBERSHIPS_FILE, "ring_members.parquet", "ring_evidence.parquet", "run.json")
+        missing = [name for name in needed if not (out_dir / name).exists()]
         if missing:
-            raise InputError(f"{self.out_dir}: not a complete linkage run ({', '.join(missing)} missing)")
-        self.links = pl.read_parquet(self.out_dir / LINKS_FILE)
-        self.memberships = pl.read_parquet(self.out_dir / MEMBERSHIPS_FILE)
-        self.members = pl.read_parquet(self.out_dir / "ring_members.parquet")
-        self.evidence = pl.read_parquet(self.out_dir / "ring_evidence.parquet")
-        parameters = json.loads((self.out_dir / "run.json").read_text())["parameters"]["detect"]
-        self.settings = DetectSettings.model_validate(parameters)
+            raise InputError(f"{out_dir}: not a complete linkage run ({', '.join(missing)} missing)")
+        parameters = json.loads((out_dir / "run.json").read_text())["parameters"]["detect"]
+        return cls(
+            str(out_dir),
+            pl.read_parquet(out_dir / LINKS_FILE),
+            pl.read_parquet(out_dir / MEMBERSHIPS_FILE),
+            pl.read_parquet(out_dir / "ring_members.parquet"),
+            pl.read_parquet(out_dir / "ring_evidence.parquet").select("entity", "label").unique("entity"),
+            DetectSettings.model_validate(parameters),
+        )
+
+    @classmethod
+    def from_store(cls, store: Any) -> RunTables:
+        tables = store.read_explanation()
+        if not tables["detect_settings"]:
+            raise InputError("neo4j: no explanation stored (load a run with `linkage run … --neo4j`)")
+        links = (
+            pl.DataFrame(tables["links"], schema=_LINK_SCHEMA)
+            if tables["links"]
+            else (pl.DataFrame(schema=_LINK_SCHEMA))
+        )
+        holdings = (
+            pl.DataFrame(tables["holdings"], schema=_HOLDING_SCHEMA)
+            if tables["holdings"]
+            else (pl.DataFrame(schema=_HOLDING_SCHEMA))
+        )
+        members = (
+            pl.DataFrame(tables["members"], schema=_MEMBER_SCHEMA)
+            if tables["members"]
+            else (pl.DataFrame(schema=_MEMBER_SCHEMA))
+        )
+        return cls(
+            "neo4j",
+            links,
+            holdings.drop("label"),
+            members,
+            holdings.select("entity", "label").unique("entity"),
+            DetectSettings.model_validate_json(tables["detect_settings"]),
+        )
+
+    @property
+    def out_dir(self) -> str:
+        return self.source
 
     def label(self, entity: str) -> str:
-        found = self.evidence.filter(pl.col("entity") == entity)["label"]
-        return found[0] if found.len() else entity
+        found = self.labels.filter(pl.col("entity") == entity)["label"]
+        return found[0] if found.len() and found[0] is not None else entity
 
     def link(self, a: str, b: str) -> dict[str, Any] | None:
         first, second = sorted((a, b))
@@ -110,10 +153,54 @@ class RunFiles:
         return row.row(0, named=True) if row.height else None
 
 
-def explain_account(out_dir: str | Path, account_id: str) -> AccountExplanation:
+_LINK_SCHEMA = {
+    "account_a": pl.Utf8,
+    "account_b": pl.Utf8,
+    "weight": pl.Float64,
+    "activity": pl.Float64,
+    "shared": pl.Float64,
+    "discount": pl.Float64,
+    "surprisal": pl.Float64,
+    "families": pl.Int64,
+}
+_HOLDING_SCHEMA = {
+    "idx": pl.Int64,
+    "account_id": pl.Utf8,
+    "entity": pl.Utf8,
+    "type": pl.Utf8,
+    "value": pl.Float64,
+    "degree": pl.Int64,
+    "held": pl.Int64,
+    "label": pl.Utf8,
+}
+_MEMBER_SCHEMA = {
+    "ring_id": pl.Utf8,
+    "account_id": pl.Utf8,
+    "account_score": pl.Float64,
+    "attachment": pl.Float64,
+    "strength": pl.Float64,
+}
+
+
+def _tables(source: str | Path | RunTables) -> RunTables:
+    return source if isinstance(source, RunTables) else RunTables.from_files(source)
+
+
+def explanation_for_store(
+    detection: Any, members: pl.DataFrame, rings: pl.DataFrame, evidence: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """What the Neo4j store keeps for `linkage explain --neo4j`: the links and values of the members
+    of flagged rings (all of them would be millions of rows at incident scale), entity values labelled."""
+    flagged = members.join(rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
+    links, kept = explanation_tables(detection, flagged)
+    labels = evidence.select("entity", "label").unique("entity")
+    return links, kept.join(labels, on="entity", how="left")
+
+
+def explain_account(out_dir: str | Path | RunTables, account_id: str) -> AccountExplanation:
     """An account's ring, its attachment, and every link inside the ring that holds it there (they sum
     to its strength; attachment = strength / the ring's median strength, at most 1)."""
-    run = RunFiles(out_dir)
+    run = _tables(out_dir)
     mine = run.members.filter(pl.col("account_id") == account_id)
     if mine.height == 0:
         return AccountExplanation(account_id, None, None, 0.0, None)
@@ -151,10 +238,10 @@ def explain_account(out_dir: str | Path, account_id: str) -> AccountExplanation:
     )
 
 
-def explain_pair(out_dir: str | Path, a: str, b: str) -> PairExplanation:
+def explain_pair(out_dir: str | Path | RunTables, a: str, b: str) -> PairExplanation:
     """The waterfall of the link between ``a`` and ``b``: each shared entity's contribution and what the
     null model, correlated families, timing, the org discount and Fisher's combination did to it."""
-    run = RunFiles(out_dir)
+    run = _tables(out_dir)
     shared = _shared_entities(run, a, b)
     link = run.link(a, b)
     explanation = PairExplanation(a, b, link is not None, link["weight"] if link else 0.0, shared=shared)
@@ -184,7 +271,7 @@ def explain_pair(out_dir: str | Path, a: str, b: str) -> PairExplanation:
     return explanation
 
 
-def _shared_entities(run: RunFiles, a: str, b: str) -> list[dict[str, Any]]:
+def _shared_entities(run: RunTables, a: str, b: str) -> list[dict[str, Any]]:
     """Entities both accounts hold, valued as detection valued them (on the lower-index account)."""
     both = run.memberships.filter(pl.col("account_id").is_in([a, b]))
     pairs = both.filter(pl.col("account_id") == a).join(
@@ -201,12 +288,12 @@ def _shared_entities(run: RunFiles, a: str, b: str) -> list[dict[str, Any]]:
     )
 
 
-def _held(run: RunFiles, account: str) -> dict[str, int]:
+def _held(run: RunTables, account: str) -> dict[str, int]:
     rows = run.memberships.filter(pl.col("account_id") == account).unique("type")
     return dict(zip(rows["type"].to_list(), rows["held"].to_list()))
 
 
-def _shared_steps(run: RunFiles, shared: list[dict[str, Any]], a: str, b: str) -> tuple[list[Step], float]:
+def _shared_steps(run: RunTables, shared: list[dict[str, Any]], a: str, b: str) -> tuple[list[Step], float]:
     """Entity, chance and family steps; their sum is what detection recorded as ``shared``."""
     extra = run.settings.within_type_extra
     family_of = {t: f for f, members in run.settings.type_families.items() for t in members}

@@ -22,7 +22,7 @@ import polars as pl
 from . import __version__
 from .detect import Detection, detect
 from .errors import InputError
-from .explain import LINKS_FILE, MEMBERSHIPS_FILE, explanation_tables
+from .explain import LINKS_FILE, MEMBERSHIPS_FILE, explanation_for_store, explanation_tables
 from .export import begin_export, ensure_writable, write_json, write_parquet, write_quarantine, write_rings
 from .graph import Graph, build_graph, daily_requests
 from .ingest import FIELD_COL, FILE_COL, REASON_COL, ROW_COL, Quarantine, read_table, record_json, table_files
@@ -325,6 +325,7 @@ def run(
         with clock.stage("store"):
             target.write_graph(graph)
             target.write_rings(rings, members, run_id=_run_id(started))
+            store_explanation(target, result, settings, _run_id(started))
     result.summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
     if out_dir is not None:
         with clock.stage("export"):
@@ -346,6 +347,7 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
     if write_back:
         with clock.stage("store"):
             store.write_rings(rings, members, run_id=_run_id(started))
+            store_explanation(store, result, settings, _run_id(started))
     result.summary = summarise("neo4j", settings, Quarantine(), clock, graph, rings, started)
     if out_dir is not None:
         with clock.stage("export"):
@@ -353,6 +355,12 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
         result.summary |= clock_figures(clock)  # export is timed too
         finish_export(Path(out_dir), result, report_data)
     return result
+
+
+def store_explanation(store: Any, result: RunResult, settings: Settings, run_id: str) -> None:
+    """What `linkage explain` reads, into a store beside its rings (the members of flagged rings)."""
+    links, holdings = explanation_for_store(result.detection, result.members, result.rings, result.evidence)
+    store.write_explanation(links, holdings, settings.detect.model_dump_json(), run_id)
 
 
 def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> ReportData:

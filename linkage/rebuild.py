@@ -52,6 +52,7 @@ from .pipeline import (
     ingest_request_file,
     prepare_accounts,
     prepare_payments,
+    store_explanation,
     summarise,
 )
 from .progress import StageClock
@@ -495,6 +496,7 @@ def rebuild(
                     run_id=run_id,
                     run_props={"new_files": len(sync["new"]), "changed_files": len(sync["changed"])},
                 )
+                store_explanation(store, result, settings, run_id)
                 snapshot.write_graph(graph)
                 loaded = {
                     "nodes": stats.nodes,

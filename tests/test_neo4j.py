@@ -385,3 +385,24 @@ def test_neo4j_browser_is_served_on_loopback(store) -> None:
     assert url.startswith("http://127.0.0.1:")
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200 and b"Neo4j Browser" in response.read()
+
+
+def test_explain_through_neo4j_gives_the_numbers_the_files_give(store, tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from linkage.explain import RunTables, explain_account, explain_pair
+
+    out = tmp_path / "out"
+    result = linkage.run(TINY, out, store=[store])
+    stored = RunTables.from_store(store)
+    flagged = result.members.join(result.rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
+    assert flagged.height >= 10
+    for member in flagged["account_id"].to_list():
+        from_files = explain_account(out, member)
+        assert asdict(explain_account(stored, member)) == asdict(from_files)
+        for link in from_files.links[:3]:
+            assert asdict(explain_pair(stored, member, link["partner"])) == asdict(
+                explain_pair(out, member, link["partner"])
+            )
+    words = CliRunner().invoke(main, ["explain", "--neo4j", flagged["account_id"][0]])
+    assert words.exit_code == 0 and "attachment" in words.stdout

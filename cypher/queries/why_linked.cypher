@@ -5,7 +5,7 @@
 // Param: limit integer = 50 — entities at most
 // Example: linkage query why_linked --param a=ring_00 --param b=ring_05
 MATCH (:Account {account_id: $a})-[r1]->(e)
-WHERE NOT e:Ring
+WHERE NOT (e:Ring OR e:Run OR e:Account)  // evidence only: not rings, runs, or explain's LINKED
 WITH e, sum(r1.count) AS uses_a
 MATCH (e)<-[r2]-(:Account {account_id: $b})
 WITH e, labels(e)[0] AS kind, uses_a, sum(r2.count) AS uses_b

@@ -35,5 +35,10 @@ class EmbeddedStore:
         write_parquet(rings, self.directory / "rings" / "rings.parquet")
         write_json({"run_id": run_id, **(run_props or {})}, self.directory / "rings" / "run.json")
 
+    def write_explanation(self, links: pl.DataFrame, holdings: pl.DataFrame, detect_settings: str, run_id: str) -> None:
+        """The tables `linkage explain` reads, beside the rings (as the Neo4j store keeps them)."""
+        write_parquet(links, self.directory / "rings" / "links.parquet")
+        write_parquet(holdings, self.directory / "rings" / "holdings.parquet")
+
     def close(self) -> None:
         pass

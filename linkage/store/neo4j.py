@@ -275,7 +275,11 @@ class Neo4jStore:
     ) -> None:
         """Replace the rings in one transaction: readers see the old set or the new one, never a mix."""
         ring_rows = rings.with_columns(pl.lit(run_id).alias("run_id")).to_dicts()
-        member_rows = _records(members.select("ring_id", "account_id", "account_score", "attachment"))
+        member_rows = _records(
+            members.select("ring_id", "account_id", "account_score", "attachment", "strength")
+            if "strength" in members.columns
+            else members.select("ring_id", "account_id", "account_score", "attachment")
+        )
         props = {
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "rings": rings.height,
@@ -293,6 +297,39 @@ class Neo4jStore:
 
         with self.driver.session(database=self.settings.database) as session:
             session.execute_write(replace)
+
+    @_store_errors
+    def write_explanation(self, links: pl.DataFrame, holdings: pl.DataFrame, detect_settings: str, run_id: str) -> None:
+        """Replace the links and entity values `linkage explain --neo4j` reads (the members of flagged
+        rings), in one transaction; written after :meth:`write_rings` (the run node must exist)."""
+        sql = statements("explain.cypher")
+        link_rows = _records(links)
+        holding_rows = _records(holdings)
+
+        def replace(tx) -> None:
+            tx.run(sql["delete_explanation"]).consume()
+            for start in range(0, len(link_rows), 10000):
+                tx.run(sql["create_links"], links=link_rows[start : start + 10000]).consume()
+            for start in range(0, len(holding_rows), 10000):
+                tx.run(sql["create_holdings"], rows=holding_rows[start : start + 10000], run_id=run_id).consume()
+            tx.run(sql["record_detect_settings"], run_id=run_id, settings=detect_settings).consume()
+
+        with self.driver.session(database=self.settings.database) as session:
+            session.execute_write(replace)
+
+    @_store_errors
+    def read_explanation(self) -> dict[str, Any]:
+        """The tables :class:`linkage.explain.RunTables` needs, as stored by :meth:`write_explanation`."""
+        sql = statements("explain.cypher")
+        records, _, _ = self.driver.execute_query(
+            sql["read_detect_settings"], database_=self.settings.database, routing_=RoutingControl.READ
+        )
+        return {
+            "links": self._read(sql["read_links"]),
+            "holdings": self._read(sql["read_holdings"]),
+            "members": self._read(sql["read_members"]),
+            "detect_settings": records[0]["settings"] if records else None,
+        }
 
     # ------------------------------------------------------------ reads
     @_store_errors
