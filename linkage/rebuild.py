@@ -598,26 +598,19 @@ def _record_failure(out_dir: Path, summary: dict[str, Any]) -> None:
         log.warning("could not record the failed run in %s: %s", out_dir / "runs.jsonl", exc)
 
 
+# what a night reports, on stdout and in runs.jsonl (failed nights carry exit_code and error)
+_NIGHT_KEYS = ("run_id", "exit_reason", "exit_code", "error", "files", "rings", "ring_changes", "timings_s", "tables")
+
+
+def _night(summary: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    entry = {k: summary[k] for k in keys if k in summary}
+    if "tables" in entry:
+        entry["tables"] = _table_counts(entry["tables"])
+    return entry
+
+
 def _append_history(path: Path, summary: dict[str, Any]) -> None:
-    entry = {
-        k: summary[k]
-        for k in (
-            "run_id",
-            "started_at",
-            "exit_reason",
-            "exit_code",
-            "error",
-            "files",
-            "rings",
-            "ring_changes",
-            "timings_s",
-            "peak_rss_mb",
-        )
-        if k in summary
-    }
-    if "tables" in summary:
-        entry["tables"] = _table_counts(summary["tables"])
-    line = json.dumps(entry)
+    line = json.dumps(_night(summary, ("started_at", *_NIGHT_KEYS, "peak_rss_mb")))
     with open(path, "a") as fh:
         fh.write(line + "\n")
         fh.flush()
@@ -626,22 +619,7 @@ def _append_history(path: Path, summary: dict[str, Any]) -> None:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """The one JSON line a cron job prints on stdout."""
-    keys = (
-        "run_id",
-        "exit_reason",
-        "exit_code",
-        "error",
-        "files",
-        "rings",
-        "ring_changes",
-        "neo4j_load",
-        "timings_s",
-        "tables",
-    )
-    short = {k: summary[k] for k in keys if k in summary}
-    if "tables" in short:
-        short["tables"] = _table_counts(short["tables"])
-    return json.dumps(short, separators=(",", ":"))
+    return json.dumps(_night(summary, (*_NIGHT_KEYS, "neo4j_load")), separators=(",", ":"))
 
 
 def _table_counts(tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
