@@ -80,48 +80,39 @@ def entity_labels(graph: Graph, entities: pl.DataFrame, settings: DetectSettings
     return labelled.select("entity", label.alias("label"))
 
 
-def _cards(graph: Graph, keys: pl.DataFrame) -> pl.DataFrame:
-    cards = graph.nodes.get("PaymentInstrument")
-    if cards is not None:
-        cards = cards.join(keys, left_on="instrument_id", right_on="key")
-    if cards is None or cards.height == 0:
-        return pl.DataFrame(schema={"key": pl.Utf8, "card_facts": pl.Utf8})
-    facts = pl.concat_str(
-        [
-            pl.col("instrument_type"),
-            pl.format("BIN {}", pl.col("bin")),
-            pl.format("issued in {}", pl.col("issuer_country")),
-        ],
-        separator=", ",
-        ignore_nulls=True,
+def _node_facts(graph: Graph, label: str, key: str, keys: pl.DataFrame, name: str, facts: pl.Expr) -> pl.DataFrame:
+    """``key, <name>``: ``facts`` of the ``label`` nodes whose key is among ``keys`` (null where empty)."""
+    nodes = graph.nodes.get(label)
+    if nodes is None or nodes.height == 0:
+        return pl.DataFrame(schema={"key": pl.Utf8, name: pl.Utf8})
+    return nodes.join(keys, left_on=key, right_on="key").select(
+        pl.col(key).alias("key"), pl.when(facts != "").then(facts).alias(name)
     )
-    return cards.select(pl.col("instrument_id").alias("key"), pl.when(facts != "").then(facts).alias("card_facts"))
+
+
+def _listed(*parts: pl.Expr) -> pl.Expr:
+    return pl.concat_str(list(parts), separator=", ", ignore_nulls=True)
+
+
+def _cards(graph: Graph, keys: pl.DataFrame) -> pl.DataFrame:
+    facts = _listed(
+        pl.col("instrument_type"),
+        pl.format("BIN {}", pl.col("bin")),
+        pl.format("issued in {}", pl.col("issuer_country")),
+    )
+    return _node_facts(graph, "PaymentInstrument", "instrument_id", keys, "card_facts", facts)
 
 
 def _addresses(graph: Graph, keys: pl.DataFrame) -> pl.DataFrame:
-    ips = graph.nodes.get("IP")
-    if ips is not None:
-        ips = ips.join(keys, left_on="ip", right_on="key")
-    if ips is None or ips.height == 0:
-        return pl.DataFrame(schema={"key": pl.Utf8, "address_facts": pl.Utf8})
-    facts = pl.concat_str(
-        [pl.col("ip_type"), pl.format("AS{}", pl.col("asn")), pl.format("subnet {}", pl.col("subnet"))],
-        separator=", ",
-        ignore_nulls=True,
-    )
-    return ips.select(pl.col("ip").alias("key"), pl.when(facts != "").then(facts).alias("address_facts"))
+    facts = _listed(pl.col("ip_type"), pl.format("AS{}", pl.col("asn")), pl.format("subnet {}", pl.col("subnet")))
+    return _node_facts(graph, "IP", "ip", keys, "address_facts", facts)
 
 
 def _templates(graph: Graph, keys: pl.DataFrame) -> pl.DataFrame:
-    templates = graph.nodes.get("PromptTemplate")
-    if templates is not None:
-        templates = templates.join(keys, left_on="template_id", right_on="key")
-    if templates is None or templates.height == 0:
-        return pl.DataFrame(schema={"key": pl.Utf8, "template_text": pl.Utf8})
     text = pl.col("text").str.replace_all(r"\s+", " ").str.strip_chars()
     short = (
         pl.when(text.str.len_chars() > _MAX_TEMPLATE_CHARS)
         .then(text.str.slice(0, _MAX_TEMPLATE_CHARS) + "…")
         .otherwise(text)
     )
-    return templates.select(pl.col("template_id").alias("key"), short.alias("template_text"))
+    return _node_facts(graph, "PromptTemplate", "template_id", keys, "template_text", short)

@@ -76,3 +76,15 @@ def test_cli_explain(demo) -> None:
     partner = explain_account(out, member).links[0]["partner"]
     waterfall = CliRunner().invoke(main, ["explain", str(out), member, partner])
     assert waterfall.exit_code == 0 and "Fisher" in waterfall.stdout
+
+
+def test_every_entity_carries_a_readable_label(demo) -> None:
+    _, result = demo
+    labels = dict(result.evidence.select("entity", "label").iter_rows())
+    assert labels["PaymentInstrument|card_ring_0"] == "card card_ring_0 (virtual_card, BIN 53999901, issued in US)"
+    assert labels["IP|45.1.1.10"].startswith("address 45.1.1.10 (proxy, AS16000")
+    template = next(label for entity, label in labels.items() if entity.startswith("PromptTemplate|"))
+    assert template.startswith("template «") and "step-by-step" in template
+    burst = next(label for entity, label in labels.items() if entity.startswith("SignupBurst|"))
+    assert burst.startswith("signup burst 2026-02-01") and burst.endswith("accounts)")
+    assert all(label != entity for entity, label in labels.items())
