@@ -338,6 +338,8 @@ def run(
 def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, write_back: bool = True) -> RunResult:
     """Detection over the whole graph accumulated in a store (Neo4j, or an embedded graph directory),
     not only one run's files."""
+    if out_dir is not None:
+        ensure_writable(Path(out_dir))
     started = time.time()
     clock = StageClock()
     with clock.stage("read_store"):
