@@ -21,8 +21,8 @@ lock:  ## re-resolve requirements.lock from pyproject.toml (then review the diff
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes --quiet -o requirements.lock
 
 lint: install  ## lint, format and type checks (also part of make test)
-	$(VENV)/bin/ruff check linkage tests bench fixtures
-	$(VENV)/bin/ruff format --check linkage tests bench fixtures
+	$(VENV)/bin/ruff check linkage tests bench fixtures scripts
+	$(VENV)/bin/ruff format --check linkage tests bench fixtures scripts
 	$(VENV)/bin/mypy linkage
 
 demo: install  ## the main job on the embedded default, on the fixture with known rings

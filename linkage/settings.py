@@ -224,8 +224,8 @@ class Neo4jSettings(_Section):
     batch_size: int = Field(10_000, gt=0)
     # one load at a time per database: a second waits this long for the first, then exits 75
     lock_wait_seconds: float = Field(600.0, ge=0)
-    # a killed loader's lock lapses after this long without renewal (renewed after every label/type)
-    lock_lease_seconds: float = Field(1800.0, gt=0)
+    # a killed loader's lock lapses after this long: a heartbeat renews it every quarter lease
+    lock_lease_seconds: float = Field(120.0, gt=0)
     # the offline importer for full rebuilds (`linkage bulk-import`): the project's own server by
     # default; for a packaged install, e.g. "/usr/bin/neo4j-admin" (as the neo4j user)
     admin_command: str = Field("scripts/neo4j.sh admin", description="neo4j-admin, as a command line")

@@ -1,4 +1,5 @@
 """Wait until Bolt answers, then make sure the generated password is the one in force."""
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,9 @@ def main(uri: str, password_file: str, timeout_s: float = 120.0) -> int:
             try:  # a fresh store still has the default password: replace it
                 with GraphDatabase.driver(uri, auth=("neo4j", "neo4j")) as driver:
                     with driver.session(database="system") as session:
-                        session.run("ALTER CURRENT USER SET PASSWORD FROM $old TO $new",
-                                    old="neo4j", new=password).consume()
+                        session.run(
+                            "ALTER CURRENT USER SET PASSWORD FROM $old TO $new", old="neo4j", new=password
+                        ).consume()
             except (AuthError, ServiceUnavailable):
                 time.sleep(1)
         except (ServiceUnavailable, OSError):

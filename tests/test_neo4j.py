@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 import linkage
 from linkage.cli import main
 from linkage.cypher import queries
-from linkage.errors import StoreError
+from linkage.errors import LockHeldError, StoreError
 from linkage.pipeline import detect_from_store
 from linkage.settings import Settings
 
@@ -334,6 +335,48 @@ def test_f12_concurrent_loads_are_serialised_by_the_database_lock(store, tiny_re
     assert errors == []
     rings, _, _ = store.driver.execute_query("MATCH (r:Ring) RETURN count(r) AS n")
     assert rings[0]["n"] == tiny_result.rings.height
+
+
+def test_f12_a_killed_holders_lock_is_taken_over_at_once(store) -> None:
+    import socket
+
+    from linkage.store.neo4j import Neo4jStore
+
+    dead = f"{socket.gethostname()}:999999:killed"  # no such pid: the holder was SIGKILLed
+    store.driver.execute_query(
+        "MERGE (l:LinkageLock {name: 'load'}) SET l.holder = $holder, l.expires_ms = timestamp() + 3600000",
+        holder=dead,
+    )
+    impatient = Settings().neo4j.model_copy(update={"lock_wait_seconds": 0.5})
+    writer = Neo4jStore.from_settings(impatient, writer=True)
+    try:
+        records, _, _ = store.driver.execute_query("MATCH (l:LinkageLock {name: 'load'}) RETURN l.holder AS h")
+        assert records[0]["h"] == writer.lock_holder != dead
+    finally:
+        writer.close()
+    other_host = "elsewhere:1:alive"  # another host's holder is never presumed dead: it waits out the lease
+    store.driver.execute_query(
+        "MERGE (l:LinkageLock {name: 'load'}) SET l.holder = $holder, l.expires_ms = timestamp() + 3600000",
+        holder=other_host,
+    )
+    with pytest.raises(LockHeldError, match="elsewhere"):
+        Neo4jStore.from_settings(impatient, writer=True)
+    store.driver.execute_query("MATCH (l:LinkageLock) DELETE l")
+
+
+def test_f12_the_heartbeat_keeps_a_long_load_s_lease(store) -> None:
+    from linkage.store.neo4j import Neo4jStore
+
+    short = Settings().neo4j.model_copy(update={"lock_lease_seconds": 0.4, "lock_wait_seconds": 0.3})
+    holder = Neo4jStore.from_settings(short, writer=True)
+    try:
+        time.sleep(1.5)  # several leases long, with no loading step renewing it
+        with pytest.raises(LockHeldError):
+            Neo4jStore.from_settings(short, writer=True)
+        assert not holder.lock_lost
+    finally:
+        holder.close()
+    Neo4jStore.from_settings(short, writer=True).close()  # released: the next writer gets it at once
 
 
 # ---------------------------------------------------------------- issue 16: queries without traps

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -129,7 +130,11 @@ def _rebuild_process(data: Path, out: Path, neo4j: bool) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
 
 
-def _sigkill_then_finish(tmp_path: Path, neo4j: bool, delays: list[float]) -> tuple[Path, Path]:
+def _sigkill_then_finish(
+    tmp_path: Path, neo4j: bool, delays: list[float], kill_when: Callable[[], bool] | None = None
+) -> tuple[Path, Path]:
+    """A reference rebuild; then rebuilds of the victim killed after each delay (and one killed as
+    soon as ``kill_when()`` holds); then one that must finish."""
     data = _partitioned(tmp_path / "in", days=6)
     reference = tmp_path / "reference"
     assert _rebuild_process(data, reference, neo4j).wait(timeout=600) == 0
@@ -137,6 +142,14 @@ def _sigkill_then_finish(tmp_path: Path, neo4j: bool, delays: list[float]) -> tu
     for delay in delays:
         process = _rebuild_process(data, victim, neo4j)
         time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    if kill_when is not None:
+        process = _rebuild_process(data, victim, neo4j)
+        deadline = time.monotonic() + 300
+        while not kill_when() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "the rebuild finished before the moment it was to be killed"
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
     finisher = _rebuild_process(data, victim, neo4j)
@@ -173,7 +186,15 @@ def test_sigkill_with_neo4j_converges_to_the_same_graph(tmp_path: Path) -> None:
     expected = graph_counts()
     with store.driver.session() as session:
         session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
-    _, victim = _sigkill_then_finish(tmp_path / "b", neo4j=True, delays=[1.0, 2.5, 4.0, 6.0])
+
+    def lock_is_held() -> bool:
+        records, _, _ = store.driver.execute_query("MATCH (l:LinkageLock) RETURN count(l) AS n")
+        return records[0]["n"] > 0
+
+    # the last victim dies holding the load lock: the finisher takes it over instead of waiting
+    started = time.monotonic()
+    _, victim = _sigkill_then_finish(tmp_path / "b", neo4j=True, delays=[1.0, 2.5, 4.0, 6.0], kill_when=lock_is_held)
+    assert time.monotonic() - started < Settings().neo4j.lock_wait_seconds
     assert graph_counts() == expected
     assert _content(victim) == _content(reference)
     rings, _, _ = store.driver.execute_query("MATCH (r:Ring) RETURN count(r) AS n, count(DISTINCT r.run_id) AS runs")

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -20,9 +21,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
-from neo4j.exceptions import AuthError, ClientError, DriverError, Neo4jError, ServiceUnavailable
-
 from neo4j import Driver, GraphDatabase, RoutingControl, unit_of_work
+from neo4j.exceptions import AuthError, ClientError, DriverError, Neo4jError, ServiceUnavailable
 
 from ..cypher import schema_statements, statements
 from ..errors import LockHeldError, StoreError
@@ -51,6 +51,21 @@ def masked_uri(uri: str) -> str:
         return uri
     host = parts.hostname or ""
     return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, parts.query, ""))
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """True when a lock holder (``host:pid:tag``) ran on this host and its process no longer exists."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -94,6 +109,8 @@ class Neo4jStore:
         self.settings = settings
         self.last_load = LoadStats()
         self.lock_holder: str | None = None
+        self.lock_lost = False
+        self._heartbeat_stop: threading.Event | None = None
 
     @classmethod
     def from_settings(cls, settings: Neo4jSettings | None = None, writer: bool = False) -> Neo4jStore:
@@ -139,46 +156,81 @@ class Neo4jStore:
     @_store_errors
     def take_lock(self) -> None:
         """Hold the database's load lock, waiting for another holder up to ``lock_wait_seconds``
-        (then :class:`LockHeldError`, exit 75: cron retries later)."""
+        (then :class:`LockHeldError`, exit 75: cron retries later).
+
+        The lock is a lease that a background heartbeat renews every quarter lease while this store
+        holds it, so a holder that dies (SIGKILL, lost host) frees it within one lease. A holder on
+        this host whose process is gone is taken over at once.
+        """
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # each store its own holder
         lock = statements("lock.cypher")
         deadline = time.monotonic() + self.settings.lock_wait_seconds
         while True:
-            records, _, _ = self.driver.execute_query(
-                lock["take_lock"],
-                name=self.LOCK_NAME,
-                holder=holder,
-                now_ms=_now_ms(),
-                lease_ms=int(self.settings.lock_lease_seconds * 1000),
-                database_=self.settings.database,
-            )
-            if records:
+            if self._try_lock(holder):
                 self.lock_holder = holder
+                self._start_heartbeat()
                 return
+            current, _, _ = self.driver.execute_query(
+                lock["lock_holder"], name=self.LOCK_NAME, database_=self.settings.database
+            )
+            other = current[0]["holder"] if current else None
+            if other is not None and _holder_is_dead(other):
+                log.warning("neo4j load lock: taking over from %s (its process is gone)", other)
+                if self._try_lock(holder, stale=other):
+                    self.lock_holder = holder
+                    self._start_heartbeat()
+                    return
             if time.monotonic() >= deadline:
-                current, _, _ = self.driver.execute_query(
-                    lock["lock_holder"], name=self.LOCK_NAME, database_=self.settings.database
-                )
-                other = current[0]["holder"] if current else "another load"
                 raise LockHeldError(
-                    f"neo4j at {masked_uri(self.settings.uri)}: {other} is loading; "
+                    f"neo4j at {masked_uri(self.settings.uri)}: {other or 'another load'} is loading; "
                     f"waited {self.settings.lock_wait_seconds:g} s"
                 )
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
+    def _try_lock(self, holder: str, stale: str | None = None) -> bool:
+        """Take or renew the lease; ``stale``: a dead holder whose lease may be taken over early."""
+        records, _, _ = self.driver.execute_query(
+            statements("lock.cypher")["take_lock"],
+            name=self.LOCK_NAME,
+            holder=holder,
+            stale=stale,
+            now_ms=_now_ms(),
+            lease_ms=int(self.settings.lock_lease_seconds * 1000),
+            database_=self.settings.database,
+        )
+        return bool(records)
+
+    def _start_heartbeat(self) -> None:
+        stop = threading.Event()
+        self._heartbeat_stop = stop
+        threading.Thread(target=self._renew_until_stopped, args=(stop,), name="linkage-lock", daemon=True).start()
+
+    def _renew_until_stopped(self, stop: threading.Event) -> None:
+        interval = self.settings.lock_lease_seconds / 4
+        while not stop.wait(interval):
+            holder = self.lock_holder
+            if holder is None:
+                return
+            try:
+                if not self._try_lock(holder):
+                    self.lock_lost = True
+                    log.error("neo4j load lock: lost to another holder (lease expired)")
+                    return
+            except (Neo4jError, DriverError, OSError) as exc:  # a blip: the next beat retries
+                log.warning("neo4j load lock: renewal failed (%s)", type(exc).__name__)
+
     def _renew_lock(self) -> None:
-        if self.lock_holder is not None:
-            self.driver.execute_query(
-                statements("lock.cypher")["take_lock"],
-                name=self.LOCK_NAME,
-                holder=self.lock_holder,
-                now_ms=_now_ms(),
-                lease_ms=int(self.settings.lock_lease_seconds * 1000),
-                database_=self.settings.database,
+        """Between loading steps: stop if the heartbeat found the lease taken by another writer."""
+        if self.lock_holder is not None and self.lock_lost:
+            raise StoreError(
+                f"neo4j at {masked_uri(self.settings.uri)}: the load lock's lease expired and another "
+                "writer took it; stopping (the next run repeats the load)"
             )
 
     @_store_errors
     def release_lock(self) -> None:
+        if self._heartbeat_stop is not None:
+            self._heartbeat_stop.set()
         self.driver.execute_query(
             statements("lock.cypher")["release_lock"],
             name=self.LOCK_NAME,
