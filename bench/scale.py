@@ -78,6 +78,26 @@ def bulk_load(input_dir: Path, out_dir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _count_requests(input_dir: Path) -> int:
+    code = (
+        "import glob,sys,pyarrow.parquet as pq\n"
+        "print(sum(pq.ParquetFile(f).metadata.num_rows for f in "
+        "glob.glob(sys.argv[1] + '/requests/**/*.parquet', recursive=True)))\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code, str(input_dir)], check=True, capture_output=True, text=True)
+    return int(output.stdout)
+
+
+def _print_stages(run: dict) -> None:
+    peaks, cpu = run.get("stage_peak_rss_mb") or {}, run.get("cpu_s") or {}
+    for stage, seconds in run["timings_s"].items():  # detect/… are parts of detect
+        print(
+            f"{'':>6}   {stage:<20} {seconds:>7.2f} s   cpu {cpu.get(stage, 0):>6.2f} s"
+            f"   peak RSS so far {peaks.get(stage, 0):>7.0f} MB",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scales", default="0.05,0.25,1.0")
@@ -85,12 +105,31 @@ def main() -> None:
     parser.add_argument("--bulk-scales", default="", help="neo4j-admin full import (stops the project's server)")
     parser.add_argument("--work", default="/tmp/linkage-scale")
     parser.add_argument("--seed", type=int, default=31)
+    parser.add_argument(
+        "--inputs",
+        default="",
+        help="existing input dirs (comma-separated, e.g. another generator's worlds) instead of simulating",
+    )
     args = parser.parse_args()
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     linkage_cli = [sys.executable, "-m", "linkage.cli"]
     print(f"{'scale':>6} {'requests':>10} {'scan s':>7} {'run s':>7} {'x scan':>7} {'s/M req':>8} {'peak MB':>8}")
-    for scale in [float(s) for s in args.scales.split(",")]:
+    for input_dir in [Path(d) for d in args.inputs.split(",") if d]:
+        requests, floor = _count_requests(input_dir), scan_floor(input_dir)
+        out = Path(args.work) / f"out-{input_dir.parent.name}-{input_dir.name}"
+        wall, _ = timed(linkage_cli + ["run", str(input_dir), "--out", str(out)])
+        run = json.loads((out / "run.json").read_text())
+        print(
+            f"{str(input_dir):>6} {requests:>10} {floor:>7.1f} {wall:>7.1f} {wall / floor:>7.1f} "
+            f"{wall / requests * 1e6:>8.2f} {run['peak_rss_mb']:>8.0f}",
+            flush=True,
+        )
+        _print_stages(run)
+        with open(results / "scale.jsonl", "a") as fh:
+            row = {"input": str(input_dir), "requests": requests, "scan_s": round(floor, 2), "run_s": round(wall, 1)}
+            fh.write(json.dumps(row | {"x_scan": round(wall / floor, 1), "peak_rss_mb": run["peak_rss_mb"]}) + "\n")
+    for scale in [float(s) for s in args.scales.split(",") if s]:
         data = Path(args.work) / f"s{scale}"
         if not (data / "simulation.json").exists():
             subprocess.run(
@@ -127,13 +166,7 @@ def main() -> None:
             + (f"  neo4j bulk: {row['neo4j_bulk']}" if "neo4j_bulk" in row else ""),
             flush=True,
         )
-        peaks, cpu = run.get("stage_peak_rss_mb") or {}, run.get("cpu_s") or {}
-        for stage, seconds in run["timings_s"].items():  # detect/… are parts of detect
-            print(
-                f"{'':>6}   {stage:<20} {seconds:>7.2f} s   cpu {cpu.get(stage, 0):>6.2f} s"
-                f"   peak RSS so far {peaks.get(stage, 0):>7.0f} MB",
-                flush=True,
-            )
+        _print_stages(run)
         with open(results / "scale.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
 

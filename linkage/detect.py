@@ -466,6 +466,8 @@ def project(
         return pl.DataFrame(schema=PAIR_SCHEMA)
 
     ca, cb = candidates // n, candidates % n
+    position = np.searchsorted(candidates, contrib_pair)
+    del candidates, hub_pairs, contrib_pair  # the largest arrays of the run: freed before weighing
     family_of = {t: f for f, members in settings.type_families.items() for t in members}
     families = sorted({family_of.get(t, t) for t in type_names})
     family_code = np.array([families.index(family_of.get(t, t)) for t in type_names], dtype=np.int64)
@@ -473,7 +475,7 @@ def project(
         n,
         ca,
         cb,
-        Shared(np.searchsorted(candidates, contrib_pair), contrib_type, contrib_value),
+        Shared(position, contrib_type, contrib_value),
         Held(idx[h_rows], types[h_rows], entity_code[h_rows], value[h_rows]),
         TypeRules(
             _log_memberships(n, idx, types, ev["held"].to_numpy(), len(type_names)),
@@ -575,7 +577,7 @@ def pair_weights(
     # each account's hubs as one run sorted by entity (entity codes are unique across types)
     hub_order = _order_by(held.member, held.entity)
     hub_start = np.r_[0, np.cumsum(np.bincount(held.member, minlength=n_accounts))].astype(np.int64)
-    ca, cb = ca.astype(np.int64), cb.astype(np.int64)
+    ca, cb = ca.astype(np.int64, copy=False), cb.astype(np.int64, copy=False)
     fixed = (
         shared.type_code[by_pair].astype(np.int64),
         shared.value[by_pair].astype(np.float64),
@@ -701,10 +703,26 @@ def _lockstep(
     total_windows = max(float(span or 0) / settings.activity_window_minutes, float(windows.max(initial=1.0)))
 
     def agreement_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return _signature_agreement(matrix, has, a.astype(np.int64), b.astype(np.int64))
+        return _signature_agreement(matrix, has, a.astype(np.int64, copy=False), b.astype(np.int64, copy=False))
 
     calibration = lockstep_calibration(agreement_of, windows, has, total_windows, settings.seed)
-    return lockstep_surprisal(agreement_of(ca, cb), windows[ca], windows[cb], total_windows, calibration, width, needed)
+    agreement = agreement_of(ca, cb)
+    # pairs agreeing nowhere have no lockstep: only the others are weighed (at incident scale the
+    # per-pair temporaries of all 29M candidates were the run's peak memory)
+    agreeing = np.flatnonzero(agreement > 0)
+    surprisal = np.zeros(len(ca))
+    if len(agreeing):
+        a, b = ca[agreeing], cb[agreeing]
+        surprisal[agreeing] = lockstep_surprisal(
+            agreement[agreeing],
+            windows[a],
+            windows[b],
+            total_windows,
+            calibration,
+            width,
+            None if needed is None else needed[agreeing],
+        )
+    return surprisal
 
 
 @numba.njit(cache=True, nogil=True)

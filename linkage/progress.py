@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import resource
 import sys
@@ -39,7 +41,30 @@ class StageClock:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
             self.cpu[name] = round(self.cpu.get(name, 0.0) + _cpu_seconds() - cpu_start, 3)
             self.peak_rss[name] = round(peak_rss_mb(), 1)
+            release_free_memory()
             log.info("stage %s done in %.2fs (peak RSS %.0f MB)", name, self.timings[name], self.peak_rss[name])
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc()
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    The numeric kernels free gigabytes of temporaries per stage, which glibc otherwise keeps in its
+    per-thread arenas: at incident scale the process then held 7 GB with 3.6 GB in use, and the next
+    stage's peak stacked on top."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _cpu_seconds() -> float:
