@@ -278,7 +278,11 @@ def analyse(
         detection = detect(graph, settings.detect, clock)
     with clock.stage("score"):
         rings, members, evidence, alone = score_rings(
-            detection, graph, settings.score, labels=lambda found: entity_labels(graph, found, settings.detect)
+            detection,
+            graph,
+            settings.score,
+            labels=lambda found: entity_labels(graph, found, settings.detect),
+            min_ring_size=settings.detect.min_ring_size,
         )
     return detection, rings, members, evidence, alone
 

@@ -78,13 +78,15 @@ def score_rings(
     settings: ScoreSettings,
     flag_threshold: float | None = None,
     labels: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    min_ring_size: int = 3,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(rings, ring_members, ring_evidence, alone) — rings sorted by score, highest first; ``alone``:
     every account's risk and the score it has outside any ring (as if in a ring at the background's
     mean). Reads only the graph.
 
     ``labels``: from the evidence rows (``entity, type, degree``) to ``entity, label`` (see
-    :func:`linkage.labels.entity_labels`); without it an entity is labelled by its key."""
+    :func:`linkage.labels.entity_labels`); without it an entity is labelled by its key.
+    ``min_ring_size``: a ring left smaller by detaching bystanders (:func:`bystanders`) dissolves."""
     accounts = graph.nodes["Account"]
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
@@ -156,6 +158,12 @@ def score_rings(
         if flag_threshold is None
         else flag_threshold
     )
+    if settings.detach_bystanders:
+        loose = bystanders(strength, risk, ring_risk, threshold)
+        if loose.height:
+            trimmed = _without(detection, loose, min_ring_size)
+            unchanged = settings.model_copy(update={"detach_bystanders": False})
+            return score_rings(trimmed, graph, unchanged, threshold, labels, min_ring_size)
     rings = (
         features.join(ring_risk, on="ring_id", how="left")
         .join(ring_features, on="ring_id", how="left")
@@ -224,6 +232,31 @@ def score_rings(
         .select("ring_id", "entity", "type", "label", "members", "degree", "value", "value_total", "shared_by"),
         _alone(risk, prior),
     )
+
+
+def bystanders(strength: pl.DataFrame, risk: pl.DataFrame, ring_risk: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    """Members of flagged rings that are there by what they share, not by what they do: tied to the
+    ring more loosely than its median member, and by their own behaviour not risky enough to be
+    flagged (their risk under the run's flag cut). Users of the open-source client or popular
+    template an operation also runs link to it through that tooling and land in its community;
+    the operation's own accounts are tied more tightly or act like it.
+
+    Returns ``account_id`` of each."""
+    flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")
+    return (
+        strength.join(flagged, on="ring_id")
+        .join(risk.select("account_id", "risk"), on="account_id", how="left")
+        .filter((pl.col("attachment") < 1.0) & (pl.col("risk").fill_null(0.0) < threshold))
+        .select("account_id")
+    )
+
+
+def _without(detection: Detection, leaving: pl.DataFrame, min_ring_size: int) -> Detection:
+    """The detection with ``leaving`` out of their communities (and communities left too small dissolved)."""
+    kept = detection.communities.join(leaving, on="account_id", how="anti")
+    sizes = kept.group_by("community").len()
+    kept = kept.join(sizes.filter(pl.col("len") >= min_ring_size), on="community").drop("len")
+    return Detection(detection.accounts, detection.memberships, detection.pairs, kept)
 
 
 def _alone(risk: pl.DataFrame, background_mean: float | None) -> pl.DataFrame:

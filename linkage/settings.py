@@ -206,6 +206,11 @@ class ScoreSettings(_Section):
         None, ge=0, le=1, description="a fixed risk to flag at instead (overrides the background cut)"
     )
     top_evidence: int = Field(5, gt=0, description="shared entities listed per ring")
+    detach_bystanders: bool = Field(
+        True,
+        description="members of a flagged ring tied more loosely than its median member and not risky enough "
+        "to be flagged on their own leave it (users of the tooling an operation also runs)",
+    )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's
     # incident scale campaign rings sit at 0.5-1.0 nats: recall fell from 0.87 to 0.12.

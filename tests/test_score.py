@@ -1,4 +1,4 @@
-"""Scoring against the run's background: timing confidence and the course look-alike."""
+"""Scoring against the run's background: bystanders, timing confidence and the course look-alike."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 import linkage
-from linkage.score import _weigh_by_timing
+from linkage.score import _weigh_by_timing, bystanders
 from linkage.settings import Settings
 from linkage.simulate import SimulationConfig, World, simulate
 
@@ -43,3 +43,53 @@ def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
             assert course == courses_flagged and campaign_recall >= 0.95
         else:
             assert course > 0  # without timing confidence the classes look like campaigns: the test can fail
+
+
+def test_bystanders_are_loosely_tied_members_of_flagged_rings_that_are_not_risky_themselves() -> None:
+    strength = pl.DataFrame(
+        {
+            "ring_id": ["op"] * 5 + ["calm"] * 2,
+            "account_id": ["core1", "core2", "loose_risky", "loose_tame", "tight_tame", "calm1", "calm2"],
+            "attachment": [1.0, 1.0, 0.4, 0.4, 1.0, 0.4, 1.0],
+        }
+    )
+    risk = pl.DataFrame(
+        {
+            "account_id": ["core1", "core2", "loose_risky", "loose_tame", "tight_tame", "calm1", "calm2"],
+            "risk": [0.9, 0.9, 0.8, 0.5, 0.5, 0.5, 0.5],
+        }
+    )
+    rings = pl.DataFrame({"ring_id": ["op", "calm"], "score": [0.8, 0.5]})
+    leaving = bystanders(strength, risk, rings, threshold=0.7)["account_id"].to_list()
+    # only a member both loosely tied and tame leaves, and only a flagged ring loses members
+    assert leaving == ["loose_tame"]
+
+
+def test_open_source_client_users_are_detached_from_the_campaign_running_that_client(tmp_path: Path) -> None:
+    """World B's oss-agent users share the client fingerprint and prompt format a campaign runs;
+    before detachment 43 of them were flagged inside its ring (a tuning seed of the benchmark)."""
+    benchmark = Path(__file__).resolve().parents[2] / "shared" / "benchmark" / "gen.py"
+    if not benchmark.exists():
+        pytest.skip("the independent benchmark is not beside the checkout")
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, str(benchmark), "--out", str(tmp_path / "b"), "--scale", "0.02", "--seed", "13"],
+        check=True,
+        capture_output=True,
+    )
+    labels = pl.read_parquet(tmp_path / "b" / "truth" / "labels_detail.parquet")
+    outcomes = {}
+    for detach in (True, False):
+        settings = Settings.load(overrides={"score.detach_bystanders": detach})
+        result = linkage.run(tmp_path / "b" / "input", settings=settings)
+        flagged = result.members.join(result.rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
+        marked = labels.join(flagged.select("account_id"), on="account_id")
+        outcomes[detach] = (
+            marked.filter(pl.col("kind") == "oss_agent_user").height,
+            marked.filter(pl.col("label") != "benign").height,
+        )
+    (users_detached, campaign_detached), (users_kept, campaign_kept) = outcomes[True], outcomes[False]
+    assert users_kept >= 20 and users_detached <= users_kept // 3
+    assert campaign_detached >= 0.97 * campaign_kept
