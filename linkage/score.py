@@ -79,6 +79,7 @@ def score_rings(
     flag_threshold: float | None = None,
     labels: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     min_ring_size: int = 3,
+    detached: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(rings, ring_members, ring_evidence, alone) — rings sorted by score, highest first; ``alone``:
     every account's risk and the score it has outside any ring (as if in a ring at the background's
@@ -86,7 +87,8 @@ def score_rings(
 
     ``labels``: from the evidence rows (``entity, type, degree``) to ``entity, label`` (see
     :func:`linkage.labels.entity_labels`); without it an entity is labelled by its key.
-    ``min_ring_size``: a ring left smaller by detaching bystanders (:func:`bystanders`) dissolves."""
+    ``min_ring_size``: a ring left smaller by detaching bystanders (:func:`bystanders`) dissolves;
+    ``detached``: the bystanders already detached (``account_id, community``), counted per ring."""
     accounts = graph.nodes["Account"]
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
@@ -163,7 +165,8 @@ def score_rings(
         if loose.height:
             trimmed = _without(detection, loose, min_ring_size)
             unchanged = settings.model_copy(update={"detach_bystanders": False})
-            return score_rings(trimmed, graph, unchanged, threshold, labels, min_ring_size)
+            detached = loose.join(detection.communities.select("account_id", "community"), on="account_id")
+            return score_rings(trimmed, graph, unchanged, threshold, labels, min_ring_size, detached)
     rings = (
         features.join(ring_risk, on="ring_id", how="left")
         .join(ring_features, on="ring_id", how="left")
@@ -172,6 +175,9 @@ def score_rings(
     rings = rings.with_columns(
         (pl.col("score") >= threshold).alias("flagged"),
         _background_percentile(background, pl.col("score")).alias("background_percentile"),
+    )
+    rings = rings.join(_detached_counts(members, detached), on="ring_id", how="left").with_columns(
+        pl.col("detached").fill_null(0)
     )
     rings = rings.join(_evidence_text(evidence, settings.top_evidence), on="ring_id", how="left")
     rings = rings.with_columns(
@@ -187,6 +193,11 @@ def score_rings(
                 pl.format("; signup burst {}%", (pl.col("signup_burst") * 100).round(0)),
                 pl.format("; volume CV {}", (1 - pl.col("equal_volume")).round(2)),
                 pl.format("; declared org {}%", (pl.col("org_explained") * 100).round(0)),
+                pl.when(pl.col("detached") > 0)
+                .then(
+                    pl.format("; {} member(s) detached (tied loosely, under the cut on their own)", pl.col("detached"))
+                )
+                .otherwise(pl.lit("")),
             ]
         )
         .str.strip_chars("; ")
@@ -202,6 +213,7 @@ def score_rings(
         *COORDINATION_FEATURES,
         "org_explained",
         "org_id",
+        "detached",
         "requests",
         *[f"risk_{f}" for f in available],
         "evidence",
@@ -249,6 +261,15 @@ def bystanders(strength: pl.DataFrame, risk: pl.DataFrame, ring_risk: pl.DataFra
         .filter((pl.col("attachment") < 1.0) & (pl.col("risk").fill_null(0.0) < threshold))
         .select("account_id")
     )
+
+
+def _detached_counts(members: pl.DataFrame, detached: pl.DataFrame | None) -> pl.DataFrame:
+    """Per ring, how many bystanders left it (0 for none)."""
+    rings = members.select("community", "ring_id").unique()
+    if detached is None or detached.height == 0:
+        return rings.select("ring_id", pl.lit(0, pl.UInt32).alias("detached"))
+    counts = detached.group_by("community").agg(pl.len().alias("detached"))
+    return rings.join(counts, on="community", how="left").select("ring_id", pl.col("detached").fill_null(0))
 
 
 def _without(detection: Detection, leaving: pl.DataFrame, min_ring_size: int) -> Detection:
@@ -358,7 +379,13 @@ def _empty_rings() -> pl.DataFrame:
         "background_percentile": pl.Float64,
     }
     schema |= {name: pl.Float64 for name in COORDINATION_FEATURES}
-    schema |= {"org_explained": pl.Float64, "org_id": pl.Utf8, "requests": pl.Int64, "evidence": pl.Utf8}
+    schema |= {
+        "org_explained": pl.Float64,
+        "org_id": pl.Utf8,
+        "detached": pl.UInt32,
+        "requests": pl.Int64,
+        "evidence": pl.Utf8,
+    }
     return pl.DataFrame(schema=schema)
 
 

@@ -86,6 +86,8 @@ def test_open_source_client_users_are_detached_from_the_campaign_running_that_cl
         result = linkage.run(tmp_path / "b" / "input", settings=settings)
         flagged = result.members.join(result.rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
         marked = labels.join(flagged.select("account_id"), on="account_id")
+        assert (result.rings["detached"].sum() > 0) == detach  # each ring says how many left it
+        assert result.rings["evidence"].str.contains("detached").any() == detach
         outcomes[detach] = (
             marked.filter(pl.col("kind") == "oss_agent_user").height,
             marked.filter(pl.col("label") != "benign").height,
