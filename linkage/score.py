@@ -109,21 +109,6 @@ def score_rings(
         )
     ring_of = members.select("account_id", "ring_id")
     strength = _internal_strength(detection, members)
-    evidence = _shared_entities(detection, members)
-    named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
-    evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
-        pl.col("label").fill_null(pl.col("entity"))
-    )
-    features = (
-        _size_and_org(members, accounts)
-        .join(_coordination(strength), on="ring_id", how="left")
-        .join(_owned_infrastructure(evidence), on="ring_id", how="left")
-        .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
-        .join(_owned_templates(graph, ring_of), on="ring_id", how="left")
-        .join(_signup_burst(members, accounts), on="ring_id", how="left")
-        .join(_lockstep(detection, members), on="ring_id", how="left")
-        .with_columns(pl.col(pl.Float64).fill_null(0.0))
-    )
     risk = account_risk(graph)
     background = background_risk(risk, members.select("account_id"), accounts)
     prior = float(background.mean()) if background.len() else 0.5
@@ -167,6 +152,21 @@ def score_rings(
             unchanged = settings.model_copy(update={"detach_bystanders": False})
             detached = loose.join(detection.communities.select("account_id", "community"), on="account_id")
             return score_rings(trimmed, graph, unchanged, threshold, labels, min_ring_size, detached)
+    evidence = _shared_entities(detection, members)
+    named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
+    evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
+        pl.col("label").fill_null(pl.col("entity"))
+    )
+    features = (
+        _size_and_org(members, accounts)
+        .join(_coordination(strength), on="ring_id", how="left")
+        .join(_owned_infrastructure(evidence), on="ring_id", how="left")
+        .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
+        .join(_owned_templates(graph, ring_of), on="ring_id", how="left")
+        .join(_signup_burst(members, accounts), on="ring_id", how="left")
+        .join(_lockstep(detection, members), on="ring_id", how="left")
+        .with_columns(pl.col(pl.Float64).fill_null(0.0))
+    )
     rings = (
         features.join(ring_risk, on="ring_id", how="left")
         .join(ring_features, on="ring_id", how="left")
