@@ -492,12 +492,14 @@ class TemplateMiner:
         texts = self._template_texts(keyed.filter(pl.col("template_key").is_in(candidates["template_key"].implode())))
         texts = candidates.join(texts, on="template_key", how="left")
         lsh = MinHashLSH(threshold=self.settings.near_duplicate_jaccard, num_perm=64)
+        # one set of permutations for every signature (drawing them per template cost 2 s at incident scale)
+        prototype = MinHash(num_perm=64, seed=_SEED)
         canonical: dict[int, int] = {}
         for key, text in texts.select("template_key", "text").iter_rows():
             shingles = _shingles(text or "")
             if len(shingles) < 3:
                 continue
-            signature = MinHash(num_perm=64, seed=_SEED)
+            signature = MinHash(num_perm=64, seed=_SEED, permutations=prototype.permutations, scheme=prototype.scheme)
             signature.update_batch(shingles)
             matches = lsh.query(signature)
             canonical[key] = min((canonical[m] for m in matches), default=key)
