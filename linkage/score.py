@@ -87,8 +87,9 @@ def score_rings(
 
     ``labels``: from the evidence rows (``entity, type, degree``) to ``entity, label`` (see
     :func:`linkage.labels.entity_labels`); without it an entity is labelled by its key.
-    ``min_ring_size``: a ring left smaller by detaching bystanders (:func:`bystanders`) dissolves;
-    ``detached``: the bystanders already detached (``account_id, community``), counted per ring."""
+    ``min_ring_size``: a ring left smaller by moving its bystanders apart (:func:`bystanders`) dissolves;
+    ``detached``: the bystanders already moved apart (``account_id, community, bystander_community``):
+    counted per ring, and their rings point back to the ring they left (``bystanders_of``)."""
     accounts = graph.nodes["Account"]
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
@@ -148,9 +149,11 @@ def score_rings(
     if settings.detach_bystanders:
         loose = bystanders(strength, risk, ring_risk, threshold)
         if loose.height:
-            trimmed = _without(detection, loose, min_ring_size)
-            unchanged = settings.model_copy(update={"detach_bystanders": False})
             detached = loose.join(detection.communities.select("account_id", "community"), on="account_id")
+            offset = int(detection.communities["community"].max()) + 1  # (communities are non-negative)
+            detached = detached.with_columns((pl.col("community") + offset).alias("bystander_community"))
+            trimmed = _bystanders_apart(detection, detached, min_ring_size)
+            unchanged = settings.model_copy(update={"detach_bystanders": False})
             return score_rings(trimmed, graph, unchanged, threshold, labels, min_ring_size, detached)
     evidence = _shared_entities(detection, members)
     named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
@@ -176,7 +179,7 @@ def score_rings(
         (pl.col("score") >= threshold).alias("flagged"),
         _background_percentile(background, pl.col("score")).alias("background_percentile"),
     )
-    rings = rings.join(_detached_counts(members, detached), on="ring_id", how="left").with_columns(
+    rings = rings.join(_bystander_columns(members, detached), on="ring_id", how="left").with_columns(
         pl.col("detached").fill_null(0)
     )
     rings = rings.join(_evidence_text(evidence, settings.top_evidence), on="ring_id", how="left")
@@ -193,6 +196,13 @@ def score_rings(
                 pl.format("; signup burst {}%", (pl.col("signup_burst") * 100).round(0)),
                 pl.format("; volume CV {}", (1 - pl.col("equal_volume")).round(2)),
                 pl.format("; declared org {}%", (pl.col("org_explained") * 100).round(0)),
+                pl.when(pl.col("bystanders_of").is_not_null())
+                .then(
+                    pl.format(
+                        "; bystanders of {}: tied to it loosely, under the cut on their own", pl.col("bystanders_of")
+                    )
+                )
+                .otherwise(pl.lit("")),
                 pl.when(pl.col("detached") > 0)
                 .then(
                     pl.format("; {} member(s) detached (tied loosely, under the cut on their own)", pl.col("detached"))
@@ -214,6 +224,7 @@ def score_rings(
         "org_explained",
         "org_id",
         "detached",
+        "bystanders_of",
         "requests",
         *[f"risk_{f}" for f in available],
         "evidence",
@@ -263,20 +274,40 @@ def bystanders(strength: pl.DataFrame, risk: pl.DataFrame, ring_risk: pl.DataFra
     )
 
 
-def _detached_counts(members: pl.DataFrame, detached: pl.DataFrame | None) -> pl.DataFrame:
-    """Per ring, how many bystanders left it (0 for none)."""
+def _bystander_columns(members: pl.DataFrame, detached: pl.DataFrame | None) -> pl.DataFrame:
+    """Per ring: ``detached``, how many bystanders left it, and ``bystanders_of``, for a ring of
+    bystanders, the ring they left (null otherwise)."""
     rings = members.select("community", "ring_id").unique()
     if detached is None or detached.height == 0:
-        return rings.select("ring_id", pl.lit(0, pl.UInt32).alias("detached"))
+        return rings.select(
+            "ring_id", pl.lit(0, pl.UInt32).alias("detached"), pl.lit(None, pl.Utf8).alias("bystanders_of")
+        )
     counts = detached.group_by("community").agg(pl.len().alias("detached"))
-    return rings.join(counts, on="community", how="left").select("ring_id", pl.col("detached").fill_null(0))
+    sources = (
+        detached.select("community", "bystander_community")
+        .unique()
+        .join(rings.rename({"ring_id": "bystanders_of"}), on="community")
+        .select(pl.col("bystander_community").alias("community"), "bystanders_of")
+    )
+    return (
+        rings.join(counts, on="community", how="left")
+        .join(sources, on="community", how="left")
+        .select("ring_id", pl.col("detached").fill_null(0), "bystanders_of")
+    )
 
 
-def _without(detection: Detection, leaving: pl.DataFrame, min_ring_size: int) -> Detection:
-    """The detection with ``leaving`` out of their communities (and communities left too small dissolved)."""
-    kept = detection.communities.join(leaving, on="account_id", how="anti")
-    sizes = kept.group_by("community").len()
-    kept = kept.join(sizes.filter(pl.col("len") >= min_ring_size), on="community").drop("len")
+def _bystanders_apart(detection: Detection, detached: pl.DataFrame, min_ring_size: int) -> Detection:
+    """The detection with the bystanders of each ring moved into a community of their own (they are
+    linked, to the ring and mostly to each other, by what they share; they rank as a group under
+    the cut), and communities left too small dissolved."""
+    moved = detached.select("account_id", "bystander_community")
+    communities = (
+        detection.communities.join(moved, on="account_id", how="left")
+        .with_columns(pl.coalesce("bystander_community", "community").alias("community"))
+        .drop("bystander_community")
+    )
+    sizes = communities.group_by("community").len()
+    kept = communities.join(sizes.filter(pl.col("len") >= min_ring_size), on="community").drop("len")
     return Detection(detection.accounts, detection.memberships, detection.pairs, kept)
 
 
@@ -383,6 +414,7 @@ def _empty_rings() -> pl.DataFrame:
         "org_explained": pl.Float64,
         "org_id": pl.Utf8,
         "detached": pl.UInt32,
+        "bystanders_of": pl.Utf8,
         "requests": pl.Int64,
         "evidence": pl.Utf8,
     }

@@ -209,7 +209,8 @@ class ScoreSettings(_Section):
     detach_bystanders: bool = Field(
         True,
         description="members of a flagged ring tied more loosely than its median member and not risky enough "
-        "to be flagged on their own leave it (users of the tooling an operation also runs)",
+        "to be flagged on their own leave it for a ring of its bystanders, scored apart (users of the tooling "
+        "an operation also runs)",
     )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 import linkage
-from linkage.score import _weigh_by_timing, bystanders
+from linkage.detect import Detection
+from linkage.score import _bystanders_apart, _weigh_by_timing, bystanders
 from linkage.settings import Settings
 from linkage.simulate import SimulationConfig, World, simulate
 
@@ -88,6 +89,9 @@ def test_open_source_client_users_are_detached_from_the_campaign_running_that_cl
         marked = labels.join(flagged.select("account_id"), on="account_id")
         assert (result.rings["detached"].sum() > 0) == detach  # each ring says how many left it
         assert result.rings["evidence"].str.contains("detached").any() == detach
+        apart = result.rings.filter(pl.col("bystanders_of").is_not_null())
+        assert (apart.height > 0) == detach and not apart["flagged"].any()  # they rank as a group, unflagged
+        assert set(apart["bystanders_of"]) <= set(result.rings["ring_id"])
         outcomes[detach] = (
             marked.filter(pl.col("kind") == "oss_agent_user").height,
             marked.filter(pl.col("label") != "benign").height,
@@ -95,3 +99,23 @@ def test_open_source_client_users_are_detached_from_the_campaign_running_that_cl
     (users_detached, campaign_detached), (users_kept, campaign_kept) = outcomes[True], outcomes[False]
     assert users_kept >= 20 and users_detached <= users_kept // 3
     assert campaign_detached >= 0.97 * campaign_kept
+
+
+def test_bystanders_move_to_a_community_of_their_own_and_small_remainders_dissolve() -> None:
+    communities = pl.DataFrame(
+        {
+            "account_id": ["a1", "a2", "a3", "a4", "b1", "b2", "b3", "c1", "c2", "c3"],
+            "idx": list(range(10)),
+            "community": [0, 0, 0, 0, 0, 0, 0, 1, 1, 1],
+        }
+    )
+    detection = Detection(pl.DataFrame(), pl.DataFrame(), pl.DataFrame(), communities)
+    detached = pl.DataFrame(
+        {"account_id": ["b1", "b2", "b3", "c1"], "community": [0, 0, 0, 1], "bystander_community": [2, 2, 2, 3]}
+    )
+    apart = dict(
+        _bystanders_apart(detection, detached, min_ring_size=3)
+        .communities.select("account_id", "community")
+        .iter_rows()
+    )
+    assert apart == {"a1": 0, "a2": 0, "a3": 0, "a4": 0, "b1": 2, "b2": 2, "b3": 2}  # ring 1 fell under 3 members
