@@ -61,6 +61,9 @@ COORDINATION_FEATURES = (
     "proxy_share",
     "signup_burst",
 )
+# rounds of moving bystanders apart (each moves at least one member; a handful is typical): a bound
+# so that no input can make scoring recurse without end
+_MAX_BYSTANDER_ROUNDS = 32
 _INFRA_TYPES = ["PaymentInstrument", "IP", "SignupIP", "Subnet", "Device", "Bin"]
 _BURST_WINDOW_MS = 6 * 3600 * 1000
 
@@ -146,15 +149,24 @@ def score_rings(
         if flag_threshold is None
         else flag_threshold
     )
-    if settings.detach_bystanders:
+    rounds = 0 if detached is None else detached["round"].max() + 1  # type: ignore[operator]
+    if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
         loose = bystanders(strength, risk, ring_risk, threshold)
         if loose.height:
-            detached = loose.join(detection.communities.select("account_id", "community"), on="account_id")
-            offset = int(detection.communities["community"].max()) + 1  # (communities are non-negative)
-            detached = detached.with_columns((pl.col("community") + offset).alias("bystander_community"))
+            moving = loose.join(detection.communities.select("account_id", "community"), on="account_id")
+            if detached is None or detached.height == 0:
+                offset = int(detection.communities["community"].max()) + 1  # (communities are non-negative)
+            else:  # later rounds: a ring's bystanders join the ring of its earlier ones
+                offset = int((detached["bystander_community"] - detached["community"])[0])
+            moving = moving.with_columns(
+                (pl.col("community") + offset).alias("bystander_community"), pl.lit(rounds).alias("round")
+            )
+            detached = moving if detached is None else pl.concat([detached, moving])
+            # again until no flagged ring has a bystander: once weak members have left, the median
+            # member is the ring's own, and members tied below it and tame on their own are found
+            # next; each round only moves members out of flagged rings, so the rounds end
             trimmed = _bystanders_apart(detection, detached, min_ring_size)
-            unchanged = settings.model_copy(update={"detach_bystanders": False})
-            return score_rings(trimmed, graph, unchanged, threshold, labels, min_ring_size, detached)
+            return score_rings(trimmed, graph, settings, threshold, labels, min_ring_size, detached)
     evidence = _shared_entities(detection, members)
     named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
     evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
