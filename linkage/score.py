@@ -149,12 +149,12 @@ def score_rings(
         if flag_threshold is None
         else flag_threshold
     )
-    rounds = 0 if detached is None else detached["round"].max() + 1  # type: ignore[operator]
+    rounds = 0 if detached is None else int(detached["round"].max()) + 1
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
         loose = bystanders(strength, risk, ring_risk, threshold)
         if loose.height:
             moving = loose.join(detection.communities.select("account_id", "community"), on="account_id")
-            if detached is None or detached.height == 0:
+            if detached is None:
                 offset = int(detection.communities["community"].max()) + 1  # (communities are non-negative)
             else:  # later rounds: a ring's bystanders join the ring of its earlier ones
                 offset = int((detached["bystander_community"] - detached["community"])[0])

@@ -166,20 +166,17 @@ class Neo4jStore:
         lock = statements("lock.cypher")
         deadline = time.monotonic() + self.settings.lock_wait_seconds
         while True:
-            if self._try_lock(holder):
-                self.lock_holder = holder
-                self._start_heartbeat()
-                return
             current, _, _ = self.driver.execute_query(
                 lock["lock_holder"], name=self.LOCK_NAME, database_=self.settings.database
             )
             other = current[0]["holder"] if current else None
-            if other is not None and _holder_is_dead(other):
-                log.warning("neo4j load lock: taking over from %s (its process is gone)", other)
-                if self._try_lock(holder, stale=other):
-                    self.lock_holder = holder
-                    self._start_heartbeat()
-                    return
+            stale = other if other is not None and _holder_is_dead(other) else None
+            if self._try_lock(holder, stale):
+                if stale is not None:
+                    log.warning("neo4j load lock: taken over from %s (its process is gone)", stale)
+                self.lock_holder = holder
+                self._start_heartbeat()
+                return
             if time.monotonic() >= deadline:
                 raise LockHeldError(
                     f"neo4j at {masked_uri(self.settings.uri)}: {other or 'another load'} is loading; "
@@ -219,7 +216,7 @@ class Neo4jStore:
             except (Neo4jError, DriverError, OSError) as exc:  # a blip: the next beat retries
                 log.warning("neo4j load lock: renewal failed (%s)", type(exc).__name__)
 
-    def _renew_lock(self) -> None:
+    def _check_lock_held(self) -> None:
         """Between loading steps: stop if the heartbeat found the lease taken by another writer."""
         if self.lock_holder is not None and self.lock_lost:
             raise StoreError(
@@ -266,7 +263,7 @@ class Neo4jStore:
             self._write_batches(load[f"node_{spec.label}"], rows)
             stats.nodes += len(rows)
             log.info("neo4j load: %d %s nodes", len(rows), spec.label)
-            self._renew_lock()
+            self._check_lock_held()
         for rel in REL_SPECS:
             frame = graph.rels.get(rel.type)
             if frame is None or frame.height == 0:
@@ -277,7 +274,7 @@ class Neo4jStore:
             stats.relationships += len(rows)
             stats.per_type[rel.type] = round(time.perf_counter() - began, 3)
             log.info("neo4j load: %d %s relationships in %.1f s", len(rows), rel.type, stats.per_type[rel.type])
-            self._renew_lock()
+            self._check_lock_held()
         stats.seconds = time.perf_counter() - start
         self.last_load = stats
         log.info(
@@ -311,7 +308,7 @@ class Neo4jStore:
                             _run_batch, load[f"unload_node_{spec.label}"], {"keys": keys[start : start + size]}
                         )
                 asked += frame.height
-        self._renew_lock()
+        self._check_lock_held()
         return asked
 
     @_store_errors
@@ -319,7 +316,7 @@ class Neo4jStore:
         """Empty the linkage graph (every label linkage writes), before a full load."""
         with self.driver.session(database=self.settings.database) as session:
             session.run(statements("load.cypher")["clear_graph"]).consume()
-        self._renew_lock()
+        self._check_lock_held()
 
     @_store_errors
     def write_rings(
