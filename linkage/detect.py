@@ -4,7 +4,7 @@ Evidence is a table of memberships (account, entity). What a pair of accounts sh
 weighed against chance in this run (:mod:`linkage.chance`): per evidence type the surprisal of
 the rarest entity they share under a configuration model, less what their own memberships make
 expected; correlated types grouped in families; families combined with Fisher's tail; lockstep
-activity as one more family; scaled down when both seats belong to the same declared org. A pair
+activity as one more family; scaled down when both are seats billed as one by a declared org. A pair
 links when chance links at that level would stay under ``chance_links_per_account`` per account.
 
 Entities shared by few accounts expand into all their pairs. A hub is never expanded into
@@ -53,6 +53,29 @@ class Detection:
     communities: pl.DataFrame  # account_id, community (every account in a community of ≥ min size)
 
 
+def one_customer_orgs(graph: Graph) -> pl.DataFrame:
+    """``account_id, org_id``: the declared org where its seats are billed as one customer, null for a
+    seat paying with an instrument no other seat of its org holds. Seats of one org legitimately
+    share billing (the contract); a seat billed alone is its own customer whatever it declared, so
+    an operation cannot fold a hundred accounts into one customer by declaring an org."""
+    accounts = graph.nodes["Account"].select("account_id", "org_id")
+    paid = graph.rels["PAID_WITH"].select(pl.col("src").alias("account_id"), pl.col("dst").alias("instrument"))
+    seats = paid.join(accounts.filter(pl.col("org_id").is_not_null()), on="account_id")
+    shared = seats.group_by("org_id", "instrument").agg(pl.col("account_id").n_unique().alias("seats"))
+    alone = (
+        seats.join(shared, on=["org_id", "instrument"])
+        .group_by("account_id")
+        .agg((pl.col("seats").max() < 2).alias("alone"))
+        .filter("alone")
+    )
+    return accounts.with_columns(
+        pl.when(pl.col("account_id").is_in(alone["account_id"].implode()))
+        .then(None)
+        .otherwise(pl.col("org_id"))
+        .alias("org_id")
+    )
+
+
 # ---------------------------------------------------------------- evidence
 @dataclass
 class Part:
@@ -69,7 +92,14 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
     """(accounts with a dense ``idx``, one row per account × shared entity with the entity's value).
 
     Reads nothing but the graph tables, so it runs the same on the embedded store and on Neo4j."""
-    accounts = graph.nodes["Account"].sort("account_id").with_row_index("idx")
+    # the org discount applies to seats billed as one customer, not to whatever an account declares
+    accounts = (
+        graph.nodes["Account"]
+        .drop("org_id")
+        .join(one_customer_orgs(graph), on="account_id", how="left")
+        .sort("account_id")
+        .with_row_index("idx")
+    )
     rels = graph.rels
 
     def rel(rel_type: str) -> pl.DataFrame:
@@ -398,17 +428,12 @@ def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: in
     if len(idx) == 0:
         return lefts[0], rights[0]
     entity_bits = max(int(entity_codes.max()).bit_length(), 1)
+    # by entity, then by key: one sort of a packed key (entity in the high bits) instead of a lexsort
+    entity_high = entity_codes.astype(np.uint64) << np.uint64(64 - entity_bits)
+    member_mix = idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ entity_codes.astype(np.uint64)
     for r in range(cycles):
-        key = mix64(
-            idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-            ^ entity_codes.astype(np.uint64)
-            ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF)
-        )
-        # by entity, then by key: one sort of a packed key (entity in the high bits) instead of a lexsort
-        order = np.argsort(
-            (entity_codes.astype(np.uint64) << np.uint64(64 - entity_bits)) | (key >> np.uint64(entity_bits)),
-            kind="stable",
-        )
+        key = mix64(member_mix ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF))
+        order = np.argsort(entity_high | (key >> np.uint64(entity_bits)), kind="stable")
         ent, members = entity_codes[order], idx[order]
         same = ent[1:] == ent[:-1]
         lefts.append(members[:-1][same])
@@ -449,8 +474,13 @@ def project(
     a_rows, b_rows, _ = _clique_pairs(boundaries, sizes, s_rows)
     pa, pb = idx[a_rows], idx[b_rows]
     contrib_pair = np.minimum(pa, pb) * n + np.maximum(pa, pb)
-    contrib_type = types[a_rows]
-    contrib_value = value[a_rows]
+    # in pair order (stable: a pair's rows keep their order): the candidates' positions are then
+    # looked up in one sweep instead of 7M random binary searches, and are already grouped by pair
+    by_pair = np.argsort(contrib_pair, kind="stable")
+    contrib_pair = contrib_pair[by_pair]
+    contrib_type = types[a_rows[by_pair]]
+    contrib_value = value[a_rows[by_pair]]
+    del pa, pb, by_pair
 
     # hubs: random cycles give candidates; their weight is computed from everything they share
     h_rows = np.flatnonzero(~small)
@@ -465,7 +495,7 @@ def project(
     if len(candidates) == 0:
         return pl.DataFrame(schema=PAIR_SCHEMA)
 
-    ca, cb = candidates // n, candidates % n
+    ca, cb = np.divmod(candidates, n)
     position = np.searchsorted(candidates, contrib_pair)
     del candidates, hub_pairs, contrib_pair  # the largest arrays of the run: freed before weighing
     family_of = {t: f for f, members in settings.type_families.items() for t in members}

@@ -63,19 +63,20 @@ def explanation_tables(detection: Any, members: pl.DataFrame) -> tuple[pl.DataFr
     ids = detection.accounts.select("idx", "account_id")
     in_rings = members.select("account_id").unique().join(ids, on="account_id")
     ringed = in_rings["idx"].cast(pl.Int64).implode()
-    touching = detection.pairs.filter(pl.col("a").is_in(ringed) | pl.col("b").is_in(ringed))
-    links = (
-        touching.join(ids.rename({"idx": "a", "account_id": "account_a"}), on="a")
-        .join(ids.rename({"idx": "b", "account_id": "account_b"}), on="b")
-        .select("account_a", "account_b", pl.exclude("account_a", "account_b"))
-        .with_columns(pl.col(pl.Float64).round(9))
-        .sort("account_a", "account_b")
-    )
+    # idx is the account's rank in account_id order: sorting the indices sorts the ids, at a fraction
+    # of a string sort's cost
+    touching = detection.pairs.filter(pl.col("a").is_in(ringed) | pl.col("b").is_in(ringed)).sort("a", "b")
+    account_of = ids.sort("idx")["account_id"]
+    links = touching.select(
+        account_of.gather(touching["a"]).alias("account_a"),
+        account_of.gather(touching["b"]).alias("account_b"),
+        pl.all(),
+    ).with_columns(pl.col(pl.Float64).round(9))
     ends = pl.concat([in_rings["idx"].cast(pl.Int64), touching["a"], touching["b"]]).unique()  # both ends kept
     kept = detection.memberships.filter(pl.col("idx").cast(pl.Int64).is_in(ends.implode())).select(
         "idx", "account_id", "entity", "type", "value", "degree", "held"
     )
-    return links, kept.sort("account_id", "entity")
+    return links, kept.sort("idx", "entity")
 
 
 @dataclass

@@ -147,7 +147,7 @@ def write_rings(
     write_parquet(evidence, out_dir / "ring_evidence.parquet")
     write_csv(evidence, out_dir / "ring_evidence.csv")
     write_csv(accounts, out_dir / "accounts.csv")
-    write_json(rings.to_dicts(), out_dir / "rings.json")
+    atomic_write(out_dir / "rings.json", lambda tmp: rings.write_json(tmp))  # one array of row objects
     write_csv(members, out_dir / "ring_members.csv")
     write_csv(rings, out_dir / "rings.csv")  # last: its presence means the ring files are complete
 

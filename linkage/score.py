@@ -17,11 +17,13 @@ A feature whose column is absent from the input is left out rather than counted 
 
 **Ring score** = the mean risk of its members, shrunk towards the background mean by
 ``prior_members`` pseudo-customers; a ring weighs as many customers as it holds (the seats of a
-declared org are one), so a small ring, or one org's seats, needs to be risky throughout. **Flag**: the ring's average
-member is riskier than all but ``flag_background_share`` of the run's ordinary customers (a
-declared org counts as one): the lower of two readings, the customers no ring holds, and every
-customer outside the rings that already stand out against them (:func:`flag_cut`). A random group's mean is far less spread than single accounts, so few
-benign groups get there by chance; operations are risky member after member.
+declared org billed as one are one customer, see :func:`~linkage.detect.one_customer_orgs`), so a
+small ring, or one org's seats, needs to be risky throughout. **Flag**: the ring's average member
+is riskier than all but ``flag_background_share`` of the run's ordinary customers (a declared org
+counts as one): the lower of two readings, the customers no ring holds, and every customer outside
+the rings that already stand out against them (:func:`flag_cut`). A random group's mean is far less
+spread than single accounts, so few benign groups get there by chance; operations are risky member
+after member.
 
 The older coordination features (lockstep, owned infrastructure and templates, equal volume,
 signup burst, declared org) are kept as columns and in the evidence text: they say *how* a ring
@@ -36,7 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from .detect import Detection
+from .detect import Detection, one_customer_orgs
 from .graph import Graph
 from .settings import ScoreSettings
 
@@ -83,6 +85,7 @@ def score_rings(
     labels: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     min_ring_size: int = 3,
     detached: pl.DataFrame | None = None,
+    risk: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(rings, ring_members, ring_evidence, alone) — rings sorted by score, highest first; ``alone``:
     every account's risk and the score it has outside any ring (as if in a ring at the background's
@@ -92,8 +95,11 @@ def score_rings(
     :func:`linkage.labels.entity_labels`); without it an entity is labelled by its key.
     ``min_ring_size``: a ring left smaller by moving its bystanders apart (:func:`bystanders`) dissolves;
     ``detached``: the bystanders already moved apart (``account_id, community, bystander_community``):
-    counted per ring, and their rings point back to the ring they left (``bystanders_of``)."""
+    counted per ring, and their rings point back to the ring they left (``bystanders_of``); ``risk``:
+    :func:`account_risk` of the graph, when already known (the rounds of moving bystanders apart)."""
     accounts = graph.nodes["Account"]
+    billed = one_customer_orgs(graph)
+    risk = account_risk(graph) if risk is None else risk
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
     if members.height == 0:
@@ -109,17 +115,16 @@ def score_rings(
                 }
             ),
             _empty_evidence(),
-            _alone(account_risk(graph), None),
+            _alone(risk, None),
         )
     ring_of = members.select("account_id", "ring_id")
     strength = _internal_strength(detection, members)
-    risk = account_risk(graph)
     background = background_risk(risk, members.select("account_id"), accounts)
     prior = float(background.mean()) if background.len() else 0.5
     # the mean of a few customers is noisy: shrunk towards the background by ``prior_members``
     # pseudo-customers, so a ring of three needs to be risky throughout, a ring of fifty barely
     # moves, and the seats of one declared org (one customer) move it little
-    customers = members.join(accounts.select("account_id", "org_id"), on="account_id", how="left")
+    customers = members.join(billed, on="account_id", how="left")
     ring_risk = (
         customers.join(risk, on="account_id", how="left")
         .group_by("ring_id")
@@ -166,7 +171,7 @@ def score_rings(
             # member is the ring's own, and members tied below it and tame on their own are found
             # next; each round only moves members out of flagged rings, so the rounds end
             trimmed = _bystanders_apart(detection, detached, min_ring_size)
-            return score_rings(trimmed, graph, settings, threshold, labels, min_ring_size, detached)
+            return score_rings(trimmed, graph, settings, threshold, labels, min_ring_size, detached, risk)
     evidence = _shared_entities(detection, members)
     named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
     evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 import linkage
-from linkage.detect import _hub_cycles, memberships, project
+from linkage.detect import _hub_cycles, memberships, one_customer_orgs, project
 from linkage.graph import Graph
 from linkage.settings import DetectSettings, Settings
 
@@ -158,6 +158,27 @@ def test_declared_org_explains_sharing() -> None:
     }
     graph = _graph(n, shares, orgs={0: "org_a", 1: "org_a"})
     assert _pair_weight(graph, 0, 1) == pytest.approx(DetectSettings().org_discount * _pair_weight(graph, 2, 3))
+
+
+def test_a_declared_org_explains_nothing_for_seats_billed_alone() -> None:
+    """Declaring one org does not fold an operation's accounts into one customer: seats that each pay
+    with their own instrument are linked like anyone else; seats without an instrument keep their org."""
+    n = 500
+    shares = {
+        "USED_DEVICE": [("fp_shared", [0, 1]), ("fp_other", [2, 3]), ("fp_free", [4, 5])],
+        "PAID_WITH": [("card_0", [0]), ("card_1", [1])] + _singly_held(n, "PAID_WITH", "c", {0, 1, 4, 5}),
+    }
+    graph = _graph(n, shares, orgs={0: "org_fake", 1: "org_fake", 4: "org_free", 5: "org_free"})
+    assert dict(one_customer_orgs(graph).head(6).iter_rows()) == {
+        "a0000": None,
+        "a0001": None,
+        "a0002": None,
+        "a0003": None,
+        "a0004": "org_free",
+        "a0005": "org_free",
+    }
+    assert _pair_weight(graph, 0, 1) == pytest.approx(_pair_weight(graph, 2, 3))
+    assert _pair_weight(graph, 4, 5) == pytest.approx(DetectSettings().org_discount * _pair_weight(graph, 2, 3))
 
 
 def test_hubs_never_expand_into_cliques() -> None:
