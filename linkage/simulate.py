@@ -157,13 +157,27 @@ class World:
                 column: float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.5), 1.0]))
                 for column in ("device_id", "asn", "ip_type")
             },
-        )._with_course(rng)
+        )._with_late_draws(rng)
 
-    def _with_course(self, rng: np.random.Generator) -> World:
-        """Course cohorts, drawn last so that every earlier draw of a seed is what it was before
-        they existed: 0, 1 or 2 classes (a course is the hardest benign look-alike: a cohort that
-        signs up together and asks for step-by-step reasoning on one assignment scaffold)."""
+    def _with_late_draws(self, rng: np.random.Generator) -> World:
+        """What was added to the family later, drawn last so that every earlier draw of a seed is
+        what it was before it existed:
+
+        - course cohorts: 0, 1 or 2 classes (a course is the hardest benign look-alike: a cohort
+          that signs up together and asks for step-by-step reasoning on one assignment scaffold);
+        - in half the worlds, a campaign run as many small cells (:func:`_cells`): 3–5 accounts
+          behind one exit and one pair of client builds, nothing else shared between cells but the
+          scaffold; separate infrastructure per cell is what hides it in one giant benign community
+          under modularity."""
         self.benign["course"] = float(rng.choice([0.0, 1.0, 2.0]))
+        if rng.random() < 0.5:
+            self.campaigns["campaign_cells"] = CampaignTactics(
+                size=float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))),
+                camouflage=float(rng.uniform(0.05, 0.5)),
+                timing=str(rng.choice(["scheduled", "scheduled_jitter", "careful"])),
+                volume=float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))),
+                paraphrases=int(rng.choice([1, 2, 4])),
+            )
         return self
 
     def describe(self) -> dict[str, object]:
@@ -583,6 +597,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
 
     _campaigns(sim, cohorts, payments, card, unique_instruments, devices)
     _courses(sim, cohorts, payments, card, unique_instruments, devices)
+    _cells(sim, cohorts, payments, card, unique_instruments)
     frames = [_with_defaults(c) for c in cohorts]
     return pl.concat(frames, how="vertical_relaxed"), pl.concat(payments, how="diagonal_relaxed")
 
@@ -632,6 +647,47 @@ def _courses(sim: Simulator, cohorts: list, payments: list, card, unique_instrum
         cohorts.append(frame)
         paying = frame["account_id"].to_numpy()[rng.random(n) < 0.3]  # most students stay on the free tier
         payments.append(card(paying, unique_instruments(len(paying))))
+
+
+def _cells(sim: Simulator, cohorts: list, payments: list, card, unique_instruments) -> None:
+    """A campaign run as many small cells: each of 3–5 accounts behind its own exit (a rented server
+    or a residential address) with its own pair of custom client builds, signed up together; own
+    cards or none, name-like emails. Across cells only the scaffold is shared."""
+    tactics = sim.world.campaigns.get("campaign_cells")
+    if tactics is None:
+        return
+    rng = sim.rng
+    n = sim.n(2_400 * tactics.size, 12)
+    cell = np.repeat(np.arange(n), rng.integers(3, 6, n))[:n]  # cells of 3-5, in order
+    cells = int(cell.max()) + 1
+    rented = rng.random(cells) < 0.5
+    residential, residential_asn = sim.home_ips(cells)
+    server = sim.ipv4((104 << 24) + (rng.integers(0, 1 << 16, cells) << 8) + rng.integers(1, 255, cells))
+    exit_ip = np.where(rented, server, residential)[cell]
+    exit_asn = np.where(rented, 16500 + rng.integers(0, 20, cells), residential_asn)[cell]
+    builds = np.char.add("fp:cell-", np.char.mod("%012x", rng.integers(0, 1 << 48, (cells, 2))))
+    cell_start = START - rng.integers(1, 30, cells) * DAY
+    frame = sim.cohort(
+        "campaign",
+        "campaign_cells",
+        n,
+        cell_start[cell] + rng.integers(0, 3 * 3600, n),
+        email=sim.emails(np.empty(n), rng.choice(["gmail.com", "outlook.com", "proton.me"], n)),
+        country=rng.choice(["US", "GB", "CA", "AU"], n),
+        home_ip=exit_ip,
+        home_asn=exit_asn,
+        home_type=np.where(rented, "datacenter", "residential")[cell],
+        signup_ip=exit_ip,
+        device=builds[cell, rng.integers(0, 2, n)],
+        family="cells",
+        camouflage=tactics.camouflage,
+        requests=int(150 * tactics.volume),
+        timing=tactics.timing,
+        reasoning_tokens=1,
+    ).frame
+    cohorts.append(frame)
+    paying = frame["account_id"].to_numpy()[rng.random(n) < 0.6]
+    payments.append(card(paying, unique_instruments(len(paying))))
 
 
 def _campaigns(sim: Simulator, cohorts: list, payments: list, card, unique_instruments, devices) -> None:
@@ -809,6 +865,7 @@ OPERATING_HOURS = {
     "campaign_sticky": (12, 20),
     "campaign_dc": (4, 14),
     "campaign_careful": (2, 4),
+    "campaign_cells": (6, 16),
 }
 DIURNAL = np.array([1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 7, 7, 7, 6, 5, 4, 3, 2, 1], float)
 
@@ -883,6 +940,7 @@ _CAMPAIGN_FAMILIES = {
     "rubric": "campaign_dc",
     "rewrite": "campaign_dc",
     "careful": "campaign_careful",
+    "cells": "campaign_cells",
 }
 
 
@@ -933,6 +991,12 @@ def _formats(accounts: pl.DataFrame, world: World | None = None, seed: int = 0) 
         "agentic": SCAFFOLDS["agentic"] * 2 + SCAFFOLDS["cot"][1:2],
         "rubric": SCAFFOLDS["rubric"],
         "rewrite": SCAFFOLDS["rewrite"],
+        "cells": [
+            "Act as a senior data analyst. Dataset: {a} {b} {c}. Question: {d} {e}?\nWork through the "
+            "analysis step by step, show every intermediate result, then state the conclusion.",
+            "Competition problem: {a} {b} {c} {d}?\nGive a rigorous derivation, one numbered step per line, "
+            "then the final answer alone on the last line.",
+        ],
         "careful": [
             "Solve the task and narrate your full internal reasoning in numbered steps before the final "
             "line, which starts with ANSWER.\nTask: {a} {b} {c} {d}?",
@@ -949,7 +1013,7 @@ def _formats(accounts: pl.DataFrame, world: World | None = None, seed: int = 0) 
             )
             formats[family] = [prefix + f for f in free]
     for family, campaign in _CAMPAIGN_FAMILIES.items():
-        count = world.campaigns[campaign].paraphrases
+        count = world.campaigns[campaign].paraphrases if campaign in world.campaigns else 1
         if count > 1:
             formats[family] = [v for i, f in enumerate(formats[family]) for v in paraphrases(f, count, seed + i)]
     return formats
