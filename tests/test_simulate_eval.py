@@ -6,8 +6,10 @@ import numpy as np
 import polars as pl
 from click.testing import CliRunner
 
+import linkage
 from linkage.cli import main
 from linkage.evaluate import adjusted_rand_index, average_precision
+from linkage.simulate import SimulationConfig, World, simulate
 
 
 def test_average_precision_and_ari() -> None:
@@ -42,3 +44,22 @@ def test_simulation_is_deterministic(tmp_path: Path) -> None:
     assert files
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_a_campaign_run_as_small_cells_is_found_whole(tmp_path: Path) -> None:
+    """World C's tactic: cells of 3-5 accounts, each behind its own exit with its own client builds,
+    nothing but the scaffold shared between cells. Seed 1 draws such a campaign."""
+    assert "campaign_cells" in World.draw(1).campaigns
+    simulate(tmp_path / "sim", SimulationConfig(scale=0.01, seed=1, world="random"))
+    labels = pl.read_parquet(tmp_path / "sim" / "labels.parquet")
+    accounts = pl.read_parquet(tmp_path / "sim" / "input" / "accounts.parquet").join(labels, on="account_id")
+    cells = accounts.filter(pl.col("label") == "campaign_cells").group_by("signup_ip").len()
+    assert cells.height >= 3 and cells["len"].is_between(1, 5).all()  # (the last cell may be cut short)
+    result = linkage.run(tmp_path / "sim" / "input")
+    found = result.members.join(result.rings.select("ring_id", "flagged"), on="ring_id").join(labels, on="account_id")
+    cell_rings = found.filter(pl.col("label") == "campaign_cells")
+    assert (
+        cell_rings.filter(pl.col("flagged")).height >= 0.9 * accounts.filter(pl.col("label") == "campaign_cells").height
+    )
+    mixed = found.join(cell_rings.select("ring_id").unique(), on="ring_id").filter(pl.col("label") != "campaign_cells")
+    assert mixed.height == 0  # no benign account in a ring of the cells
