@@ -480,7 +480,8 @@ def rebuild(
                 # only what changed since the last completed load goes to the server; the snapshot is
                 # replaced after the load, so a run killed mid-load sends the same rows again
                 snapshot = EmbeddedStore(state.root / "graph")
-                previous_graph = snapshot.read_graph() if (state.root / "graph" / "nodes").exists() else None
+                # a snapshot whose write was cut short is not used: the load starts from empty
+                previous_graph = snapshot.read_graph() if snapshot.has_graph() else None
                 # the database is made equal to a full load of today's input: without a snapshot
                 # (first night, --full) it starts empty; otherwise what left the input is deleted
                 if previous_graph is None:

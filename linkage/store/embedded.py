@@ -6,8 +6,13 @@ from pathlib import Path
 
 import polars as pl
 
+from ..errors import InputError
 from ..export import write_json, write_parquet
 from ..graph import NODE_SPECS, REL_SPECS, Graph
+
+# written after every table of a graph: its absence means the last write was cut short (a killed
+# run), and the tables may be a mix of two graphs or incomplete
+GRAPH_COMPLETE = "graph_complete.json"
 
 
 class EmbeddedStore:
@@ -15,13 +20,30 @@ class EmbeddedStore:
         self.directory = Path(directory)
 
     def write_graph(self, graph: Graph) -> None:
+        marker = self.directory / GRAPH_COMPLETE
+        marker.unlink(missing_ok=True)  # before the first table changes
         for label, frame in graph.nodes.items():
             write_parquet(frame, self.directory / "nodes" / f"{label}.parquet")
         for rel_type, frame in graph.rels.items():
             write_parquet(frame, self.directory / "relationships" / f"{rel_type}.parquet")
+        write_json({"nodes": sorted(graph.nodes), "relationships": sorted(graph.rels)}, marker)
+
+    def has_graph(self) -> bool:
+        """Whether a whole graph was written here (the last write was not cut short)."""
+        return (self.directory / GRAPH_COMPLETE).exists()
 
     def read_graph(self) -> Graph:
         graph = Graph()
+        missing = [
+            path
+            for path in [self.directory / "nodes" / f"{spec.label}.parquet" for spec in NODE_SPECS]
+            + [self.directory / "relationships" / f"{rel.type}.parquet" for rel in REL_SPECS]
+            if not path.exists()
+        ]
+        if missing:
+            raise InputError(
+                f"{self.directory}: not a complete graph ({', '.join(str(p) for p in missing[:3])} missing)"
+            )
         for spec in NODE_SPECS:
             graph.nodes[spec.label] = pl.read_parquet(self.directory / "nodes" / f"{spec.label}.parquet")
         for rel in REL_SPECS:
