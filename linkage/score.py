@@ -456,11 +456,11 @@ def _empty_evidence() -> pl.DataFrame:
 
 def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
     """Per member: summed weight of kept links inside its ring, and attachment relative to the ring median."""
-    ring_by_idx = members.select("idx", "ring_id")
+    ring_by_idx = members.select("idx", "community")  # (integers: far cheaper to join than ring ids)
     edges = (
-        detection.pairs.join(ring_by_idx.rename({"idx": "a", "ring_id": "ra"}), on="a")
-        .join(ring_by_idx.rename({"idx": "b", "ring_id": "rb"}), on="b")
-        .filter(pl.col("ra") == pl.col("rb"))
+        detection.pairs.join(ring_by_idx.rename({"idx": "a", "community": "ca"}), on="a")
+        .join(ring_by_idx.rename({"idx": "b", "community": "cb"}), on="b")
+        .filter(pl.col("ca") == pl.col("cb"))
     )
     ends = pl.concat(
         [edges.select(pl.col("a").alias("idx"), "weight"), edges.select(pl.col("b").alias("idx"), "weight")]
@@ -487,21 +487,42 @@ def _coordination(strength: pl.DataFrame) -> pl.DataFrame:
 
 
 def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
-    """Entities shared by at least two members of a ring, with how many members and accounts share each."""
-    held = detection.memberships.join(members.select("idx", "ring_id"), on="idx")
+    """Entities shared by at least two members of a ring, with how many members and accounts share each.
+
+    Grouped by the integer community and entity hash (unique across types), not by their texts:
+    at incident scale this is millions of memberships."""
+    held = detection.memberships.join(members.select("idx", "community"), on="idx")
     shared = (
-        held.group_by("ring_id", "entity", "type")
-        .agg(pl.len().alias("members"), pl.col("degree").first(), pl.col("value").first())
+        held.group_by("community", "entity_key")
+        .agg(
+            pl.len().alias("members"),
+            pl.col("entity").first(),
+            pl.col("type").first(),
+            pl.col("degree").first(),
+            pl.col("value").first(),
+        )
         .filter(pl.col("members") >= 2)
     )
     # which members share each entity, for the entities shared (most of a ring's are held by one)
     sharing = (
-        held.join(shared.select("ring_id", "entity"), on=["ring_id", "entity"])
-        .group_by("ring_id", "entity")
+        held.join(shared.select("community", "entity_key"), on=["community", "entity_key"])
+        .group_by("community", "entity_key")
         .agg(pl.col("account_id").sort().alias("shared_by"))
     )
-    return shared.join(sharing, on=["ring_id", "entity"]).with_columns(
-        (pl.col("value") * (pl.col("members") - 1)).alias("value_total")
+    rings = members.select("community", "ring_id").unique("community")
+    return (
+        shared.join(sharing, on=["community", "entity_key"])
+        .join(rings, on="community")
+        .select(
+            "ring_id",
+            "entity",
+            "type",
+            "members",
+            "degree",
+            "value",
+            "shared_by",
+            (pl.col("value") * (pl.col("members") - 1)).alias("value_total"),
+        )
     )
 
 
