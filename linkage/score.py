@@ -121,17 +121,11 @@ def score_rings(
     strength = _internal_strength(detection, members)
     background = background_risk(risk, members.select("account_id"), accounts)
     prior = float(background.mean()) if background.len() else 0.5
-    # the mean of a few customers is noisy: shrunk towards the background by ``prior_members``
-    # pseudo-customers, so a ring of three needs to be risky throughout, a ring of fifty barely
-    # moves, and the seats of one declared org (one customer) move it little
-    customers = members.join(billed, on="account_id", how="left")
-    ring_risk = (
-        customers.join(risk, on="account_id", how="left")
+    ring_risk = ring_customers(members, billed).join(
+        members.join(risk, on="account_id", how="left")
         .group_by("ring_id")
-        .agg(
-            pl.col("risk").fill_null(0.0).mean().alias("mean"),
-            pl.coalesce("org_id", "account_id").n_unique().alias("customers"),
-        )
+        .agg(pl.col("risk").fill_null(0.0).mean().alias("mean")),
+        on="ring_id",
     )
     available = [f for f in RISK_FEATURES if f in risk.columns]
     ring_features = (
@@ -140,6 +134,9 @@ def score_rings(
         .group_by("ring_id")
         .agg([pl.col(f).mean().alias(f"risk_{f}") for f in available])
     )
+    # the mean of a few customers is noisy: shrunk towards the background by ``prior_members``
+    # pseudo-customers, so a ring of three needs to be risky throughout, a ring of fifty barely
+    # moves, and the seats of one org billed as one (one customer) move it little
     ring_risk = ring_risk.select(
         "ring_id",
         (
@@ -271,6 +268,17 @@ def score_rings(
         .sort("ring_id", "value_total", "entity", descending=[False, True, False])
         .select("ring_id", "entity", "type", "label", "members", "degree", "value", "value_total", "shared_by"),
         _alone(risk, prior),
+    )
+
+
+def ring_customers(members: pl.DataFrame, billed: pl.DataFrame) -> pl.DataFrame:
+    """``ring_id, customers``: how many customers a ring's members are, the seats of an org billed as
+    one counting once (``billed``: :func:`~linkage.detect.one_customer_orgs`)."""
+    return (
+        members.select("ring_id", "account_id")
+        .join(billed, on="account_id", how="left")
+        .group_by("ring_id")
+        .agg(pl.coalesce("org_id", "account_id").n_unique().alias("customers"))
     )
 
 

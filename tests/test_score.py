@@ -9,10 +9,12 @@ import polars as pl
 import pytest
 
 import linkage
-from linkage.detect import Detection
-from linkage.score import _bystanders_apart, _weigh_by_timing, bystanders
+from linkage.detect import Detection, one_customer_orgs
+from linkage.score import _bystanders_apart, _weigh_by_timing, bystanders, ring_customers
 from linkage.settings import Settings
 from linkage.simulate import SimulationConfig, World, simulate
+
+from .test_detect import _graph, _singly_held
 
 
 def test_excess_risk_counts_by_the_confidence_of_a_common_clock() -> None:
@@ -120,3 +122,21 @@ def test_bystanders_move_to_a_community_of_their_own_and_small_remainders_dissol
         .iter_rows()
     )
     assert apart == {"a1": 0, "a2": 0, "a3": 0, "a4": 0, "b1": 2, "b2": 2, "b3": 2}  # ring 1 fell under 3 members
+
+
+def test_seats_of_an_org_are_one_customer_only_when_billed_as_one() -> None:
+    """A real org's seats share its invoice: one customer, whose mean risk is shrunk like one
+    account's. An operation's accounts that declare one org but each pay alone stay many."""
+    n = 500
+    shares = {
+        "PAID_WITH": [("invoice_real", [0, 1, 2, 3])]
+        + [(f"card_{i}", [i]) for i in range(4, 8)]
+        + _singly_held(n, "PAID_WITH", "c", set(range(8)))
+    }
+    orgs = dict.fromkeys(range(4), "org_real") | dict.fromkeys(range(4, 8), "org_fake")
+    graph = _graph(n, shares, orgs=orgs)
+    members = pl.DataFrame(
+        {"ring_id": ["real"] * 4 + ["fake"] * 4 + ["people"] * 3, "account_id": [f"a{i:04d}" for i in range(11)]}
+    )
+    customers = dict(ring_customers(members, one_customer_orgs(graph)).iter_rows())
+    assert customers == {"real": 1, "fake": 4, "people": 3}
