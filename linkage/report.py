@@ -141,10 +141,11 @@ def _page_data(data: ReportData) -> dict[str, Any]:
     by_ring = {
         "members": members.partition_by("ring_id", as_dict=True),
         "evidence": data.evidence.join(ids, on="ring_id").partition_by("ring_id", as_dict=True),
+        "templates": _ring_templates(data.evidence.join(ids, on="ring_id"), data.templates),
         "timeline": data.activity.join(members.select("account_id", "ring_id"), on="account_id")
         .group_by("ring_id", "day", "kind")
         .agg(pl.col("requests").sum())
-        .sort("day")
+        .sort("day", "kind")  # (a day's kinds in one order: the page is the same run after run)
         .partition_by("ring_id", as_dict=True),
     }
     return {
@@ -165,6 +166,23 @@ def _part(parts: dict, ring_id: str, like: pl.DataFrame) -> pl.DataFrame:
     return parts.get((ring_id,), like.clear())
 
 
+def _ring_templates(evidence: pl.DataFrame, templates: pl.DataFrame) -> dict:
+    """Per ring, the first five of ``templates`` (in their order) that its evidence names."""
+    named = evidence.filter(pl.col("type") == "PromptTemplate").select(
+        "ring_id", pl.col("entity").str.split_exact("|", 1).struct.field("field_1").alias("template_id")
+    )
+    return (
+        templates.with_row_index("_row")
+        .join(named, on="template_id")
+        .sort("ring_id", "_row")
+        .group_by("ring_id", maintain_order=True)
+        .head(5)
+        .drop("_row")
+        .select(*templates.columns, "ring_id")
+        .partition_by("ring_id", as_dict=True, include_key=False)
+    )
+
+
 def _card(ring: dict[str, Any], data: ReportData, by_ring: dict[str, dict]) -> dict[str, Any]:
     ring_id = ring["ring_id"]
     members = _part(by_ring["members"], ring_id, data.members).sort(
@@ -182,8 +200,7 @@ def _card(ring: dict[str, Any], data: ReportData, by_ring: dict[str, dict]) -> d
         for member in (row["shared_by"] or [])
         if member in drawn_ids
     ]
-    template_ids = [e.split("|", 1)[1] for e in evidence.filter(pl.col("type") == "PromptTemplate")["entity"].to_list()]
-    templates = data.templates.filter(pl.col("template_id").is_in(template_ids)).head(5)
+    templates = _part(by_ring["templates"], ring_id, data.templates)
     activity = by_ring["timeline"].get((ring_id,))
     timeline = activity.select("day", "kind", "requests").to_dicts() if activity is not None else []
     return {
