@@ -446,6 +446,13 @@ def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: in
     return np.concatenate(lefts), np.concatenate(rights)
 
 
+def _hub_candidates(entity_codes: np.ndarray, idx: np.ndarray, n: int, partners: int, seed: int) -> np.ndarray:
+    """The hubs' candidate pairs (see :func:`_hub_cycles`) as sorted codes ``a·n + b``, ``a < b``."""
+    ha, hb = _hub_cycles(entity_codes, idx, partners, seed)
+    keep = ha != hb
+    return np.sort(np.minimum(ha[keep], hb[keep]) * n + np.maximum(ha[keep], hb[keep]))
+
+
 # ---------------------------------------------------------------- projection
 def project(
     accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings, threshold: float | None = None
@@ -467,30 +474,33 @@ def project(
     degree = ev["degree"].to_numpy()
 
     small = degree <= settings.hub_size
-    # small entities: exact contributions of every pair
-    s_rows = np.flatnonzero(small)
-    boundaries = np.flatnonzero(np.r_[True, entity_code[s_rows][1:] != entity_code[s_rows][:-1]])
-    sizes = np.diff(np.r_[boundaries, len(s_rows)])
-    a_rows, b_rows, _ = _clique_pairs(boundaries, sizes, s_rows)
-    pa, pb = idx[a_rows], idx[b_rows]
-    contrib_pair = np.minimum(pa, pb) * n + np.maximum(pa, pb)
-    # in pair order (stable: a pair's rows keep their order): the candidates' positions are then
-    # looked up in one sweep instead of 7M random binary searches, and are already grouped by pair
-    by_pair = np.argsort(contrib_pair, kind="stable")
-    contrib_pair = contrib_pair[by_pair]
-    contrib_type = types[a_rows[by_pair]]
-    contrib_value = value[a_rows[by_pair]]
-    del pa, pb, by_pair
-
     # hubs: random cycles give candidates; their weight is computed from everything they share
     h_rows = np.flatnonzero(~small)
     # only hubs that could matter propose pairs; weak ones still add weight to pairs proposed by others
     link_at = link_threshold(n, settings.chance_links_per_account) if threshold is None else threshold
     proposing = h_rows[value[h_rows] >= settings.hub_min_share * link_at]
-    ha, hb = _hub_cycles(entity_code[proposing], idx[proposing], settings.hub_partners, settings.seed)
-    keep = ha != hb
-    hub_pairs = np.minimum(ha[keep], hb[keep]) * n + np.maximum(ha[keep], hb[keep])
-    candidates = sorted_unique(np.concatenate([contrib_pair, hub_pairs]))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # drawn meanwhile on the other core (numpy's sorts release the GIL)
+        hub_candidates = pool.submit(
+            _hub_candidates, entity_code[proposing], idx[proposing], n, settings.hub_partners, settings.seed
+        )
+        # small entities: exact contributions of every pair
+        s_rows = np.flatnonzero(small)
+        boundaries = np.flatnonzero(np.r_[True, entity_code[s_rows][1:] != entity_code[s_rows][:-1]])
+        sizes = np.diff(np.r_[boundaries, len(s_rows)])
+        a_rows, b_rows, _ = _clique_pairs(boundaries, sizes, s_rows)
+        pa, pb = idx[a_rows], idx[b_rows]
+        contrib_pair = np.minimum(pa, pb) * n + np.maximum(pa, pb)
+        # in pair order (stable: a pair's rows keep their order): the candidates' positions are then
+        # looked up in one sweep instead of 7M random binary searches, and are already grouped by pair
+        by_pair = np.argsort(contrib_pair, kind="stable")
+        contrib_pair = contrib_pair[by_pair]
+        contrib_type = types[a_rows[by_pair]]
+        contrib_value = value[a_rows[by_pair]]
+        del pa, pb, by_pair
+        hub_pairs = hub_candidates.result()
+    # two sorted runs: a stable sort (timsort) merges them
+    candidates = sorted_unique(np.concatenate([contrib_pair, hub_pairs]), kind="stable")
     log.info("projection: %d small-entity contributions, %d candidate pairs", len(contrib_pair), len(candidates))
     if len(candidates) == 0:
         return pl.DataFrame(schema=PAIR_SCHEMA)
