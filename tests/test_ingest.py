@@ -291,3 +291,19 @@ def test_parquet_columns_read_as_categories_equal_the_plain_read(tmp_path: Path)
     only_coded = tmp_path / "only.parquet"
     frame.select("account_id").write_parquet(only_coded)
     assert next(read_file(only_coded, 300, wanted))["account_id"].cast(pl.Utf8).equals(frame["account_id"])
+
+
+@pytest.mark.parametrize("dtype", [pl.UInt64, pl.Utf8])
+def test_repeated_request_keys_are_the_later_rows_holding_a_key(dtype) -> None:
+    """The sort-based repeat test agrees with polars' own first-occurrence flags, nulls never repeat."""
+    import numpy as np
+
+    from linkage.pipeline import repeats
+
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 400, 2_000).astype(object)
+    raw[rng.random(2_000) < 0.1] = None
+    keys = pl.Series("request_key", [None if v is None else (str(v) if dtype == pl.Utf8 else v) for v in raw], dtype)
+    expected = keys.is_not_null() & ~keys.is_first_distinct()
+    assert repeats(keys).to_list() == expected.to_list()
+    assert not repeats(pl.Series("request_key", [1, 2, None, None, 3], pl.UInt64)).any()
