@@ -45,6 +45,27 @@ EMAIL_DOMAIN = NodeSpec("EmailDomain", "domain")
 MODEL = NodeSpec("Model", "model")
 NODE_SPECS = (ACCOUNT, INSTRUMENT, IP, SUBNET, ASN, DEVICE, TEMPLATE, ORG, EMAIL_DOMAIN, MODEL)
 
+_UTC_MS = pl.Datetime("ms", "UTC")
+# Node properties an input may leave null on every node (its optional columns: a run without org_id,
+# ASN, IP type or token counts). A store that keeps no nulls (Neo4j drops a property set to null)
+# gives such a column back absent; :func:`with_optional_properties` restores it, typed.
+OPTIONAL_PROPERTIES: dict[str, dict[str, pl.DataType]] = {
+    "Account": {
+        "email": pl.Utf8(),
+        "email_domain": pl.Utf8(),
+        "org_id": pl.Utf8(),
+        "country": pl.Utf8(),
+        "signup_ip": pl.Utf8(),
+        "first_seen": _UTC_MS,
+        "last_seen": _UTC_MS,
+        "input_tokens": pl.Int64(),
+        "output_tokens": pl.Int64(),
+        "activity_signature": pl.List(pl.Int64),
+    },
+    "IP": {"subnet": pl.Utf8(), "asn": pl.Int64(), "ip_type": pl.Utf8()},
+    "PaymentInstrument": {"instrument_type": pl.Utf8(), "bin": pl.Utf8(), "issuer_country": pl.Utf8()},
+}
+
 REL_SPECS = (
     RelSpec("PAID_WITH", ACCOUNT, INSTRUMENT),
     RelSpec("USED_IP", ACCOUNT, IP),
@@ -277,6 +298,18 @@ def _pair_groups_by_hashing(account: np.ndarray, target: np.ndarray, ts: np.ndar
         grouped["first"].to_numpy(),
         grouped["last"].to_numpy(),
     )
+
+
+def with_optional_properties(graph: Graph) -> Graph:
+    """The graph with every optional node property present (null where a store left it out)."""
+    for label, properties in OPTIONAL_PROPERTIES.items():
+        frame = graph.nodes.get(label)
+        if frame is not None:
+            missing = [
+                pl.lit(None, dtype).alias(name) for name, dtype in properties.items() if name not in frame.columns
+            ]
+            graph.nodes[label] = frame.with_columns(missing) if missing else frame
+    return graph
 
 
 def mix64(x: np.ndarray) -> np.ndarray:

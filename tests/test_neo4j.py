@@ -19,7 +19,7 @@ from linkage.errors import LockHeldError, StoreError
 from linkage.pipeline import detect_from_store
 from linkage.settings import Settings
 
-from .conftest import TINY
+from .conftest import TINY, read_csv
 
 pytestmark = pytest.mark.neo4j
 
@@ -100,6 +100,27 @@ def test_detection_from_the_store_equals_the_embedded_run(store, tiny_result, tm
     assert from_store.rings.drop("evidence").equals(tiny_result.rings.drop("evidence"))
     assert from_store.members.equals(tiny_result.members)
     assert (tmp_path / "out" / "rings.csv").exists()
+
+
+def test_detection_from_the_store_when_optional_columns_are_null_everywhere(store, tmp_path: Path) -> None:
+    """Neo4j keeps no null properties: a run whose input has no org_id, ASN, IP type, instrument type
+    or token counts reads back without those columns, and detection from the store still equals
+    the embedded run (it crashed on the missing org_id)."""
+    data = tmp_path / "in"
+    data.mkdir()
+    read_csv(TINY / "accounts.csv").drop("org_id").write_csv(data / "accounts.csv")
+    read_csv(TINY / "payments.csv").drop("instrument_type").write_csv(data / "payments.csv")
+    read_csv(TINY / "requests.csv").drop("asn", "ip_type", "input_tokens", "output_tokens").write_csv(
+        data / "requests.csv"
+    )
+    embedded = linkage.run(data)
+    store.write_graph(embedded.graph)
+    read_back = store.read_graph()
+    assert {"org_id", "output_tokens"} <= set(read_back.nodes["Account"].columns)
+    assert {"asn", "ip_type"} <= set(read_back.nodes["IP"].columns)
+    from_store = detect_from_store(store, None, Settings(), write_back=False)
+    assert from_store.rings.height > 0
+    assert from_store.rings.drop("evidence").equals(embedded.rings.drop("evidence"))
 
 
 def test_ring_write_back_replaces_previous_rings(store, tiny_result) -> None:

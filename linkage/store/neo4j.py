@@ -26,7 +26,7 @@ from neo4j.exceptions import AuthError, ClientError, DriverError, Neo4jError, Se
 
 from ..cypher import schema_statements, statements
 from ..errors import LockHeldError, StoreError
-from ..graph import NODE_SPECS, REL_SPECS, Graph
+from ..graph import NODE_SPECS, REL_SPECS, Graph, with_optional_properties
 from ..settings import Neo4jSettings
 
 log = logging.getLogger(__name__)
@@ -392,7 +392,7 @@ class Neo4jStore:
                 self._read(reads[f"read_{rel.type}"]), None, ["src", "dst", "count", "first_seen", "last_seen"]
             )
         graph.nodes["Account"] = graph.nodes["Account"].sort("account_id")
-        return graph
+        return with_optional_properties(graph)
 
     def _read(self, statement: str, **params: Any) -> list[dict[str, Any]]:
         records, _, _ = self.driver.execute_query(
