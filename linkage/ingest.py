@@ -431,7 +431,8 @@ def record_json(columns: list[str]) -> pl.Expr:
 
 
 # ---------------------------------------------------------------- validation
-_TYPED_KINDS = ("timestamp", "int", "ip")
+_TYPED_KINDS = ("timestamp", "int", "asn", "ip")
+_MAX_ASN = 4_294_967_295  # AS numbers are 32-bit (RFC 6793); a token limit would refuse real ones
 
 
 def validate_batch(
@@ -622,7 +623,7 @@ def _category_cleaner(column: Column, settings: IngestSettings) -> CategoryClean
 
 
 def _dtype(kind: str) -> pl.DataType:
-    return {"timestamp": TS_DTYPE, "int": pl.Int64}.get(kind, pl.Utf8)
+    return {"timestamp": TS_DTYPE, "int": pl.Int64, "asn": pl.Int64}.get(kind, pl.Utf8)
 
 
 def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings) -> tuple[pl.Series, pl.Expr]:
@@ -632,8 +633,10 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
         value = parse_timestamps(original)
         problem = pl.when(present & value.is_null()).then(pl.lit(f"unparseable timestamp in {name}"))
         return value, problem
-    if kind == "int":
+    if kind in ("int", "asn"):
         if original.dtype == pl.Utf8:
+            if kind == "asn":  # "AS15169", as IP-intelligence feeds write it, is 15169
+                original = original.str.replace(r"^\s*(?i:as)\s*", "")
             as_float = original.cast(pl.Float64, strict=False)
             value = (
                 pl.select(pl.when(as_float == as_float.round(0)).then(as_float))
@@ -643,13 +646,14 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
         else:
             value = original.cast(pl.Int64, strict=False)
         unparseable = present & value.is_null()
+        limit = _MAX_ASN if kind == "asn" else settings.max_tokens
         problem = (
             pl.when(unparseable)
             .then(pl.lit(f"unparseable integer in {name}"))
             .when(value < 0)
             .then(pl.lit(f"negative {name}"))
-            .when(value > settings.max_tokens)
-            .then(pl.lit(f"{name} above {settings.max_tokens}"))
+            .when(value > limit)
+            .then(pl.lit(f"{name} above {limit}"))
         )
         return value, problem
     text = original.cast(pl.Utf8)  # (blank values are already null: see _typed_columns)

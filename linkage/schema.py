@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Column:
     name: str
-    kind: str  # id | string | text | timestamp | int | ip
+    kind: str  # id | string | text | timestamp | int | asn (an int, "AS" prefix allowed) | ip
     required: bool = False
 
 
@@ -60,7 +60,7 @@ REQUESTS = TableSpec(
         Column("ts", "timestamp", True),
         Column("ip", "ip", True),
         Column("request_id", "string"),
-        Column("asn", "int"),
+        Column("asn", "asn"),
         Column("ip_type", "string"),
         Column("device_id", "string"),
         Column("user_agent", "text"),

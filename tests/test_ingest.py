@@ -307,3 +307,29 @@ def test_repeated_request_keys_are_the_later_rows_holding_a_key(dtype) -> None:
     expected = keys.is_not_null() & ~keys.is_first_distinct()
     assert repeats(keys).to_list() == expected.to_list()
     assert not repeats(pl.Series("request_key", [1, 2, None, None, 3], pl.UInt64)).any()
+
+
+def test_asn_numbers_are_read_with_or_without_an_as_prefix() -> None:
+    """IP-intelligence feeds write "AS15169"; 4-byte AS numbers exceed any token limit but are valid."""
+    from linkage.schema import REQUESTS
+
+    raw = pl.DataFrame(
+        {
+            "account_id": ["a"] * 7,
+            "ts": ["2026-02-01T00:00:00Z"] * 7,
+            "ip": ["1.2.3.4"] * 7,
+            "asn": ["15169", "AS15169", " as 7018", "4200000000", "ASX", "-3", "4294967296"],
+        }
+    )
+    typed, problems = _typed_columns(raw, REQUESTS, IngestSettings())
+    asn = next(s for s in typed if s.name == "asn")
+    assert asn.to_list()[:4] == [15169, 15169, 7018, 4_200_000_000]
+    assert problems["asn"].to_list() == [
+        None,
+        None,
+        None,
+        None,
+        "unparseable integer in asn",
+        "negative asn",
+        "asn above 4294967295",
+    ]
