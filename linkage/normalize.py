@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from .schema import IP_TYPE_SYNONYMS
+
 TS_DTYPE = pl.Datetime("ms", "UTC")
 _EPOCH_MS_CUTOFF = 100_000_000_000  # a number above this is epoch milliseconds, not seconds
 
@@ -440,12 +442,15 @@ def normalize_payments(payments: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def lowercase(values: pl.Series) -> pl.Series:
-    """Lower-cased text; a categorical stays one and is lower-cased per distinct value (usually a no-op)."""
+def lowercase(values: pl.Series, synonyms: dict[str, str] | None = None) -> pl.Series:
+    """Lower-cased text, then ``synonyms`` (lower-case keys) replaced by their canonical value; a
+    categorical stays one and is mapped per distinct value (usually a no-op)."""
     if not isinstance(values.dtype, pl.Categorical):
-        return values.str.to_lowercase()
+        lowered_text = values.str.to_lowercase()
+        return lowered_text.replace(synonyms) if synonyms else lowered_text
     distinct = values.unique(maintain_order=True).drop_nulls()
-    lowered = distinct.cast(pl.Utf8).str.to_lowercase().cast(pl.Categorical)
+    text = distinct.cast(pl.Utf8).str.to_lowercase()
+    lowered = (text.replace(synonyms) if synonyms else text).cast(pl.Categorical)
     if (lowered.to_physical() == distinct.to_physical()).all():
         return values
     mapping = pl.DataFrame({"raw": distinct.to_physical(), "lowered": lowered})
@@ -472,7 +477,7 @@ def normalize_requests(batch: pl.DataFrame, miner, bound: tuple[np.ndarray, np.n
         pl.col("ip").cast(cat),
         pl.col("ip_subnet").alias("subnet").cast(cat),
         "asn",
-        lowercase(batch["ip_type"]).cast(cat),
+        lowercase(batch["ip_type"], IP_TYPE_SYNONYMS).cast(cat),
         pl.col("device_id").cast(cat),
         pl.col("model").cast(cat),
         "input_tokens",

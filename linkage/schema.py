@@ -84,3 +84,21 @@ LABELS = TableSpec(
 TABLES: dict[str, TableSpec] = {t.name: t for t in (ACCOUNTS, PAYMENTS, REQUESTS, LABELS)}
 EXTENSIONS = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".parquet")
 PROXY_IP_TYPES = ("proxy", "vpn", "datacenter", "tor")
+# other IP-intelligence vocabularies (ipinfo's and MaxMind's connection and usage types, IP2Proxy's
+# codes) in the contract's terms; any other value is kept as given
+IP_TYPE_SYNONYMS = {
+    "hosting": "datacenter",
+    "dch": "datacenter",
+    "data center": "datacenter",
+    "data_center": "datacenter",
+    "cloud": "datacenter",
+    "cellular": "mobile",
+    "wireless": "mobile",
+    "isp": "residential",
+    "broadband": "residential",
+    "pub": "proxy",
+    "public proxy": "proxy",
+    "web proxy": "proxy",
+    "tor exit": "tor",
+    "tor_exit": "tor",
+}

@@ -127,3 +127,14 @@ def test_timestamp_fast_forms_agree_with_the_general_parser() -> None:
     assert parse_timestamps(pl.Series(values)).dt.epoch("ms").to_list() == expected  # mixed
     for value, want in zip(values, expected):  # one form per column, as in most files
         assert parse_timestamps(pl.Series([value] * 70, dtype=pl.Utf8)).dt.epoch("ms").to_list() == [want] * 70, value
+
+
+def test_ip_types_from_other_vocabularies_are_read_in_the_contracts_terms() -> None:
+    """ipinfo/MaxMind "hosting", "cellular", "isp" and IP2Proxy's "DCH" mean datacenter, mobile and
+    residential; unknown values stay as given; text and categorical columns agree."""
+    from linkage.schema import IP_TYPE_SYNONYMS
+
+    raw = pl.Series("ip_type", ["Hosting", "RESIDENTIAL", "Cellular", None, "satellite", "DCH", "isp", "vpn"])
+    expected = ["datacenter", "residential", "mobile", None, "satellite", "datacenter", "residential", "vpn"]
+    assert lowercase(raw, IP_TYPE_SYNONYMS).to_list() == expected
+    assert lowercase(raw.cast(pl.Categorical), IP_TYPE_SYNONYMS).cast(pl.Utf8).to_list() == expected
