@@ -140,7 +140,23 @@ def parse_ips(values: pl.Series) -> pl.DataFrame:
 
 def _parse_distinct(values: pl.Series) -> pl.DataFrame:
     """ip, ip_version, subnet for each of ``values`` (row for row; meant for distinct values)."""
+    # as load balancers and proxy logs write an address: with a port ("1.2.3.4:443"), in brackets
+    # ("[2001:db8::1]:443"), or as a one-host prefix ("1.2.3.4/32", "2001:db8::1/128")
     raw = values.str.strip_chars()
+    # (literal tests first: a plain address, nearly every value, skips the patterns)
+    wrapped = (
+        raw.str.contains("[", literal=True)
+        | raw.str.contains("/", literal=True)
+        | (raw.str.count_matches(":", literal=True) == 1)
+    ).fill_null(False)
+    if wrapped.any():
+        unwrapped = (
+            raw.filter(wrapped)
+            .str.replace(r"^([0-9]{1,3}(?:\.[0-9]{1,3}){3})(?:/32|:[0-9]{1,5})$", "$1")
+            .str.replace(r"^\[([^\]]+)\](?::[0-9]{1,5})?$", "$1")
+            .str.replace(r"^([0-9A-Fa-f:.]+)/128$", "$1")
+        )
+        raw = raw.scatter(wrapped.arg_true(), unwrapped)
     # octets with leading zeros ("010.1.2.3") do not match: ambiguous (octal to some parsers), and
     # rejected like Python's ipaddress does; a matching address is already canonical
     is_v4 = raw.str.contains(_IPV4).fill_null(False)

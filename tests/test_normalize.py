@@ -138,3 +138,31 @@ def test_ip_types_from_other_vocabularies_are_read_in_the_contracts_terms() -> N
     expected = ["datacenter", "residential", "mobile", None, "satellite", "datacenter", "residential", "vpn"]
     assert lowercase(raw, IP_TYPE_SYNONYMS).to_list() == expected
     assert lowercase(raw.cast(pl.Categorical), IP_TYPE_SYNONYMS).cast(pl.Utf8).to_list() == expected
+
+
+def test_addresses_as_proxies_and_load_balancers_write_them() -> None:
+    """A port, brackets or a one-host prefix around an address is the address; a network is not one."""
+    raw = pl.Series(
+        [
+            "1.2.3.4:8080",
+            "1.2.3.4/32",
+            "[2001:db8::1]",
+            "[2001:db8::1]:443",
+            "2001:db8::1/128",
+            "2001:db8::/32",
+            "1.2.3.0/24",
+            "1.2.3.4:80:80",
+        ]
+    )
+    parsed = parse_ips(raw)
+    assert parsed["ip"].to_list() == [
+        "1.2.3.4",
+        "1.2.3.4",
+        "2001:db8::1",
+        "2001:db8::1",
+        "2001:db8::1",
+        None,
+        None,
+        None,
+    ]
+    assert parsed["subnet"].to_list()[:2] == ["1.2.3.0/24", "1.2.3.0/24"]
