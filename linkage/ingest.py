@@ -101,11 +101,15 @@ def file_columns(path: Path) -> list[str] | None:
     try:
         if path.name.endswith(".parquet"):
             return list(pq.read_schema(path).names)
-        with _open_text(path) as fh:
+        # leniently: the reader fills a buffer past the first line, and a bad byte in a later record
+        # is that record's problem (quarantined by the readers), not the header's
+        with _open_text(path, errors="surrogateescape") as fh:
             if path.name.endswith((".csv", ".csv.gz")):
                 header = next(csv.reader(fh), [])
                 if not header:
                     raise InputError(f"{path}: empty file: a CSV table starts with its header row")
+                if _undecodable_field(header, header) is not None:
+                    raise InputError(f"{path}: the header row is not UTF-8 text")
                 return header
             first = next((line for line in fh if line.strip()), None)
     except InputError:

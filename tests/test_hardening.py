@@ -221,6 +221,22 @@ def test_f10_bad_utf8_in_one_field_quarantines_the_row(tiny: Path, tmp_path: Pat
     assert row["field"] == "account_id" and "UTF-8" in row["reason"]
 
 
+def test_f10_bad_utf8_near_the_header_quarantines_the_row_not_the_file(tiny: Path, tmp_path: Path) -> None:
+    """The header is read through a buffer that reaches the first records: a bad byte there is the
+    record's problem (it failed the whole file). A header that is not UTF-8 is the file's."""
+    path = tiny / "requests.csv"
+    data = path.read_bytes()
+    at = data.index(b"problem")  # in the first record's prompt, within the first kilobyte
+    assert at < 1024
+    path.write_bytes(data[:at] + b"pro\xff\xfeblem" + data[at + len(b"problem") :])
+    result = run(tiny, tmp_path / "out", TOLERANT)
+    counts = result.summary["tables"]["requests"]
+    assert counts["rows_quarantined"] == 1 and counts["quarantine_reasons"] == {"invalid UTF-8 in prompt": 1}
+    path.write_bytes(b"request_\xffid" + data[len(b"request_id") :])
+    with pytest.raises(InputError, match="header row is not UTF-8"):
+        run(tiny, tmp_path / "out2", TOLERANT)
+
+
 def test_f10_oversized_csv_record_is_quarantined_like_in_jsonl(tiny: Path) -> None:
     _rewrite_cell(tiny / "requests.csv", 3, "prompt", "x" * 20_000_000)
     result = run(tiny, settings=TOLERANT)
