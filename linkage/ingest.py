@@ -292,6 +292,9 @@ def _undecodable_field(record: list[str], header: list[str]) -> str | None:
 def _read_jsonl(path: Path) -> Iterator[pl.DataFrame]:
     try:
         table = pajson.read_json(path, read_options=pajson.ReadOptions(block_size=64 << 20))
+        # Arrow's JSON reader passes bytes that are not UTF-8 through into its strings, and polars
+        # then fails far downstream: such a file takes the record-by-record path, which quarantines
+        table.validate(full=True)
         yield _numbered(table, 1)
         return
     except pa.ArrowInvalid:

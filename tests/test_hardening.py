@@ -237,6 +237,20 @@ def test_f10_bad_utf8_near_the_header_quarantines_the_row_not_the_file(tiny: Pat
         run(tiny, tmp_path / "out2", TOLERANT)
 
 
+def test_f10_bad_utf8_in_jsonl_quarantines_the_record(tiny: Path, tmp_path: Path) -> None:
+    """Arrow's JSON reader lets bytes that are not UTF-8 into its strings (polars then failed deep in
+    template mining): the file is read record by record instead and the record quarantined."""
+    read_csv(tiny / "requests.csv").write_ndjson(tiny / "requests.jsonl")
+    (tiny / "requests.csv").unlink()
+    data = (tiny / "requests.jsonl").read_bytes()
+    at = data.index(b"problem")
+    (tiny / "requests.jsonl").write_bytes(data[:at] + b"pro\xffblem" + data[at + len(b"problem") :])
+    result = run(tiny, tmp_path / "out", TOLERANT)
+    counts = result.summary["tables"]["requests"]
+    assert counts["rows_quarantined"] == 1 and counts["rows_read"] == counts["rows_used"] + 1
+    assert counts["quarantine_reasons"] == {"invalid UTF-8 in record": 1}
+
+
 def test_f10_oversized_csv_record_is_quarantined_like_in_jsonl(tiny: Path) -> None:
     _rewrite_cell(tiny / "requests.csv", 3, "prompt", "x" * 20_000_000)
     result = run(tiny, settings=TOLERANT)
