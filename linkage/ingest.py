@@ -410,12 +410,15 @@ class Quarantine:
         to quarantine (and at least ``min_rows``): a wholesale format change must not read as "no
         campaign". The message names the dominant reason and an example row."""
         for table, counts in sorted(self.counts.items()):
-            if counts.rows_read == 0 or counts.rows_quarantined < min_rows:
+            # a repeat of a record already counted (a log delivered twice) loses nothing
+            lost = {reason: n for reason, n in counts.reasons.items() if not reason.startswith(REPEAT_REASON)}
+            quarantined = sum(lost.values())
+            if counts.rows_read == 0 or quarantined < min_rows:
                 continue
-            share = counts.rows_quarantined / counts.rows_read
+            share = quarantined / counts.rows_read
             if share <= limit:
                 continue
-            reason, n = counts.reasons.most_common(1)[0]
+            reason, n = max(lost.items(), key=lambda item: (item[1], item[0]))
             example = ""
             frames = self.frames.get(table)
             if frames:
@@ -423,13 +426,16 @@ class Quarantine:
                 if first.height:
                     example = f"; e.g. {first['source_file'][0]} row {first['row'][0]}, field {first['field'][0]}"
             raise InputError(
-                f"{table}: {counts.rows_quarantined:,} of {counts.rows_read:,} rows quarantined ({share:.1%}, "
+                f"{table}: {quarantined:,} of {counts.rows_read:,} rows quarantined ({share:.1%}, "
                 f"limit {limit:.1%}, ingest.max_quarantine_share); mostly '{reason}' ({n:,}){example}"
             )
 
     def rows(self, table: str) -> pl.DataFrame:
         frames = self.frames.get(table)
         return pl.concat(frames) if frames else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+
+REPEAT_REASON = "duplicate "  # how the reasons for repeated records begin (see pipeline.clean_requests)
 
 
 def record_json(columns: list[str]) -> pl.Expr:

@@ -259,6 +259,22 @@ def test_f10_oversized_csv_record_is_quarantined_like_in_jsonl(tiny: Path) -> No
     assert any("longer than" in reason for reason in counts["quarantine_reasons"])
 
 
+def test_a_log_delivered_twice_is_deduplicated_not_refused(tiny: Path, tmp_path: Path) -> None:
+    """Repeats of request ids already counted are quarantined as repeats, and do not count towards
+    the data-quality guard: at-least-once delivery loses nothing. Lost rows still do."""
+    requests = read_csv(tiny / "requests.csv")
+    repeated = requests.head(requests.height // 10)  # 10 %, ten times the guard's share
+    pl.concat([requests, repeated]).write_csv(tiny / "requests.csv")
+    result = run(tiny, tmp_path / "out")  # default settings: the guard at 1 %
+    counts = result.summary["tables"]["requests"]
+    assert counts["rows_quarantined"] == repeated.height
+    assert counts["quarantine_reasons"] == {"duplicate request_id (already counted)": repeated.height}
+    broken = pl.concat([requests, repeated.with_columns(pl.lit(None, pl.Utf8).alias("request_id"), ts=pl.lit("soon"))])
+    broken.write_csv(tiny / "requests.csv")
+    with pytest.raises(InputError, match="mostly 'unparseable timestamp in ts'"):
+        run(tiny, tmp_path / "out2")
+
+
 # F14 -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("address", ["١.٢.٣.٤", "１.２.３.４", "1.2.3.４"])
 def test_f14_non_ascii_digits_are_not_an_address(tiny: Path, address: str) -> None:
