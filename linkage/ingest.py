@@ -445,6 +445,7 @@ def record_json(columns: list[str]) -> pl.Expr:
 
 # ---------------------------------------------------------------- validation
 _TYPED_KINDS = ("timestamp", "int", "asn", "ip")
+_MISSING_TOKENS = ["-", "--", "?", "n/a", "na", "none", "null", "nil", "nan", "unknown"]
 _MAX_ASN = 4_294_967_295  # AS numbers are 32-bit (RFC 6793); a token limit would refuse real ones
 
 
@@ -533,7 +534,12 @@ def _clean_rows(
         # an empty CSV/JSON field is a missing value, whatever the reader made of it; outside
         # free text, surrounding blanks are not part of a value (stripped once, here)
         text = original if column.kind == "text" else original.str.strip_chars()
-        original = pl.select(pl.when(text.str.len_bytes() > 0).then(text)).to_series().alias(column.name)
+        kept = text.str.len_bytes() > 0
+        if not column.required and column.kind in _TYPED_KINDS:
+            # an optional address, number or time written as "-", "N/A" or "unknown" is missing, not
+            # bad: quarantining the row would lose an account (and its requests) over an optional field
+            kept = kept & ~text.str.to_lowercase().is_in(_MISSING_TOKENS)
+        original = pl.select(pl.when(kept).then(text)).to_series().alias(column.name)
     present = original.is_not_null()
     value, problem = _convert(original, column.kind, column.name, settings)
     if column.required:

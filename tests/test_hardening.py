@@ -275,6 +275,22 @@ def test_a_log_delivered_twice_is_deduplicated_not_refused(tiny: Path, tmp_path:
         run(tiny, tmp_path / "out2")
 
 
+@pytest.mark.parametrize("token", ["unknown", "-", "N/A", "null", "NaN"])
+def test_missing_value_words_in_optional_fields_are_missing_not_bad(tiny: Path, token: str) -> None:
+    """An optional address, number or time written as a missing-value word keeps its row (an account
+    quarantined over its signup address took every request with it); a required field does not."""
+    _rewrite_cell(tiny / "accounts.csv", 1, "signup_ip", token)
+    _rewrite_cell(tiny / "requests.csv", 2, "asn", token)
+    _rewrite_cell(tiny / "requests.csv", 3, "output_tokens", token)
+    result = run(tiny)  # default settings: nothing quarantined, so the guard is not involved
+    tables = result.summary["tables"]
+    assert tables["accounts"]["rows_quarantined"] == 0 and tables["requests"]["rows_quarantined"] == 0
+    _rewrite_cell(tiny / "requests.csv", 4, "ts", token)
+    assert run(tiny, settings=TOLERANT).summary["tables"]["requests"]["quarantine_reasons"] == {
+        "unparseable timestamp in ts": 1
+    }
+
+
 # F14 -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("address", ["١.٢.٣.٤", "１.２.３.４", "1.2.3.４"])
 def test_f14_non_ascii_digits_are_not_an_address(tiny: Path, address: str) -> None:
