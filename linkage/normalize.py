@@ -23,7 +23,7 @@ _EPOCH_MS_CUTOFF = 100_000_000_000  # a number above this is epoch milliseconds,
 # ---------------------------------------------------------------- timestamps
 _ISO = (
     r"^([0-9]{4}-[0-9]{2}-[0-9]{2})(?:[T ]([0-9]{2}:[0-9]{2})(:[0-9]{2})?(\.[0-9]{1,9})?)?\s*"
-    r"(Z|z|UTC|[+-][0-9]{2}:?[0-9]{2})?$"
+    r"(Z|z|UTC|[+-][0-9]{2}(?::?[0-9]{2})?)?$"  # "+00", PostgreSQL's text form of a zone, included
 )
 
 
@@ -38,6 +38,8 @@ _ISO_FORMS = (  # without an offset: UTC. "+00:00" literally first: parsing any 
     "%Y-%m-%dT%H:%M:%S%.f",
     "%Y-%m-%d %H:%M:%S",
     "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S+00",  # PostgreSQL's text form of a UTC timestamptz
+    "%Y-%m-%d %H:%M:%S%.f+00",
 )
 
 
@@ -87,6 +89,7 @@ def _parse_general(text: pl.Series) -> pl.Series:
         parts.struct.field("5")
         .str.replace(r"^(Z|z|UTC)$", "+00:00")
         .str.replace(r"^([+-][0-9]{2})([0-9]{2})$", "${1}:${2}")
+        .str.replace(r"^([+-][0-9]{2})$", "${1}:00")
         .fill_null("+00:00")
     )
     iso = pl.concat_str(

@@ -166,3 +166,17 @@ def test_addresses_as_proxies_and_load_balancers_write_them() -> None:
         None,
     ]
     assert parsed["subnet"].to_list()[:2] == ["1.2.3.0/24", "1.2.3.0/24"]
+
+
+def test_timestamps_with_an_hour_only_offset_as_postgresql_writes_them() -> None:
+    """psql prints a timestamptz as "2026-02-03 02:00:00+00"; other zones as "+02" or "-01"."""
+    parsed = parse_timestamps(
+        pl.Series(
+            "ts",
+            ["2026-02-03 02:00:00+00", "2026-02-03 02:00:00.25+00", "2026-02-03 04:00:00+02", "2026-02-03 01:00:00-01"],
+        )
+    )
+    assert parsed.dt.epoch("ms").to_list() == [1770084000000, 1770084000250, 1770084000000, 1770084000000]
+    assert parse_timestamps(pl.Series("ts", ["2026-02-03 04:00:00+0030"])).dt.epoch("s").to_list() == [
+        1770084000 + 5400  # 03:30 UTC: "+0030" is a half-hour offset, not "+00" and stray digits
+    ]
