@@ -263,13 +263,14 @@ def test_a_log_delivered_twice_is_deduplicated_not_refused(tiny: Path, tmp_path:
     """Repeats of request ids already counted are quarantined as repeats, and do not count towards
     the data-quality guard: at-least-once delivery loses nothing. Lost rows still do."""
     requests = read_csv(tiny / "requests.csv")
-    repeated = requests.head(requests.height // 10)  # 10 %, ten times the guard's share
+    repeated = requests.head(requests.height // 5)  # 20 %, twice the guard's share
     pl.concat([requests, repeated]).write_csv(tiny / "requests.csv")
-    result = run(tiny, tmp_path / "out")  # default settings: the guard at 1 %
+    result = run(tiny, tmp_path / "out")  # default settings: the guard at 10 %
     counts = result.summary["tables"]["requests"]
     assert counts["rows_quarantined"] == repeated.height
     assert counts["quarantine_reasons"] == {"duplicate request_id (already counted)": repeated.height}
-    broken = pl.concat([requests, repeated.with_columns(pl.lit(None, pl.Utf8).alias("request_id"), ts=pl.lit("soon"))])
+    lost = requests.head(requests.height * 3 // 10)  # 30 %: over the guard's 10 %
+    broken = pl.concat([requests, lost.with_columns(pl.lit(None, pl.Utf8).alias("request_id"), ts=pl.lit("soon"))])
     broken.write_csv(tiny / "requests.csv")
     with pytest.raises(InputError, match="mostly 'unparseable timestamp in ts'"):
         run(tiny, tmp_path / "out2")
