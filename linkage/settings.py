@@ -49,7 +49,7 @@ class IngestSettings(_Section):
     workers: int = Field(2, ge=1, description="request files validated and normalised at once (threads)")
     # a wholesale format change quarantines nearly every row; ordinary dirty data (a few per cent of
     # bad or orphaned rows, and the requests of an account quarantined with it) must not refuse the
-    # run: at 1 % a world with 2 % unparseable addresses produced no rings at all
+    # run: at 1 % the tiny fixture with 2.6 % unparseable addresses produced no rings at all
     max_quarantine_share: float = Field(
         0.1, ge=0, le=1, description="a table losing more of its rows to quarantine fails the run (exit 2)"
     )
