@@ -344,6 +344,9 @@ class TableCounts:
     rows_quarantined: int = 0
     files: int = 0
     reasons: Counter = field(default_factory=Counter)
+    # the part of ``reasons`` that repeats a record already counted (a log delivered twice): quarantined,
+    # but nothing was lost
+    repeats: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -375,8 +378,9 @@ class Quarantine:
     def table_counts(self, table: str) -> TableCounts:
         return self.counts.setdefault(table, TableCounts())
 
-    def add(self, table: str, rows: pl.DataFrame) -> None:
-        """``rows`` has _file, _row, _field, _reason and a JSON ``record`` column."""
+    def add(self, table: str, rows: pl.DataFrame, repeats: bool = False) -> None:
+        """``rows`` has _file, _row, _field, _reason and a JSON ``record`` column; ``repeats``: they
+        restate records already counted (they do not count towards :meth:`check_share`)."""
         if rows.height == 0:
             return
         frame = rows.select(
@@ -392,6 +396,8 @@ class Quarantine:
         counts.rows_quarantined += frame.height
         for reason, n in frame.group_by("reason").len().iter_rows():
             counts.reasons[f"{reason}"] += n
+            if repeats:
+                counts.repeats[f"{reason}"] += n
 
     def merge(self, other: Quarantine) -> None:
         """Take over another quarantine's rows and counts (one file's, processed on its own)."""
@@ -404,14 +410,14 @@ class Quarantine:
             mine.rows_quarantined += theirs.rows_quarantined
             mine.files += theirs.files
             mine.reasons.update(theirs.reasons)
+            mine.repeats.update(theirs.repeats)
 
     def check_share(self, limit: float, min_rows: int) -> None:
         """Refuse the run (:class:`InputError`, exit 2) when a table lost more than ``limit`` of its rows
         to quarantine (and at least ``min_rows``): a wholesale format change must not read as "no
         campaign". The message names the dominant reason and an example row."""
         for table, counts in sorted(self.counts.items()):
-            # a repeat of a record already counted (a log delivered twice) loses nothing
-            lost = {reason: n for reason, n in counts.reasons.items() if not reason.startswith(REPEAT_REASON)}
+            lost = counts.reasons - counts.repeats  # a repeat of a record already counted loses nothing
             quarantined = sum(lost.values())
             if counts.rows_read == 0 or quarantined < min_rows:
                 continue
@@ -433,9 +439,6 @@ class Quarantine:
     def rows(self, table: str) -> pl.DataFrame:
         frames = self.frames.get(table)
         return pl.concat(frames) if frames else pl.DataFrame(schema=QUARANTINE_SCHEMA)
-
-
-REPEAT_REASON = "duplicate "  # how the reasons for repeated records begin (see pipeline.clean_requests)
 
 
 def record_json(columns: list[str]) -> pl.Expr:

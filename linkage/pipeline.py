@@ -91,6 +91,7 @@ def prepare_accounts(accounts: pl.DataFrame, quarantine: Quarantine) -> pl.DataF
             duplicates,
             "account_id",
             pl.format("duplicate account_id (first at {} row {})", pl.col("_f0"), pl.col("_r0")),
+            repeats=True,
         )
     return normalize_accounts(first.filter(pl.col("_first")).drop("_first"))
 
@@ -163,6 +164,7 @@ def clean_requests(requests: pl.DataFrame, known: pl.DataFrame, quarantine: Quar
             requests.filter(repeated),
             "request_id",
             pl.lit("duplicate request_id (already counted)"),
+            repeats=True,
         )
         requests = requests.filter(~repeated)
     return requests
@@ -204,8 +206,11 @@ def _drop_unknown_accounts(
     return frame
 
 
-def _requarantine(quarantine: Quarantine, table: str, rows: pl.DataFrame, field_name: str, reason: pl.Expr) -> None:
-    """Rows that passed row-level checks but fail a cross-row one move from used to quarantined."""
+def _requarantine(
+    quarantine: Quarantine, table: str, rows: pl.DataFrame, field_name: str, reason: pl.Expr, repeats: bool = False
+) -> None:
+    """Rows that passed row-level checks but fail a cross-row one move from used to quarantined
+    (``repeats``: they restate records already counted, see :meth:`Quarantine.add`)."""
     shown = [
         c
         for c in rows.columns
@@ -220,6 +225,7 @@ def _requarantine(quarantine: Quarantine, table: str, rows: pl.DataFrame, field_
             reason.alias(REASON_COL),
             record_json(shown),
         ),
+        repeats=repeats,
     )
     quarantine.table_counts(table).rows_used -= rows.height
 

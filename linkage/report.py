@@ -138,10 +138,11 @@ def _page_data(data: ReportData) -> dict[str, Any]:
     # each table split by ring once, not scanned once per card
     ids = shown.select("ring_id")
     members = data.members.join(ids, on="ring_id")
+    evidence = data.evidence.join(ids, on="ring_id")
     by_ring = {
         "members": members.partition_by("ring_id", as_dict=True),
-        "evidence": data.evidence.join(ids, on="ring_id").partition_by("ring_id", as_dict=True),
-        "templates": _ring_templates(data.evidence.join(ids, on="ring_id"), data.templates),
+        "evidence": evidence.partition_by("ring_id", as_dict=True),
+        "templates": _ring_templates(evidence, data.templates),
         "timeline": data.activity.join(members.select("account_id", "ring_id"), on="account_id")
         .group_by("ring_id", "day", "kind")
         .agg(pl.col("requests").sum())

@@ -38,7 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from .detect import Detection, one_customer_orgs
+from .detect import Detection
 from .graph import Graph
 from .settings import ScoreSettings
 
@@ -98,7 +98,7 @@ def score_rings(
     counted per ring, and their rings point back to the ring they left (``bystanders_of``); ``risk``:
     :func:`account_risk` of the graph, when already known (the rounds of moving bystanders apart)."""
     accounts = graph.nodes["Account"]
-    billed = one_customer_orgs(graph)
+    billed = detection.accounts.select("account_id", "org_id")  # (orgs billed as one: see detect.memberships)
     risk = account_risk(graph) if risk is None else risk
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")

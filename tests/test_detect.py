@@ -15,67 +15,7 @@ from linkage.detect import _hub_cycles, memberships, one_customer_orgs, project
 from linkage.graph import Graph
 from linkage.settings import DetectSettings, Settings
 
-from .conftest import TINY, TINY_LABELS, read_csv
-
-T0 = datetime(2026, 2, 1, tzinfo=UTC)
-
-
-def _graph(n: int, shares: dict[str, list[tuple[str, list[int]]]], orgs: dict[int, str] | None = None) -> Graph:
-    """A minimal graph: n accounts and, per relationship type, entities with their member indices."""
-    ids = [f"a{i:04d}" for i in range(n)]
-    graph = Graph()
-    graph.nodes["Account"] = pl.DataFrame(
-        {
-            "account_id": ids,
-            "created_at": [T0] * n,
-            "email": [None] * n,
-            "org_id": [(orgs or {}).get(i) for i in range(n)],
-            "requests": [10] * n,
-            "activity_signature": [None] * n,
-        },
-        schema_overrides={"email": pl.Utf8, "org_id": pl.Utf8, "activity_signature": pl.List(pl.Int64)},
-    ).with_columns(pl.col("created_at").dt.replace_time_zone("UTC") + pl.duration(days=pl.int_range(n)))
-    empty = pl.DataFrame(
-        schema={
-            "src": pl.Utf8,
-            "dst": pl.Utf8,
-            "count": pl.Int64,
-            "first_seen": pl.Datetime("ms", "UTC"),
-            "last_seen": pl.Datetime("ms", "UTC"),
-        }
-    )
-    for rel in (
-        "PAID_WITH",
-        "USED_DEVICE",
-        "SENT_TEMPLATE",
-        "HAS_EMAIL_DOMAIN",
-        "SIGNED_UP_FROM",
-        "USED_IP",
-        "USED_MODEL",
-    ):
-        rows = [(ids[i], entity) for entity, members in shares.get(rel, []) for i in members]
-        graph.rels[rel] = (
-            pl.DataFrame(
-                {"src": [r[0] for r in rows], "dst": [r[1] for r in rows], "count": [1] * len(rows)},
-                schema={"src": pl.Utf8, "dst": pl.Utf8, "count": pl.Int64},
-            ).with_columns(first_seen=pl.lit(T0), last_seen=pl.lit(T0))
-            if rows
-            else empty
-        )
-    ips = sorted({e for e, _ in shares.get("USED_IP", [])})
-    graph.nodes["IP"] = pl.DataFrame(
-        {
-            "ip": ips,
-            "subnet": [None] * len(ips),
-            "asn": [None] * len(ips),
-            "ip_type": ["mobile" if ip.startswith("100.") else "residential" for ip in ips],
-        },
-        schema={"ip": pl.Utf8, "subnet": pl.Utf8, "asn": pl.Int64, "ip_type": pl.Utf8},
-    )
-    graph.nodes["PaymentInstrument"] = pl.DataFrame(
-        {"instrument_id": [e for e, _ in shares.get("PAID_WITH", [])]}, schema={"instrument_id": pl.Utf8}
-    ).with_columns(pl.lit(None, pl.Utf8).alias("instrument_type"), pl.lit(None, pl.Utf8).alias("bin"))
-    return graph
+from .conftest import TINY, TINY_LABELS, graph_of, read_csv, singly_held
 
 
 def _pair_weight(graph: Graph, a: int, b: int, settings: DetectSettings | None = None) -> float:
@@ -87,18 +27,13 @@ def _pair_weight(graph: Graph, a: int, b: int, settings: DetectSettings | None =
     return float(hit["weight"][0]) if hit.height else 0.0
 
 
-def _singly_held(n: int, rel: str, prefix: str, skip: set[int]) -> list[tuple[str, list[int]]]:
-    """Every other account holds one entity of its own (the background the null model counts)."""
-    return [(f"{prefix}{i}", [i]) for i in range(n) if i not in skip]
-
-
 def test_a_nat_address_is_worth_nothing_and_a_rare_one_much():
     n = 3000
-    graph = _graph(
+    graph = graph_of(
         n,
         {
             "USED_IP": [("100.64.0.1", list(range(2000))), ("24.1.1.1", [2500, 2501])]
-            + _singly_held(n, "USED_IP", "24.9.", set(range(2000)) | {2500, 2501})
+            + singly_held(n, "USED_IP", "24.9.", set(range(2000)) | {2500, 2501})
         },
     )
     nat, rare = _pair_weight(graph, 0, 1), _pair_weight(graph, 2500, 2501)
@@ -108,8 +43,8 @@ def test_a_nat_address_is_worth_nothing_and_a_rare_one_much():
 
 def test_a_lone_shared_card_is_improbable_among_singly_held_cards():
     """The surprisal of a card two accounts share grows with the cards everybody else holds alone."""
-    small = _graph(10, {"PAID_WITH": [("card1", [0, 1])] + _singly_held(10, "PAID_WITH", "c", {0, 1})})
-    large = _graph(1000, {"PAID_WITH": [("card1", [0, 1])] + _singly_held(1000, "PAID_WITH", "c", {0, 1})})
+    small = graph_of(10, {"PAID_WITH": [("card1", [0, 1])] + singly_held(10, "PAID_WITH", "c", {0, 1})})
+    large = graph_of(1000, {"PAID_WITH": [("card1", [0, 1])] + singly_held(1000, "PAID_WITH", "c", {0, 1})})
     assert _pair_weight(large, 0, 1) > _pair_weight(small, 0, 1) + 4
 
 
@@ -121,10 +56,10 @@ def test_one_shared_address_alone_does_not_link_where_households_share_them_but_
     shares = {
         "USED_IP": [("24.1.1.1", [0, 1]), ("24.1.1.2", [2, 3])]
         + households
-        + _singly_held(n, "USED_IP", "24.9.", set(range(1204))),
-        "PAID_WITH": [("card1", [2, 3])] + _singly_held(n, "PAID_WITH", "c", {2, 3}),
+        + singly_held(n, "USED_IP", "24.9.", set(range(1204))),
+        "PAID_WITH": [("card1", [2, 3])] + singly_held(n, "PAID_WITH", "c", {2, 3}),
     }
-    accounts, evidence = memberships(_graph(n, shares), DetectSettings())
+    accounts, evidence = memberships(graph_of(n, shares), DetectSettings())
     linked = project(accounts, evidence, DetectSettings())
     pairs = set(zip(linked["a"].to_list(), linked["b"].to_list()))
     assert (0, 1) not in pairs
@@ -137,7 +72,7 @@ def test_accounts_holding_many_entities_are_expected_to_meet():
     n = 2000
     rotators = [(f"10.0.{a}.{k}", [a]) for a in (0, 1) for k in range(30)] + [("24.1.1.1", [0, 1])]
     homes = [("24.1.1.2", [2, 3])]
-    graph = _graph(n, {"USED_IP": rotators + homes + _singly_held(n, "USED_IP", "24.9.", {0, 1, 2, 3})})
+    graph = graph_of(n, {"USED_IP": rotators + homes + singly_held(n, "USED_IP", "24.9.", {0, 1, 2, 3})})
     assert _pair_weight(graph, 0, 1) < _pair_weight(graph, 2, 3) - 3
 
 
@@ -154,9 +89,9 @@ def test_weak_evidence_in_many_families_does_not_add_up_like_strong_evidence():
 def test_declared_org_explains_sharing() -> None:
     n = 500
     shares = {
-        "PAID_WITH": [("card_org", [0, 1]), ("card_other", [2, 3])] + _singly_held(n, "PAID_WITH", "c", {0, 1, 2, 3})
+        "PAID_WITH": [("card_org", [0, 1]), ("card_other", [2, 3])] + singly_held(n, "PAID_WITH", "c", {0, 1, 2, 3})
     }
-    graph = _graph(n, shares, orgs={0: "org_a", 1: "org_a"})
+    graph = graph_of(n, shares, orgs={0: "org_a", 1: "org_a"})
     assert _pair_weight(graph, 0, 1) == pytest.approx(DetectSettings().org_discount * _pair_weight(graph, 2, 3))
 
 
@@ -166,9 +101,9 @@ def test_a_declared_org_explains_nothing_for_seats_billed_alone() -> None:
     n = 500
     shares = {
         "USED_DEVICE": [("fp_shared", [0, 1]), ("fp_other", [2, 3]), ("fp_free", [4, 5])],
-        "PAID_WITH": [("card_0", [0]), ("card_1", [1])] + _singly_held(n, "PAID_WITH", "c", {0, 1, 4, 5}),
+        "PAID_WITH": [("card_0", [0]), ("card_1", [1])] + singly_held(n, "PAID_WITH", "c", {0, 1, 4, 5}),
     }
-    graph = _graph(n, shares, orgs={0: "org_fake", 1: "org_fake", 4: "org_free", 5: "org_free"})
+    graph = graph_of(n, shares, orgs={0: "org_fake", 1: "org_fake", 4: "org_free", 5: "org_free"})
     assert dict(one_customer_orgs(graph).head(6).iter_rows()) == {
         "a0000": None,
         "a0001": None,
@@ -183,7 +118,7 @@ def test_a_declared_org_explains_nothing_for_seats_billed_alone() -> None:
 
 def test_hubs_never_expand_into_cliques() -> None:
     n = 5000
-    graph = _graph(n, {"USED_DEVICE": [("sdk-default", list(range(n)))], "SENT_TEMPLATE": [("T1", list(range(600)))]})
+    graph = graph_of(n, {"USED_DEVICE": [("sdk-default", list(range(n)))], "SENT_TEMPLATE": [("T1", list(range(600)))]})
     settings = DetectSettings()
     accounts, evidence = memberships(graph, settings)
     pairs = project(accounts, evidence, settings, threshold=0.0)

@@ -14,7 +14,7 @@ from linkage.score import _bystanders_apart, _weigh_by_timing, bystanders, ring_
 from linkage.settings import Settings
 from linkage.simulate import SimulationConfig, World, simulate
 
-from .test_detect import _graph, _singly_held
+from .conftest import graph_of, singly_held
 
 
 def test_excess_risk_counts_by_the_confidence_of_a_common_clock() -> None:
@@ -131,10 +131,10 @@ def test_seats_of_an_org_are_one_customer_only_when_billed_as_one() -> None:
     shares = {
         "PAID_WITH": [("invoice_real", [0, 1, 2, 3])]
         + [(f"card_{i}", [i]) for i in range(4, 8)]
-        + _singly_held(n, "PAID_WITH", "c", set(range(8)))
+        + singly_held(n, "PAID_WITH", "c", set(range(8)))
     }
     orgs = dict.fromkeys(range(4), "org_real") | dict.fromkeys(range(4, 8), "org_fake")
-    graph = _graph(n, shares, orgs=orgs)
+    graph = graph_of(n, shares, orgs=orgs)
     members = pl.DataFrame(
         {"ring_id": ["real"] * 4 + ["fake"] * 4 + ["people"] * 3, "account_id": [f"a{i:04d}" for i in range(11)]}
     )

@@ -33,22 +33,15 @@ class EmbeddedStore:
         return (self.directory / GRAPH_COMPLETE).exists()
 
     def read_graph(self) -> Graph:
-        graph = Graph()
-        missing = [
-            path
-            for path in [self.directory / "nodes" / f"{spec.label}.parquet" for spec in NODE_SPECS]
-            + [self.directory / "relationships" / f"{rel.type}.parquet" for rel in REL_SPECS]
-            if not path.exists()
-        ]
+        nodes = {spec.label: self.directory / "nodes" / f"{spec.label}.parquet" for spec in NODE_SPECS}
+        rels = {rel.type: self.directory / "relationships" / f"{rel.type}.parquet" for rel in REL_SPECS}
+        missing = [str(path) for path in [*nodes.values(), *rels.values()] if not path.exists()]
         if missing:
-            raise InputError(
-                f"{self.directory}: not a complete graph ({', '.join(str(p) for p in missing[:3])} missing)"
-            )
-        for spec in NODE_SPECS:
-            graph.nodes[spec.label] = pl.read_parquet(self.directory / "nodes" / f"{spec.label}.parquet")
-        for rel in REL_SPECS:
-            graph.rels[rel.type] = pl.read_parquet(self.directory / "relationships" / f"{rel.type}.parquet")
-        return graph
+            raise InputError(f"{self.directory}: not a complete graph ({', '.join(missing[:3])} missing)")
+        return Graph(
+            {label: pl.read_parquet(path) for label, path in nodes.items()},
+            {rel_type: pl.read_parquet(path) for rel_type, path in rels.items()},
+        )
 
     def write_rings(
         self, rings: pl.DataFrame, members: pl.DataFrame, run_id: str, run_props: dict | None = None
