@@ -215,6 +215,13 @@ class ScoreSettings(_Section):
         "to be flagged on their own leave it for a ring of its bystanders, scored apart (users of the tooling "
         "an operation also runs)",
     )
+    bystander_test_level: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="a flagged ring has bystanders only where its members under the flag cut are tied to it more "
+        "loosely than the rest (one-sided Mann-Whitney test at this level): in one operation throughout they are not",
+    )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's
     # incident scale campaign rings sit at 0.5-1.0 nats: recall fell from 0.87 to 0.12.

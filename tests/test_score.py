@@ -10,7 +10,7 @@ import pytest
 
 import linkage
 from linkage.detect import Detection, one_customer_orgs
-from linkage.score import _bystanders_apart, _weigh_by_timing, bystanders, ring_customers
+from linkage.score import _bystanders_apart, _weigh_by_timing, bystanders, ring_customers, tame_members_looser
 from linkage.settings import Settings
 from linkage.simulate import SimulationConfig, World, simulate
 
@@ -48,24 +48,42 @@ def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
             assert course > 0  # without timing confidence the classes look like campaigns: the test can fail
 
 
-def test_bystanders_are_loosely_tied_members_of_flagged_rings_that_are_not_risky_themselves() -> None:
-    strength = pl.DataFrame(
+def _ring(name: str, strength: list[float], risk: list[float]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    ids = [f"{name}{i}" for i in range(len(strength))]
+    median = sorted(strength)[len(strength) // 2]
+    ties = pl.DataFrame(
         {
-            "ring_id": ["op"] * 5 + ["calm"] * 2,
-            "account_id": ["core1", "core2", "loose_risky", "loose_tame", "tight_tame", "calm1", "calm2"],
-            "attachment": [1.0, 1.0, 0.4, 0.4, 1.0, 0.4, 1.0],
+            "ring_id": [name] * len(ids),
+            "account_id": ids,
+            "strength": strength,
+            "attachment": [min(s / median, 1.0) for s in strength],
         }
     )
-    risk = pl.DataFrame(
-        {
-            "account_id": ["core1", "core2", "loose_risky", "loose_tame", "tight_tame", "calm1", "calm2"],
-            "risk": [0.9, 0.9, 0.8, 0.5, 0.5, 0.5, 0.5],
-        }
-    )
-    rings = pl.DataFrame({"ring_id": ["op", "calm"], "score": [0.8, 0.5]})
-    leaving = bystanders(strength, risk, rings, threshold=0.7)["account_id"].to_list()
-    # only a member both loosely tied and tame leaves, and only a flagged ring loses members
-    assert leaving == ["loose_tame"]
+    return ties, pl.DataFrame({"account_id": ids, "risk": risk})
+
+
+def test_bystanders_are_loose_tame_members_of_flagged_rings_where_the_loose_are_the_tame() -> None:
+    # an operation with visitors: the loosely tied members are the tame ones
+    mixed = _ring("mixed", [9, 10, 11, 12, 13, 14, 2, 3, 4, 5], [0.85, 0.9, 0.8, 0.95, 0.9, 0.85, 0.5, 0.45, 0.8, 0.55])
+    # one operation throughout: how tightly a member is tied says nothing of its risk
+    pure = _ring("pure", [9, 10, 11, 12, 13, 14, 2, 3, 4, 5], [0.6, 0.9, 0.65, 0.85, 0.6, 0.9, 0.85, 0.6, 0.9, 0.65])
+    # the same mix in a ring under the cut: nobody is moved
+    calm = _ring("calm", [9, 10, 11, 12, 13, 14, 2, 3, 4, 5], [0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.3, 0.3, 0.3, 0.3])
+    strength = pl.concat([mixed[0], pure[0], calm[0]])
+    risk = pl.concat([mixed[1], pure[1], calm[1]])
+    rings = pl.DataFrame({"ring_id": ["mixed", "pure", "calm"], "score": [0.8, 0.75, 0.5]})
+    leaving = sorted(bystanders(strength, risk, rings, threshold=0.7)["account_id"].to_list())
+    # loose and tame in the mixed ring; the loose but risky visitor-looking member (mixed8) stays
+    assert leaving == ["mixed6", "mixed7", "mixed9"]
+    members = strength.join(risk, on="account_id")
+    assert tame_members_looser(members, 0.7, 0.05)["ring_id"].to_list() == ["mixed"]
+
+
+def test_a_ring_all_on_one_side_of_the_cut_or_tied_alike_is_never_found_mixed() -> None:
+    risky = _ring("risky", [1, 2, 3, 4, 5], [0.8, 0.8, 0.9, 0.9, 0.9])
+    alike = _ring("alike", [5, 5, 5, 5, 5, 5], [0.1, 0.2, 0.3, 0.8, 0.9, 0.9])
+    members = pl.concat([risky[0], alike[0]]).join(pl.concat([risky[1], alike[1]]), on="account_id")
+    assert tame_members_looser(members, 0.7, 0.05).height == 0
 
 
 def test_open_source_client_users_are_detached_from_the_campaign_running_that_client(tmp_path: Path) -> None:
