@@ -33,6 +33,7 @@ is tied, while the risk says whether it behaves like extraction.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -318,7 +319,7 @@ def tame_members_looser(members: pl.DataFrame, threshold: float, level: float) -
     however few they are; in a pure operation whose mean risk sits near the cut, half its members
     are under the cut, tied like the rest. Not corrected for the number of rings tested: a ring
     wrongly found mixed only loses its loose, tame members, as every flagged ring did before the
-    test."""
+    test; nor can it spare a ring too small for it to decide."""
     sides = members.with_columns((pl.col("risk") < threshold).alias("tame"))
     grouped = (
         sides.group_by("ring_id")
@@ -336,7 +337,14 @@ def tame_members_looser(members: pl.DataFrame, threshold: float, level: float) -
         float(mannwhitneyu(tame, risky, alternative="less").pvalue)
         for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
     ]
-    return grouped.filter(pl.Series(p_values, dtype=pl.Float64) <= level).select("ring_id")
+    # where the test could not reach ``level`` whatever the ties (one tame member among fewer than
+    # 1/level: a small ring with a visitor), it cannot spare the ring either: the rule applies as before
+    undecidable = [
+        1.0 / math.comb(len(tame) + len(risky), len(tame)) > level
+        for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
+    ]
+    mixed = (pl.Series(p_values, dtype=pl.Float64) <= level) | pl.Series(undecidable, dtype=pl.Boolean)
+    return grouped.filter(mixed).select("ring_id")
 
 
 def _bystander_columns(members: pl.DataFrame, detached: pl.DataFrame | None) -> pl.DataFrame:
