@@ -40,6 +40,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import mannwhitneyu
 
+from .behaviour import Profiles, alike, profiles
 from .detect import Detection
 from .graph import Graph
 from .settings import ScoreSettings
@@ -88,6 +89,7 @@ def score_rings(
     min_ring_size: int = 3,
     detached: pl.DataFrame | None = None,
     risk: pl.DataFrame | None = None,
+    behaviour: Profiles | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(rings, ring_members, ring_evidence, alone) — rings sorted by score, highest first; ``alone``:
     every account's risk and the score it has outside any ring (as if in a ring at the background's
@@ -98,10 +100,12 @@ def score_rings(
     ``min_ring_size``: a ring left smaller by moving its bystanders apart (:func:`bystanders`) dissolves;
     ``detached``: the bystanders already moved apart (``account_id, community, bystander_community``):
     counted per ring, and their rings point back to the ring they left (``bystanders_of``); ``risk``:
-    :func:`account_risk` of the graph, when already known (the rounds of moving bystanders apart)."""
+    :func:`account_risk` of the graph, when already known (the rounds of moving bystanders apart), and
+    ``behaviour`` likewise (:func:`~linkage.behaviour.profiles`)."""
     accounts = graph.nodes["Account"]
     billed = detection.accounts.select("account_id", "org_id")  # (orgs billed as one: see detect.memberships)
     risk = account_risk(graph) if risk is None else risk
+    behaviour = profiles(graph) if behaviour is None else behaviour
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
     if members.height == 0:
@@ -170,7 +174,7 @@ def score_rings(
             # member is the ring's own, and members tied below it and tame on their own are found
             # next; each round only moves members out of flagged rings, so the rounds end
             trimmed = _bystanders_apart(detection, detached, min_ring_size)
-            return score_rings(trimmed, graph, settings, threshold, labels, min_ring_size, detached, risk)
+            return score_rings(trimmed, graph, settings, threshold, labels, min_ring_size, detached, risk, behaviour)
     evidence = _shared_entities(detection, members)
     named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
     evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
@@ -185,6 +189,7 @@ def score_rings(
         .join(_signup_burst(members, accounts), on="ring_id", how="left")
         .join(_lockstep(detection, members), on="ring_id", how="left")
         .with_columns(pl.col(pl.Float64).fill_null(0.0))
+        .join(alike(behaviour, members.select("ring_id", "account_id")), on="ring_id", how="left")
     )
     rings = (
         features.join(ring_risk, on="ring_id", how="left")
@@ -206,6 +211,10 @@ def score_rings(
                     "members riskier than {}% of unlinked accounts", (pl.col("background_percentile") * 100).round(1)
                 ),
                 pl.format("; {}", pl.col("evidence")).fill_null(""),
+                pl.format(
+                    "; members act alike {} (0: like two unrelated customers of this run, 1: identical)",
+                    pl.col("alike").round(2),
+                ).fill_null(""),
                 pl.format("; proxy/VPN/DC traffic {}%", (pl.col("proxy_share") * 100).round(0)),
                 pl.format("; owned scaffolds {}%", (pl.col("owned_templates") * 100).round(0)),
                 pl.format("; reasoning-style {}%", (pl.col("reasoning_style") * 100).round(0)),
@@ -236,6 +245,7 @@ def score_rings(
         "size",
         "flagged",
         "background_percentile",
+        "alike",
         *COORDINATION_FEATURES,
         "org_explained",
         "org_id",
@@ -481,6 +491,7 @@ def _empty_rings() -> pl.DataFrame:
         "size": pl.Int64,
         "flagged": pl.Boolean,
         "background_percentile": pl.Float64,
+        "alike": pl.Float64,
     }
     schema |= {name: pl.Float64 for name in COORDINATION_FEATURES}
     schema |= {

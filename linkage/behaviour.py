@@ -1,0 +1,127 @@
+"""How alike the members of a ring act, measured against two unrelated customers of the same run.
+
+An operation cannot make its accounts act like unrelated customers without losing what it came
+for: they run one scaffold set, on the same models, through the same client, for answers of the
+same length. Unrelated customers who merely share infrastructure (apps on one serverless platform's
+egress, subscribers behind one carrier NAT, a campus) act no more alike than any two customers.
+
+Each account's behaviour is a set of *aspects*, each a unit vector:
+
+- the mix of models it called, of prompt templates it sent and of clients it used (request counts);
+- which fifth of this run's accounts it falls in by input tokens per request, output tokens per
+  request and share of reasoning-style prompts (ties share a fifth).
+
+Two accounts' similarity is the mean of their aspects' cosines (an aspect one of them lacks counts
+0; an aspect nobody has in this run is left out). A ring's similarity is the mean over its
+member pairs. :func:`alike` puts it on the run's own scale: 0 is the mean similarity of two of the
+run's accounts, 1 is identical behaviour. Both means are exact sums (``‖Σu‖² − Σ‖u‖²`` over
+``k(k−1)`` pairs), so nothing is sampled and nothing depends on the order of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from .graph import Graph
+
+_MIX_ASPECTS = {"model": "USED_MODEL", "template": "SENT_TEMPLATE", "client": "USED_DEVICE"}
+_LEVELS = 5  # fifths of the run's accounts: coarse enough that one operation's accounts share one
+_SCHEMA = {"account_id": pl.Utf8, "aspect": pl.Utf8, "key": pl.Utf8, "u": pl.Float64}
+
+
+@dataclass
+class Profiles:
+    """Every account's behaviour (``account_id, aspect, key, u``: its unit vector in each aspect,
+    divided by √(aspects in the run)) and ``baseline``, the mean similarity of two of the run's
+    accounts (None when the run has no behaviour to compare: no request log)."""
+
+    vectors: pl.DataFrame
+    baseline: float | None
+
+
+def profiles(graph: Graph) -> Profiles:
+    """The behaviour profiles of the graph's accounts (see the module docstring)."""
+    accounts = graph.nodes["Account"]
+    parts = [_mix(graph.rels[rel], aspect) for aspect, rel in _MIX_ASPECTS.items() if rel in graph.rels]
+    active = accounts.filter(pl.col("requests") > 0)
+    per_request = pl.col("requests").cast(pl.Float64)
+    levels = {
+        "input_length": (["input_tokens"], pl.col("input_tokens").cast(pl.Float64) / per_request),
+        "output_length": (["output_tokens"], pl.col("output_tokens").cast(pl.Float64) / per_request),
+        "reasoning": (
+            ["reasoning_requests", "sampled_prompts"],
+            pl.col("reasoning_requests").cast(pl.Float64) / pl.col("sampled_prompts").cast(pl.Float64).clip(1, None),
+        ),
+    }
+    parts += [
+        _level(active, value, aspect)
+        for aspect, (columns, value) in levels.items()
+        if all(column in accounts.columns for column in columns)
+    ]
+    parts = [part for part in parts if part.height]
+    if not parts:
+        return Profiles(pl.DataFrame(schema=_SCHEMA), None)
+    vectors = pl.concat(parts)
+    vectors = vectors.with_columns(pl.col("u") / vectors["aspect"].n_unique() ** 0.5)
+    everyone = accounts.select(pl.lit("").alias("ring_id"), "account_id")
+    return Profiles(vectors, float(_mean_similarity(vectors, everyone)["similarity"][0]))
+
+
+def alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
+    """``ring_id, alike``: each ring's mean pairwise similarity on the run's scale, ``(s − s₀) / (1 − s₀)``
+    with ``s₀`` the mean similarity of two accounts of the run (``members``: ``ring_id, account_id``).
+    Null when the run has no behaviour to compare."""
+    rings = members.select("ring_id").unique()
+    if profile.baseline is None:
+        return rings.with_columns(pl.lit(None, pl.Float64).alias("alike"))
+    similarity = _mean_similarity(profile.vectors, members.select("ring_id", "account_id"))
+    scale = max(1.0 - profile.baseline, 1e-9)
+    return rings.join(similarity, on="ring_id", how="left").select(
+        "ring_id", ((pl.col("similarity").fill_null(0.0) - profile.baseline) / scale).round(6).alias("alike")
+    )
+
+
+def _mean_similarity(vectors: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:
+    """Per group (``ring_id``), the mean similarity over its member pairs, ``(‖Σu‖² − Σ‖u‖²) / (k(k−1))``:
+    a member without behaviour counts in ``k`` with similarity 0 to everyone."""
+    sizes = members.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
+    summed = (
+        vectors.join(members, on="account_id")
+        .group_by("ring_id", "aspect", "key")
+        .agg(pl.col("u").sum().alias("total"), (pl.col("u") ** 2).sum().alias("own"))
+        .group_by("ring_id")
+        .agg(((pl.col("total") ** 2).sum() - pl.col("own").sum()).alias("pairs"))
+    )
+    return (
+        sizes.join(summed, on="ring_id", how="left")
+        .filter(pl.col("k") >= 2)
+        .select("ring_id", (pl.col("pairs").fill_null(0.0) / (pl.col("k") * (pl.col("k") - 1))).alias("similarity"))
+    )
+
+
+def _mix(rel: pl.DataFrame, aspect: str) -> pl.DataFrame:
+    """An account's use of models, templates or clients as a unit vector of request counts."""
+    counts = rel.select(
+        pl.col("src").alias("account_id"), pl.col("dst").cast(pl.Utf8).alias("key"), pl.col("count").cast(pl.Float64)
+    ).filter(pl.col("key").is_not_null() & (pl.col("count") > 0))
+    return counts.select(
+        "account_id",
+        pl.lit(aspect).alias("aspect"),
+        "key",
+        (pl.col("count") / (pl.col("count") ** 2).sum().over("account_id").sqrt()).alias("u"),
+    )
+
+
+def _level(accounts: pl.DataFrame, value: pl.Expr, aspect: str) -> pl.DataFrame:
+    """Which fifth of the run's active accounts each one falls in by ``value`` (a one-hot vector)."""
+    values = accounts.select("account_id", value.alias("value")).filter(
+        pl.col("value").is_not_null() & pl.col("value").is_not_nan()
+    )
+    if values.height == 0 or values["value"].n_unique() < 2:
+        return pl.DataFrame(schema=_SCHEMA)
+    fifth = ((pl.col("value").rank("min") - 1) * _LEVELS / pl.len()).floor().cast(pl.Int64)
+    return values.select(
+        "account_id", pl.lit(aspect).alias("aspect"), fifth.cast(pl.Utf8).alias("key"), pl.lit(1.0).alias("u")
+    )

@@ -1,0 +1,55 @@
+"""Behaviour profiles: how alike a ring's members act, on the run's own scale."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from linkage.behaviour import alike, profiles
+
+from .conftest import graph_of
+
+
+def _graph(n: int, same: list[int]):
+    """``same`` accounts call one model with one template through one client for long answers;
+    every other account has a model, template and client of its own and short answers."""
+    others = [i for i in range(n) if i not in same]
+    shares = {
+        rel: [(f"{prefix}-shared", same)] + [(f"{prefix}-{i}", [i]) for i in others]
+        for rel, prefix in (("USED_MODEL", "model"), ("SENT_TEMPLATE", "template"), ("USED_DEVICE", "client"))
+    }
+    graph = graph_of(n, shares)
+    long = pl.Series([i in same for i in range(n)])
+    graph.nodes["Account"] = graph.nodes["Account"].with_columns(
+        input_tokens=pl.when(long).then(50_000).otherwise(pl.int_range(n) * 10),
+        output_tokens=pl.when(long).then(90_000).otherwise(pl.int_range(n) * 10),
+        reasoning_requests=pl.when(long).then(10).otherwise(0),
+        sampled_prompts=pl.lit(10),
+    )
+    return graph
+
+
+def _rings(groups: dict[str, list[int]]) -> pl.DataFrame:
+    rows = [(ring, f"a{i:04d}") for ring, members in groups.items() for i in members]
+    return pl.DataFrame({"ring_id": [r for r, _ in rows], "account_id": [a for _, a in rows]})
+
+
+def test_accounts_acting_identically_are_one_and_unrelated_ones_near_zero() -> None:
+    graph = _graph(20, same=[0, 1, 2, 3])
+    found = dict(alike(profiles(graph), _rings({"operated": [0, 1, 2, 3], "strangers": [10, 12, 14, 16]})).iter_rows())
+    assert found["operated"] == pytest.approx(1.0)
+    # strangers share nothing but where they fall among the run's accounts: below an average pair,
+    # whose similarity the operated accounts raise
+    assert found["strangers"] < 0.1
+
+
+def test_the_whole_run_as_one_ring_is_zero_by_construction() -> None:
+    graph = _graph(12, same=[0, 1, 2])
+    everyone = _rings({"all": list(range(12))})
+    assert alike(profiles(graph), everyone)["alike"][0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_run_without_behaviour_gives_no_reading() -> None:
+    graph = graph_of(5, {})
+    graph.nodes["Account"] = graph.nodes["Account"].with_columns(requests=pl.lit(0))
+    assert alike(profiles(graph), _rings({"r": [0, 1, 2]}))["alike"].to_list() == [None]
