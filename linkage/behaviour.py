@@ -20,7 +20,7 @@ run's accounts, 1 is identical behaviour. Both means are exact sums (``‖Σu‖
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -29,16 +29,20 @@ from .graph import Graph
 _MIX_ASPECTS = {"model": "USED_MODEL", "template": "SENT_TEMPLATE", "client": "USED_DEVICE"}
 _LEVELS = 5  # fifths of the run's accounts: coarse enough that one operation's accounts share one
 _SCHEMA = {"account_id": pl.Utf8, "aspect": pl.Utf8, "key": pl.Utf8, "u": pl.Float64}
+_VECTORS = {"account_id": pl.Utf8, "feature": pl.UInt32, "u": pl.Float64}
 
 
 @dataclass
 class Profiles:
-    """Every account's behaviour (``account_id, aspect, key, u``: its unit vector in each aspect,
-    divided by √(aspects in the run)) and ``baseline``, the mean similarity of two of the run's
+    """Every account's behaviour (``account_id, feature, u``: its unit vector in each aspect, divided
+    by √(aspects in the run); ``feature`` numbers the (aspect, key) pairs) and ``baseline``, the mean similarity of two of the run's
     accounts (None when the run has no behaviour to compare: no request log)."""
 
     vectors: pl.DataFrame
     baseline: float | None
+    # rings already measured, by ring id (ids are content hashes of the members, so a ring that
+    # comes back unchanged in a later round of scoring is not measured again)
+    known: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"ring_id": pl.Utf8, "alike": pl.Float64}))
 
 
 def profiles(graph: Graph) -> Profiles:
@@ -62,9 +66,14 @@ def profiles(graph: Graph) -> Profiles:
     ]
     parts = [part for part in parts if part.height]
     if not parts:
-        return Profiles(pl.DataFrame(schema=_SCHEMA), None)
+        return Profiles(pl.DataFrame(schema=_VECTORS), None)
     vectors = pl.concat(parts)
-    vectors = vectors.with_columns(pl.col("u") / vectors["aspect"].n_unique() ** 0.5)
+    # one integer per (aspect, key): the sums below group by it instead of two texts
+    vectors = vectors.select(
+        "account_id",
+        pl.struct("aspect", "key").rank("dense").alias("feature"),
+        pl.col("u") / vectors["aspect"].n_unique() ** 0.5,
+    )
     everyone = accounts.select(pl.lit("").alias("ring_id"), "account_id")
     return Profiles(vectors, float(_mean_similarity(vectors, everyone)["similarity"][0]))
 
@@ -76,11 +85,20 @@ def alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
     rings = members.select("ring_id").unique()
     if profile.baseline is None:
         return rings.with_columns(pl.lit(None, pl.Float64).alias("alike"))
-    similarity = _mean_similarity(profile.vectors, members.select("ring_id", "account_id"))
-    scale = max(1.0 - profile.baseline, 1e-9)
-    return rings.join(similarity, on="ring_id", how="left").select(
-        "ring_id", ((pl.col("similarity").fill_null(0.0) - profile.baseline) / scale).round(6).alias("alike")
-    )
+    new = members.select("ring_id", "account_id").join(profile.known, on="ring_id", how="anti")
+    if new.height:
+        similarity = _mean_similarity(profile.vectors, new)
+        scale = max(1.0 - profile.baseline, 1e-9)
+        measured = (
+            new.select("ring_id")
+            .unique()
+            .join(similarity, on="ring_id", how="left")
+            .select(
+                "ring_id", ((pl.col("similarity").fill_null(0.0) - profile.baseline) / scale).round(6).alias("alike")
+            )
+        )
+        profile.known = pl.concat([profile.known, measured])
+    return rings.join(profile.known, on="ring_id", how="left")
 
 
 def _mean_similarity(vectors: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:
@@ -89,7 +107,7 @@ def _mean_similarity(vectors: pl.DataFrame, members: pl.DataFrame) -> pl.DataFra
     sizes = members.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
     summed = (
         vectors.join(members, on="account_id")
-        .group_by("ring_id", "aspect", "key")
+        .group_by("ring_id", "feature")
         .agg(pl.col("u").sum().alias("total"), (pl.col("u") ** 2).sum().alias("own"))
         .group_by("ring_id")
         .agg(((pl.col("total") ** 2).sum() - pl.col("own").sum()).alias("pairs"))

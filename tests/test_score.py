@@ -10,7 +10,14 @@ import pytest
 
 import linkage
 from linkage.detect import Detection, one_customer_orgs
-from linkage.score import _bystanders_apart, _weigh_by_timing, bystanders, ring_customers, tame_members_looser
+from linkage.score import (
+    _bystanders_apart,
+    _weigh_by_timing,
+    bystanders,
+    ring_customers,
+    tame_members_looser,
+    weigh_by_alike,
+)
 from linkage.settings import Settings
 from linkage.simulate import SimulationConfig, World, simulate
 
@@ -27,6 +34,27 @@ def test_excess_risk_counts_by_the_confidence_of_a_common_clock() -> None:
     assert weighed["low"] == pytest.approx(0.3, abs=1e-6)  # below the background stays below
 
 
+def test_excess_risk_counts_by_how_alike_members_act_against_the_runs_reference_ring() -> None:
+    names = ["strangers", "reference", "peer", "operated", "tame", "unknown"]
+    rings = pl.DataFrame({"ring_id": names, "score": [0.7, 0.7, 0.7, 0.7, 0.4, 0.7]})
+    # the run's rings: the median of their alike is 0.25
+    measured = pl.DataFrame({"ring_id": names, "alike": [0.0, 0.25, 0.25, 1.0, 0.0, None]})
+    weighed = dict(weigh_by_alike(rings, measured, prior=0.5, quantile=0.5).iter_rows())
+    assert weighed["reference"] == pytest.approx(0.7)  # as alike as the reference ring: unchanged
+    assert weighed["strangers"] == pytest.approx(0.5 + 0.2 / 1.25)  # shared infrastructure only: down
+    assert weighed["operated"] == pytest.approx(0.5 + 0.2 * 2 / 1.25)  # identical behaviour: up
+    assert 0.4 < weighed["tame"] < 0.5  # under the background's mean: towards it, never past it
+    assert weighed["unknown"] == pytest.approx(0.7)  # no behaviour to read: unchanged
+
+
+def test_without_any_behaviour_scores_are_unchanged() -> None:
+    rings = pl.DataFrame({"ring_id": ["a", "b"], "score": [0.7, 0.3]})
+    nothing = pl.DataFrame(
+        {"ring_id": ["a", "b"], "alike": [None, None]}, schema={"ring_id": pl.Utf8, "alike": pl.Float64}
+    )
+    assert weigh_by_alike(rings, nothing, prior=0.5, quantile=0.9).equals(rings)
+
+
 def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
     """A class of new students asking for step-by-step solutions on one scaffold (a tuning world
     of the simulator: seed 9 draws one)."""
@@ -34,7 +62,8 @@ def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
     simulate(tmp_path / "sim", SimulationConfig(scale=0.01, seed=9, world="random"))
     labels = pl.read_parquet(tmp_path / "sim" / "labels.parquet")
     for timing, courses_flagged in ((True, 0), (False, None)):  # (off by default: see ScoreSettings)
-        settings = Settings.load(overrides={"score.timing_confidence": timing})
+        # (timing alone: weighing by how alike members act lifts a class, whose members do act alike)
+        settings = Settings.load(overrides={"score.timing_confidence": timing, "score.alike_reference_quantile": None})
         result = linkage.run(tmp_path / "sim" / "input", settings=settings)
         flagged = result.members.join(result.rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
         marked = labels.join(flagged.select("account_id"), on="account_id")
