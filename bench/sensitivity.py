@@ -28,6 +28,8 @@ KEY_CONSTANTS = {
     "templates.min_scaffold_chars": "fixed text a scaffold needs around its slots",
     "score.flag_background_share": "share of ordinary customers a flagged ring's members out-risk",
     "score.prior_members": "pseudo-customers of background risk a ring's mean is shrunk by",
+    "score.alike_reference_share": "share of the run's rings acting more alike than the reference ring",
+    "score.bystander_test_level": "level of the test that a ring's tame members are its loosely tied ones",
 }
 
 

@@ -153,8 +153,8 @@ def score_rings(
     if settings.timing_confidence:
         ring_risk = _weigh_by_timing(ring_risk, _lockstep(detection, members), prior)
     ring_alike = alike(behaviour, members.select("ring_id", "account_id"))
-    if settings.alike_reference_quantile is not None:
-        ring_risk = weigh_by_alike(ring_risk, ring_alike, prior, settings.alike_reference_quantile)
+    if settings.alike_reference_share is not None:
+        ring_risk = weigh_by_alike(ring_risk, ring_alike, prior, settings.alike_reference_share)
     threshold = (
         flag_cut(risk, members, accounts, ring_risk, background, settings.flag_background_share)
         if flag_threshold is None
@@ -693,10 +693,10 @@ def _signup_burst(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame
     )
 
 
-def weigh_by_alike(ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, prior: float, quantile: float) -> pl.DataFrame:
+def weigh_by_alike(ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, prior: float, share: float) -> pl.DataFrame:
     """Risk and acting alike, read together: a ring's risk above the background's mean counts in
-    proportion to ``(1 + alike) / (1 + reference)``, ``reference`` the ``quantile`` of the run's rings'
-    ``alike`` (:mod:`linkage.behaviour`). Most rings of a run are customers tied by what they share
+    proportion to ``(1 + alike) / (1 + reference)``, ``reference`` the ``alike`` (:mod:`linkage.behaviour`)
+    that only ``share`` of the run's rings exceed. Most rings of a run are customers tied by what they share
     (a carrier NAT, a campus, a serverless platform's egress) and act like strangers; an operation's
     accounts act alike. A ring as alike as the run's reference ring keeps its score; one acting like
     strangers keeps ``1 / (1 + reference)`` of its excess, one acting identically ``2 / (1 + reference)``.
@@ -705,7 +705,7 @@ def weigh_by_alike(ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, prior: flo
     known = ring_alike.filter(pl.col("alike").is_not_null())
     if known.height == 0:
         return ring_risk
-    reference = float(known["alike"].quantile(quantile, interpolation="linear") or 0.0)
+    reference = float(known["alike"].quantile(1.0 - share, interpolation="linear") or 0.0)
     factor = (1.0 + pl.col("alike").clip(-1.0, 1.0)) / (1.0 + max(reference, 0.0))
     return (
         ring_risk.join(known, on="ring_id", how="left")

@@ -215,13 +215,13 @@ class ScoreSettings(_Section):
         "to be flagged on their own leave it for a ring of its bystanders, scored apart (users of the tooling "
         "an operation also runs)",
     )
-    alike_reference_quantile: float | None = Field(
-        0.9,
+    alike_reference_share: float | None = Field(
+        0.1,
         gt=0,
         lt=1,
-        description="a ring's excess risk counts in proportion to (1 + alike) / (1 + the run's rings' alike at this "
-        "quantile): rings acting alike (operated) move up, rings of strangers sharing infrastructure move down "
-        "(None: off)",
+        description="a ring's excess risk counts in proportion to (1 + alike) / (1 + the alike of the run's reference "
+        "ring, which only this share of its rings exceed): rings acting alike (operated) move up, rings of strangers "
+        "sharing infrastructure move down (None: off)",
     )
     bystander_test_level: float = Field(
         0.05,

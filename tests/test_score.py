@@ -39,7 +39,7 @@ def test_excess_risk_counts_by_how_alike_members_act_against_the_runs_reference_
     rings = pl.DataFrame({"ring_id": names, "score": [0.7, 0.7, 0.7, 0.7, 0.4, 0.7]})
     # the run's rings: the median of their alike is 0.25
     measured = pl.DataFrame({"ring_id": names, "alike": [0.0, 0.25, 0.25, 1.0, 0.0, None]})
-    weighed = dict(weigh_by_alike(rings, measured, prior=0.5, quantile=0.5).iter_rows())
+    weighed = dict(weigh_by_alike(rings, measured, prior=0.5, share=0.5).iter_rows())
     assert weighed["reference"] == pytest.approx(0.7)  # as alike as the reference ring: unchanged
     assert weighed["strangers"] == pytest.approx(0.5 + 0.2 / 1.25)  # shared infrastructure only: down
     assert weighed["operated"] == pytest.approx(0.5 + 0.2 * 2 / 1.25)  # identical behaviour: up
@@ -52,7 +52,7 @@ def test_without_any_behaviour_scores_are_unchanged() -> None:
     nothing = pl.DataFrame(
         {"ring_id": ["a", "b"], "alike": [None, None]}, schema={"ring_id": pl.Utf8, "alike": pl.Float64}
     )
-    assert weigh_by_alike(rings, nothing, prior=0.5, quantile=0.9).equals(rings)
+    assert weigh_by_alike(rings, nothing, prior=0.5, share=0.1).equals(rings)
 
 
 def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
     labels = pl.read_parquet(tmp_path / "sim" / "labels.parquet")
     for timing, courses_flagged in ((True, 0), (False, None)):  # (off by default: see ScoreSettings)
         # (timing alone: weighing by how alike members act lifts a class, whose members do act alike)
-        settings = Settings.load(overrides={"score.timing_confidence": timing, "score.alike_reference_quantile": None})
+        settings = Settings.load(overrides={"score.timing_confidence": timing, "score.alike_reference_share": None})
         result = linkage.run(tmp_path / "sim" / "input", settings=settings)
         flagged = result.members.join(result.rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
         marked = labels.join(flagged.select("account_id"), on="account_id")
