@@ -29,17 +29,20 @@ from .graph import Graph
 _MIX_ASPECTS = {"model": "USED_MODEL", "template": "SENT_TEMPLATE", "client": "USED_DEVICE"}
 _LEVELS = 5  # fifths of the run's accounts: coarse enough that one operation's accounts share one
 _SCHEMA = {"account_id": pl.Utf8, "aspect": pl.Utf8, "key": pl.Utf8, "u": pl.Float64}
-_VECTORS = {"account_id": pl.Utf8, "feature": pl.UInt32, "u": pl.Float64}
+_VECTORS = {"account": pl.UInt32, "feature": pl.UInt64, "u": pl.Float64}
+_FEATURE_SEED = 29
 
 
 @dataclass
 class Profiles:
-    """Every account's behaviour (``account_id, feature, u``: its unit vector in each aspect, divided
-    by √(aspects in the run); ``feature`` numbers the (aspect, key) pairs) and ``baseline``, the mean similarity of two of the run's
+    """Every account's behaviour (``account, feature, u``: its unit vector in each aspect, divided by
+    √(aspects in the run); ``account`` is the account's position in ``index``, ``feature`` a hash of
+    the (aspect, key) pair) and ``baseline``, the mean similarity of two of the run's
     accounts (None when the run has no behaviour to compare: no request log)."""
 
     vectors: pl.DataFrame
     baseline: float | None
+    index: pl.Enum | None = None  # the account ids, in the order ``account`` numbers them
     # rings already measured, by ring id (ids are content hashes of the members, so a ring that
     # comes back unchanged in a later round of scoring is not measured again)
     known: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"ring_id": pl.Utf8, "alike": pl.Float64}))
@@ -68,14 +71,25 @@ def profiles(graph: Graph) -> Profiles:
     if not parts:
         return Profiles(pl.DataFrame(schema=_VECTORS), None)
     vectors = pl.concat(parts)
-    # one integer per (aspect, key): the sums below group by it instead of two texts
+    aspects = vectors["aspect"].n_unique()
+    # accounts as their position in the account table and (aspect, key) as one 64-bit hash: the
+    # sums below group and join on integers instead of texts
+    index = pl.Enum(accounts["account_id"])
     vectors = vectors.select(
-        "account_id",
-        pl.struct("aspect", "key").rank("dense").alias("feature"),
-        pl.col("u") / vectors["aspect"].n_unique() ** 0.5,
+        pl.col("account_id").cast(index).to_physical().alias("account"),
+        pl.concat_str("aspect", pl.lit("|"), "key").hash(_FEATURE_SEED).alias("feature"),
+        pl.col("u") / aspects**0.5,
     )
-    everyone = accounts.select(pl.lit("").alias("ring_id"), "account_id")
-    return Profiles(vectors, float(_mean_similarity(vectors, everyone)["similarity"][0]))
+    return Profiles(vectors, _baseline(vectors, accounts.height), index)
+
+
+def _baseline(vectors: pl.DataFrame, accounts: int) -> float:
+    """The mean similarity of two of the run's accounts: the whole run as one group."""
+    if accounts < 2:
+        return 0.0
+    per_feature = vectors.group_by("feature").agg(pl.col("u").sum().alias("total"))
+    pairs = float((per_feature["total"] ** 2).sum()) - float((vectors["u"] ** 2).sum())
+    return pairs / (accounts * (accounts - 1))
 
 
 def alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
@@ -87,7 +101,13 @@ def alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
         return rings.with_columns(pl.lit(None, pl.Float64).alias("alike"))
     new = members.select("ring_id", "account_id").join(profile.known, on="ring_id", how="anti")
     if new.height:
-        similarity = _mean_similarity(profile.vectors, new)
+        assert profile.index is not None  # (set whenever there is a baseline)
+        similarity = _mean_similarity(
+            profile.vectors,
+            new.select(
+                "ring_id", pl.col("account_id").cast(profile.index, strict=False).to_physical().alias("account")
+            ),
+        )
         scale = max(1.0 - profile.baseline, 1e-9)
         measured = (
             new.select("ring_id")
@@ -106,7 +126,7 @@ def _mean_similarity(vectors: pl.DataFrame, members: pl.DataFrame) -> pl.DataFra
     a member without behaviour counts in ``k`` with similarity 0 to everyone."""
     sizes = members.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
     summed = (
-        vectors.join(members, on="account_id")
+        vectors.join(members.filter(pl.col("account").is_not_null()), on="account")
         .group_by("ring_id", "feature")
         .agg(pl.col("u").sum().alias("total"), (pl.col("u") ** 2).sum().alias("own"))
         .group_by("ring_id")

@@ -315,12 +315,11 @@ def bystanders(
     flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")
     members = strength.join(flagged, on="ring_id").join(risk.select("account_id", "risk"), on="account_id", how="left")
     members = members.with_columns(pl.col("risk").fill_null(0.0))
-    mixed = tame_members_looser(members, threshold, level)
-    return (
-        members.join(mixed, on="ring_id")
-        .filter((pl.col("attachment") < 1.0) & (pl.col("risk") < threshold))
-        .select("account_id")
-    )
+    loose_and_tame = (pl.col("attachment") < 1.0) & (pl.col("risk") < threshold)
+    # only rings with someone to move are tested (at incident scale most flagged rings have no one)
+    candidates = members.filter(loose_and_tame).select("ring_id").unique()
+    mixed = tame_members_looser(members.join(candidates, on="ring_id"), threshold, level)
+    return members.join(mixed, on="ring_id").filter(loose_and_tame).select("account_id")
 
 
 def tame_members_looser(members: pl.DataFrame, threshold: float, level: float) -> pl.DataFrame:
@@ -345,19 +344,15 @@ def tame_members_looser(members: pl.DataFrame, threshold: float, level: float) -
     )
     if grouped.height == 0:
         return grouped.select("ring_id")
-    # a loop over rings, not members (a few hundred flagged rings at incident scale)
-    p_values = [
-        float(mannwhitneyu(tame, risky, alternative="less").pvalue)
-        for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
-    ]
-    # where the test could not reach ``level`` whatever the ties (one tame member among fewer than
-    # 1/level: a small ring with a visitor), it cannot spare the ring either: the rule applies as before
-    undecidable = [
+    # a loop over rings, not members. Where the test could not reach ``level`` whatever the ties (one
+    # tame member among fewer than 1/level: a small ring with a visitor), it cannot spare the ring
+    # either: the rule applies as before, and the test is not run
+    mixed = [
         1.0 / math.comb(len(tame) + len(risky), len(tame)) > level
+        or float(mannwhitneyu(tame, risky, alternative="less").pvalue) <= level
         for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
     ]
-    mixed = (pl.Series(p_values, dtype=pl.Float64) <= level) | pl.Series(undecidable, dtype=pl.Boolean)
-    return grouped.filter(mixed).select("ring_id")
+    return grouped.filter(pl.Series(mixed, dtype=pl.Boolean)).select("ring_id")
 
 
 def _bystander_columns(members: pl.DataFrame, detached: pl.DataFrame | None) -> pl.DataFrame:
