@@ -15,7 +15,7 @@ Two accounts' similarity is the mean of their aspects' cosines (an aspect one of
 0; an aspect nobody has in this run is left out). A ring's similarity is the mean over its
 member pairs. :func:`alike` puts it on the run's own scale: 0 is the mean similarity of two of the
 run's accounts, 1 is identical behaviour. Both means are exact sums (``‖Σu‖² − Σ‖u‖²`` over
-``k(k−1)`` pairs), so nothing is sampled and nothing depends on the order of rows.
+``k(k−1)`` pairs), so nothing is sampled.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .graph import Graph
 
 _MIX_ASPECTS = {"model": "USED_MODEL", "template": "SENT_TEMPLATE", "client": "USED_DEVICE"}
 _LEVELS = 5  # fifths of the run's accounts: coarse enough that one operation's accounts share one
-_SCHEMA = {"account_id": pl.Utf8, "aspect": pl.Utf8, "key": pl.Utf8, "u": pl.Float64}
+_PART_SCHEMA = {"account_id": pl.Utf8, "aspect": pl.Utf8, "key": pl.Utf8, "u": pl.Float64}
 _VECTORS = {"account": pl.UInt32, "feature": pl.UInt64, "u": pl.Float64}
 _FEATURE_SEED = 29
 
@@ -76,10 +76,10 @@ def profiles(graph: Graph) -> Profiles:
     # sums below group and join on integers instead of texts
     index = pl.Enum(accounts["account_id"])
     vectors = vectors.select(
-        pl.col("account_id").cast(index).to_physical().alias("account"),
+        pl.col("account_id").cast(index, strict=False).to_physical().alias("account"),
         pl.concat_str("aspect", pl.lit("|"), "key").hash(_FEATURE_SEED).alias("feature"),
         pl.col("u") / aspects**0.5,
-    )
+    ).filter(pl.col("account").is_not_null())  # (a relationship of an account the table lacks: none)
     return Profiles(vectors, _baseline(vectors, accounts.height), index)
 
 
@@ -158,7 +158,7 @@ def _level(accounts: pl.DataFrame, value: pl.Expr, aspect: str) -> pl.DataFrame:
         pl.col("value").is_not_null() & pl.col("value").is_not_nan()
     )
     if values.height == 0 or values["value"].n_unique() < 2:
-        return pl.DataFrame(schema=_SCHEMA)
+        return pl.DataFrame(schema=_PART_SCHEMA)
     fifth = ((pl.col("value").rank("min") - 1) * _LEVELS / pl.len()).floor().cast(pl.Int64)
     return values.select(
         "account_id", pl.lit(aspect).alias("aspect"), fifth.cast(pl.Utf8).alias("key"), pl.lit(1.0).alias("u")
