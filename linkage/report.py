@@ -127,6 +127,7 @@ def _page_data(data: ReportData) -> dict[str, Any]:
             "size",
             "flagged",
             "background_percentile",
+            "alike",
             "org_id",
             "requests",
             "change",
