@@ -18,12 +18,15 @@ A feature whose column is absent from the input is left out rather than counted 
 **Ring score** = the mean risk of its members, shrunk towards the background mean by
 ``prior_members`` pseudo-customers; a ring weighs as many customers as it holds (the seats of a
 declared org billed as one are one customer, see :func:`~linkage.detect.one_customer_orgs`), so a
-small ring, or one org's seats, needs to be risky throughout. **Flag**: the ring's average member
+small ring, or one org's seats, needs to be risky throughout. Its excess over the background is then
+weighed by how alike its members act (:func:`weigh_by_alike`, :mod:`linkage.behaviour`): strangers
+sharing a NAT or a platform's egress move down, operated rings up. **Flag**: the ring's average member
 is riskier than all but ``flag_background_share`` of the run's ordinary customers (a declared org
 counts as one): the lower of two readings, the customers no ring holds, and every customer outside
 the rings that already stand out against them (:func:`flag_cut`). A random group's mean is far less
 spread than single accounts, so few benign groups get there by chance; operations are risky member
-after member.
+after member. **Bystanders**: loosely tied, tame members of a flagged ring leave it where its tame
+members are demonstrably the loosely tied ones (:func:`bystanders`).
 
 The older coordination features (lockstep, owned infrastructure and templates, equal volume,
 signup burst, declared org) are kept as columns and in the evidence text: they say *how* a ring
