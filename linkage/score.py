@@ -26,7 +26,8 @@ counts as one): the lower of two readings, the customers no ring holds, and ever
 the rings that already stand out against them (:func:`flag_cut`). A random group's mean is far less
 spread than single accounts, so few benign groups get there by chance; operations are risky member
 after member. **Bystanders**: loosely tied, tame members of a flagged ring leave it where its tame
-members are demonstrably the loosely tied ones (:func:`bystanders`).
+members are demonstrably the loosely tied ones (:func:`bystanders`); so do those of a ring they
+dragged under the cut, on stronger evidence (the test's level shared among the rings tested).
 
 The older coordination features (lockstep, owned infrastructure and templates, equal volume,
 signup burst, declared org) are kept as columns and in the evidence text: they say *how* a ring
@@ -165,7 +166,14 @@ def score_rings(
     )
     rounds = 0 if detached is None else int(detached["round"].max()) + 1
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
-        loose = bystanders(strength, risk, ring_risk, threshold, settings.bystander_test_level)
+        loose = bystanders(
+            strength,
+            risk,
+            ring_risk,
+            threshold,
+            settings.bystander_test_level,
+            min_ring_size if settings.bystanders_under_cut else None,
+        )
         if loose.height:
             moving = loose.join(detection.communities.select("account_id", "community"), on="account_id")
             if detached is None:
@@ -176,9 +184,10 @@ def score_rings(
                 (pl.col("community") + offset).alias("bystander_community"), pl.lit(rounds).alias("round")
             )
             detached = moving if detached is None else pl.concat([detached, moving])
-            # again until no flagged ring has a bystander: once weak members have left, the median
-            # member is the ring's own, and members tied below it and tame on their own are found
-            # next; each round only moves members out of flagged rings, so the rounds end
+            # again until no ring has a bystander: once weak members have left, the median member
+            # is the ring's own, and members tied below it and tame on their own are found next;
+            # each round moves tame members into rings of tame members, which are never tested
+            # again (no core over the cut), so the rounds end
             trimmed = _bystanders_apart(detection, detached, min_ring_size)
             return score_rings(trimmed, graph, settings, threshold, labels, min_ring_size, detached, risk, behaviour)
     evidence = _shared_entities(detection, members)
@@ -301,7 +310,12 @@ def ring_customers(members: pl.DataFrame, billed: pl.DataFrame) -> pl.DataFrame:
 
 
 def bystanders(
-    strength: pl.DataFrame, risk: pl.DataFrame, ring_risk: pl.DataFrame, threshold: float, level: float = 0.05
+    strength: pl.DataFrame,
+    risk: pl.DataFrame,
+    ring_risk: pl.DataFrame,
+    threshold: float,
+    level: float = 0.05,
+    core_size: int | None = None,
 ) -> pl.DataFrame:
     """Members of flagged rings that are there by what they share, not by what they do: tied to the
     ring more loosely than its median member, and by their own behaviour not risky enough to be
@@ -314,18 +328,39 @@ def bystanders(
     throughout how tightly a member is tied says nothing of how it acts, so its tamest members are
     the operation's too, not visitors.
 
+    ``core_size``: visitors can also drag a ring under the cut (benign VPN users on the exits an
+    operation rotates through, once nothing marks those exits as VPN). A ring under the cut with at
+    least this many members over it is tested too, but there a false alarm would flag a ring, so
+    the level is divided by the number of such rings tested (Bonferroni) and a ring too small to
+    decide is left whole. None: flagged rings only.
+
     Returns ``account_id`` of each."""
-    flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")
-    members = strength.join(flagged, on="ring_id").join(risk.select("account_id", "risk"), on="account_id", how="left")
-    members = members.with_columns(pl.col("risk").fill_null(0.0))
+    members = strength.join(risk.select("account_id", "risk"), on="account_id", how="left").with_columns(
+        pl.col("risk").fill_null(0.0)
+    )
     loose_and_tame = (pl.col("attachment") < 1.0) & (pl.col("risk") < threshold)
+    flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")
+    in_flagged = members.join(flagged, on="ring_id")
     # only rings with someone to move are tested (at incident scale most flagged rings have no one)
-    candidates = members.filter(loose_and_tame).select("ring_id").unique()
-    mixed = tame_members_looser(members.join(candidates, on="ring_id"), threshold, level)
+    mixed = tame_members_looser(_with_candidates(in_flagged, loose_and_tame), threshold, level)
+    if core_size is not None:
+        under = members.join(flagged, on="ring_id", how="anti")
+        cores = under.filter(pl.col("risk") >= threshold).group_by("ring_id").len()
+        under = _with_candidates(under.join(cores.filter(pl.col("len") >= core_size), on="ring_id"), loose_and_tame)
+        tested = under["ring_id"].n_unique()
+        if tested:
+            mixed = pl.concat([mixed, tame_members_looser(under, threshold, level / tested, undecided_mixed=False)])
     return members.join(mixed, on="ring_id").filter(loose_and_tame).select("account_id")
 
 
-def tame_members_looser(members: pl.DataFrame, threshold: float, level: float) -> pl.DataFrame:
+def _with_candidates(members: pl.DataFrame, candidate: pl.Expr) -> pl.DataFrame:
+    """The members of the rings that have at least one ``candidate`` member."""
+    return members.join(members.filter(candidate).select("ring_id").unique(), on="ring_id")
+
+
+def tame_members_looser(
+    members: pl.DataFrame, threshold: float, level: float, undecided_mixed: bool = True
+) -> pl.DataFrame:
     """``ring_id`` of the rings whose tame members (``risk`` under ``threshold``) are tied to the ring
     more loosely (``strength``) than its risky ones: a one-sided Mann–Whitney test per ring, p-value
     at most ``level``.
@@ -334,7 +369,8 @@ def tame_members_looser(members: pl.DataFrame, threshold: float, level: float) -
     however few they are; in a pure operation whose mean risk sits near the cut, half its members
     are under the cut, tied like the rest. Not corrected for the number of rings tested: a ring
     wrongly found mixed only loses its loose, tame members, as every flagged ring did before the
-    test; nor can it spare a ring too small for it to decide."""
+    test; nor can it spare a ring too small for it to decide (``undecided_mixed``: such a ring
+    counts as mixed)."""
     sides = members.with_columns((pl.col("risk") < threshold).alias("tame"))
     grouped = (
         sides.group_by("ring_id")
@@ -351,7 +387,7 @@ def tame_members_looser(members: pl.DataFrame, threshold: float, level: float) -
     # tame member among fewer than 1/level: a small ring with a visitor), it cannot spare the ring
     # either: the rule applies as before, and the test is not run
     mixed = [
-        1.0 / math.comb(len(tame) + len(risky), len(tame)) > level
+        (undecided_mixed and 1.0 / math.comb(len(tame) + len(risky), len(tame)) > level)
         or float(mannwhitneyu(tame, risky, alternative="less").pvalue) <= level
         for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
     ]

@@ -230,6 +230,11 @@ class ScoreSettings(_Section):
         description="a flagged ring has bystanders only where its members under the flag cut are tied to it more "
         "loosely than the rest (one-sided Mann-Whitney test at this level): in one operation throughout they are not",
     )
+    bystanders_under_cut: bool = Field(
+        True,
+        description="rings under the cut with a core of members over it are tested for bystanders too (at the "
+        "test level divided by the number of such rings): visitors must not hide an operation by diluting it",
+    )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's
     # incident scale campaign rings sit at 0.5-1.0 nats: recall fell from 0.87 to 0.12.

@@ -108,6 +108,23 @@ def test_bystanders_are_loose_tame_members_of_flagged_rings_where_the_loose_are_
     assert tame_members_looser(members, 0.7, 0.05)["ring_id"].to_list() == ["mixed"]
 
 
+def test_visitors_who_drag_an_operation_under_the_cut_are_moved_out_only_on_strong_evidence() -> None:
+    # an operation of eight, tightly tied and risky, diluted by sixteen loose, tame visitors: under the cut
+    diluted = _ring("diluted", [20.0 + i for i in range(8)] + [1.0 + i / 10 for i in range(16)], [0.9] * 8 + [0.3] * 16)
+    # the same pattern in a ring too small for the test to be sure: left whole (no flag is made of doubt)
+    small = _ring("small", [9.0, 10.0, 11.0, 2.0, 3.0], [0.9, 0.9, 0.9, 0.3, 0.3])
+    # a ring under the cut whose risky members are too few to be a ring of their own: not tested
+    coreless = _ring("coreless", [9.0, 10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.9, 0.9, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3])
+    strength = pl.concat([diluted[0], small[0], coreless[0]])
+    risk = pl.concat([diluted[1], small[1], coreless[1]])
+    rings = pl.DataFrame({"ring_id": ["diluted", "small", "coreless"], "score": [0.5, 0.6, 0.5]})
+    leaving = bystanders(strength, risk, rings, threshold=0.7, core_size=3)["account_id"].to_list()
+    # the visitors tied below the ring's median member (the rest are found in the next round)
+    assert sorted(leaving, key=lambda a: int(a.removeprefix("diluted"))) == [f"diluted{i}" for i in range(8, 20)]
+    # flagged rings only, as before, when under-cut rings are not tested
+    assert bystanders(strength, risk, rings, threshold=0.7).height == 0
+
+
 def test_a_ring_all_on_one_side_of_the_cut_or_tied_alike_is_never_found_mixed() -> None:
     risky = _ring("risky", [1, 2, 3, 4, 5], [0.8, 0.8, 0.9, 0.9, 0.9])
     alike = _ring("alike", [5, 5, 5, 5, 5, 5], [0.1, 0.2, 0.3, 0.8, 0.9, 0.9])
