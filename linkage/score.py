@@ -387,11 +387,17 @@ def tame_members_looser(
     # tame member among fewer than 1/level: a small ring with a visitor), it cannot spare the ring
     # either: the rule applies as before, and the test is not run
     mixed = [
-        (undecided_mixed and 1.0 / math.comb(len(tame) + len(risky), len(tame)) > level)
+        (undecided_mixed and _log_arrangements(len(tame), len(risky)) < -math.log(level))
         or float(mannwhitneyu(tame, risky, alternative="less").pvalue) <= level
         for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
     ]
     return grouped.filter(pl.Series(mixed, dtype=pl.Boolean)).select("ring_id")
+
+
+def _log_arrangements(tame: int, risky: int) -> float:
+    """ln C(tame + risky, tame): the rank test's smallest p-value is its inverse (a float cannot hold
+    the count itself for a ring of a thousand)."""
+    return math.lgamma(tame + risky + 1) - math.lgamma(tame + 1) - math.lgamma(risky + 1)
 
 
 def _bystander_columns(members: pl.DataFrame, detached: pl.DataFrame | None) -> pl.DataFrame:

@@ -125,6 +125,14 @@ def test_visitors_who_drag_an_operation_under_the_cut_are_moved_out_only_on_stro
     assert bystanders(strength, risk, rings, threshold=0.7).height == 0
 
 
+def test_the_bystander_test_decides_rings_of_thousands() -> None:
+    # C(1400, 700) is beyond a float: the test's smallest p-value is worked out in logs
+    ring = _ring("big", [10.0 + i % 7 for i in range(700)] + [1.0 + i % 5 for i in range(700)], [0.9] * 700 + [0.3] * 700)
+    members = ring[0].join(ring[1], on="account_id")
+    assert tame_members_looser(members, 0.7, 0.05)["ring_id"].to_list() == ["big"]
+    assert tame_members_looser(members, 0.7, 0.05, undecided_mixed=False)["ring_id"].to_list() == ["big"]
+
+
 def test_a_ring_all_on_one_side_of_the_cut_or_tied_alike_is_never_found_mixed() -> None:
     risky = _ring("risky", [1, 2, 3, 4, 5], [0.8, 0.8, 0.9, 0.9, 0.9])
     alike = _ring("alike", [5, 5, 5, 5, 5, 5], [0.1, 0.2, 0.3, 0.8, 0.9, 0.9])
