@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: install lock lint demo test test-fast neo4j-start neo4j-stop quality scale sensitivity clean
+.PHONY: install lock lint demo test test-fast neo4j-start neo4j-stop quality scale sensitivity ablation clean
 
 # the application's exact versions (with hashes) come from requirements.lock; the package itself
 # is installed on top without resolving anything again
@@ -54,6 +54,9 @@ scale: install
 
 sensitivity: install  ## each key detection constant x0.5 and x2, on both generators
 	cd bench && ../$(PY) sensitivity.py
+
+ablation: install  ## what each optional input field is worth: worlds re-run without it
+	$(PY) bench/ablation.py
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

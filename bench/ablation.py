@@ -1,0 +1,97 @@
+"""What each optional input field is worth: one world run again with those columns removed.
+
+    python bench/ablation.py [--bench-seeds 101,102] [--bench-scale 0.02] [--sim-seeds ...]
+                             [--work /tmp/linkage-ablation] [--config FILE]
+
+Another provider's export may lack any optional column of the contract. For each world (the
+independent benchmark's by default, linkage's simulator with ``--sim-seeds``) and each group of
+columns below, the input is copied without them (Parquet files rewritten, the payments table
+emptied) and linkage runs on it as it would on such an export. Prints F1, AP, the worst campaign's
+recall and benign accounts flagged per (world, removal); rows go to bench/results/ablation.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+from quality import BENCHMARK, benchmark_world, measure, print_row, seeds, simulated_world
+
+from linkage.settings import Settings
+
+# removal → (table, columns; None empties the table)
+REMOVALS: dict[str, tuple[str, list[str] | None]] = {
+    "ip_type": ("requests", ["ip_type"]),
+    "device": ("requests", ["device_id", "user_agent"]),
+    "asn": ("requests", ["asn"]),
+    "model": ("requests", ["model"]),
+    "payments": ("payments", None),
+    "identity": ("accounts", ["email", "org_id", "signup_ip", "country"]),
+    "prompt": ("requests", ["prompt"]),
+    "tokens": ("requests", ["input_tokens", "output_tokens"]),
+    "network_and_billing_only": (
+        "requests",
+        ["prompt", "device_id", "user_agent", "model", "input_tokens", "output_tokens"],
+    ),
+}
+
+
+def without(inputs: Path, target: Path, table: str, columns: list[str] | None) -> Path:
+    """A copy of ``inputs`` at ``target`` whose ``table`` lacks ``columns`` (or has no rows). Parquet only."""
+    if not target.exists():
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(inputs, staging)
+        files = sorted(staging.glob(f"{table}/**/*.parquet")) or sorted(staging.glob(f"{table}.parquet"))
+        if not files:
+            raise SystemExit(f"{inputs}: no Parquet files for table {table!r} (the ablation rewrites Parquet only)")
+        for path in files:
+            frame = pl.read_parquet(path, hive_partitioning=False)
+            frame = frame.head(0) if columns is None else frame.drop([c for c in columns if c in frame.columns])
+            frame.write_parquet(path)
+        staging.rename(target)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench-seeds", default="101,102", help="independent benchmark worlds (if present)")
+    parser.add_argument("--bench-scale", type=float, default=0.02)
+    parser.add_argument("--sim-seeds", default="", help="randomised simulator worlds")
+    parser.add_argument("--scale", type=float, default=0.01)
+    parser.add_argument("--only", default="", help="comma-separated removals (default: all)")
+    parser.add_argument("--work", default="/tmp/linkage-ablation")
+    parser.add_argument("--config", help="settings TOML for linkage")
+    args = parser.parse_args()
+    settings = Settings.load(args.config)
+    work = Path(args.work)
+    worlds = [(f"sim:{s}", lambda s=s: simulated_world(work, args.scale, s, "random")) for s in seeds(args.sim_seeds)]
+    if BENCHMARK.exists():
+        worlds += [
+            (f"benchmark:{s}", lambda s=s: benchmark_world(work, args.bench_scale, s)) for s in seeds(args.bench_seeds)
+        ]
+    removals = {name: REMOVALS[name] for name in filter(None, args.only.split(","))} or REMOVALS
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    print(
+        f"{'world-removed':>28} {'method':>8} {'F1':>6} {'prec':>6} {'recall':>6} {'AP':>6} {'worst campaign':>15} "
+        f"{'benign':>6} {'benign%':>8} {'ring':>6} {'pure':>5} {'s':>6}"
+    )
+    for name, make in worlds:
+        inputs, labels = make()
+        for removal, (table, columns) in [("nothing", ("", []))] + list(removals.items()):
+            # each variant in its own folder: its input, and beside it the run's output (see quality.measure)
+            variant = inputs.parent / f"without-{removal}" / "input"
+            source = inputs if removal == "nothing" else without(inputs, variant, table, columns)
+            row = measure(f"{name}-{removal}", "linkage", source, labels, settings)
+            print_row(row)
+            with open(results / "ablation.jsonl", "a") as fh:
+                fh.write(json.dumps(row | {"config": args.config}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
