@@ -127,7 +127,9 @@ def test_visitors_who_drag_an_operation_under_the_cut_are_moved_out_only_on_stro
 
 def test_the_bystander_test_decides_rings_of_thousands() -> None:
     # C(1400, 700) is beyond a float: the test's smallest p-value is worked out in logs
-    ring = _ring("big", [10.0 + i % 7 for i in range(700)] + [1.0 + i % 5 for i in range(700)], [0.9] * 700 + [0.3] * 700)
+    ring = _ring(
+        "big", [10.0 + i % 7 for i in range(700)] + [1.0 + i % 5 for i in range(700)], [0.9] * 700 + [0.3] * 700
+    )
     members = ring[0].join(ring[1], on="account_id")
     assert tame_members_looser(members, 0.7, 0.05)["ring_id"].to_list() == ["big"]
     assert tame_members_looser(members, 0.7, 0.05, undecided_mixed=False)["ring_id"].to_list() == ["big"]
