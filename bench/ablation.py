@@ -32,6 +32,10 @@ REMOVALS: dict[str, tuple[str, list[str] | None]] = {
     "identity": ("accounts", ["email", "org_id", "signup_ip", "country"]),
     "prompt": ("requests", ["prompt"]),
     "tokens": ("requests", ["input_tokens", "output_tokens"]),
+    "enrichment": (
+        "requests",
+        ["ip_type", "asn", "device_id", "user_agent"],
+    ),  # a raw log: no IP intelligence, no fingerprint
     "network_and_billing_only": (
         "requests",
         ["prompt", "device_id", "user_agent", "model", "input_tokens", "output_tokens"],
