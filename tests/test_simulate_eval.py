@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 import linkage
 from linkage.cli import main
-from linkage.evaluate import adjusted_rand_index, average_precision
+from linkage.evaluate import adjusted_rand_index, average_precision, evaluate
 from linkage.simulate import SimulationConfig, World, simulate
 
 
@@ -63,3 +65,45 @@ def test_a_campaign_run_as_small_cells_is_found_whole(tmp_path: Path) -> None:
     )
     mixed = found.join(cell_rings.select("ring_id").unique(), on="ring_id").filter(pl.col("label") != "campaign_cells")
     assert mixed.height == 0  # no benign account in a ring of the cells
+
+
+# optional columns another provider's export may lack → whether the fixed world's campaigns are still
+# all found without them (prompts carry the careful campaign's only shared scaffold, and the
+# declared org is all that clears the evaluation company: those two lose by design)
+_WITHOUT = {
+    "ip_type": ("requests", ["ip_type"], True),
+    "device": ("requests", ["device_id", "user_agent"], True),
+    "asn": ("requests", ["asn"], True),
+    "payments": ("payments", None, True),
+    "tokens": ("requests", ["input_tokens", "output_tokens"], True),
+    "prompt": ("requests", ["prompt"], False),
+    "identity": ("accounts", ["email", "org_id", "signup_ip", "country"], False),
+}
+
+
+@pytest.fixture(scope="module")
+def fixed_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fixed_world")
+    simulate(root, SimulationConfig(scale=0.005, seed=5))
+    return root
+
+
+@pytest.mark.parametrize("removed", sorted(_WITHOUT))
+def test_a_run_without_an_optional_column_completes_and_loses_only_what_it_carried(
+    fixed_world: Path, tmp_path: Path, removed: str
+) -> None:
+    table, columns, all_found = _WITHOUT[removed]
+    inputs = tmp_path / "input"
+    shutil.copytree(fixed_world / "input", inputs)
+    for path in sorted(inputs.glob(f"{table}/**/*.parquet")) or sorted(inputs.glob(f"{table}.parquet")):
+        frame = pl.read_parquet(path, hive_partitioning=False)
+        (frame.head(0) if columns is None else frame.drop(columns)).write_parquet(path)
+    result = linkage.run(inputs, tmp_path / "out")
+    for counts in result.summary["tables"].values():
+        assert counts["rows_read"] == counts["rows_used"] + counts["rows_quarantined"]
+    report = evaluate(tmp_path / "out", fixed_world / "labels.parquet", write=False)
+    worst = min(campaign["recall"] for campaign in report["campaigns"].values())
+    if all_found:
+        assert worst == 1.0 and report["precision"] >= 0.95, (removed, report["f1"])
+    else:
+        assert report["f1"] > 0.5  # what the column carried is lost, the rest is still found
