@@ -135,9 +135,11 @@ def lockstep_surprisal(
     log_tail = _log_binomial_tails(width, _JACCARD_GRID)
     needed = np.full(len(agree), -np.inf) if needed is None else np.asarray(needed, np.float64)
     columns = (agree, np.rint(windows_a).astype(np.int64), np.rint(windows_b).astype(np.int64), expected, needed)
+    most = int(max(columns[1].max(initial=0), columns[2].max(initial=0), 1))
+    log_factorial = _log_factorials(most)  # the sum's costliest step, looked up (same values, same sums)
     halves = (slice(0, len(agree) // 2), slice(len(agree) // 2, len(agree)))  # the kernel releases the GIL
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = pool.map(lambda h: _mixture_surprisal(*(c[h] for c in columns), log_tail, width), halves)  # type: ignore[call-arg]
+        parts = pool.map(lambda h: _mixture_surprisal(*(c[h] for c in columns), log_tail, width, log_factorial), halves)  # type: ignore[call-arg]
         surprisal = np.concatenate(list(parts))
     return np.where(agree > 0, surprisal, 0.0)
 
@@ -152,8 +154,17 @@ def _log_binomial_tails(width: int, grid: int) -> np.ndarray:
         return np.log(np.stack([binom.sf(x - 1, width, jaccard) for x in range(width + 1)]))
 
 
+@numba.njit(cache=True)
+def _log_factorials(n):
+    """``ln o!`` for o = 0 … n, by the same ``lgamma`` the kernel would call."""
+    out = np.empty(n + 1)
+    for o in range(n + 1):
+        out[o] = math.lgamma(o + 1.0)
+    return out
+
+
 @numba.njit(cache=True, nogil=True)
-def _mixture_surprisal(agree, windows_a, windows_b, expected, needed, log_tail, width):
+def _mixture_surprisal(agree, windows_a, windows_b, expected, needed, log_tail, width, log_factorial):
     grid = log_tail.shape[1] - 1
     out = np.zeros(len(agree))
     for p in range(len(agree)):
@@ -168,7 +179,7 @@ def _mixture_surprisal(agree, windows_a, windows_b, expected, needed, log_tail, 
         # make the difference, it is enough
         share = x / width
         o = min(top, max(int(np.ceil(share * (a + b) / (1.0 + share))), int(lam)))
-        bound = -(-lam + o * log_lam - math.lgamma(o + 1.0) + log_tail[x, int(o / (a + b - o) * grid + 0.5)])
+        bound = -(-lam + o * log_lam - log_factorial[o] + log_tail[x, int(o / (a + b - o) * grid + 0.5)])
         if bound < needed[p]:
             out[p] = max(bound, 0.0)
             continue
@@ -180,7 +191,7 @@ def _mixture_surprisal(agree, windows_a, windows_b, expected, needed, log_tail, 
         step = max(1, int(np.sqrt(lam) / 3.0))
         log_step = np.log(step)
         for o in range(start, top + 1, step):
-            log_pmf = -lam + o * log_lam - math.lgamma(o + 1.0)
+            log_pmf = -lam + o * log_lam - log_factorial[o]
             jaccard = o / (a + b - o)
             term = log_pmf + log_step + log_tail[x, int(jaccard * grid + 0.5)]
             if term > best:
