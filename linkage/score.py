@@ -384,11 +384,12 @@ def tame_members_looser(
     if grouped.height == 0:
         return grouped.select("ring_id")
     # a loop over rings, not members. Where the test could not reach ``level`` whatever the ties (one
-    # tame member among fewer than 1/level: a small ring with a visitor), it cannot spare the ring
-    # either: the rule applies as before, and the test is not run
+    # tame member among fewer than 1/level: a small ring with a visitor), it is not run: such a ring
+    # is mixed if ``undecided_mixed`` (the rule applies as before the test), else it is not
     mixed = [
-        (undecided_mixed and _log_arrangements(len(tame), len(risky)) < -math.log(level))
-        or float(mannwhitneyu(tame, risky, alternative="less").pvalue) <= level
+        float(mannwhitneyu(tame, risky, alternative="less").pvalue) <= level
+        if _log_arrangements(len(tame), len(risky)) >= -math.log(level)
+        else undecided_mixed
         for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
     ]
     return grouped.filter(pl.Series(mixed, dtype=pl.Boolean)).select("ring_id")
