@@ -172,7 +172,7 @@ def score_rings(
             ring_risk,
             threshold,
             settings.bystander_test_level,
-            min_ring_size if settings.bystanders_under_cut else None,
+            min_ring_size if _test_under_cut(settings, risk) else None,
         )
         if loose.height:
             moving = loose.join(detection.communities.select("account_id", "community"), on="account_id")
@@ -351,6 +351,14 @@ def bystanders(
         if tested:
             mixed = pl.concat([mixed, tame_members_looser(under, threshold, level / tested, undecided_mixed=False)])
     return members.join(mixed, on="ring_id").filter(loose_and_tame).select("account_id")
+
+
+def _test_under_cut(settings: ScoreSettings, risk: pl.DataFrame) -> bool:
+    """Whether rings under the cut are tested for bystanders (``score.bystanders_under_cut``; by default
+    where the run cannot tell proxy, VPN and datacenter exits from other addresses)."""
+    if settings.bystanders_under_cut is not None:
+        return settings.bystanders_under_cut
+    return "proxy_share" not in risk.columns
 
 
 def _with_candidates(members: pl.DataFrame, candidate: pl.Expr) -> pl.DataFrame:

@@ -230,10 +230,16 @@ class ScoreSettings(_Section):
         description="a flagged ring has bystanders only where its members under the flag cut are tied to it more "
         "loosely than the rest (one-sided Mann-Whitney test at this level): in one operation throughout they are not",
     )
-    bystanders_under_cut: bool = Field(
-        True,
+    # Auto: on only where the run cannot tell proxy/VPN/datacenter exits from others (no ip_type). There
+    # the prior discount on shared exits is gone and benign VPN users drag an operation's ring under the
+    # cut (world B without ip_type, 11 seeds: F1 0.930 -> 0.974 mean, better on every one); with it, the
+    # test mostly finds benign rings whose heavy members are the tightly tied ones (a 290-seat org's
+    # nightly-batch core: 0.984 -> 0.839 on a fresh seed; 4 of 21 seeds worse, none better).
+    bystanders_under_cut: bool | None = Field(
+        None,
         description="rings under the cut with a core of members over it are tested for bystanders too (at the "
-        "test level divided by the number of such rings): visitors must not hide an operation by diluting it",
+        "test level divided by the number of such rings): visitors must not hide an operation by diluting it "
+        "(None: only where the run has no IP types)",
     )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's

@@ -12,13 +12,14 @@ import linkage
 from linkage.detect import Detection, one_customer_orgs
 from linkage.score import (
     _bystanders_apart,
+    _test_under_cut,
     _weigh_by_timing,
     bystanders,
     ring_customers,
     tame_members_looser,
     weigh_by_alike,
 )
-from linkage.settings import Settings
+from linkage.settings import ScoreSettings, Settings
 from linkage.simulate import SimulationConfig, World, simulate
 
 from .conftest import graph_of, singly_held
@@ -123,6 +124,15 @@ def test_visitors_who_drag_an_operation_under_the_cut_are_moved_out_only_on_stro
     assert sorted(leaving, key=lambda a: int(a.removeprefix("diluted"))) == [f"diluted{i}" for i in range(8, 20)]
     # flagged rings only, as before, when under-cut rings are not tested
     assert bystanders(strength, risk, rings, threshold=0.7).height == 0
+
+
+def test_rings_under_the_cut_are_tested_by_default_only_where_exits_carry_no_ip_type() -> None:
+    typed = pl.DataFrame({"account_id": ["a"], "proxy_share": [0.5], "risk": [0.5]})
+    untyped = typed.drop("proxy_share")  # (no ip_type in the run: the feature is left out)
+    default = ScoreSettings()
+    assert not _test_under_cut(default, typed) and _test_under_cut(default, untyped)
+    assert _test_under_cut(ScoreSettings(bystanders_under_cut=True), typed)
+    assert not _test_under_cut(ScoreSettings(bystanders_under_cut=False), untyped)
 
 
 def test_the_bystander_test_decides_rings_of_thousands() -> None:
