@@ -27,7 +27,8 @@ the rings that already stand out against them (:func:`flag_cut`). A random group
 spread than single accounts, so few benign groups get there by chance; operations are risky member
 after member. **Bystanders**: loosely tied, tame members of a flagged ring leave it where its tame
 members are demonstrably the loosely tied ones (:func:`bystanders`); so do those of a ring they
-dragged under the cut, on stronger evidence (the test's level shared among the rings tested).
+dragged under the cut where the run has no IP types to discount shared exits by, on stronger evidence
+(the test's level shared among the rings tested).
 
 The older coordination features (lockstep, owned infrastructure and templates, equal volume,
 signup burst, declared org) are kept as columns and in the evidence text: they say *how* a ring
