@@ -295,7 +295,7 @@ def score_rings(
         evidence.join(rings.select("ring_id"), on="ring_id")
         .sort("ring_id", "value_total", "entity", descending=[False, True, False])
         .select("ring_id", "entity", "type", "label", "members", "degree", "value", "value_total", "shared_by"),
-        _alone(risk, prior),
+        _alone(risk, prior, _ties_outside(detection, members, strength, rings)),
     )
 
 
@@ -447,12 +447,55 @@ def _bystanders_apart(detection: Detection, detached: pl.DataFrame, min_ring_siz
     return Detection(detection.accounts, detection.memberships, detection.pairs, kept)
 
 
-def _alone(risk: pl.DataFrame, background_mean: float | None) -> pl.DataFrame:
+def _alone(risk: pl.DataFrame, background_mean: float | None, ties: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per account: its risk, and its score outside any ring — the members' rule (the mean of the
     ring's score and the account's own risk) with the ring at the background's mean, so that an
-    operation's account that missed its ring still ranks above ordinary customers."""
+    operation's account that missed its ring still ranks above ordinary customers. An account tied
+    beyond chance to a ring it is not in (``ties``: ``account_id, ring_score, tie``, the tie as a
+    share of the ring's median member's, at most 1) counts that ring in by its tie: a tie like a
+    member's scores like a member, none like the background."""
     mean = float(risk["risk"].mean() or 0.0) if background_mean is None else background_mean
-    return risk.select("account_id", "risk", ((pl.col("risk") + mean) / 2).round(6).alias("alone_score"))
+    alone = risk.select("account_id", "risk")
+    context = pl.lit(mean)
+    if ties is not None and ties.height:
+        best = ties.group_by("account_id").agg(
+            (pl.col("tie") * pl.col("ring_score") + (1 - pl.col("tie")) * mean).max().alias("context")
+        )
+        alone = alone.join(best, on="account_id", how="left")
+        context = pl.max_horizontal(pl.col("context").fill_null(mean), pl.lit(mean))
+    return alone.select("account_id", "risk", ((pl.col("risk") + context) / 2).round(6).alias("alone_score"))
+
+
+def _ties_outside(
+    detection: Detection, members: pl.DataFrame, strength: pl.DataFrame, rings: pl.DataFrame
+) -> pl.DataFrame:
+    """``account_id, ring_id, ring_score, tie``: accounts in no ring with kept links into a ring, their
+    summed link weight into it as a share of its median member's strength (at most 1)."""
+    ring_of = members.select("idx", "ring_id")
+    ends = pl.concat(
+        [
+            detection.pairs.select(pl.col("a").alias("outside"), pl.col("b").alias("idx"), "weight"),
+            detection.pairs.select(pl.col("b").alias("outside"), pl.col("a").alias("idx"), "weight"),
+        ]
+    )
+    into = (
+        ends.join(ring_of, on="idx")
+        .join(ring_of.select(pl.col("idx").alias("outside")), on="outside", how="anti")
+        .group_by("outside", "ring_id")
+        .agg(pl.col("weight").sum().alias("weight"))
+    )
+    median = strength.group_by("ring_id").agg(pl.col("strength").median().alias("median"))
+    return (
+        into.join(median, on="ring_id")
+        .join(rings.select("ring_id", pl.col("score").alias("ring_score")), on="ring_id")
+        .join(detection.accounts.select(pl.col("idx").alias("outside"), "account_id"), on="outside")
+        .select(
+            "account_id",
+            "ring_id",
+            "ring_score",
+            (pl.col("weight") / pl.col("median")).clip(0, 1).fill_nan(0.0).alias("tie"),
+        )
+    )
 
 
 def account_risk(graph: Graph) -> pl.DataFrame:

@@ -11,8 +11,10 @@ import pytest
 import linkage
 from linkage.detect import Detection, one_customer_orgs
 from linkage.score import (
+    _alone,
     _bystanders_apart,
     _test_under_cut,
+    _ties_outside,
     _weigh_by_timing,
     bystanders,
     ring_customers,
@@ -206,6 +208,29 @@ def test_bystanders_move_to_a_community_of_their_own_and_small_remainders_dissol
         .iter_rows()
     )
     assert apart == {"a1": 0, "a2": 0, "a3": 0, "a4": 0, "b1": 2, "b2": 2, "b3": 2}  # ring 1 fell under 3 members
+
+
+def test_an_account_tied_to_a_ring_it_is_not_in_is_scored_by_its_tie() -> None:
+    # members m1-m3 of ring R (median strength 20), outsiders: o1 tied more than half as much as
+    # its median member, o2 a quarter, o3 to nobody; ring R at 0.9, the background at 0.4, every outsider's own risk 0.5
+    communities = pl.DataFrame({"account_id": ["m1", "m2", "m3"], "idx": [0, 1, 2], "community": [0, 0, 0]})
+    pairs = pl.DataFrame({"a": [0, 1, 0, 2, 1], "b": [1, 2, 3, 4, 4], "weight": [10.0, 10.0, 12.0, 2.0, 3.0]})
+    accounts = pl.DataFrame({"idx": [0, 1, 2, 3, 4, 5], "account_id": ["m1", "m2", "m3", "o1", "o2", "o3"]})
+    detection = Detection(accounts, pl.DataFrame(), pairs, communities)
+    members = communities.with_columns(pl.lit("R").alias("ring_id"))
+    strength = pl.DataFrame({"ring_id": ["R"] * 3, "account_id": ["m1", "m2", "m3"], "strength": [22.0, 20.0, 10.0]})
+    rings = pl.DataFrame({"ring_id": ["R"], "score": [0.9]})
+    ties = _ties_outside(detection, members, strength, rings)
+    tie = dict(ties.select("account_id", "tie").iter_rows())
+    assert tie == {"o1": pytest.approx(0.6), "o2": pytest.approx(0.25)}  # (12 and 5 of the median 20)
+    risk = pl.DataFrame({"account_id": ["o1", "o2", "o3"], "risk": [0.5, 0.5, 0.5]})
+    scored = dict(_alone(risk, 0.4, ties).select("account_id", "alone_score").iter_rows())
+    assert scored["o3"] == pytest.approx((0.5 + 0.4) / 2)  # no tie: the background's ring
+    assert scored["o1"] == pytest.approx((0.5 + 0.6 * 0.9 + 0.4 * 0.4) / 2)
+    assert scored["o1"] > scored["o2"] > scored["o3"]
+    # a tie to a ring tamer than the background never lowers an account
+    tame = ties.with_columns(pl.lit(0.1).alias("ring_score"))
+    assert dict(_alone(risk, 0.4, tame).select("account_id", "alone_score").iter_rows())["o1"] == pytest.approx(0.45)
 
 
 def test_seats_of_an_org_are_one_customer_only_when_billed_as_one() -> None:
