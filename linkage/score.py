@@ -336,11 +336,12 @@ def bystanders(
     decide is left whole. None: flagged rings only.
 
     Returns ``account_id`` of each."""
-    members = strength.join(risk.select("account_id", "risk"), on="account_id", how="left").with_columns(
+    flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")
+    tested = strength if core_size is not None else strength.join(flagged, on="ring_id")
+    members = tested.join(risk.select("account_id", "risk"), on="account_id", how="left").with_columns(
         pl.col("risk").fill_null(0.0)
     )
     loose_and_tame = (pl.col("attachment") < 1.0) & (pl.col("risk") < threshold)
-    flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")
     in_flagged = members.join(flagged, on="ring_id")
     # only rings with someone to move are tested (at incident scale most flagged rings have no one)
     mixed = tame_members_looser(_with_candidates(in_flagged, loose_and_tame), threshold, level)
@@ -348,9 +349,11 @@ def bystanders(
         under = members.join(flagged, on="ring_id", how="anti")
         cores = under.filter(pl.col("risk") >= threshold).group_by("ring_id").len()
         under = _with_candidates(under.join(cores.filter(pl.col("len") >= core_size), on="ring_id"), loose_and_tame)
-        tested = under["ring_id"].n_unique()
-        if tested:
-            mixed = pl.concat([mixed, tame_members_looser(under, threshold, level / tested, undecided_mixed=False)])
+        rings_under = under["ring_id"].n_unique()
+        if rings_under:
+            mixed = pl.concat(
+                [mixed, tame_members_looser(under, threshold, level / rings_under, undecided_mixed=False)]
+            )
     return members.join(mixed, on="ring_id").filter(loose_and_tame).select("account_id")
 
 
@@ -397,17 +400,19 @@ def tame_members_looser(
     # is mixed if ``undecided_mixed`` (the rule applies as before the test), else it is not
     mixed = [
         float(mannwhitneyu(tame, risky, alternative="less").pvalue) <= level
-        if _log_arrangements(len(tame), len(risky)) >= -math.log(level)
+        if _decidable(len(tame), len(risky), level)
         else undecided_mixed
         for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
     ]
     return grouped.filter(pl.Series(mixed, dtype=pl.Boolean)).select("ring_id")
 
 
-def _log_arrangements(tame: int, risky: int) -> float:
-    """ln C(tame + risky, tame): the rank test's smallest p-value is its inverse (a float cannot hold
-    the count itself for a ring of a thousand)."""
-    return math.lgamma(tame + risky + 1) - math.lgamma(tame + 1) - math.lgamma(risky + 1)
+def _decidable(tame: int, risky: int, level: float) -> bool:
+    """Whether the rank test's smallest p-value, 1 / C(tame + risky, tame), can reach ``level``. In
+    logs (a float cannot hold the count for a ring of a thousand), with a hair of tolerance: lgamma
+    puts ln C(20, 1) a rounding error under ln 20, and a count of exactly 1 / level is decidable."""
+    arrangements = math.lgamma(tame + risky + 1) - math.lgamma(tame + 1) - math.lgamma(risky + 1)
+    return arrangements >= -math.log(level) - 1e-9
 
 
 def _bystander_columns(members: pl.DataFrame, detached: pl.DataFrame | None) -> pl.DataFrame:

@@ -137,6 +137,14 @@ def test_rings_under_the_cut_are_tested_by_default_only_where_exits_carry_no_ip_
     assert not _test_under_cut(ScoreSettings(bystanders_under_cut=False), untyped)
 
 
+def test_one_tame_member_among_twenty_is_decided_by_the_test_and_among_nineteen_is_not() -> None:
+    # the tame member is the most tightly tied: the test finds no visitor; a ring of 19 cannot be decided
+    for size, mixed in ((20, []), (19, [f"r{19}"])):
+        ring = _ring(f"r{size}", [float(i) for i in range(1, size)] + [99.0], [0.9] * (size - 1) + [0.3])
+        members = ring[0].join(ring[1], on="account_id")
+        assert tame_members_looser(members, 0.7, 0.05)["ring_id"].to_list() == mixed
+
+
 def test_the_bystander_test_decides_rings_of_thousands() -> None:
     # C(1400, 700) is beyond a float: the test's smallest p-value is worked out in logs
     ring = _ring(
