@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 import polars as pl
-from quality import BENCHMARK, benchmark_world, measure, print_row, seeds, simulated_world
+from quality import BENCHMARK, benchmark_world, measure, print_header, print_row, seeds, simulated_world
 
 from linkage.settings import Settings
 
@@ -81,10 +81,7 @@ def main() -> None:
     removals = {name: REMOVALS[name] for name in filter(None, args.only.split(","))} or REMOVALS
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
-    print(
-        f"{'world-removed':>28} {'method':>8} {'F1':>6} {'prec':>6} {'recall':>6} {'AP':>6} {'worst campaign':>15} "
-        f"{'benign':>6} {'benign%':>8} {'ring':>6} {'pure':>5} {'s':>6}"
-    )
+    print_header("world-removed")
     for name, make in worlds:
         inputs, labels = make()
         for removal, (table, columns) in [("nothing", ("", []))] + list(removals.items()):

@@ -105,6 +105,14 @@ def measure(name: str, method: str, inputs: Path, labels: Path, settings: Settin
     }
 
 
+def print_header(first: str = "world") -> None:
+    """Column titles for :func:`print_row`."""
+    print(
+        f"{first:>28} {'method':>8} {'F1':>6} {'prec':>6} {'recall':>6} {'AP':>6} {'worst campaign':>15} "
+        f"{'benign':>6} {'benign%':>8} {'ring':>6} {'pure':>5} {'s':>6}"
+    )
+
+
 def print_row(row: dict) -> None:
     print(
         f"{row['world']:>28} {row['method']:>8} {row['f1']:6.3f} {row['precision']:6.3f} {row['recall']:6.3f} "
@@ -153,10 +161,7 @@ def main() -> None:
         worlds += [
             (f"benchmark:{s}", lambda s=s: benchmark_world(work, args.bench_scale, s)) for s in seeds(args.bench_seeds)
         ]
-    print(
-        f"{'world':>28} {'method':>8} {'F1':>6} {'prec':>6} {'recall':>6} {'AP':>6} {'worst campaign':>15} "
-        f"{'benign':>6} {'benign%':>8} {'ring':>6} {'pure':>5} {'s':>6}"
-    )
+    print_header()
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     rows = []
