@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from scipy.stats import binom
+from scipy.special import betainc, ndtr
 
 _LOCKSTEP_CALIBRATION_PAIRS = 200_000
 
@@ -150,8 +150,11 @@ _JACCARD_GRID = 4096
 def _log_binomial_tails(width: int, grid: int) -> np.ndarray:
     """``ln P(Binomial(width, J) ≥ x)`` for x = 0 … width and J on ``grid + 1`` points of [0, 1]."""
     jaccard = np.linspace(0.0, 1.0, grid + 1)
+    # P(X ≥ x) is the regularised incomplete beta I_J(x, width − x + 1): the same function
+    # ``scipy.stats.binom.sf`` evaluates, bit for bit, without importing scipy.stats (0.4 s)
+    tails = [np.ones_like(jaccard)] + [betainc(x, width - x + 1, jaccard) for x in range(1, width + 1)]
     with np.errstate(divide="ignore"):
-        return np.log(np.stack([binom.sf(x - 1, width, jaccard) for x in range(width + 1)]))
+        return np.log(np.stack(tails))
 
 
 @numba.njit(cache=True)
@@ -220,3 +223,65 @@ def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, tot
     observed = shared_windows(agreement_of(a, b), windows[a], windows[b]).sum()
     expected = (windows[a] * windows[b]).sum() / max(total_windows, 1.0)
     return float(max(observed / expected, 1.0)) if expected > 0 else 1.0
+
+
+def mann_whitney_less(x: np.ndarray, y: np.ndarray) -> float:
+    """One-sided Mann–Whitney p-value that ``x`` tends to be smaller than ``y``: what
+    ``scipy.stats.mannwhitneyu(x, y, alternative="less")`` returns (method ``auto``: the exact null
+    distribution when one sample has at most 8 values and there are no ties, otherwise the normal
+    approximation with tie and continuity corrections). Written out because importing scipy.stats
+    costs 0.4 s, an eighth of a small run.
+
+    Parameters
+    ----------
+    x, y : non-empty samples.
+
+    Returns
+    -------
+    The p-value, in [0, 1]."""
+    n1, n2 = len(x), len(y)
+    ranks, tie_sizes = _average_ranks(np.concatenate([np.asarray(x, np.float64), np.asarray(y, np.float64)]))
+    u1 = float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2
+    u2 = n1 * n2 - u1  # large when x is small: the p-value is its upper tail
+    if (n1 > 8 and n2 > 8) or bool((tie_sizes > 1).any()):
+        n = n1 + n2
+        tie_term = float((tie_sizes.astype(np.float64) ** 3 - tie_sizes).sum())
+        spread = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.float64(u2 - n1 * n2 / 2 - 0.5) / np.float64(spread)
+        p = float(ndtr(-z))
+    else:
+        p = _exact_upper_tail(int(round(u2)), n1, n2)
+    return min(max(p, 0.0), 1.0)
+
+
+def _average_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each value, ties averaged, counting from 1; the size of each group of equal values)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(values)])
+    mean_rank = starts + (sizes + 1) / 2
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(mean_rank, sizes)
+    return ranks, sizes
+
+
+def _exact_upper_tail(u: int, n1: int, n2: int) -> float:
+    """P(U ≥ u) under the null, U the Mann–Whitney statistic of samples of n1 and n2 distinct values:
+    the arrangements with U = k are the coefficients of the Gaussian binomial [n1 + n2, m]_q
+    (m the smaller size), built as ∏ (1 − q^(n + i)) / (1 − q^i) one factor at a time, so that
+    every intermediate is itself a Gaussian binomial (non-negative counts)."""
+    m, n = min(n1, n2), max(n1, n2)
+    counts = np.zeros(m * n + 1)
+    counts[0] = 1.0
+    for i in range(1, m + 1):
+        counts[n + i :] -= counts[: len(counts) - (n + i)].copy()  # × (1 − q^(n+i))
+        # ÷ (1 − q^i): a running sum with stride i, i.e. down the columns of an i-wide table
+        padded = np.r_[counts, np.zeros(-len(counts) % i)]
+        counts = padded.reshape(-1, i).cumsum(axis=0).ravel()[: len(counts)]
+    if u <= 0:
+        return 1.0
+    if u > m * n:
+        return 0.0
+    return float(counts[u:].sum() / counts.sum())

@@ -43,9 +43,9 @@ from collections.abc import Callable
 
 import numpy as np
 import polars as pl
-from scipy.stats import mannwhitneyu
 
 from .behaviour import Profiles, alike, profiles
+from .chance import mann_whitney_less
 from .detect import Detection
 from .graph import Graph
 from .settings import ScoreSettings
@@ -399,7 +399,7 @@ def tame_members_looser(
     # tame member among fewer than 1/level: a small ring with a visitor), it is not run: such a ring
     # is mixed if ``undecided_mixed`` (the rule applies as before the test), else it is not
     mixed = [
-        float(mannwhitneyu(tame, risky, alternative="less").pvalue) <= level
+        mann_whitney_less(np.array(tame), np.array(risky)) <= level
         if _decidable(len(tame), len(risky), level)
         else undecided_mixed
         for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())

@@ -1,0 +1,45 @@
+"""The statistics written out in chance.py agree with scipy.stats, which the run no longer imports."""
+
+import numpy as np
+import pytest
+from scipy.stats import binom, mannwhitneyu
+
+from linkage.chance import _log_binomial_tails, mann_whitney_less
+
+
+def _cases():
+    rng = np.random.default_rng(7)
+    for trial in range(400):
+        n1 = int(rng.integers(1, 14))
+        n2 = int(rng.integers(1, 1_500 if trial % 10 == 0 else 60))
+        if trial % 2:  # distinct values: the exact distribution where a sample has at most 8
+            yield rng.random(n1), rng.random(n2) + rng.uniform(-0.5, 0.5)
+        else:  # ties: the normal approximation with the tie correction
+            yield rng.integers(0, 5, n1).astype(float), rng.integers(0, 6, n2).astype(float)
+
+
+def test_mann_whitney_matches_scipy_on_exact_and_asymptotic_cases():
+    for x, y in _cases():
+        expected = float(mannwhitneyu(x, y, alternative="less").pvalue)
+        assert mann_whitney_less(x, y) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "p"),
+    [
+        ([1.0], [2.0], 0.5),  # one arrangement of two: either order
+        ([2.0], [1.0], 1.0),
+        ([1.0, 1.0], [1.0, 1.0], 1.0),  # all tied: nothing to tell apart
+        ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], 0.05),  # the lowest of C(6, 3) = 20 arrangements
+    ],
+)
+def test_mann_whitney_boundaries(x, y, p):
+    assert mann_whitney_less(np.array(x), np.array(y)) == p
+
+
+def test_binomial_tails_are_scipys_bit_for_bit():
+    width, grid = 32, 64
+    jaccard = np.linspace(0.0, 1.0, grid + 1)
+    with np.errstate(divide="ignore"):
+        expected = np.log(np.stack([binom.sf(x - 1, width, jaccard) for x in range(width + 1)]))
+    np.testing.assert_array_equal(_log_binomial_tails(width, grid), expected)
