@@ -136,19 +136,28 @@ def _page_data(data: ReportData) -> dict[str, Any]:
         if c in rings.columns
     ]
     shown = rings.head(MAX_RINGS)
-    # each table split by ring once, not scanned once per card
+    # each table sorted and cut by ring once, then handed out as rows: not a query per card
     ids = shown.select("ring_id")
-    members = data.members.join(ids, on="ring_id")
-    evidence = data.evidence.join(ids, on="ring_id")
+    members = data.members.join(ids, on="ring_id").sort(
+        "ring_id", "attachment", "account_id", descending=[False, True, False]
+    )
+    evidence = data.evidence.join(ids, on="ring_id").sort(
+        "ring_id", "value_total", "entity", descending=[False, True, False]
+    )
     by_ring = {
-        "members": members.partition_by("ring_id", as_dict=True),
-        "evidence": evidence.partition_by("ring_id", as_dict=True),
-        "templates": _ring_templates(evidence, data.templates),
-        "timeline": data.activity.join(members.select("account_id", "ring_id"), on="account_id")
-        .group_by("ring_id", "day", "kind")
-        .agg(pl.col("requests").sum())
-        .sort("day", "kind")  # (a day's kinds in one order: the page is the same run after run)
-        .partition_by("ring_id", as_dict=True),
+        "members": _rows_by_ring(members, MAX_DRAWN_MEMBERS),
+        "evidence": _rows_by_ring(evidence, max(MAX_DRAWN_ENTITIES, MAX_TABLE_ROWS)),
+        "templates": _rows_by_ring(_ring_templates(evidence, data.templates), None),
+        "timeline": _rows_by_ring(
+            data.activity.join(members.select("account_id", "ring_id"), on="account_id")
+            .group_by("ring_id", "day", "kind")
+            .agg(pl.col("requests").sum())
+            .sort("day", "kind")  # (a day's kinds in one order: the page is the same run after run)
+            .select("ring_id", "day", "kind", "requests"),
+            None,
+        ),
+        "members_total": dict(members.group_by("ring_id").len().iter_rows()),
+        "evidence_total": dict(evidence.group_by("ring_id").len().iter_rows()),
     }
     return {
         "run": {
@@ -160,15 +169,21 @@ def _page_data(data: ReportData) -> dict[str, Any]:
         "overview": rings.select(overview_columns).to_dicts(),
         "cards_shown": shown.height,
         "risk_features": [f for f in RISK_FEATURES if f"risk_{f}" in rings.columns],
-        "cards": [_card(ring, data, by_ring) for ring in shown.iter_rows(named=True)],
+        "cards": [_card(ring, by_ring) for ring in shown.iter_rows(named=True)],
     }
 
 
-def _part(parts: dict, ring_id: str, like: pl.DataFrame) -> pl.DataFrame:
-    return parts.get((ring_id,), like.clear())
+def _rows_by_ring(frame: pl.DataFrame, first: int | None) -> dict[str, list[dict[str, Any]]]:
+    """Per ring id, its rows in the frame's order (the first ``first`` of them), as dicts without ``ring_id``."""
+    if first is not None:
+        frame = frame.group_by("ring_id", maintain_order=True).head(first)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for row in frame.to_dicts():
+        rows.setdefault(row.pop("ring_id"), []).append(row)
+    return rows
 
 
-def _ring_templates(evidence: pl.DataFrame, templates: pl.DataFrame) -> dict:
+def _ring_templates(evidence: pl.DataFrame, templates: pl.DataFrame) -> pl.DataFrame:
     """Per ring, the first five of ``templates`` (in their order) that its evidence names."""
     named = evidence.filter(pl.col("type") == "PromptTemplate").select(
         "ring_id", pl.col("entity").str.split_exact("|", 1).struct.field("field_1").alias("template_id")
@@ -180,49 +195,42 @@ def _ring_templates(evidence: pl.DataFrame, templates: pl.DataFrame) -> dict:
         .group_by("ring_id", maintain_order=True)
         .head(5)
         .drop("_row")
-        .select(*templates.columns, "ring_id")
-        .partition_by("ring_id", as_dict=True, include_key=False)
+        .select("ring_id", "text", "example", "requests", "accounts")
     )
 
 
-def _card(ring: dict[str, Any], data: ReportData, by_ring: dict[str, dict]) -> dict[str, Any]:
+def _card(ring: dict[str, Any], by_ring: dict[str, dict]) -> dict[str, Any]:
     ring_id = ring["ring_id"]
-    members = _part(by_ring["members"], ring_id, data.members).sort(
-        "attachment", "account_id", descending=[True, False]
-    )
-    evidence = _part(by_ring["evidence"], ring_id, data.evidence).sort(
-        "value_total", "entity", descending=[True, False]
-    )
-    drawn_members = members.head(MAX_DRAWN_MEMBERS)
-    drawn_ids = set(drawn_members["account_id"].to_list())
-    drawn_entities = evidence.head(MAX_DRAWN_ENTITIES)
+    drawn_members = by_ring["members"].get(ring_id, [])
+    evidence = by_ring["evidence"].get(ring_id, [])
+    drawn_ids = {m["account_id"] for m in drawn_members}
+    drawn_entities = evidence[:MAX_DRAWN_ENTITIES]
     edges = [
         {"from": member, "to": row["entity"]}
-        for row in drawn_entities.iter_rows(named=True)
+        for row in drawn_entities
         for member in (row["shared_by"] or [])
         if member in drawn_ids
     ]
-    templates = _part(by_ring["templates"], ring_id, data.templates)
-    activity = by_ring["timeline"].get((ring_id,))
-    timeline = activity.select("day", "kind", "requests").to_dicts() if activity is not None else []
     return {
         "ring": {k: v for k, v in ring.items() if k != "evidence"},
         "summary": ring.get("evidence", ""),
-        "members_total": members.height,
-        "entities_total": evidence.height,
+        "members_total": by_ring["members_total"].get(ring_id, 0),
+        "entities_total": by_ring["evidence_total"].get(ring_id, 0),
         "nodes": (
             [
                 {"id": m["account_id"], "group": "Account", "label": m["account_id"], "attachment": m["attachment"]}
-                for m in drawn_members.iter_rows(named=True)
+                for m in drawn_members
             ]
             + [
                 {"id": e["entity"], "group": e["type"], "label": e["label"], "members": e["members"]}
-                for e in drawn_entities.iter_rows(named=True)
+                for e in drawn_entities
             ]
         ),
         "edges": edges,
-        "evidence": evidence.head(MAX_TABLE_ROWS).select("type", "label", "members", "degree", "value").to_dicts(),
-        "templates": templates.select("text", "example", "requests", "accounts").to_dicts(),
-        "timeline": timeline,
+        "evidence": [
+            {k: e[k] for k in ("type", "label", "members", "degree", "value")} for e in evidence[:MAX_TABLE_ROWS]
+        ],
+        "templates": by_ring["templates"].get(ring_id, []),
+        "timeline": by_ring["timeline"].get(ring_id, []),
         "risk": {f: ring.get(f"risk_{f}") for f in RISK_FEATURES if f"risk_{f}" in ring},
     }
