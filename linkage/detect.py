@@ -422,35 +422,56 @@ def _clique_pairs(starts: np.ndarray, sizes: np.ndarray, rows: np.ndarray) -> tu
     return rows[first], rows[second], first
 
 
-def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each hub's members joined by ``cycles`` random Hamiltonian cycles (deterministic per seed)."""
-    lefts, rights = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: int, n: int) -> np.ndarray:
+    """Each hub's members joined by ``cycles`` random Hamiltonian cycles (deterministic per seed), as
+    codes ``a·n + b`` (``a < b``; a one-member hub gives none), unsorted.
+
+    Rows come grouped by entity. A cycle visits a hub's members in the order of a per-member hash
+    (its top bits; ties in row order), each member to the next and the last back to the first."""
     if len(idx) == 0:
-        return lefts[0], rights[0]
+        return np.empty(0, np.int64)
     entity_bits = max(int(entity_codes.max()).bit_length(), 1)
-    # by entity, then by key: one sort of a packed key (entity in the high bits) instead of a lexsort
-    entity_high = entity_codes.astype(np.uint64) << np.uint64(64 - entity_bits)
+    starts = np.flatnonzero(np.r_[True, entity_codes[1:] != entity_codes[:-1]]).astype(np.int64)
     member_mix = idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ entity_codes.astype(np.uint64)
+    members = idx.astype(np.int64)
+    parts = []
     for r in range(cycles):
-        key = mix64(member_mix ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF))
-        order = np.argsort(entity_high | (key >> np.uint64(entity_bits)), kind="stable")
-        ent, members = entity_codes[order], idx[order]
-        same = ent[1:] == ent[:-1]
-        lefts.append(members[:-1][same])
-        rights.append(members[1:][same])
-        # close each cycle: last member back to the first
-        starts = np.flatnonzero(np.r_[True, ~same])
-        ends = np.r_[starts[1:] - 1, len(ent) - 1]
-        lefts.append(members[starts])
-        rights.append(members[ends])
-    return np.concatenate(lefts), np.concatenate(rights)
+        key = mix64(member_mix ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF)) >> np.uint64(entity_bits)
+        parts.append(_cycle_pairs(starts, key, members, n))
+    return np.concatenate(parts)
+
+
+@numba.njit(cache=True, nogil=True)
+def _cycle_pairs(starts, key, members, n):
+    """Per group of rows (``starts``), its members in ascending ``key`` (ties in row order) joined
+    each to the next and the last to the first, as pair codes ``a·n + b``, ``a < b``."""
+    total = len(key)
+    codes = np.empty(total, np.int64)
+    out = 0
+    for g in range(len(starts)):
+        begin = starts[g]
+        end = starts[g + 1] if g + 1 < len(starts) else total
+        order = np.argsort(key[begin:end]) + begin
+        # equal keys (rare: a tie in 40-odd hash bits) in row order, as a stable sort leaves them
+        run = 0
+        for i in range(1, len(order) + 1):
+            if i < len(order) and key[order[i]] == key[order[run]]:
+                continue
+            if i - run > 1:
+                order[run:i] = np.sort(order[run:i])
+            run = i
+        for i in range(len(order)):
+            a = members[order[i]]
+            b = members[order[i + 1]] if i + 1 < len(order) else members[order[0]]
+            if a != b:
+                codes[out] = min(a, b) * n + max(a, b)
+                out += 1
+    return codes[:out]
 
 
 def _hub_candidates(entity_codes: np.ndarray, idx: np.ndarray, n: int, partners: int, seed: int) -> np.ndarray:
     """The hubs' candidate pairs (see :func:`_hub_cycles`) as sorted codes ``a·n + b``, ``a < b``."""
-    ha, hb = _hub_cycles(entity_codes, idx, partners, seed)
-    keep = ha != hb
-    return np.sort(np.minimum(ha[keep], hb[keep]) * n + np.maximum(ha[keep], hb[keep]))
+    return np.sort(_hub_cycles(entity_codes, idx, partners, seed, n))
 
 
 # ---------------------------------------------------------------- projection
@@ -499,14 +520,13 @@ def project(
         contrib_value = value[a_rows[by_pair]]
         del pa, pb, by_pair
         hub_pairs = hub_candidates.result()
-    # two sorted runs: a stable sort (timsort) merges them
-    candidates = sorted_unique(np.concatenate([contrib_pair, hub_pairs]), kind="stable")
+    # two sorted runs merged in one pass, which also places each contribution among the candidates
+    candidates, position = _merge_distinct(contrib_pair, hub_pairs)
     log.info("projection: %d small-entity contributions, %d candidate pairs", len(contrib_pair), len(candidates))
     if len(candidates) == 0:
         return pl.DataFrame(schema=PAIR_SCHEMA)
 
     ca, cb = np.divmod(candidates, n)
-    position = np.searchsorted(candidates, contrib_pair)
     del candidates, hub_pairs, contrib_pair  # the largest arrays of the run: freed before weighing
     family_of = {t: f for f, members in settings.type_families.items() for t in members}
     families = sorted({family_of.get(t, t) for t in type_names})
@@ -638,6 +658,29 @@ def pair_weights(
     with ThreadPoolExecutor(max_workers=2) as pool:
         parts = list(pool.map(lambda h: _weigh_pairs(ca[h], cb[h], shared_start[h.start : h.stop + 1], *fixed), halves))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_distinct(a, b):
+    """(the distinct values of two ascending arrays, ascending; per value of ``a``, its position
+    among them). One pass: at incident scale 29 M candidates from 7.6 M + 25 M values, where a
+    stable sort of both, a distinct mask and a binary search per value of ``a`` took 4–5 s."""
+    merged = np.empty(len(a) + len(b), np.int64)
+    position = np.empty(len(a), np.int64)
+    i = j = k = 0
+    while i < len(a) or j < len(b):
+        if j >= len(b) or (i < len(a) and a[i] <= b[j]):
+            value = a[i]
+        else:
+            value = b[j]
+        merged[k] = value
+        while i < len(a) and a[i] == value:
+            position[i] = k
+            i += 1
+        while j < len(b) and b[j] == value:
+            j += 1
+        k += 1
+    return merged[:k].copy(), position
 
 
 def _order_by(first: np.ndarray, second: np.ndarray) -> np.ndarray:

@@ -130,10 +130,29 @@ def test_hubs_never_expand_into_cliques() -> None:
 def test_hub_cycles_connect_every_member() -> None:
     codes = np.repeat(np.arange(3), 100)
     idx = np.arange(300)
-    left, right = _hub_cycles(codes, idx, 2, seed=1)
+    left, right = np.divmod(_hub_cycles(codes, idx, 2, seed=1, n=300), 300)
+    assert (left < right).all()
     degree = np.bincount(np.r_[left, right], minlength=300)
     assert degree.min() >= 2
     assert set(zip(left // 100, right // 100)) <= {(0, 0), (1, 1), (2, 2)}, "cycles stay inside their hub"
+
+
+def test_hub_cycles_visit_members_in_hash_order_ties_in_row_order() -> None:
+    """The cycles are a stable sort of each hub's members by a truncated hash: with entity codes so
+    large that three bits of hash are left, most keys tie, and ties keep row order."""
+    from linkage.graph import mix64
+
+    codes = np.repeat(np.array([1 << 60, 2 << 60]), 40)
+    idx = np.r_[np.arange(40), np.arange(100, 140)]
+    got = np.sort(_hub_cycles(codes, idx, 1, seed=5, n=1_000))
+    mixed = idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ codes.astype(np.uint64)
+    key = mix64(mixed ^ np.uint64(5 * 1_000_003)) >> np.uint64(62)
+    expected = []
+    for hub in (slice(0, 40), slice(40, 80)):
+        members = idx[hub][np.argsort(key[hub], kind="stable")]
+        cycle = zip(members, np.roll(members, -1))
+        expected += [min(a, b) * 1_000 + max(a, b) for a, b in cycle]
+    np.testing.assert_array_equal(got, np.sort(expected))
 
 
 def test_same_input_same_output_byte_for_byte(tmp_path: Path) -> None:
