@@ -1,4 +1,6 @@
-"""What each optional input field is worth: one world run again with those columns removed.
+"""What each optional input field is worth: one world run again with those columns removed (and,
+as ``aged_accounts``, with account age made uninformative: every account created at one instant a
+year before the log, as bought, aged accounts would be).
 
     python bench/ablation.py [--bench-seeds 101,102] [--bench-scale 0.02] [--sim-seeds ...]
                              [--work /tmp/linkage-ablation] [--config FILE]
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -22,29 +25,46 @@ from quality import BENCHMARK, benchmark_world, measure, print_header, print_row
 
 from linkage.settings import Settings
 
-# removal → (table, columns; None empties the table)
-REMOVALS: dict[str, tuple[str, list[str] | None]] = {
-    "ip_type": ("requests", ["ip_type"]),
-    "device": ("requests", ["device_id", "user_agent"]),
-    "asn": ("requests", ["asn"]),
-    "model": ("requests", ["model"]),
-    "payments": ("payments", None),
-    "identity": ("accounts", ["email", "org_id", "signup_ip", "country"]),
-    "prompt": ("requests", ["prompt"]),
-    "tokens": ("requests", ["input_tokens", "output_tokens"]),
-    "enrichment": (
-        "requests",
-        ["ip_type", "asn", "device_id", "user_agent"],
-    ),  # a raw log: no IP intelligence, no fingerprint
+Change = Callable[[pl.DataFrame], pl.DataFrame]
+
+
+def drop(*columns: str) -> Change:
+    return lambda frame: frame.drop([c for c in columns if c in frame.columns])
+
+
+def empty(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.head(0)
+
+
+def aged(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every account created at one instant, a year before the earliest signup in the table."""
+    created = pl.col("created_at")
+    if frame.schema["created_at"] == pl.Utf8:
+        created = created.str.to_datetime(time_zone="UTC")
+    return frame.with_columns(created.min().dt.offset_by("-365d").alias("created_at"))
+
+
+# removal → (table, what is done to each of its files)
+REMOVALS: dict[str, tuple[str, Change]] = {
+    "ip_type": ("requests", drop("ip_type")),
+    "device": ("requests", drop("device_id", "user_agent")),
+    "asn": ("requests", drop("asn")),
+    "model": ("requests", drop("model")),
+    "payments": ("payments", empty),
+    "identity": ("accounts", drop("email", "org_id", "signup_ip", "country")),
+    "prompt": ("requests", drop("prompt")),
+    "tokens": ("requests", drop("input_tokens", "output_tokens")),
+    "enrichment": ("requests", drop("ip_type", "asn", "device_id", "user_agent")),  # a raw log
     "network_and_billing_only": (
         "requests",
-        ["prompt", "device_id", "user_agent", "model", "input_tokens", "output_tokens"],
+        drop("prompt", "device_id", "user_agent", "model", "input_tokens", "output_tokens"),
     ),
+    "aged_accounts": ("accounts", aged),  # required, but it can carry nothing: bought, aged accounts
 }
 
 
-def without(inputs: Path, target: Path, table: str, columns: list[str] | None) -> Path:
-    """A copy of ``inputs`` at ``target`` whose ``table`` lacks ``columns`` (or has no rows). Parquet only."""
+def without(inputs: Path, target: Path, table: str, change: Change) -> Path:
+    """A copy of ``inputs`` at ``target`` whose ``table`` files went through ``change``. Parquet only."""
     if not target.exists():
         staging = target.with_name(target.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -54,9 +74,7 @@ def without(inputs: Path, target: Path, table: str, columns: list[str] | None) -
         if not files:
             raise SystemExit(f"{inputs}: no Parquet files for table {table!r} (the ablation rewrites Parquet only)")
         for path in files:
-            frame = pl.read_parquet(path, hive_partitioning=False)
-            frame = frame.head(0) if columns is None else frame.drop([c for c in columns if c in frame.columns])
-            frame.write_parquet(path)
+            change(pl.read_parquet(path, hive_partitioning=False)).write_parquet(path)
         staging.rename(target)
     return target
 
@@ -84,10 +102,10 @@ def main() -> None:
     print_header("world-removed")
     for name, make in worlds:
         inputs, labels = make()
-        for removal, (table, columns) in [("nothing", ("", []))] + list(removals.items()):
+        for removal, (table, change) in [("nothing", ("", empty))] + list(removals.items()):
             # each variant in its own folder: its input, and beside it the run's output (see quality.measure)
             variant = inputs.parent / f"without-{removal}" / "input"
-            source = inputs if removal == "nothing" else without(inputs, variant, table, columns)
+            source = inputs if removal == "nothing" else without(inputs, variant, table, change)
             row = measure(f"{name}-{removal}", "linkage", source, labels, settings)
             print_row(row)
             with open(results / "ablation.jsonl", "a") as fh:
