@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 import linkage
-from linkage.detect import _hub_cycles, memberships, one_customer_orgs, project
+from linkage.detect import _hub_cycles, _merge_distinct, memberships, one_customer_orgs, project
 from linkage.graph import Graph
 from linkage.settings import DetectSettings, Settings
 
@@ -153,6 +153,17 @@ def test_hub_cycles_visit_members_in_hash_order_ties_in_row_order() -> None:
         cycle = zip(members, np.roll(members, -1))
         expected += [min(a, b) * 1_000 + max(a, b) for a, b in cycle]
     np.testing.assert_array_equal(got, np.sort(expected))
+
+
+def test_merging_candidates_gives_the_distinct_values_and_each_contributions_place() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(100):
+        a = np.sort(rng.integers(0, 60, rng.integers(0, 50)))  # repeats: a pair's several contributions
+        b = np.sort(rng.integers(0, 60, rng.integers(0, 50)))
+        merged, position = _merge_distinct(a, b)
+        expected = np.unique(np.r_[a, b])
+        np.testing.assert_array_equal(merged, expected)
+        np.testing.assert_array_equal(position, np.searchsorted(expected, a))
 
 
 def test_same_input_same_output_byte_for_byte(tmp_path: Path) -> None:
