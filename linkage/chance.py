@@ -273,6 +273,10 @@ def _exact_upper_tail(u: int, n1: int, n2: int) -> float:
     (m the smaller size), built as ∏ (1 − q^(n + i)) / (1 − q^i) one factor at a time, so that
     every intermediate is itself a Gaussian binomial (non-negative counts)."""
     m, n = min(n1, n2), max(n1, n2)
+    if u <= 0:
+        return 1.0
+    if u > m * n:
+        return 0.0
     counts = np.zeros(m * n + 1)
     counts[0] = 1.0
     for i in range(1, m + 1):
@@ -280,8 +284,4 @@ def _exact_upper_tail(u: int, n1: int, n2: int) -> float:
         # ÷ (1 − q^i): a running sum with stride i, i.e. down the columns of an i-wide table
         padded = np.r_[counts, np.zeros(-len(counts) % i)]
         counts = padded.reshape(-1, i).cumsum(axis=0).ravel()[: len(counts)]
-    if u <= 0:
-        return 1.0
-    if u > m * n:
-        return 0.0
     return float(counts[u:].sum() / counts.sum())
