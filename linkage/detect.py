@@ -102,8 +102,8 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
     )
     rels = graph.rels
 
-    def rel(rel_type: str) -> pl.DataFrame:
-        return rels[rel_type].select(
+    def rel(rel_type: str, rows: pl.DataFrame | None = None) -> pl.DataFrame:
+        return (rels[rel_type] if rows is None else rows).select(
             pl.col("src").alias("account_id"), pl.col("dst").alias("key"), pl.lit(1.0).alias("factor"), "count"
         )
 
@@ -115,7 +115,9 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
         parts = {
             "PaymentInstrument": rel("PAID_WITH"),
             "Device": rel("USED_DEVICE"),
-            "PromptTemplate": rel("SENT_TEMPLATE"),
+            "PromptTemplate": rel(
+                "SENT_TEMPLATE", _repeated_templates(rels["SENT_TEMPLATE"], graph.nodes, settings.template_repeated_by)
+            ),
             "EmailDomain": rel("HAS_EMAIL_DOMAIN"),
             "SignupIP": rel("SIGNED_UP_FROM"),
             "Email": accounts.filter(pl.col("email").is_not_null()).select(
@@ -366,6 +368,19 @@ def _burst_windows(times: pl.DataFrame, window: pl.Expr, settings: DetectSetting
         return counts.select("window")
     typical = max(float(counts["len"].median()), 1.0)
     return counts.filter(pl.col("len") >= max(settings.burst_min_excess * typical, 3)).select("window")
+
+
+def _repeated_templates(sent: pl.DataFrame, nodes: dict[str, pl.DataFrame], repeated_by: int) -> pl.DataFrame:
+    """The SENT_TEMPLATE rows of templates that at least ``repeated_by`` accounts fill with two or more
+    distinct texts (see ``DetectSettings.template_repeated_by``). A graph stored before templates
+    were counted so has no ``repeated_by``: every template counts there."""
+    templates = nodes.get("PromptTemplate")
+    if repeated_by == 0 or templates is None or templates.get_column("repeated_by", default=None) is None:
+        return sent
+    if templates["repeated_by"].null_count() == templates.height:
+        return sent
+    kept = templates.filter(pl.col("repeated_by").fill_null(repeated_by) >= repeated_by).select("template_id")
+    return sent.join(kept, left_on="dst", right_on="template_id", how="semi", maintain_order="left")
 
 
 def _signup_bursts(accounts: pl.DataFrame, settings: DetectSettings) -> pl.DataFrame:

@@ -64,6 +64,7 @@ OPTIONAL_PROPERTIES: dict[str, dict[str, pl.DataType]] = {
     },
     "IP": {"subnet": pl.Utf8(), "asn": pl.Int64(), "ip_type": pl.Utf8()},
     "PaymentInstrument": {"instrument_type": pl.Utf8(), "bin": pl.Utf8(), "issuer_country": pl.Utf8()},
+    "PromptTemplate": {"repeated_by": pl.Int64()},
 }
 
 REL_SPECS = (

@@ -82,13 +82,6 @@ class TemplateSettings(_Section):
         0.6, gt=0, le=1, description="templates this similar (MinHash LSH) are merged"
     )
     example_sample_modulus: int = Field(64, gt=0, description="1 in N prompts kept as template examples")
-    # a scaffold is what its users fill again and again; a "template" that no account in the sample
-    # filled twice is a combination of stock sentences that happened to recur (a filler drawn from a
-    # small bank reads as scaffold: it occurs in hundreds of prompts), and such combinations link
-    # unrelated people as if they shared something rare
-    min_repeating_accounts: int = Field(
-        1, ge=0, description="accounts that must fill a template with two or more distinct texts of their sample"
-    )
 
 
 class DetectSettings(_Section):
@@ -151,6 +144,14 @@ class DetectSettings(_Section):
     )
     org_discount: float = Field(
         0.15, ge=0, le=1, description="factor on the surprisal of what two seats of one declared org share"
+    )
+    # a template no account fills twice is a combination of stock sentences that recur (a filler drawn
+    # from a small bank reads as scaffold: it is in hundreds of prompts): met once each by a few
+    # unrelated people, it would read as rare as a shared card. Its prompts stay scaffolded (score)
+    template_repeated_by: int = Field(
+        1,
+        ge=0,
+        description="a template is link evidence only if this many accounts fill it with two or more distinct texts of their sample",
     )
     signup_window_minutes: int = Field(30, gt=0)
     activity_window_minutes: int = Field(

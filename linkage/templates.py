@@ -428,39 +428,36 @@ class TemplateMiner:
         keyed = pl.concat([with_scaffold, verbatim]).drop("sequence_key")
         self._tokens = marked.select("prompt_key", "token")
         keyed = self._merge_near_duplicates(keyed)
-        keyed = self._repeated(keyed, sampled)
         by_masked = keyed.select(
             pl.col("prompt_key").alias("masked_key"), _template_id(pl.col("template_key")).alias("template_id")
         )
         assignments = sampled.join(by_masked, on="masked_key", how="left", maintain_order="left").select(
             "prompt_key", pl.col("template_id").cast(pl.Categorical), "reasoning_style"
         )
-        templates = self._describe(keyed)
+        templates = self._describe(keyed).join(self._repeated_by(keyed, sampled), on="template_id", how="left")
+        templates = templates.with_columns(pl.col("repeated_by").fill_null(0))
         return TemplateResult(assignments=assignments, templates=templates)
 
     # ------------------------------------------------------------ helpers
-    def _repeated(self, keyed: pl.DataFrame, sampled: pl.DataFrame) -> pl.DataFrame:
-        """The templates that at least ``min_repeating_accounts`` accounts filled with two or more
-        distinct texts of their own sample (``keyed``: per masked prompt its template_key;
-        ``sampled``: per text its masked_key)."""
-        needed = self.settings.min_repeating_accounts
-        if needed == 0 or keyed.height == 0:
-            return keyed
+    def _repeated_by(self, keyed: pl.DataFrame, sampled: pl.DataFrame) -> pl.DataFrame:
+        """Per template: how many accounts filled it with two or more distinct texts of their own sample
+        (``keyed``: per masked prompt its template_key; ``sampled``: per text its masked_key). A
+        scaffold is what its users fill again and again; a combination of stock sentences that recur
+        (a filler drawn from a small bank reads as scaffold: it is in hundreds of prompts) is met once
+        each by a few unrelated people, and reads as rare as a shared card."""
         held = (
             self._sample.candidates()
             .select("account_id", "prompt_key")
             .join(sampled.select("prompt_key", "masked_key"), on="prompt_key")
             .join(keyed.select(pl.col("prompt_key").alias("masked_key"), "template_key"), on="masked_key")
         )
-        repeated = (
+        return (
             held.group_by("account_id", "template_key")
             .agg(pl.len().alias("texts"))
             .filter(pl.col("texts") >= 2)
-            .group_by("template_key")
-            .agg(pl.len().alias("accounts"))
-            .filter(pl.col("accounts") >= needed)
+            .group_by(_template_id(pl.col("template_key")).alias("template_id"))
+            .agg(pl.len().cast(pl.Int64).alias("repeated_by"))
         )
-        return keyed.join(repeated.select("template_key"), on="template_key", how="semi", maintain_order="left")
 
     def _scaffold_shape(self, marked: pl.DataFrame) -> pl.DataFrame:
         """Per prompt: its runs of filled slots and the characters of its scaffold text."""

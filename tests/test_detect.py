@@ -86,6 +86,27 @@ def test_weak_evidence_in_many_families_does_not_add_up_like_strong_evidence():
     assert combined[1] < combined[0] < 12.0
 
 
+def test_a_template_nobody_fills_twice_is_no_evidence() -> None:
+    """Two people who each met a combination of stock sentences once share nothing: the template links
+    them only if some account fills it with two or more distinct texts (``repeated_by``). A graph
+    stored without the count keeps every template."""
+    n = 1000
+    shares = {"SENT_TEMPLATE": [("T1", [0, 1])] + singly_held(n, "SENT_TEMPLATE", "t", {0, 1})}
+    graph = graph_of(n, shares)
+    template_ids = graph.rels["SENT_TEMPLATE"]["dst"].unique()
+    counted = {tid: 1 for tid in template_ids}
+    for repeated_by, linked in ((0, False), (1, True)):
+        counted["T1"] = repeated_by
+        graph.nodes["PromptTemplate"] = pl.DataFrame(
+            {"template_id": list(counted), "repeated_by": list(counted.values())}
+        )
+        assert (_pair_weight(graph, 0, 1) > 10) == linked
+    graph.nodes["PromptTemplate"] = pl.DataFrame({"template_id": list(counted)})
+    counted_nowhere = _pair_weight(graph, 0, 1)
+    assert counted_nowhere > 10
+    assert _pair_weight(graph, 0, 1, DetectSettings(template_repeated_by=0)) == counted_nowhere
+
+
 def test_declared_org_explains_sharing() -> None:
     n = 500
     shares = {

@@ -194,8 +194,8 @@ def test_open_source_client_users_are_detached_from_the_campaign_running_that_cl
             marked.filter(pl.col("label") != "benign").height,
         )
     (users_detached, campaign_detached), (users_kept, campaign_kept) = outcomes[True], outcomes[False]
-    # most of them leave (how many stay depends on how their client's prompts are mined: 13 of 35 once
-    # a template had to be filled twice by someone)
+    # most of them leave (how many stay depends on how their client's prompts are mined: 12 of 35 once
+    # a template had to be filled twice by someone to link them)
     assert users_kept >= 20 and users_detached <= users_kept // 2
     assert campaign_detached >= 0.97 * campaign_kept
 

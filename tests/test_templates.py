@@ -16,14 +16,10 @@ def _filler(rng: random.Random, n: int = 7) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def _templates_of(
-    prompts: list[str], settings: TemplateSettings | None = None, accounts: list[str] | None = None
-) -> list[str | None]:
-    """Each prompt's template; by default every two consecutive prompts are one account's (a scaffold
-    is what its users fill more than once)."""
+def _templates_of(prompts: list[str], settings: TemplateSettings | None = None) -> list[str | None]:
     settings = settings or TemplateSettings(max_prompts_per_account=10_000)
     miner = TemplateMiner(settings)
-    accounts = pl.Series(accounts or [f"a{i // 2}" for i in range(len(prompts))])
+    accounts = pl.Series([f"a{i}" for i in range(len(prompts))])
     per_request = miner.add_batch(accounts, pl.Series(prompts))
     counts = per_request.filter(pl.col("prompt_key").is_not_null()).group_by("prompt_key").len("requests")
     result = miner.finish(counts)
@@ -66,11 +62,12 @@ STOCK_INSTRUCTIONS = [
 ]
 
 
-def test_stock_sentences_that_nobody_fills_twice_are_no_template() -> None:
+def test_a_template_says_how_many_accounts_fill_it_twice() -> None:
     """Unrelated people who each send an everyday instruction around two sentences from a small stock
     (a demo text, a sample paragraph) meet on the same combination by chance: every sentence recurs,
     so the combination reads as a scaffold held by a few accounts, as rare as a shared card. No
-    account fills it twice, so it is not one. A scaffold its accounts fill again and again is."""
+    account fills it twice (``repeated_by`` 0: detection does not count it as evidence). A scaffold
+    its accounts fill again and again is repeated by each of them."""
     rng = random.Random(6)
     combos = [
         (instruction, first, second)
@@ -82,32 +79,28 @@ def test_stock_sentences_that_nobody_fills_twice_are_no_template() -> None:
     rng.shuffle(combos)
     people = 40  # person i sends combinations i and i + 1: each combination is two people's, once each
     stock = [
-        f"{combos[(i + j) % len(combos)][0]}\n{combos[(i + j) % len(combos)][1]}\n{combos[(i + j) % len(combos)][2]}\n"
-        f"Keep it under {rng.randint(40, 200)} words."
+        "\n".join(combos[(i + j) % len(combos)]) + f"\nKeep it under {rng.randint(40, 200)} words."
         for i in range(people)
         for j in (0, 1)
     ]
-    stock_accounts = [f"person{i}" for i in range(people) for _ in (0, 1)]
     scaffold = [
         f"Here is a problem and its final answer. Write the full step-by-step reasoning.\nProblem: {_filler(rng)}?\n"
         f"Answer: {rng.randint(1, 9999)}"
         for _ in range(30)
     ]
-    operated = [f"op{i // 3}" for i in range(30)]
+    accounts = [f"person{i}" for i in range(people) for _ in (0, 1)] + [f"op{i // 3}" for i in range(30)]
     # (reworded scaffolds are merged first; combinations that share most of their text would merge
-    # there, so that step is left out to see this rule alone)
-    settings = TemplateSettings(max_prompts_per_account=10_000, near_duplicate_jaccard=1.0)
-    ids = _templates_of(stock + scaffold, settings, accounts=stock_accounts + operated)
-    assert all(t is None for t in ids[: len(stock)])
-    assert ids[len(stock)] is not None and len(set(ids[len(stock) :])) == 1
-    # the rule is what removes them: counted without it, the combinations are templates of two holders
-    without = _templates_of(
-        stock + scaffold,
-        settings.model_copy(update={"min_repeating_accounts": 0}),
-        accounts=stock_accounts + operated,
-    )
-    shared = [t for t in without[: len(stock)] if t is not None]
-    assert shared and max(shared.count(t) for t in set(shared)) == 2
+    # there, so that step is left out to see the combinations themselves)
+    miner = TemplateMiner(TemplateSettings(max_prompts_per_account=10_000, near_duplicate_jaccard=1.0))
+    per_request = miner.add_batch(pl.Series(accounts), pl.Series(stock + scaffold))
+    result = miner.finish(per_request.group_by("prompt_key").len("requests"))
+    ids = per_request.join(result.assignments, on="prompt_key", how="left", maintain_order="left")["template_id"]
+    repeated_by = dict(result.templates.select("template_id", "repeated_by").iter_rows())
+    combinations = [t for t in ids[: len(stock)] if t is not None]
+    assert combinations and max(combinations.count(t) for t in set(combinations)) == 2  # two holders each
+    assert {repeated_by[t] for t in combinations} == {0}
+    operated = ids[len(stock) :]
+    assert operated.n_unique() == 1 and repeated_by[operated[0]] == 10
 
 
 def test_scaffold_behind_a_popular_system_prompt_is_its_own_template() -> None:

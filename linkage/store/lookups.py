@@ -118,12 +118,15 @@ def ring_templates(g: ParquetGraph, ring_id: str, limit: int) -> pl.DataFrame:
         "template_id",
         pl.col("requests").alias("all_requests"),
         pl.col("accounts").alias("all_accounts"),
+        "repeated_by",
         pl.col("text").alias("scaffold"),
         "example",
     )
     return (
         used.join(templates, on="template_id")
-        .select("template_id", "members", "ring_requests", "all_requests", "all_accounts", "scaffold", "example")
+        .select(
+            "template_id", "members", "ring_requests", "all_requests", "all_accounts", "repeated_by", "scaffold", "example"
+        )
         .sort(["ring_requests", "template_id"], descending=[True, False])
         .head(limit)
     )
