@@ -125,7 +125,14 @@ def ring_templates(g: ParquetGraph, ring_id: str, limit: int) -> pl.DataFrame:
     return (
         used.join(templates, on="template_id")
         .select(
-            "template_id", "members", "ring_requests", "all_requests", "all_accounts", "repeated_by", "scaffold", "example"
+            "template_id",
+            "members",
+            "ring_requests",
+            "all_requests",
+            "all_accounts",
+            "repeated_by",
+            "scaffold",
+            "example",
         )
         .sort(["ring_requests", "template_id"], descending=[True, False])
         .head(limit)
