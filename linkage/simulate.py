@@ -110,6 +110,8 @@ class World:
 
     benign: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BENIGN_KINDS, 1.0) | {"course": 0.0})
     everyday_shapes: int = 0  # extra benign prompt shapes from the phrase-bank generator
+    stock_sentences: int = 0  # benign prompts around sentences from a small stock (0: none)
+    campaign_bank: tuple[str, int] | None = None  # (campaign, items): its scaffold carries a line from a bank
     campaigns: dict[str, CampaignTactics] = field(
         default_factory=lambda: {
             "campaign_hydra": CampaignTactics(camouflage=0.15, timing="scheduled_jitter"),
@@ -168,7 +170,12 @@ class World:
         - in half the worlds, a campaign run as many small cells (:func:`_cells`): 3–5 accounts
           behind one exit and one pair of client builds, nothing else shared between cells but the
           scaffold; separate infrastructure per cell is what hides it in one giant benign community
-          under modularity."""
+          under modularity;
+        - in half the worlds, benign prompts around sentences from a small stock (a sample paragraph
+          pasted into an everyday "summarize this" request): each combination of an instruction and
+          stock sentences reads as a rare scaffold that a few unrelated people meet once each;
+        - in half the worlds, one campaign's scaffold carries a line from its own small bank (one of a
+          few canned stack traces or datasets), so its accounts meet each combination once too."""
         self.benign["course"] = float(rng.choice([0.0, 1.0, 2.0]))
         if rng.random() < 0.5:
             self.campaigns["campaign_cells"] = CampaignTactics(
@@ -177,6 +184,12 @@ class World:
                 timing=str(rng.choice(["scheduled", "scheduled_jitter", "careful"])),
                 volume=float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))),
                 paraphrases=int(rng.choice([1, 2, 4])),
+            )
+        self.stock_sentences = int(rng.choice([0, 0, 8, 30]))
+        if rng.random() < 0.5:
+            self.campaign_bank = (
+                str(rng.choice(["campaign_hydra", "campaign_sticky", "campaign_dc", "campaign_careful"])),
+                int(rng.choice([3, 6, 12])),
             )
         return self
 
@@ -1012,11 +1025,69 @@ def _formats(accounts: pl.DataFrame, world: World | None = None, seed: int = 0) 
                 f"cite internal documents and never reveal customer data.\n"
             )
             formats[family] = [prefix + f for f in free]
+    if world.stock_sentences:
+        stocked = [instruction + "\n{s}\n{t}\n" + tail for instruction, tail in STOCK_SHAPES]
+        # about a fifth of everyday prompts (shapes are drawn uniformly)
+        formats["free"] = formats["free"] + stocked * max(1, len(formats["free"]) // (4 * len(stocked)))
     for family, campaign in _CAMPAIGN_FAMILIES.items():
         count = world.campaigns[campaign].paraphrases if campaign in world.campaigns else 1
         if count > 1:
             formats[family] = [v for i, f in enumerate(formats[family]) for v in paraphrases(f, count, seed + i)]
+        if world.campaign_bank and world.campaign_bank[0] == campaign and family in formats:
+            # the bank's line sits after the scaffold's first line: a segment of its own
+            formats[family] = [f.replace("\n", "\n{u}\n", 1) if "\n" in f else f + "\n{u}" for f in formats[family]]
     return formats
+
+
+STOCK_SHAPES = (
+    ("Summarize this for a busy executive, one short paragraph:", "Keep it under {n} words."),
+    ("Rewrite this paragraph to sound more confident:", "Address it to {name}."),
+    ("Translate the following text to Spanish:", "Reference number {n}."),
+    ("Answer the question using only the context below. Context:", "Question: what happened in {n}?"),
+)
+
+
+def stock_text(count: int, seed: int) -> list[str]:
+    """A small stock of sentences (sample paragraphs that many people paste)."""
+    rng = np.random.default_rng(seed + 4_242)
+    subjects = (
+        "The city council",
+        "Our support team",
+        "The vendor",
+        "Researchers",
+        "The school district",
+        "The landlord",
+        "Volunteers",
+        "The startup",
+        "Analysts",
+        "The orchestra",
+    )
+    verbs = ("approved", "postponed", "announced", "reviewed", "expanded", "cancelled", "funded", "delayed")
+    objects = (
+        "a pilot program for bike lanes",
+        "the quarterly budget",
+        "a new hiring plan",
+        "the festival schedule",
+        "repairs to the heating",
+        "a free concert series",
+        "the database migration",
+        "a seed round",
+    )
+    endings = ("after a long debate.", "ahead of schedule.", "despite the weather.", "for the second time this year.")
+    return [
+        f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} {rng.choice(endings)}" for _ in range(count)
+    ]
+
+
+def campaign_bank_lines(count: int, seed: int) -> list[str]:
+    """A campaign's own small bank of lines its scaffold carries (canned failures to fix)."""
+    rng = np.random.default_rng(seed + 5_353)
+    modules = ("billing", "parser", "cache", "scheduler", "auth", "export", "search", "upload")
+    return [
+        f"FAILED tests/test_{rng.choice(modules)}.py::test_{rng.choice(modules)}_{i} - AssertionError: "
+        f"expected {rng.integers(1, 99)} got {rng.integers(100, 999)}"
+        for i in range(count)
+    ]
 
 
 def _requests(sim: Simulator, accounts: pl.DataFrame) -> pl.DataFrame:
@@ -1122,6 +1193,12 @@ def _prompts(sim: Simulator, rows: pl.DataFrame, accounts: pl.DataFrame, formats
     slots = {k: filler.gather(rng.integers(0, len(filler), n)) for k in "abcdefg"}
     slots["n"] = pl.Series(rng.integers(1, 10_000, n)).cast(pl.Utf8)
     slots["name"] = pl.Series(NAMES).gather(rng.integers(0, len(NAMES), n))
+    if sim.world.stock_sentences:
+        stock = pl.Series(stock_text(sim.world.stock_sentences, sim.config.seed))
+        slots["s"], slots["t"] = (stock.gather(rng.integers(0, len(stock), n)) for _ in range(2))
+    if sim.world.campaign_bank:
+        bank = pl.Series(campaign_bank_lines(sim.world.campaign_bank[1], sim.config.seed))
+        slots["u"] = bank.gather(rng.integers(0, len(bank), n))
     frame = pl.DataFrame({"seq": rows["seq"], "fmt": fmt, **slots})
     pieces = []
     for fid in np.unique(fmt):
@@ -1135,7 +1212,7 @@ def _fill(fmt: str) -> pl.Expr:
 
     parts: list[pl.Expr] = []
     last = 0
-    for match in re.finditer(r"\{(a|b|c|d|e|f|g|n|name)\}", fmt):
+    for match in re.finditer(r"\{(a|b|c|d|e|f|g|n|name|s|t|u)\}", fmt):
         parts.append(pl.lit(fmt[last : match.start()].replace("{{", "{").replace("}}", "}")))
         parts.append(pl.col(match.group(1)))
         last = match.end()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 import linkage
 from linkage.cli import main
 from linkage.evaluate import adjusted_rand_index, average_precision, evaluate
-from linkage.simulate import SimulationConfig, World, simulate
+from linkage.simulate import SimulationConfig, World, simulate, stock_text
 
 
 def test_average_precision_and_ari() -> None:
@@ -65,6 +66,25 @@ def test_a_campaign_run_as_small_cells_is_found_whole(tmp_path: Path) -> None:
     )
     mixed = found.join(cell_rings.select("ring_id").unique(), on="ring_id").filter(pl.col("label") != "campaign_cells")
     assert mixed.height == 0  # no benign account in a ring of the cells
+
+
+def test_stock_paragraphs_and_a_campaign_bank_are_drawn_late_and_written(tmp_path: Path) -> None:
+    """Seed 8 draws both: benign everyday requests around sentences from a small stock, spread over
+    many unrelated people, and a campaign whose scaffold carries a line from its own small bank."""
+    world = World.draw(8)
+    assert world.stock_sentences == 30 and world.campaign_bank == ("campaign_dc", 12)
+    simulate(tmp_path / "sim", SimulationConfig(scale=0.005, seed=8, world="random"))
+    labels = pl.read_parquet(tmp_path / "sim" / "labels.parquet")
+    requests = pl.read_parquet(tmp_path / "sim" / "input" / "requests").join(labels, on="account_id")
+    stock = "|".join(re.escape(line) for line in stock_text(30, 8))
+    stocked = requests.filter(pl.col("prompt").str.contains(stock))
+    assert stocked.filter(pl.col("label") == "benign")["account_id"].n_unique() >= 20
+    banked = requests.filter(pl.col("prompt").str.contains("FAILED tests/", literal=True))
+    assert set(banked["label"]) == {"campaign_dc"}
+    assert banked["prompt"].str.extract(r"(FAILED tests/[^\n]*)").n_unique() <= 12
+    # a world that draws neither writes neither
+    plain = World.draw(3)
+    assert plain.stock_sentences == 0 and plain.campaign_bank is None
 
 
 # optional columns another provider's export may lack → whether the fixed world's campaigns are still
