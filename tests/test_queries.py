@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
 from click.testing import CliRunner
 
@@ -78,6 +80,19 @@ def test_files_only_queries_find_numeric_looking_ids(graph_dir: Path) -> None:
     assert near and all(row["account_id"].startswith("0000") for row in near)
     shared = _query(graph_dir, "why_linked", "--param", "a=00000900", "--param", "b=00000903")
     assert {"PaymentInstrument", "Device", "IP"} <= {row["kind"] for row in shared}
+
+
+def test_a_graph_written_before_templates_were_counted_still_answers(graph_dir: Path, tmp_path: Path) -> None:
+    """``repeated_by`` came later: an older graph directory reads with it null (every template is
+    evidence there, as it was), and the queries that show it still run."""
+    old = tmp_path / "graph"
+    shutil.copytree(graph_dir, old)
+    templates = old / "nodes" / "PromptTemplate.parquet"
+    pl.read_parquet(templates).drop("repeated_by").write_parquet(templates)
+    ring = pl.read_parquet(old / "rings" / "rings.parquet").sort("score", descending=True)["ring_id"][0]
+    rows = _query(old, "ring_templates", "--param", f"ring_id={ring}")
+    assert rows and all(row["repeated_by"] is None for row in rows)
+    assert _query(graph_dir, "ring_templates", "--param", f"ring_id={ring}")[0]["repeated_by"] is not None
 
 
 def test_neighbourhood_is_bounded_per_hop(graph_dir: Path) -> None:

@@ -8,7 +8,7 @@ import polars as pl
 
 from ..errors import InputError
 from ..export import write_json, write_parquet
-from ..graph import NODE_SPECS, REL_SPECS, Graph
+from ..graph import NODE_SPECS, REL_SPECS, Graph, with_optional_properties
 
 # written after every table of a graph: its absence means the last write was cut short (a killed
 # run), and the tables may be a mix of two graphs or incomplete
@@ -38,9 +38,12 @@ class EmbeddedStore:
         missing = [str(path) for path in [*nodes.values(), *rels.values()] if not path.exists()]
         if missing:
             raise InputError(f"{self.directory}: not a complete graph ({', '.join(missing[:3])} missing)")
-        return Graph(
-            {label: pl.read_parquet(path) for label, path in nodes.items()},
-            {rel_type: pl.read_parquet(path) for rel_type, path in rels.items()},
+        # (a graph written by an earlier version may lack a property added since: restored as null)
+        return with_optional_properties(
+            Graph(
+                {label: pl.read_parquet(path) for label, path in nodes.items()},
+                {rel_type: pl.read_parquet(path) for rel_type, path in rels.items()},
+            )
         )
 
     def write_rings(
