@@ -374,10 +374,8 @@ def _repeated_templates(sent: pl.DataFrame, nodes: dict[str, pl.DataFrame], repe
     """The SENT_TEMPLATE rows of templates that at least ``repeated_by`` accounts fill with two or more
     distinct texts (see ``DetectSettings.template_repeated_by``). A graph stored before templates
     were counted so has no ``repeated_by``: every template counts there."""
-    templates = nodes.get("PromptTemplate")
-    if repeated_by == 0 or templates is None or templates.get_column("repeated_by", default=None) is None:
-        return sent
-    if templates["repeated_by"].null_count() == templates.height:
+    templates = nodes.get("PromptTemplate", pl.DataFrame())
+    if repeated_by == 0 or templates.get_column("repeated_by", default=pl.Series(dtype=pl.Int64)).count() == 0:
         return sent
     kept = templates.filter(pl.col("repeated_by").fill_null(repeated_by) >= repeated_by).select("template_id")
     return sent.join(kept, left_on="dst", right_on="template_id", how="semi", maintain_order="left")

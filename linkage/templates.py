@@ -434,28 +434,25 @@ class TemplateMiner:
         assignments = sampled.join(by_masked, on="masked_key", how="left", maintain_order="left").select(
             "prompt_key", pl.col("template_id").cast(pl.Categorical), "reasoning_style"
         )
-        templates = self._describe(keyed).join(self._repeated_by(keyed, sampled), on="template_id", how="left")
+        templates = self._describe(keyed).join(self._repeated_by(assignments), on="template_id", how="left")
         templates = templates.with_columns(pl.col("repeated_by").fill_null(0))
         return TemplateResult(assignments=assignments, templates=templates)
 
     # ------------------------------------------------------------ helpers
-    def _repeated_by(self, keyed: pl.DataFrame, sampled: pl.DataFrame) -> pl.DataFrame:
+    def _repeated_by(self, assignments: pl.DataFrame) -> pl.DataFrame:
         """Per template: how many accounts filled it with two or more distinct texts of their own sample
-        (``keyed``: per masked prompt its template_key; ``sampled``: per text its masked_key). A
-        scaffold is what its users fill again and again; a combination of stock sentences that recur
-        (a filler drawn from a small bank reads as scaffold: it is in hundreds of prompts) is met once
-        each by a few unrelated people, and reads as rare as a shared card."""
-        held = (
+        (``assignments``: per sampled text its template). A scaffold is what its users fill again and
+        again; a combination of stock sentences that recur (a filler drawn from a small bank reads as
+        scaffold: it is in hundreds of prompts) is met once each by a few unrelated people, and reads
+        as rare as a shared card."""
+        return (
             self._sample.candidates()
             .select("account_id", "prompt_key")
-            .join(sampled.select("prompt_key", "masked_key"), on="prompt_key")
-            .join(keyed.select(pl.col("prompt_key").alias("masked_key"), "template_key"), on="masked_key")
-        )
-        return (
-            held.group_by("account_id", "template_key")
+            .join(assignments.filter(pl.col("template_id").is_not_null()), on="prompt_key")
+            .group_by("account_id", "template_id")
             .agg(pl.len().alias("texts"))
             .filter(pl.col("texts") >= 2)
-            .group_by(_template_id(pl.col("template_key")).alias("template_id"))
+            .group_by(pl.col("template_id").cast(pl.Utf8))
             .agg(pl.len().cast(pl.Int64).alias("repeated_by"))
         )
 
