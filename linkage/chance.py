@@ -123,7 +123,9 @@ def lockstep_surprisal(
 ) -> np.ndarray:
     """Surprisal of two accounts agreeing on ``agreement × width`` MinHash positions of their active
     windows, when they are independent: they then share ``O ~ Poisson(λ)`` windows (``λ`` =
-    ``calibration × A·B/W``), so their Jaccard index is ``O / (A + B − O)``, and given it each
+    ``calibration × A·B/W``), renormalised to ``O ≤ min(A, B)`` (an account active around the
+    clock shares every window of the other, and no more: without the cap, agreeing exactly as
+    much as chance makes expected read as tens of nats), so their Jaccard index is ``O / (A + B − O)``, and given it each
     position agrees with that probability. Both sources of chance count: a few shared hours
     between two barely active accounts, and the MinHash's own sampling noise for busy ones.
 
@@ -187,6 +189,12 @@ def _mixture_surprisal(agree, windows_a, windows_b, expected, needed, log_tail, 
             out[p] = max(bound, 0.0)
             continue
         best, total = -np.inf, 0.0  # running log-sum-exp over the shared-window count o
+        # two accounts cannot share more windows than the less active one has: where that cap is within
+        # reach of the Poisson (a busy account active in most of the run's windows, or a run whose
+        # accounts share more hours than independence makes expected), the overlap's law is the
+        # Poisson's on 0 … top, renormalised; otherwise the cap changes nothing (e^-70 and less)
+        capped = top < lam + 12.0 * np.sqrt(lam) + 5.0
+        cap_best, cap_total = -np.inf, 0.0  # log-sum-exp of the Poisson's mass on the overlaps summed
         # overlaps far below the Poisson's mode weigh nothing next to it (e^-70 and less)
         start = min(top, max(0, int(lam - 12.0 * np.sqrt(lam) - 5.0)))
         # busy accounts: the terms vary smoothly over a third of the Poisson's spread, so the sum
@@ -202,10 +210,22 @@ def _mixture_surprisal(agree, windows_a, windows_b, expected, needed, log_tail, 
                 best = term
             elif term > -np.inf:
                 total += np.exp(term - best)
+            if capped:
+                mass = log_pmf + log_step
+                if mass > cap_best:
+                    cap_total = cap_total * np.exp(cap_best - mass) + 1.0
+                    cap_best = mass
+                else:
+                    cap_total += np.exp(mass - cap_best)
             # past the mode the Poisson only falls: stop once what is left cannot matter
-            if o > lam and log_pmf + np.log(top - o + 1.0) < best - 40.0:
+            elif o > lam and log_pmf + np.log(top - o + 1.0) < best - 40.0:
                 break
-        out[p] = -(best + np.log(total)) if best > -np.inf else 745.0
+        if best == -np.inf:
+            out[p] = 745.0
+        elif capped:
+            out[p] = max(cap_best + np.log(cap_total) - (best + np.log(total)), 0.0)
+        else:
+            out[p] = -(best + np.log(total))
     return out
 
 

@@ -463,6 +463,12 @@ def test_lockstep_is_surprising_only_beyond_what_independent_accounts_share():
     nothing = lockstep_surprisal(np.array([0.0]), np.array([20.0]), np.array([20.0]), 720.0, 1.0, 16)
     assert same[0] > 20 and always_on[0] < 2 and nothing[0] == 0
     assert one_of_two[0] < 6, "two users with two active hours each meeting once is not lockstep"
+    # an account active around the clock shares every window of a scheduled one, in a run whose
+    # accounts share more hours than independence (calibration 1.5): the overlap cannot exceed the
+    # scheduled account's 150 windows, and agreeing as much as that makes expected is no evidence
+    busy = lockstep_surprisal(np.array([150 / 700]), np.array([700.0]), np.array([150.0]), 720.0, 1.5, 16)
+    keeping_step = lockstep_surprisal(np.array([0.9]), np.array([700.0]), np.array([150.0]), 720.0, 1.5, 16)
+    assert busy[0] < 1 and keeping_step[0] > 15
 
 
 def test_window_counts_estimate_distinct_windows_from_minhash():
@@ -513,7 +519,8 @@ def test_an_account_in_no_ring_is_ranked_by_its_own_risk() -> None:
 
 def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_a_decision():
     """The compiled mixture (stepped for busy accounts) stays within ~1.5 nats of the plain sum
-    Σ_o Poisson(o; λ)·P(Binomial(16, o/(A+B−o)) ≥ x); with ``needed`` it may return an upper bound,
+    Σ_o Poisson(o; λ)·P(Binomial(16, o/(A+B−o)) ≥ x) over the overlaps o ≤ min(A, B), the Poisson
+    renormalised to them; with ``needed`` it may return an upper bound,
     but only where even the bound falls short, so no pair's link decision moves."""
     from scipy.stats import binom, poisson
 
@@ -527,9 +534,8 @@ def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_
     for p in range(n):
         x = int(round(agreement[p] * 16))
         overlap = np.arange(0, int(min(a[p], b[p])) + 1)
-        tail = (
-            poisson.pmf(overlap, 1.3 * a[p] * b[p] / 720) * binom.sf(x - 1, 16, overlap / (a[p] + b[p] - overlap))
-        ).sum()
+        law = poisson.pmf(overlap, 1.3 * a[p] * b[p] / 720)
+        tail = (law * binom.sf(x - 1, 16, overlap / (a[p] + b[p] - overlap))).sum() / law.sum()
         expected = -np.log(tail) if x > 0 else 0.0
         if expected < 600:
             assert got[p] == pytest.approx(expected, abs=1.5), p
