@@ -31,6 +31,7 @@ KEY_CONSTANTS = {
     "score.prior_members": "pseudo-customers of background risk a ring's mean is shrunk by",
     "score.alike_reference_share": "share of the run's rings acting more alike than the reference ring",
     "score.bystander_test_level": "level of the test that a ring's tame members are its loosely tied ones",
+    "score.bystander_clock_share": "share of the risky members' lockstep ties the tame ones must reach to keep the clock",
 }
 
 

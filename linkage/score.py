@@ -174,6 +174,7 @@ def score_rings(
             threshold,
             settings.bystander_test_level,
             min_ring_size if _test_under_cut(settings, risk) else None,
+            settings.bystander_clock_share,
         )
         if loose.height:
             moving = loose.join(detection.communities.select("account_id", "community"), on="account_id")
@@ -317,6 +318,7 @@ def bystanders(
     threshold: float,
     level: float = 0.05,
     core_size: int | None = None,
+    clock_share: float | None = 0.5,
 ) -> pl.DataFrame:
     """Members of flagged rings that are there by what they share, not by what they do: tied to the
     ring more loosely than its median member, and by their own behaviour not risky enough to be
@@ -327,7 +329,9 @@ def bystanders(
     Only in a ring whose tame members are its loosely tied ones (:func:`tame_members_looser`, at
     ``level``): half of any ring is tied below its median, and in a ring that is one operation
     throughout how tightly a member is tied says nothing of how it acts, so its tamest members are
-    the operation's too, not visitors.
+    the operation's too, not visitors. ``clock_share``: nor in a ring whose tame members keep its
+    clock (:func:`on_the_rings_clock`): an operation's tamest accounts still run on its scheduler,
+    visitors keep their own hours.
 
     ``core_size``: visitors can also drag a ring under the cut (benign VPN users on the exits an
     operation rotates through, once nothing marks those exits as VPN). A ring under the cut with at
@@ -344,7 +348,7 @@ def bystanders(
     loose_and_tame = (pl.col("attachment") < 1.0) & (pl.col("risk") < threshold)
     in_flagged = members.join(flagged, on="ring_id")
     # only rings with someone to move are tested (at incident scale most flagged rings have no one)
-    mixed = tame_members_looser(_with_candidates(in_flagged, loose_and_tame), threshold, level)
+    mixed = tame_members_looser(_with_candidates(in_flagged, loose_and_tame), threshold, level, clock_share=clock_share)
     if core_size is not None:
         under = members.join(flagged, on="ring_id", how="anti")
         cores = under.filter(pl.col("risk") >= threshold).group_by("ring_id").len()
@@ -352,7 +356,12 @@ def bystanders(
         rings_under = under["ring_id"].n_unique()
         if rings_under:
             mixed = pl.concat(
-                [mixed, tame_members_looser(under, threshold, level / rings_under, undecided_mixed=False)]
+                [
+                    mixed,
+                    tame_members_looser(
+                        under, threshold, level / rings_under, undecided_mixed=False, clock_share=clock_share
+                    ),
+                ]
             )
     return members.join(mixed, on="ring_id").filter(loose_and_tame).select("account_id")
 
@@ -371,7 +380,11 @@ def _with_candidates(members: pl.DataFrame, candidate: pl.Expr) -> pl.DataFrame:
 
 
 def tame_members_looser(
-    members: pl.DataFrame, threshold: float, level: float, undecided_mixed: bool = True
+    members: pl.DataFrame,
+    threshold: float,
+    level: float,
+    undecided_mixed: bool = True,
+    clock_share: float | None = None,
 ) -> pl.DataFrame:
     """``ring_id`` of the rings whose tame members (``risk`` under ``threshold``) are tied to the ring
     more loosely (``strength``) than its risky ones: a one-sided Mann–Whitney test per ring, p-value
@@ -382,13 +395,20 @@ def tame_members_looser(
     are under the cut, tied like the rest. Not corrected for the number of rings tested: a ring
     wrongly found mixed only loses its loose, tame members, as every flagged ring did before the
     test; nor can it spare a ring too small for it to decide (``undecided_mixed``: such a ring
-    counts as mixed)."""
+    counts as mixed).
+
+    ``clock_share`` (needs a ``timing`` column: the lockstep part of ``strength``; None: off): a ring
+    whose tame members keep its clock (:func:`on_the_rings_clock`) is not mixed, however loosely
+    they share its infrastructure."""
     sides = members.with_columns((pl.col("risk") < threshold).alias("tame"))
+    timing = pl.col("timing") if clock_share is not None and "timing" in members.columns else pl.lit(0.0)
     grouped = (
         sides.group_by("ring_id")
         .agg(
             pl.col("strength").filter(pl.col("tame")).alias("tame"),
             pl.col("strength").filter(~pl.col("tame")).alias("risky"),
+            timing.filter(pl.col("tame")).alias("tame_timing"),
+            timing.filter(~pl.col("tame")).alias("risky_timing"),
         )
         .filter((pl.col("tame").list.len() > 0) & (pl.col("risky").list.len() > 0))
         .sort("ring_id")
@@ -400,11 +420,40 @@ def tame_members_looser(
     # is mixed if ``undecided_mixed`` (the rule applies as before the test), else it is not
     mixed = [
         mann_whitney_less(np.array(tame), np.array(risky)) <= level
+        and not (clock_share is not None and on_the_rings_clock(tame_t, risky_t, clock_share))
         if _decidable(len(tame), len(risky), level)
         else undecided_mixed
-        for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
+        for tame, risky, tame_t, risky_t in zip(
+            grouped["tame"].to_list(),
+            grouped["risky"].to_list(),
+            grouped["tame_timing"].to_list(),
+            grouped["risky_timing"].to_list(),
+        )
     ]
     return grouped.filter(pl.Series(mixed, dtype=pl.Boolean)).select("ring_id")
+
+
+def on_the_rings_clock(tame: list[float], risky: list[float], share: float) -> bool:
+    """Whether a ring's tame members keep its risky members' clock: the median tame member's lockstep
+    ties to the ring (``tame``, nats) reach ``share`` of the median risky member's, and those are
+    not nil. A careful operation's tamest accounts share less with it (more camouflage, fewer of its
+    scaffolds) but run on its scheduler: on world B's campaign d their median is 0.8–0.9 of its
+    risky members'. Users of the tooling an operation runs keep their own hours: 0–0.4 on every ring
+    of visitors measured. A ring whose risky members share no clock (at incident scale each pair of
+    a large fleet meets rarely, and most of its small rings carry no lockstep) vouches for nobody.
+
+    Parameters
+    ----------
+    tame, risky : each member's summed lockstep surprisal over its links inside the ring.
+    share : the fraction of the risky median the tame median must reach.
+
+    Returns
+    -------
+    True where timing vouches for the tame members."""
+    if not tame or not risky:
+        return False
+    core = float(np.median(risky))
+    return core > 0 and float(np.median(tame)) >= share * core
 
 
 def _decidable(tame: int, risky: int, level: float) -> bool:
@@ -623,7 +672,8 @@ def _empty_evidence() -> pl.DataFrame:
 
 
 def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
-    """Per member: summed weight of kept links inside its ring, and attachment relative to the ring median."""
+    """Per member: summed weight of kept links inside its ring (``strength``), its lockstep part
+    (``timing``), and attachment relative to the ring median."""
     ring_by_idx = members.select("idx", "community")  # (integers: far cheaper to join than ring ids)
     edges = (
         detection.pairs.join(ring_by_idx.rename({"idx": "a", "community": "ca"}), on="a")
@@ -631,13 +681,18 @@ def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFr
         .filter(pl.col("ca") == pl.col("cb"))
     )
     ends = pl.concat(
-        [edges.select(pl.col("a").alias("idx"), "weight"), edges.select(pl.col("b").alias("idx"), "weight")]
+        [
+            edges.select(pl.col("a").alias("idx"), "weight", "activity"),
+            edges.select(pl.col("b").alias("idx"), "weight", "activity"),
+        ]
     )
-    strength = ends.group_by("idx").agg(pl.col("weight").sum().alias("strength"))
+    strength = ends.group_by("idx").agg(
+        pl.col("weight").sum().alias("strength"), pl.col("activity").sum().alias("timing")
+    )
     out = (
         members.select("idx", "account_id", "ring_id")
         .join(strength, on="idx", how="left")
-        .with_columns(pl.col("strength").fill_null(0.0))
+        .with_columns(pl.col("strength").fill_null(0.0), pl.col("timing").fill_null(0.0))
     )
     return out.with_columns(
         (pl.col("strength") / pl.col("strength").median().over("ring_id"))
@@ -646,6 +701,7 @@ def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFr
         .round(4)
         .alias("attachment"),
         pl.col("strength").round(6),
+        pl.col("timing").round(6),
     )
 
 

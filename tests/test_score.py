@@ -111,6 +111,29 @@ def test_bystanders_are_loose_tame_members_of_flagged_rings_where_the_loose_are_
     assert tame_members_looser(members, 0.7, 0.05)["ring_id"].to_list() == ["mixed"]
 
 
+def test_tame_members_on_the_rings_clock_are_not_bystanders() -> None:
+    # the same ties and risks as a ring with visitors: the loosely tied members are the tame ones
+    ties = [9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 2.0, 3.0, 4.0, 5.0]
+    risks = [0.85, 0.9, 0.8, 0.95, 0.9, 0.85, 0.5, 0.45, 0.8, 0.55]
+    visited, visited_risk = _ring("visited", ties, risks)
+    careful, careful_risk = _ring("careful", ties, risks)
+    untimed, untimed_risk = _ring("untimed", ties, risks)
+    # visitors keep their own hours: their ties carry next to no lockstep
+    visited = visited.with_columns(pl.Series("timing", [3.0, 3.5, 4.0, 3.0, 4.5, 3.5, 0.0, 0.2, 0.1, 0.0]))
+    # an operation's tamest accounts share less, but on its scheduler's clock like the rest
+    careful = careful.with_columns(pl.Series("timing", [3.0, 3.5, 4.0, 3.0, 4.5, 3.5, 3.2, 4.2, 2.9, 3.8]))
+    # no lockstep anywhere in the ring: the ties decide alone
+    untimed = untimed.with_columns(pl.lit(0.0).alias("timing"))
+    strength = pl.concat([visited, careful, untimed])
+    risk = pl.concat([visited_risk, careful_risk, untimed_risk])
+    rings = pl.DataFrame({"ring_id": ["visited", "careful", "untimed"], "score": [0.8, 0.8, 0.8]})
+    leaving = sorted(bystanders(strength, risk, rings, threshold=0.7)["account_id"].to_list())
+    assert leaving == ["untimed6", "untimed7", "untimed9", "visited6", "visited7", "visited9"]
+    # without the clock condition the careful operation loses its tamest accounts too
+    ignoring_clock = bystanders(strength, risk, rings, threshold=0.7, clock_share=None)["account_id"].to_list()
+    assert sorted(a for a in ignoring_clock if a.startswith("careful")) == ["careful6", "careful7", "careful9"]
+
+
 def test_visitors_who_drag_an_operation_under_the_cut_are_moved_out_only_on_strong_evidence() -> None:
     # an operation of eight, tightly tied and risky, diluted by sixteen loose, tame visitors: under the cut
     diluted = _ring("diluted", [20.0 + i for i in range(8)] + [1.0 + i / 10 for i in range(16)], [0.9] * 8 + [0.3] * 16)
