@@ -76,6 +76,9 @@ COORDINATION_FEATURES = (
 _MAX_BYSTANDER_ROUNDS = 32
 _INFRA_TYPES = ["PaymentInstrument", "IP", "SignupIP", "Subnet", "Device", "Bin"]
 _BURST_WINDOW_MS = 6 * 3600 * 1000
+# the mean surprisal −ln p of a p-value drawn by chance (p uniform: −ln p is exponential with mean 1):
+# links whose lockstep averages no more are not on a common clock
+CHANCE_SURPRISAL = 1.0
 
 
 def ring_ids(communities: pl.DataFrame) -> pl.DataFrame:
@@ -397,7 +400,7 @@ def tame_members_looser(
     test; nor can it spare a ring too small for it to decide (``undecided_mixed``: such a ring
     counts as mixed).
 
-    ``clock_share`` (needs a ``timing`` column: the lockstep part of ``strength``; None: off): a ring
+    ``clock_share`` (needs a ``timing`` column: the mean lockstep of each member's links; None: off): a ring
     whose tame members keep its clock (:func:`on_the_rings_clock`) is not mixed, however loosely
     they share its infrastructure."""
     sides = members.with_columns((pl.col("risk") < threshold).alias("tame"))
@@ -435,16 +438,18 @@ def tame_members_looser(
 
 def on_the_rings_clock(tame: list[float], risky: list[float], share: float) -> bool:
     """Whether a ring's tame members keep its risky members' clock: the median tame member's lockstep
-    ties to the ring (``tame``, nats) reach ``share`` of the median risky member's, and those are
-    not nil. A careful operation's tamest accounts share less with it (more camouflage, fewer of its
-    scaffolds) but run on its scheduler: on world B's campaign d their median is 0.8–0.9 of its
-    risky members'. Users of the tooling an operation runs keep their own hours: 0–0.4 on every ring
-    of visitors measured. A ring whose risky members share no clock (at incident scale each pair of
-    a large fleet meets rarely, and most of its small rings carry no lockstep) vouches for nobody.
+    per link inside the ring reaches ``share`` of the median risky member's, and that is beyond
+    chance. A careful operation's tamest accounts share less with it (more camouflage, fewer of its
+    scaffolds) but run on its scheduler: on world B's campaign d both medians are 2.4–4.4 nats per
+    link. Users of the tooling an operation runs keep their own hours: 0–0.4 against 6–8 on every
+    ring of visitors measured (a ratio of 0.07 at most). A ring whose risky members' links carry no
+    more lockstep than chance (:data:`CHANCE_SURPRISAL`: classes of students 0.6–1.1, a declared
+    org's nightly batch 0.96, every campaign ring measured 2.4 and more; at incident scale most of a
+    large fleet's small rings, whose pairs rarely meet) vouches for nobody.
 
     Parameters
     ----------
-    tame, risky : each member's summed lockstep surprisal over its links inside the ring.
+    tame, risky : each member's mean lockstep surprisal over its links inside the ring (nats).
     share : the fraction of the risky median the tame median must reach.
 
     Returns
@@ -453,7 +458,7 @@ def on_the_rings_clock(tame: list[float], risky: list[float], share: float) -> b
     if not tame or not risky:
         return False
     core = float(np.median(risky))
-    return core > 0 and float(np.median(tame)) >= share * core
+    return core > CHANCE_SURPRISAL and float(np.median(tame)) >= share * core
 
 
 def _decidable(tame: int, risky: int, level: float) -> bool:
@@ -672,8 +677,8 @@ def _empty_evidence() -> pl.DataFrame:
 
 
 def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
-    """Per member: summed weight of kept links inside its ring (``strength``), its lockstep part
-    (``timing``), and attachment relative to the ring median."""
+    """Per member: summed weight of kept links inside its ring (``strength``), the mean lockstep
+    surprisal of those links (``timing``, nats per link), and attachment relative to the ring median."""
     ring_by_idx = members.select("idx", "community")  # (integers: far cheaper to join than ring ids)
     edges = (
         detection.pairs.join(ring_by_idx.rename({"idx": "a", "community": "ca"}), on="a")
@@ -687,7 +692,7 @@ def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFr
         ]
     )
     strength = ends.group_by("idx").agg(
-        pl.col("weight").sum().alias("strength"), pl.col("activity").sum().alias("timing")
+        pl.col("weight").sum().alias("strength"), pl.col("activity").mean().alias("timing")
     )
     out = (
         members.select("idx", "account_id", "ring_id")

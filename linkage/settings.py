@@ -240,13 +240,13 @@ class ScoreSettings(_Section):
     )
     # an operation's tame members run on its scheduler's clock; users of the tooling it also runs keep
     # their own hours. World B's careful campaign d lost 9-11 of its 50 accounts on three tuning seeds to
-    # the tie test alone: its tame members' median lockstep tie is 0.8-0.9 of its risky ones', visitors'
-    # 0-0.4 on every ring measured (world B at 0.02 and at incident scale)
+    # the tie test alone: per link, its tame members' lockstep is about its risky ones' (2.4-4.4 nats),
+    # visitors' at most 0.07 of the ring's risky members' on every ring measured
     bystander_clock_share: float | None = Field(
         0.5,
         gt=0,
-        description="a flagged ring whose tame members' median lockstep tie to it reaches this share of its risky "
-        "members' (and theirs is not nil) keeps them: they run on its clock (None: ties alone decide)",
+        description="a flagged ring whose tame members' median lockstep per link inside it reaches this share of its "
+        "risky members' (and theirs beats chance, 1 nat) keeps them: they run on its clock (None: ties alone decide)",
     )
     # Auto: on only where the run cannot tell proxy/VPN/datacenter exits from others (no ip_type). There
     # the prior discount on shared exits is gone and benign VPN users drag an operation's ring under the
