@@ -443,9 +443,9 @@ def on_the_rings_clock(tame: list[float], risky: list[float], share: float) -> b
     scaffolds) but run on its scheduler: on world B's campaign d both medians are 2.4–4.4 nats per
     link. Users of the tooling an operation runs keep their own hours: 0–0.4 against 6–8 on every
     ring of visitors measured (a ratio of 0.07 at most). A ring whose risky members' links carry no
-    more lockstep than chance (:data:`CHANCE_SURPRISAL`: classes of students 0.6–1.1, a declared
-    org's nightly batch 0.96, every campaign ring measured 2.4 and more; at incident scale most of a
-    large fleet's small rings, whose pairs rarely meet) vouches for nobody.
+    more lockstep than chance (:data:`CHANCE_SURPRISAL`: classes of students 0.6–0.7, one at 1.1; a
+    declared org's nightly batch 0.96; every campaign ring measured 2.4 and more; at incident scale
+    most of a large fleet's small rings, whose pairs rarely meet) vouches for nobody.
 
     Parameters
     ----------
