@@ -321,7 +321,7 @@ def bystanders(
     threshold: float,
     level: float = 0.05,
     core_size: int | None = None,
-    clock_share: float | None = 0.5,
+    clock_share: float | None = ScoreSettings.model_fields["bystander_clock_share"].default,
 ) -> pl.DataFrame:
     """Members of flagged rings that are there by what they share, not by what they do: tied to the
     ring more loosely than its median member, and by their own behaviour not risky enough to be
