@@ -20,6 +20,7 @@ run's accounts, 1 is identical behaviour. Both means are exact sums (``‖Σu‖
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -48,10 +49,15 @@ class Profiles:
     known: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"ring_id": pl.Utf8, "alike": pl.Float64}))
 
 
-def profiles(graph: Graph) -> Profiles:
-    """The behaviour profiles of the graph's accounts (see the module docstring)."""
+def profiles(graph: Graph, without: Collection[str] = ()) -> Profiles:
+    """The behaviour profiles of the graph's accounts (see the module docstring), leaving out the
+    aspects named in ``without`` (``"client"`` to ask how alike accounts act beyond the client they use)."""
     accounts = graph.nodes["Account"]
-    parts = [_mix(graph.rels[rel], aspect) for aspect, rel in _MIX_ASPECTS.items() if rel in graph.rels]
+    parts = [
+        _mix(graph.rels[rel], aspect)
+        for aspect, rel in _MIX_ASPECTS.items()
+        if rel in graph.rels and aspect not in without
+    ]
     active = accounts.filter(pl.col("requests") > 0)
     per_request = pl.col("requests").cast(pl.Float64)
     levels = {
@@ -65,7 +71,7 @@ def profiles(graph: Graph) -> Profiles:
     parts += [
         _level(active, value, aspect)
         for aspect, (columns, value) in levels.items()
-        if all(column in accounts.columns for column in columns)
+        if all(column in accounts.columns for column in columns) and aspect not in without
     ]
     parts = [part for part in parts if part.height]
     if not parts:

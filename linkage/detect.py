@@ -26,6 +26,7 @@ import numba
 import numpy as np
 import polars as pl
 
+from .behaviour import Profiles, alike, profiles
 from .chance import (
     entity_surprisal,
     fisher_log_tail,
@@ -51,6 +52,7 @@ class Detection:
     memberships: pl.DataFrame  # idx, entity, type, value, degree
     pairs: pl.DataFrame  # a, b (idx), weight, activity (kept edges only)
     communities: pl.DataFrame  # account_id, community (every account in a community of ≥ min size)
+    owned: pl.DataFrame | None = None  # entity_key of the builds read as one operation's (owned_builds)
 
 
 def one_customer_orgs(graph: Graph) -> pl.DataFrame:
@@ -489,7 +491,11 @@ def _hub_candidates(entity_codes: np.ndarray, idx: np.ndarray, n: int, partners:
 
 # ---------------------------------------------------------------- projection
 def project(
-    accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings, threshold: float | None = None
+    accounts: pl.DataFrame,
+    evidence: pl.DataFrame,
+    settings: DetectSettings,
+    threshold: float | None = None,
+    owned: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Account pairs (a < b) whose combined surprisal (``weight``, nats) reaches ``threshold``: by
     default :func:`~linkage.chance.link_threshold`, the level chance links cannot percolate at.
@@ -500,7 +506,17 @@ def project(
     ev = evidence.with_columns(
         pl.col("type").replace_strict(type_code, return_dtype=pl.Int32).alias("type_code"),
         pl.col("entity_key").rank("dense").cast(pl.Int64).alias("entity_code"),
-    ).sort("entity_code", "idx")
+    )
+    if owned is not None and owned.height:
+        # an owned build (owned_builds) is one operation's: worth the rarest entity of its type
+        rarest = pl.col("value").max().over("type")
+        ev = ev.with_columns(
+            pl.when(pl.col("entity_key").is_in(owned["entity_key"].implode()))
+            .then(pl.max_horizontal("value", rarest))
+            .otherwise(pl.col("value"))
+            .alias("value")
+        )
+    ev = ev.sort("entity_code", "idx")
     idx = ev["idx"].to_numpy().astype(np.int64)
     entity_code = ev["entity_code"].to_numpy()
     value = ev["value"].to_numpy()
@@ -837,6 +853,79 @@ def _signature_agreement(matrix, has, ca, cb):
     return agreement
 
 
+# a build most of whose holders are one org's seats, billed as one customer, is that org's own tool
+_ORG_TOOL_SHARE = 0.5
+
+
+def owned_builds(
+    evidence: pl.DataFrame, beyond_client: Profiles, billed_orgs: pl.DataFrame, hub_size: int, alike_at_least: float
+) -> pl.DataFrame:
+    """The client builds one operation runs: hub builds whose holders, beyond the client they share,
+    act more like one another than like strangers, and are not mostly one org's seats.
+
+    A hub is weak evidence between any two of its holders: thousands of strangers share an SDK
+    default. At scale the same weakness hides a fleet. World B's rotating-proxy workers share
+    nothing rarer than one custom build nobody else uses, so most of them were in no ring at all,
+    each riskier on its own than all but 0.1 % of the benign accounts in no ring. What tells that
+    build from an SDK default is its holders: strangers who share a client act, in everything else,
+    like any two of the run's accounts (``alike`` ≈ 0 on the run's own scale, :mod:`~linkage.behaviour`);
+    an operation's workers run one scaffold set on one model for answers of one length. An org's
+    own tooling is shared by right (the contract), so a build most of whose holders are one
+    customer's seats is never owned.
+
+    Parameters
+    ----------
+    evidence : the memberships (:func:`memberships`): ``account_id, entity_key, type, degree``.
+    beyond_client : the accounts' profiles without the client aspect (:func:`~linkage.behaviour.profiles`).
+    billed_orgs : ``account_id, org_id`` where seats are billed as one customer (:func:`one_customer_orgs`).
+    hub_size : builds held by more accounts than this are hubs.
+    alike_at_least : how alike (0: strangers of this run, 1: identical) the holders must act.
+
+    Returns
+    -------
+    ``entity_key`` of each owned build, sorted.
+    """
+    hubs = evidence.filter((pl.col("degree") > hub_size) & (pl.col("type") == "Device")).select(
+        pl.col("entity_key").cast(pl.Utf8).alias("ring_id"), "entity_key", "account_id"
+    )
+    seats = (
+        hubs.join(billed_orgs.filter(pl.col("org_id").is_not_null()), on="account_id")
+        .group_by("ring_id", "org_id")
+        .len("seats")
+        .group_by("ring_id")
+        .agg(pl.col("seats").max())
+    )
+    holders = hubs.group_by("ring_id", "entity_key").len("holders")
+    return (
+        alike(beyond_client, hubs.select("ring_id", "account_id"))
+        .join(holders, on="ring_id")
+        .join(seats, on="ring_id", how="left")
+        .filter(
+            (pl.col("alike") >= alike_at_least) & (pl.col("seats").fill_null(0) < _ORG_TOOL_SHARE * pl.col("holders"))
+        )
+        .select("entity_key")
+        .sort("entity_key")
+    )
+
+
+def _owned_builds_of(
+    graph: Graph, accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings
+) -> pl.DataFrame | None:
+    """:func:`owned_builds` of the run, or None when the setting is off or the run has no hub build
+    (the profiles are not built then)."""
+    if settings.owned_build_alike is None:
+        return None
+    if evidence.filter((pl.col("degree") > settings.hub_size) & (pl.col("type") == "Device")).height == 0:
+        return None
+    return owned_builds(
+        evidence,
+        profiles(graph, without=("client",)),
+        accounts.select("account_id", "org_id"),
+        settings.hub_size,
+        settings.owned_build_alike,
+    )
+
+
 # ---------------------------------------------------------------- communities
 def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
     """Community per account index (-1 for accounts with no kept link). Seeded: same input, same output."""
@@ -938,7 +1027,8 @@ def detect(graph: Graph, settings: DetectSettings, clock: StageClock | None = No
     with clock.stage("detect/memberships"):
         accounts, evidence = memberships(graph, settings)
     with clock.stage("detect/projection"):
-        pairs = project(accounts, evidence, settings)
+        owned = _owned_builds_of(graph, accounts, evidence, settings)
+        pairs = project(accounts, evidence, settings, owned=owned)
     with clock.stage("detect/leiden"):
         community = leiden(accounts.height, pairs, settings)
     with clock.stage("detect/clean_up"):
@@ -952,4 +1042,5 @@ def detect(graph: Graph, settings: DetectSettings, clock: StageClock | None = No
         memberships=evidence,
         pairs=pairs,
         communities=frame.select("account_id", "idx", "community").sort("community", "account_id"),
+        owned=owned,
     )

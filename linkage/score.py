@@ -37,6 +37,7 @@ is tied, while the risk says whether it behaves like extraction.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
@@ -503,7 +504,7 @@ def _bystanders_apart(detection: Detection, detached: pl.DataFrame, min_ring_siz
     )
     sizes = communities.group_by("community").len()
     kept = communities.join(sizes.filter(pl.col("len") >= min_ring_size), on="community").drop("len")
-    return Detection(detection.accounts, detection.memberships, detection.pairs, kept)
+    return dataclasses.replace(detection, communities=kept)
 
 
 def _alone(risk: pl.DataFrame, background_mean: float | None, ties: pl.DataFrame | None = None) -> pl.DataFrame:

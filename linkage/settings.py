@@ -135,6 +135,11 @@ class DetectSettings(_Section):
         description="hubs worth less than this share of the link threshold propose no pairs (they still add to pairs proposed otherwise): a pair found only through weaker hubs would need more than four families of them",
     )
     hub_partners: int = Field(5, ge=1, description="random cycles laid through a hub's members")
+    owned_build_alike: float | None = Field(
+        0.5,
+        gt=0,
+        description="a hub client build whose holders act at least this alike beyond the client (0: strangers of the run, 1: identical; 0.5: more like one another than like strangers) and are not mostly one org's seats is one operation's and counts as the rarest build; None: off",
+    )
     max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
     within_type_extra: float = Field(
         0.25,

@@ -53,3 +53,22 @@ def test_a_run_without_behaviour_gives_no_reading() -> None:
     graph = graph_of(5, {})
     graph.nodes["Account"] = graph.nodes["Account"].with_columns(requests=pl.lit(0))
     assert alike(profiles(graph), _rings({"r": [0, 1, 2]}))["alike"].to_list() == [None]
+
+
+def test_beyond_the_client_strangers_on_one_client_act_like_strangers() -> None:
+    """Accounts whose only common trait is their client read as alike with the client aspect and
+    as strangers without it; an operation acting as one stays alike either way."""
+    graph = _graph(30, same=[0, 1, 2, 3])
+    on_one_client = list(range(4, 30, 3))  # spread over the run, as strangers are
+    graph.rels["USED_DEVICE"] = graph.rels["USED_DEVICE"].with_columns(
+        pl.when(pl.col("src").is_in([f"a{i:04d}" for i in on_one_client]))
+        .then(pl.lit("client-sdk-default"))
+        .otherwise(pl.col("dst"))
+        .alias("dst")
+    )
+    rings = _rings({"operated": [0, 1, 2, 3], "sdk": on_one_client})
+    with_client = dict(alike(profiles(graph), rings).iter_rows())
+    beyond = dict(alike(profiles(graph, without=("client",)), rings).iter_rows())
+    assert with_client["sdk"] > 0.1
+    assert beyond["sdk"] < 0.05
+    assert beyond["operated"] == pytest.approx(1.0)

@@ -543,3 +543,66 @@ def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_
     bounded = lockstep_surprisal(agreement, a, b, 720.0, 1.3, 16, needed)
     assert np.all(bounded >= got - 1e-9)
     assert np.array_equal(bounded >= needed, got >= needed)
+
+
+def _builds_graph(n: int = 400, tool_billed_as_one: bool = True) -> Graph:
+    """Three hub builds of 60 holders each: ``fleet`` (0–59) run one model for long, reasoning-heavy
+    answers, each with a scaffold of its own; ``sdk`` (60–119) are strangers; ``tool`` (120–179) are
+    one org's seats acting as one (billed as one customer unless ``tool_billed_as_one`` is off).
+    Everyone else holds a build, a model and a template of their own; two accounts share a small
+    build, the run's rarest."""
+    fleet, sdk, tool = range(0, 60), range(60, 120), range(120, 180)
+    acting_alike = set(fleet) | set(tool)
+    builds = [
+        ("fleet-build", list(fleet)),
+        ("sdk-default", list(sdk)),
+        ("org-tool", list(tool)),
+        ("pair-build", [180, 181]),
+    ]
+    builds += singly_held(n, "USED_DEVICE", "own-build-", set(range(182)))
+    models = [("model-fleet", list(fleet)), ("model-tool", list(tool))]
+    models += [(f"model-{i}", [i]) for i in range(n) if i not in acting_alike]
+    cards = [("corp-card", list(tool))] if tool_billed_as_one else [(f"card-{i}", [i]) for i in tool]
+    shares = {
+        "USED_DEVICE": builds,
+        "USED_MODEL": models,
+        "SENT_TEMPLATE": [(f"template-{i}", [i]) for i in range(n)],
+        "PAID_WITH": cards,
+    }
+    graph = graph_of(n, shares, orgs={i: "corp" for i in tool})
+    alike_ = pl.Series([i in acting_alike for i in range(n)])
+    graph.nodes["Account"] = graph.nodes["Account"].with_columns(
+        input_tokens=pl.when(alike_).then(50_000).otherwise(pl.int_range(n) * 7),
+        output_tokens=pl.when(alike_).then(90_000).otherwise((pl.int_range(n) * 13) % 997),
+        reasoning_requests=pl.when(alike_).then(10).otherwise(pl.int_range(n) % 3),
+        sampled_prompts=pl.lit(10),
+    )
+    return graph
+
+
+def _owned(graph: Graph) -> list[str]:
+    from linkage.behaviour import profiles
+    from linkage.detect import owned_builds
+
+    accounts, evidence = memberships(graph, DetectSettings())
+    owned = owned_builds(
+        evidence, profiles(graph, without=("client",)), accounts.select("account_id", "org_id"), 48, 0.5
+    )
+    names = evidence.select("entity_key", "entity").unique()
+    return sorted(names.join(owned, on="entity_key")["entity"].to_list())
+
+
+def test_a_build_whose_holders_act_as_one_beyond_it_is_owned_an_sdk_default_and_an_orgs_tool_are_not() -> None:
+    assert _owned(_builds_graph()) == ["Device|fleet-build"]
+    # seats paying each on their own are each their own customer, whatever org they declare: their
+    # tool is read like anyone's
+    assert _owned(_builds_graph(tool_billed_as_one=False)) == ["Device|fleet-build", "Device|org-tool"]
+
+
+def test_holders_of_an_owned_build_form_a_ring_where_a_hub_alone_links_none() -> None:
+    graph = _builds_graph()
+    ringed = set(linkage.detect.detect(graph, DetectSettings()).communities["idx"].to_list())
+    assert set(range(60)) <= ringed, "the fleet is one ring"
+    assert not ringed & set(range(60, 120)), "strangers on an SDK default stay apart"
+    off = linkage.detect.detect(graph, DetectSettings(owned_build_alike=None)).communities
+    assert not set(off["idx"].to_list()) & set(range(60)), "without the rule the build links nobody"
