@@ -127,6 +127,32 @@ def alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
     return rings.join(profile.known, on="ring_id", how="left")
 
 
+def member_alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
+    """``ring_id, account_id, alike``: how alike each member acts to the ring's other members, its mean
+    similarity to them on the run's scale (as :func:`alike`; the ring's ``alike`` is the mean of its
+    members'). Null when the run has no behaviour to compare."""
+    members = members.select("ring_id", "account_id")
+    if profile.baseline is None:
+        return members.with_columns(pl.lit(None, pl.Float64).alias("alike"))
+    assert profile.index is not None  # (set whenever there is a baseline)
+    placed = members.with_columns(pl.col("account_id").cast(profile.index, strict=False).to_physical().alias("account"))
+    rows = profile.vectors.join(placed.filter(pl.col("account").is_not_null()), on="account")
+    totals = rows.group_by("ring_id", "feature").agg(pl.col("u").sum().alias("total"))
+    others = (
+        rows.join(totals, on=["ring_id", "feature"])
+        .group_by("ring_id", "account_id")
+        .agg(((pl.col("u") * pl.col("total")).sum() - (pl.col("u") ** 2).sum()).alias("pairs"))
+    )
+    sizes = members.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
+    scale = max(1.0 - profile.baseline, 1e-9)
+    similarity = pl.col("pairs").fill_null(0.0) / (pl.col("k") - 1.0).clip(1.0, None)
+    return (
+        members.join(sizes, on="ring_id")
+        .join(others, on=["ring_id", "account_id"], how="left")
+        .select("ring_id", "account_id", ((similarity - profile.baseline) / scale).round(6).alias("alike"))
+    )
+
+
 def _mean_similarity(vectors: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:
     """Per group (``ring_id``), the mean similarity over its member pairs, ``(‖Σu‖² − Σ‖u‖²) / (k(k−1))``:
     a member without behaviour counts in ``k`` with similarity 0 to everyone."""

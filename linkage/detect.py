@@ -26,7 +26,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from .behaviour import Profiles, alike, profiles
+from .behaviour import Profiles, alike, member_alike, profiles
 from .chance import (
     entity_surprisal,
     fisher_log_tail,
@@ -52,7 +52,7 @@ class Detection:
     memberships: pl.DataFrame  # idx, entity, type, value, degree
     pairs: pl.DataFrame  # a, b (idx), weight, activity (kept edges only)
     communities: pl.DataFrame  # account_id, community (every account in a community of ≥ min size)
-    owned: pl.DataFrame | None = None  # entity_key of the builds read as one operation's (owned_builds)
+    owned: pl.DataFrame | None = None  # entity_key, account_id: owned builds and their workers (owned_builds)
 
 
 def one_customer_orgs(graph: Graph) -> pl.DataFrame:
@@ -491,11 +491,7 @@ def _hub_candidates(entity_codes: np.ndarray, idx: np.ndarray, n: int, partners:
 
 # ---------------------------------------------------------------- projection
 def project(
-    accounts: pl.DataFrame,
-    evidence: pl.DataFrame,
-    settings: DetectSettings,
-    threshold: float | None = None,
-    owned: pl.DataFrame | None = None,
+    accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings, threshold: float | None = None
 ) -> pl.DataFrame:
     """Account pairs (a < b) whose combined surprisal (``weight``, nats) reaches ``threshold``: by
     default :func:`~linkage.chance.link_threshold`, the level chance links cannot percolate at.
@@ -507,15 +503,6 @@ def project(
         pl.col("type").replace_strict(type_code, return_dtype=pl.Int32).alias("type_code"),
         pl.col("entity_key").rank("dense").cast(pl.Int64).alias("entity_code"),
     )
-    if owned is not None and owned.height:
-        # an owned build (owned_builds) is one operation's: worth the rarest entity of its type
-        rarest = pl.col("value").max().over("type")
-        ev = ev.with_columns(
-            pl.when(pl.col("entity_key").is_in(owned["entity_key"].implode()))
-            .then(pl.max_horizontal("value", rarest))
-            .otherwise(pl.col("value"))
-            .alias("value")
-        )
     ev = ev.sort("entity_code", "idx")
     idx = ev["idx"].to_numpy().astype(np.int64)
     entity_code = ev["entity_code"].to_numpy()
@@ -655,7 +642,7 @@ def pair_weights(
     n_accounts: int, ca: np.ndarray, cb: np.ndarray, shared: Shared, held: Held, rules: TypeRules
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each candidate pair's surprisal (nats) and the number of evidence families it comes from: its
-    small-entity contributions plus the hubs both ends hold (valued on the ``ca`` side), combined
+    small-entity contributions plus the hubs both ends hold (at the lower of the two ends' values), combined
     per type (less what the two accounts' memberships make expected, see :mod:`linkage.chance`)
     and per family.
 
@@ -768,9 +755,11 @@ def _weigh_pairs(
         for j in range(hub_start[cb[p]], hub_start[cb[p] + 1]):
             i = marked_at[hub_entity[j]]
             if i >= 0:
+                # a hub is worth the same to all its holders, but an owned build only between workers
                 t = hub_type[i]
-                sums[t] += hub_value[i]
-                maxima[t] = max(maxima[t], hub_value[i])
+                worth = min(hub_value[i], hub_value[j])
+                sums[t] += worth
+                maxima[t] = max(maxima[t], worth)
         strongest[:] = 0.0
         total[:] = 0.0
         for t in range(n_types):
@@ -855,13 +844,18 @@ def _signature_agreement(matrix, has, ca, cb):
 
 # a build most of whose holders are one org's seats, billed as one customer, is that org's own tool
 _ORG_TOOL_SHARE = 0.5
+# a worker acts like the build's other holders at least half as alike as the build's mark: of world
+# B's campaign builds' holders 1-27 per build fall under the mark itself, 0-3 under half of it; a
+# customer who merely uses the build sits near 0
+_WORKER_SHARE = 0.5
 
 
 def owned_builds(
     evidence: pl.DataFrame, beyond_client: Profiles, billed_orgs: pl.DataFrame, hub_size: int, alike_at_least: float
 ) -> pl.DataFrame:
-    """The client builds one operation runs: hub builds whose holders, beyond the client they share,
-    act more like one another than like strangers, and are not mostly one org's seats.
+    """The client builds one operation runs, and which of their holders are its workers: hub builds
+    whose holders, beyond the client they share, act more like one another than like strangers and
+    are not mostly one org's seats; of their holders, those who act like the others.
 
     A hub is weak evidence between any two of its holders: thousands of strangers share an SDK
     default. At scale the same weakness hides a fleet. World B's rotating-proxy workers share
@@ -869,9 +863,10 @@ def owned_builds(
     each riskier on its own than all but 0.1 % of the benign accounts in no ring. What tells that
     build from an SDK default is its holders: strangers who share a client act, in everything else,
     like any two of the run's accounts (``alike`` ≈ 0 on the run's own scale, :mod:`~linkage.behaviour`);
-    an operation's workers run one scaffold set on one model for answers of one length. An org's
-    own tooling is shared by right (the contract), so a build most of whose holders are one
-    customer's seats is never owned.
+    an operation's workers run one scaffold set on one model for answers of one length. A customer
+    who happens to use the operation's build acts like nobody there, and only the holders who act
+    like the others are read as its workers. An org's own tooling is shared by right (the contract),
+    so a build most of whose holders are one customer's seats is never owned.
 
     Parameters
     ----------
@@ -879,11 +874,12 @@ def owned_builds(
     beyond_client : the accounts' profiles without the client aspect (:func:`~linkage.behaviour.profiles`).
     billed_orgs : ``account_id, org_id`` where seats are billed as one customer (:func:`one_customer_orgs`).
     hub_size : builds held by more accounts than this are hubs.
-    alike_at_least : how alike (0: strangers of this run, 1: identical) the holders must act.
+    alike_at_least : how alike (0: strangers of this run, 1: identical) the holders must act as a
+        group; each worker acts like the others at least half as alike.
 
     Returns
     -------
-    ``entity_key`` of each owned build, sorted.
+    ``entity_key, account_id``: each owned build with each of its workers, sorted.
     """
     hubs = evidence.filter((pl.col("degree") > hub_size) & (pl.col("type") == "Device")).select(
         pl.col("entity_key").cast(pl.Utf8).alias("ring_id"), "entity_key", "account_id"
@@ -895,17 +891,48 @@ def owned_builds(
         .group_by("ring_id")
         .agg(pl.col("seats").max())
     )
-    holders = hubs.group_by("ring_id", "entity_key").len("holders")
-    return (
+    holders = hubs.group_by("ring_id").len("holders")
+    owned = (
         alike(beyond_client, hubs.select("ring_id", "account_id"))
         .join(holders, on="ring_id")
         .join(seats, on="ring_id", how="left")
         .filter(
             (pl.col("alike") >= alike_at_least) & (pl.col("seats").fill_null(0) < _ORG_TOOL_SHARE * pl.col("holders"))
         )
-        .select("entity_key")
-        .sort("entity_key")
+        .select("ring_id")
     )
+    workers = member_alike(beyond_client, hubs.join(owned, on="ring_id").select("ring_id", "account_id"))
+    return (
+        workers.filter(pl.col("alike") >= _WORKER_SHARE * alike_at_least)
+        .join(hubs, on=["ring_id", "account_id"])
+        .select("entity_key", "account_id")
+        .sort("entity_key", "account_id")
+    )
+
+
+def valued_as_owned(evidence: pl.DataFrame, owned: pl.DataFrame | None) -> pl.DataFrame:
+    """The memberships with each worker's membership of its owned build (:func:`owned_builds`) valued
+    as the rarest entity of the type. A hub is worth the lower of its two holders' values
+    (:func:`_weigh_pairs`), so the build is worth that much only between two workers."""
+    if owned is None or owned.height == 0:
+        return evidence
+    # a few builds among millions of memberships: find their rows first, then the workers' among them
+    rows = (
+        evidence.select("entity_key", "account_id", "type")
+        .with_row_index("row")
+        .filter(pl.col("entity_key").is_in(owned["entity_key"].unique().implode()))
+        .join(owned, on=["entity_key", "account_id"], how="semi")
+    )
+    rarest = (
+        evidence.filter(pl.col("type").is_in(rows["type"].unique().implode()))
+        .group_by("type")
+        .agg(pl.col("value").max().alias("rarest"))
+    )
+    rows = rows.join(rarest, on="type")
+    value = evidence["value"].to_numpy().copy()
+    at = rows["row"].to_numpy()
+    value[at] = np.maximum(value[at], rows["rarest"].to_numpy())
+    return evidence.with_columns(pl.Series("value", value))
 
 
 def _owned_builds_of(
@@ -1028,7 +1055,8 @@ def detect(graph: Graph, settings: DetectSettings, clock: StageClock | None = No
         accounts, evidence = memberships(graph, settings)
     with clock.stage("detect/projection"):
         owned = _owned_builds_of(graph, accounts, evidence, settings)
-        pairs = project(accounts, evidence, settings, owned=owned)
+        evidence = valued_as_owned(evidence, owned)
+        pairs = project(accounts, evidence, settings)
     with clock.stage("detect/leiden"):
         community = leiden(accounts.height, pairs, settings)
     with clock.stage("detect/clean_up"):

@@ -273,7 +273,8 @@ def explain_pair(out_dir: str | Path | RunTables, a: str, b: str) -> PairExplana
 
 
 def _shared_entities(run: RunTables, a: str, b: str) -> list[dict[str, Any]]:
-    """Entities both accounts hold, valued as detection valued them (on the lower-index account)."""
+    """Entities both accounts hold, valued as detection valued them (the lower of the two holders'
+    values: they differ only for an owned build, worth the most between two of its workers)."""
     both = run.memberships.filter(pl.col("account_id").is_in([a, b]))
     pairs = both.filter(pl.col("account_id") == a).join(
         both.filter(pl.col("account_id") == b).select(
@@ -281,9 +282,7 @@ def _shared_entities(run: RunTables, a: str, b: str) -> list[dict[str, Any]]:
         ),
         on="entity",
     )
-    valued = pairs.with_columns(
-        pl.when(pl.col("idx") < pl.col("idx_b")).then(pl.col("value")).otherwise(pl.col("value_b")).alias("value")
-    )
+    valued = pairs.with_columns(pl.min_horizontal("value", "value_b").alias("value"))
     return (
         valued.sort("value", "entity", descending=[True, False]).select("entity", "type", "value", "degree").to_dicts()
     )

@@ -729,7 +729,9 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
             pl.col("entity").first(),
             pl.col("type").first(),
             pl.col("degree").first(),
-            pl.col("value").first(),
+            # what it is worth between two members: a hub's worth is the lower of its two holders',
+            # and only an owned build's workers hold it at more (detect.valued_as_owned)
+            pl.col("value").top_k(2).min(),
         )
         .filter(pl.col("members") >= 2)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from linkage.behaviour import alike, profiles
+from linkage.behaviour import alike, member_alike, profiles
 
 from .conftest import graph_of
 
@@ -72,3 +72,17 @@ def test_beyond_the_client_strangers_on_one_client_act_like_strangers() -> None:
     assert with_client["sdk"] > 0.1
     assert beyond["sdk"] < 0.05
     assert beyond["operated"] == pytest.approx(1.0)
+
+
+def test_each_members_alike_averages_to_the_rings_and_tells_a_customer_from_the_operation() -> None:
+    """A member's ``alike`` is its mean similarity to the ring's others: their mean is the ring's
+    ``alike``; a stranger in the ring reads near 0 (under it), the operation's accounts far above."""
+    graph = _graph(30, same=[0, 1, 2, 3, 4, 5])
+    rings = _rings({"mixed": [0, 1, 2, 3, 4, 5, 13, 21], "strangers": [8, 16, 24]})
+    members = member_alike(profiles(graph), rings)
+    rings_alike = dict(alike(profiles(graph), rings).iter_rows())
+    means = dict(members.group_by("ring_id").agg(pl.col("alike").mean()).iter_rows())
+    assert means == pytest.approx(rings_alike, abs=1e-5)
+    by_account = dict(members.select("account_id", "alike").iter_rows())
+    assert min(by_account[f"a{i:04d}"] for i in range(6)) > 0.5
+    assert max(by_account[f"a{i:04d}"] for i in (13, 21)) < 0.05

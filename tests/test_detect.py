@@ -270,7 +270,7 @@ def _brute_force_weight(small: dict, a: dict, b: dict, rules, ends: tuple[int, i
     values: dict[int, list[float]] = {t: list(v) for t, v in small.items()}
     for (t, e), v in a.items():
         if (t, e) in b:
-            values.setdefault(t, []).append(v)
+            values.setdefault(t, []).append(min(v, b[(t, e)]))
     per_family: dict[int, list[float]] = {}
     for t, shared in values.items():
         best = max(shared)
@@ -288,7 +288,7 @@ def _brute_force_weight(small: dict, a: dict, b: dict, rules, ends: tuple[int, i
 
 @pytest.mark.parametrize("threads", ["one", "two"])
 def test_pair_weights_match_brute_force(threads, monkeypatch):
-    """Small-entity contributions and hubs both ends hold (valued on the first end), combined per
+    """Small-entity contributions and hubs both ends hold (at the lower of the two ends' values), combined per
     type and family less the degree correction, exactly as the rule says — including pairs sharing
     nothing."""
     if threads == "two":  # the candidates cut in two halves weighed on two threads
@@ -546,15 +546,15 @@ def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_
 
 
 def _builds_graph(n: int = 400, tool_billed_as_one: bool = True) -> Graph:
-    """Three hub builds of 60 holders each: ``fleet`` (0–59) run one model for long, reasoning-heavy
-    answers, each with a scaffold of its own; ``sdk`` (60–119) are strangers; ``tool`` (120–179) are
-    one org's seats acting as one (billed as one customer unless ``tool_billed_as_one`` is off).
-    Everyone else holds a build, a model and a template of their own; two accounts share a small
-    build, the run's rarest."""
+    """Three hub builds: ``fleet`` (0–59) run one model for long, reasoning-heavy answers, each with
+    a scaffold of its own, on a build ten customers (190–199) use too; ``sdk`` (60–119) are strangers;
+    ``tool`` (120–179) are one org's seats acting as one (billed as one customer unless
+    ``tool_billed_as_one`` is off). Everyone else holds a build, a model and a template of their
+    own; two accounts share a small build, the run's rarest."""
     fleet, sdk, tool = range(0, 60), range(60, 120), range(120, 180)
     acting_alike = set(fleet) | set(tool)
     builds = [
-        ("fleet-build", list(fleet)),
+        ("fleet-build", [*fleet, *range(190, 200)]),
         ("sdk-default", list(sdk)),
         ("org-tool", list(tool)),
         ("pair-build", [180, 181]),
@@ -580,7 +580,8 @@ def _builds_graph(n: int = 400, tool_billed_as_one: bool = True) -> Graph:
     return graph
 
 
-def _owned(graph: Graph) -> list[str]:
+def _owned(graph: Graph) -> dict[str, list[int]]:
+    """Each owned build of the graph with its workers' indices."""
     from linkage.behaviour import profiles
     from linkage.detect import owned_builds
 
@@ -588,15 +589,21 @@ def _owned(graph: Graph) -> list[str]:
     owned = owned_builds(
         evidence, profiles(graph, without=("client",)), accounts.select("account_id", "org_id"), 48, 0.5
     )
-    names = evidence.select("entity_key", "entity").unique()
-    return sorted(names.join(owned, on="entity_key")["entity"].to_list())
+    rows = evidence.join(owned, on=["entity_key", "account_id"]).group_by("entity").agg(pl.col("idx").sort())
+    return {entity: list(workers) for entity, workers in rows.iter_rows()}
 
 
 def test_a_build_whose_holders_act_as_one_beyond_it_is_owned_an_sdk_default_and_an_orgs_tool_are_not() -> None:
-    assert _owned(_builds_graph()) == ["Device|fleet-build"]
+    """The fleet's build is owned and only the fleet are its workers: the ten customers on it act
+    like nobody there. The strangers' SDK default is not; nor the org's tool while its seats are
+    billed as one customer (shared by right)."""
+    assert _owned(_builds_graph()) == {"Device|fleet-build": list(range(60))}
     # seats paying each on their own are each their own customer, whatever org they declare: their
     # tool is read like anyone's
-    assert _owned(_builds_graph(tool_billed_as_one=False)) == ["Device|fleet-build", "Device|org-tool"]
+    assert _owned(_builds_graph(tool_billed_as_one=False)) == {
+        "Device|fleet-build": list(range(60)),
+        "Device|org-tool": list(range(120, 180)),
+    }
 
 
 def test_holders_of_an_owned_build_form_a_ring_where_a_hub_alone_links_none() -> None:
@@ -604,5 +611,6 @@ def test_holders_of_an_owned_build_form_a_ring_where_a_hub_alone_links_none() ->
     ringed = set(linkage.detect.detect(graph, DetectSettings()).communities["idx"].to_list())
     assert set(range(60)) <= ringed, "the fleet is one ring"
     assert not ringed & set(range(60, 120)), "strangers on an SDK default stay apart"
+    assert not ringed & set(range(190, 200)), "customers on the operation's build are not its workers"
     off = linkage.detect.detect(graph, DetectSettings(owned_build_alike=None)).communities
     assert not set(off["idx"].to_list()) & set(range(60)), "without the rule the build links nobody"

@@ -88,3 +88,38 @@ def test_every_entity_carries_a_readable_label(demo) -> None:
     burst = next(label for entity, label in labels.items() if entity.startswith("SignupBurst|"))
     assert burst.startswith("signup burst 2026-02-01") and burst.endswith("accounts)")
     assert all(label != entity for entity, label in labels.items())
+
+
+def test_an_owned_build_is_explained_at_the_worth_detection_gave_it() -> None:
+    """Two workers of an owned build are explained by the build at the rarest build's worth, the
+    waterfall summing to the weight detection used; a customer on the same build meets a worker at
+    the hub's plain worth."""
+    from linkage.detect import detect
+    from linkage.explain import RunTables, explanation_tables
+    from linkage.settings import DetectSettings
+
+    from .test_detect import _builds_graph
+
+    settings = DetectSettings()
+    detection = detect(_builds_graph(), settings)
+    members = detection.communities.select("account_id")
+    links, memberships = explanation_tables(detection, members)
+    # every holder's memberships, so that the customer's side is there too
+    memberships = detection.memberships.select("idx", "account_id", "entity", "type", "value", "degree", "held")
+    run = RunTables(
+        "test", links, memberships, members, pl.DataFrame(schema={"entity": pl.Utf8, "label": pl.Utf8}), settings
+    )
+    worth = dict(
+        memberships.filter(pl.col("type") == "Device").group_by("entity").agg(pl.col("value").min()).iter_rows()
+    )
+    fleet = [f"a{i:04d}" for i in range(60)]
+    first = links.filter(pl.col("account_a").is_in(fleet) & pl.col("account_b").is_in(fleet)).row(0, named=True)
+    workers = explain_pair(run, first["account_a"], first["account_b"])
+    assert workers.linked
+    assert sum(step.nats for step in workers.steps) == pytest.approx(workers.weight, abs=1e-6)
+    assert workers.shared[0]["entity"] == "Device|fleet-build"
+    assert workers.shared[0]["value"] == pytest.approx(worth["Device|pair-build"])
+    customer = explain_pair(run, first["account_a"], "a0190")
+    assert not customer.linked
+    assert customer.shared[0]["value"] == pytest.approx(worth["Device|fleet-build"])
+    assert worth["Device|fleet-build"] < worth["Device|pair-build"] / 2
