@@ -25,6 +25,7 @@ KEY_CONSTANTS = {
     "detect.hub_min_share": "share of the link threshold a hub must carry to propose pairs",
     "detect.hub_size": "entities shared by more accounts are expanded sparsely",
     "detect.max_entities_per_type": "entities per account and type that count",
+    "detect.owned_build_alike": "how alike beyond the client a hub build's holders act for it to be one operation's",
     "detect.template_repeated_by": "accounts that must fill a template twice for it to link anyone (x0.5: 0, off)",
     "templates.min_scaffold_chars": "fixed text a scaffold needs around its slots",
     "score.flag_background_share": "share of ordinary customers a flagged ring's members out-risk",
