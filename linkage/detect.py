@@ -26,7 +26,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from .behaviour import Profiles, alike, member_alike, profiles
+from .behaviour import Profiles, member_alike, profiles
 from .chance import (
     entity_surprisal,
     fisher_log_tail,
@@ -844,8 +844,12 @@ def _signature_agreement(matrix, has, ca, cb):
 
 # a build most of whose holders are one org's seats, billed as one customer, is that org's own tool
 _ORG_TOOL_SHARE = 0.5
-# a worker acts like the build's other holders at least half as alike as the build's mark: of world
-# B's campaign builds' holders 1-27 per build fall under the mark itself, 0-3 under half of it; a
+# an operation's own build is mostly its workers': of world B's campaign builds' holders 83-99 % act
+# like the others at the mark; a build a campaign shares with customers who act somewhat like it
+# (fresh seed 154: 38 % of the holders, at 0.34 on the median) has at most 63 %
+_OWNED_SHARE = 0.75
+# a worker acts like the build's other holders at least half as alike as the mark: of world B's
+# campaign builds' holders 1-27 per build fall under the mark itself, 0-3 under half of it; a
 # customer who merely uses the build sits near 0
 _WORKER_SHARE = 0.5
 
@@ -854,8 +858,9 @@ def owned_builds(
     evidence: pl.DataFrame, beyond_client: Profiles, billed_orgs: pl.DataFrame, hub_size: int, alike_at_least: float
 ) -> pl.DataFrame:
     """The client builds one operation runs, and which of their holders are its workers: hub builds
-    whose holders, beyond the client they share, act more like one another than like strangers and
-    are not mostly one org's seats; of their holders, those who act like the others.
+    three in four of whose holders each act, beyond the client they share, more like the others than
+    like strangers, and which are not mostly one org's seats; of their holders, those who act like
+    the others.
 
     A hub is weak evidence between any two of its holders: thousands of strangers share an SDK
     default. At scale the same weakness hides a fleet. World B's rotating-proxy workers share
@@ -874,8 +879,8 @@ def owned_builds(
     beyond_client : the accounts' profiles without the client aspect (:func:`~linkage.behaviour.profiles`).
     billed_orgs : ``account_id, org_id`` where seats are billed as one customer (:func:`one_customer_orgs`).
     hub_size : builds held by more accounts than this are hubs.
-    alike_at_least : how alike (0: strangers of this run, 1: identical) the holders must act as a
-        group; each worker acts like the others at least half as alike.
+    alike_at_least : how alike (0: strangers of this run, 1: identical) each holder must act with the
+        others, three in four holders for the build to be owned; each worker at least half as alike.
 
     Returns
     -------
@@ -891,19 +896,23 @@ def owned_builds(
         .group_by("ring_id")
         .agg(pl.col("seats").max())
     )
-    holders = hubs.group_by("ring_id").len("holders")
+    each = member_alike(beyond_client, hubs.select("ring_id", "account_id")).drop_nulls("alike")
     owned = (
-        alike(beyond_client, hubs.select("ring_id", "account_id"))
-        .join(holders, on="ring_id")
+        each.group_by("ring_id")
+        .agg(
+            pl.len().alias("holders"),
+            (pl.col("alike") >= alike_at_least).mean().alias("alike_share"),
+        )
         .join(seats, on="ring_id", how="left")
         .filter(
-            (pl.col("alike") >= alike_at_least) & (pl.col("seats").fill_null(0) < _ORG_TOOL_SHARE * pl.col("holders"))
+            (pl.col("alike_share") >= _OWNED_SHARE)
+            & (pl.col("seats").fill_null(0) < _ORG_TOOL_SHARE * pl.col("holders"))
         )
         .select("ring_id")
     )
-    workers = member_alike(beyond_client, hubs.join(owned, on="ring_id").select("ring_id", "account_id"))
     return (
-        workers.filter(pl.col("alike") >= _WORKER_SHARE * alike_at_least)
+        each.join(owned, on="ring_id")
+        .filter(pl.col("alike") >= _WORKER_SHARE * alike_at_least)
         .join(hubs, on=["ring_id", "account_id"])
         .select("entity_key", "account_id")
         .sort("entity_key", "account_id")

@@ -545,23 +545,27 @@ def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_
     assert np.array_equal(bounded >= needed, got >= needed)
 
 
-def _builds_graph(n: int = 400, tool_billed_as_one: bool = True) -> Graph:
+def _builds_graph(
+    n: int = 400, tool_billed_as_one: bool = True, customers: int = 10, customers_half_alike: bool = False
+) -> Graph:
     """Three hub builds: ``fleet`` (0–59) run one model for long, reasoning-heavy answers, each with
-    a scaffold of its own, on a build ten customers (190–199) use too; ``sdk`` (60–119) are strangers;
-    ``tool`` (120–179) are one org's seats acting as one (billed as one customer unless
+    a scaffold of its own, on a build ``customers`` more (from 190 on) use too, strangers to it or,
+    with ``customers_half_alike``, on its model with its long inputs; ``sdk`` (60–119) are
+    strangers; ``tool`` (120–179) are one org's seats acting as one (billed as one customer unless
     ``tool_billed_as_one`` is off). Everyone else holds a build, a model and a template of their
     own; two accounts share a small build, the run's rarest."""
     fleet, sdk, tool = range(0, 60), range(60, 120), range(120, 180)
     acting_alike = set(fleet) | set(tool)
+    half_alike = set(range(190, 190 + customers)) if customers_half_alike else set()
     builds = [
-        ("fleet-build", [*fleet, *range(190, 200)]),
+        ("fleet-build", [*fleet, *range(190, 190 + customers)]),
         ("sdk-default", list(sdk)),
         ("org-tool", list(tool)),
         ("pair-build", [180, 181]),
     ]
     builds += singly_held(n, "USED_DEVICE", "own-build-", set(range(182)))
-    models = [("model-fleet", list(fleet)), ("model-tool", list(tool))]
-    models += [(f"model-{i}", [i]) for i in range(n) if i not in acting_alike]
+    models = [("model-fleet", [*fleet, *sorted(half_alike)]), ("model-tool", list(tool))]
+    models += [(f"model-{i}", [i]) for i in range(n) if i not in acting_alike | half_alike]
     cards = [("corp-card", list(tool))] if tool_billed_as_one else [(f"card-{i}", [i]) for i in tool]
     shares = {
         "USED_DEVICE": builds,
@@ -571,8 +575,9 @@ def _builds_graph(n: int = 400, tool_billed_as_one: bool = True) -> Graph:
     }
     graph = graph_of(n, shares, orgs={i: "corp" for i in tool})
     alike_ = pl.Series([i in acting_alike for i in range(n)])
+    long_inputs = pl.Series([i in acting_alike | half_alike for i in range(n)])
     graph.nodes["Account"] = graph.nodes["Account"].with_columns(
-        input_tokens=pl.when(alike_).then(50_000).otherwise(pl.int_range(n) * 7),
+        input_tokens=pl.when(long_inputs).then(50_000).otherwise(pl.int_range(n) * 7),
         output_tokens=pl.when(alike_).then(90_000).otherwise((pl.int_range(n) * 13) % 997),
         reasoning_requests=pl.when(alike_).then(10).otherwise(pl.int_range(n) % 3),
         sampled_prompts=pl.lit(10),
@@ -604,6 +609,9 @@ def test_a_build_whose_holders_act_as_one_beyond_it_is_owned_an_sdk_default_and_
         "Device|fleet-build": list(range(60)),
         "Device|org-tool": list(range(120, 180)),
     }
+    # a build the operation shares with 30 customers who act half like it (on its model, with its
+    # long inputs) is not its own: the holders as a group act alike, but a third act like no one there
+    assert _owned(_builds_graph(customers=30, customers_half_alike=True)) == {}
 
 
 def test_holders_of_an_owned_build_form_a_ring_where_a_hub_alone_links_none() -> None:
@@ -614,3 +622,15 @@ def test_holders_of_an_owned_build_form_a_ring_where_a_hub_alone_links_none() ->
     assert not ringed & set(range(190, 200)), "customers on the operation's build are not its workers"
     off = linkage.detect.detect(graph, DetectSettings(owned_build_alike=None)).communities
     assert not set(off["idx"].to_list()) & set(range(60)), "without the rule the build links nobody"
+
+
+def test_a_rings_evidence_names_an_owned_build_as_one() -> None:
+    """An investigator reading a ring sees why a build seventy accounts hold weighs so much."""
+    from linkage.score import _owned_builds_named
+
+    detection = linkage.detect.detect(_builds_graph(), DetectSettings())
+    shared = detection.memberships.filter(pl.col("type") == "Device").select("entity").unique()
+    labelled = _owned_builds_named(detection, shared.with_columns(pl.col("entity").alias("label")))
+    for entity, label in labelled.iter_rows():
+        assert ("owned build" in label) == (entity == "Device|fleet-build"), (entity, label)
+    assert labelled.height > 2
