@@ -7,6 +7,9 @@ expected; correlated types grouped in families; families combined with Fisher's 
 activity as one more family; scaled down when both are seats billed as one by a declared org. A pair
 links when chance links at that level would stay under ``chance_links_per_account`` per account.
 
+A client build held by a hub's worth of accounts that nearly all act as one beyond it is one
+operation's own (:func:`owned_builds`): between two of its workers it is worth the rarest build.
+
 Entities shared by few accounts expand into all their pairs. A hub is never expanded into
 its clique: its members are joined by a few random cycles (an expander, which Leiden does not
 cut apart) and every such candidate pair is then weighed on *all* it shares. Communities are
@@ -502,8 +505,7 @@ def project(
     ev = evidence.with_columns(
         pl.col("type").replace_strict(type_code, return_dtype=pl.Int32).alias("type_code"),
         pl.col("entity_key").rank("dense").cast(pl.Int64).alias("entity_code"),
-    )
-    ev = ev.sort("entity_code", "idx")
+    ).sort("entity_code", "idx")
     idx = ev["idx"].to_numpy().astype(np.int64)
     entity_code = ev["entity_code"].to_numpy()
     value = ev["value"].to_numpy()
@@ -886,6 +888,7 @@ def owned_builds(
     -------
     ``entity_key, account_id``: each owned build with each of its workers, sorted.
     """
+    # one group per build, named ring_id as the behaviour functions name their groups
     hubs = evidence.filter((pl.col("degree") > hub_size) & (pl.col("type") == "Device")).select(
         pl.col("entity_key").cast(pl.Utf8).alias("ring_id"), "entity_key", "account_id"
     )

@@ -138,7 +138,7 @@ class DetectSettings(_Section):
     owned_build_alike: float | None = Field(
         0.5,
         gt=0,
-        description="a hub client build whose holders act at least this alike beyond the client (0: strangers of the run, 1: identical; 0.5: more like one another than like strangers) and are not mostly one org's seats is one operation's and counts as the rarest build; None: off",
+        description="a hub client build three in four of whose holders each act at least this alike with the others beyond the client (0: strangers of the run, 1: identical; 0.5: more like one another than like strangers), and not mostly one org's seats, is one operation's: between two of its workers (holders at least half this alike) it counts as the rarest build; None: off",
     )
     max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
     within_type_extra: float = Field(
