@@ -114,14 +114,11 @@ def alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
                 "ring_id", pl.col("account_id").cast(profile.index, strict=False).to_physical().alias("account")
             ),
         )
-        scale = max(1.0 - profile.baseline, 1e-9)
         measured = (
             new.select("ring_id")
             .unique()
             .join(similarity, on="ring_id", how="left")
-            .select(
-                "ring_id", ((pl.col("similarity").fill_null(0.0) - profile.baseline) / scale).round(6).alias("alike")
-            )
+            .select("ring_id", _on_run_scale(pl.col("similarity").fill_null(0.0), profile.baseline).alias("alike"))
         )
         profile.known = pl.concat([profile.known, measured])
     return rings.join(profile.known, on="ring_id", how="left")
@@ -144,13 +141,17 @@ def member_alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
         .agg(((pl.col("u") * pl.col("total")).sum() - (pl.col("u") ** 2).sum()).alias("pairs"))
     )
     sizes = members.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
-    scale = max(1.0 - profile.baseline, 1e-9)
     similarity = pl.col("pairs").fill_null(0.0) / (pl.col("k") - 1.0).clip(1.0, None)
     return (
         members.join(sizes, on="ring_id")
         .join(others, on=["ring_id", "account_id"], how="left")
-        .select("ring_id", "account_id", ((similarity - profile.baseline) / scale).round(6).alias("alike"))
+        .select("ring_id", "account_id", _on_run_scale(similarity, profile.baseline).alias("alike"))
     )
+
+
+def _on_run_scale(similarity: pl.Expr, baseline: float) -> pl.Expr:
+    """``(s − s₀) / (1 − s₀)``: 0 the mean similarity of two of the run's accounts, 1 identical."""
+    return ((similarity - baseline) / max(1.0 - baseline, 1e-9)).round(6)
 
 
 def _mean_similarity(vectors: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:

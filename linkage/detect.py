@@ -889,7 +889,7 @@ def owned_builds(
     ``entity_key, account_id``: each owned build with each of its workers, sorted.
     """
     # one group per build, named ring_id as the behaviour functions name their groups
-    hubs = evidence.filter((pl.col("degree") > hub_size) & (pl.col("type") == "Device")).select(
+    hubs = _hub_builds(evidence, hub_size).select(
         pl.col("entity_key").cast(pl.Utf8).alias("ring_id"), "entity_key", "account_id"
     )
     seats = (
@@ -920,6 +920,11 @@ def owned_builds(
         .select("entity_key", "account_id")
         .sort("entity_key", "account_id")
     )
+
+
+def _hub_builds(evidence: pl.DataFrame, hub_size: int) -> pl.DataFrame:
+    """The memberships of client builds held by more than ``hub_size`` accounts."""
+    return evidence.filter((pl.col("degree") > hub_size) & (pl.col("type") == "Device"))
 
 
 def valued_as_owned(evidence: pl.DataFrame, owned: pl.DataFrame | None) -> pl.DataFrame:
@@ -954,7 +959,7 @@ def _owned_builds_of(
     (the profiles are not built then)."""
     if settings.owned_build_alike is None:
         return None
-    if evidence.filter((pl.col("degree") > settings.hub_size) & (pl.col("type") == "Device")).height == 0:
+    if _hub_builds(evidence, settings.hub_size).height == 0:
         return None
     return owned_builds(
         evidence,
