@@ -26,6 +26,7 @@ KEY_CONSTANTS = {
     "detect.hub_size": "entities shared by more accounts are expanded sparsely",
     "detect.max_entities_per_type": "entities per account and type that count",
     "detect.owned_build_alike": "how alike beyond the client a hub build's holders act for it to be one operation's",
+    "detect.owned_scaffold_alike": "the same for a hub scaffold, read beyond templates, clients and input lengths",
     "detect.template_repeated_by": "accounts that must fill a template twice for it to link anyone (x0.5: 0, off)",
     "templates.min_scaffold_chars": "fixed text a scaffold needs around its slots",
     "score.flag_background_share": "share of ordinary customers a flagged ring's members out-risk",

@@ -7,8 +7,9 @@ expected; correlated types grouped in families; families combined with Fisher's 
 activity as one more family; scaled down when both are seats billed as one by a declared org. A pair
 links when chance links at that level would stay under ``chance_links_per_account`` per account.
 
-A client build held by a hub's worth of accounts that nearly all act as one beyond it is one
-operation's own (:func:`owned_builds`): between two of its workers it is worth the rarest build.
+A client build or a scaffold held by a hub's worth of accounts that nearly all act as one beyond it
+is one operation's own (:func:`owned_tools`): between two of its workers it is worth the rarest of
+its type.
 
 Entities shared by few accounts expand into all their pairs. A hub is never expanded into
 its clique: its members are joined by a few random cycles (an expander, which Leiden does not
@@ -55,7 +56,7 @@ class Detection:
     memberships: pl.DataFrame  # idx, entity, type, value, degree
     pairs: pl.DataFrame  # a, b (idx), weight, activity (kept edges only)
     communities: pl.DataFrame  # account_id, community (every account in a community of ≥ min size)
-    owned: pl.DataFrame | None = None  # entity_key, account_id: owned builds and their workers (owned_builds)
+    owned: pl.DataFrame | None = None  # entity_key, account_id: owned tools and their workers (owned_tools)
 
 
 def one_customer_orgs(graph: Graph) -> pl.DataFrame:
@@ -854,42 +855,56 @@ _OWNED_SHARE = 0.75
 # campaign builds' holders 1-27 per build fall under the mark itself, 0-3 under half of it; a
 # customer who merely uses the build sits near 0
 _WORKER_SHARE = 0.5
+# what an operation's tool is read beyond, per entity type: its holders' behaviour without what the
+# tool itself makes alike. A client build makes its holders' client alike; a scaffold their templates
+# and their clients (one tool sends it) and their input lengths (a long scaffold is a long prompt:
+# without that, strangers on one popular agent template read as one operation on the simulator)
+TOOLS = {"Device": ("client",), "PromptTemplate": ("client", "template", "input_length")}
 
 
-def owned_builds(
-    evidence: pl.DataFrame, beyond_client: Profiles, billed_orgs: pl.DataFrame, hub_size: int, alike_at_least: float
+def owned_tools(
+    evidence: pl.DataFrame,
+    beyond_tool: Profiles,
+    billed_orgs: pl.DataFrame,
+    hub_size: int,
+    alike_at_least: float,
+    entity_type: str = "Device",
 ) -> pl.DataFrame:
-    """The client builds one operation runs, and which of their holders are its workers: hub builds
-    three in four of whose holders each act, beyond the client they share, more like the others than
-    like strangers, and which are not mostly one org's seats; of their holders, those who act like
-    the others.
+    """The tools (client builds or scaffolds) one operation runs, and which of their holders are its
+    workers: hubs of ``entity_type`` three in four of whose holders each act, beyond the tool they
+    share, more like the others than like strangers, and which are not mostly one org's seats; of
+    their holders, those who act like the others.
 
     A hub is weak evidence between any two of its holders: thousands of strangers share an SDK
-    default. At scale the same weakness hides a fleet. World B's rotating-proxy workers share
-    nothing rarer than one custom build nobody else uses, so most of them were in no ring at all,
-    each riskier on its own than all but 0.1 % of the benign accounts in no ring. What tells that
-    build from an SDK default is its holders: strangers who share a client act, in everything else,
-    like any two of the run's accounts (``alike`` ≈ 0 on the run's own scale, :mod:`~linkage.behaviour`);
-    an operation's workers run one scaffold set on one model for answers of one length. A customer
-    who happens to use the operation's build acts like nobody there, and only the holders who act
-    like the others are read as its workers. An org's own tooling is shared by right (the contract),
-    so a build most of whose holders are one customer's seats is never owned.
+    default or a popular agent template. At scale the same weakness hides a fleet. World B's
+    rotating-proxy workers share nothing rarer than one custom build nobody else uses, so most of
+    them were in no ring at all, each riskier on its own than all but 0.1 % of the benign accounts
+    in no ring; without client fingerprints the same fleet shares nothing rarer than its scaffolds.
+    What tells an operation's tool from a popular one is its holders: strangers who share a client
+    or a template act, in everything else, like any two of the run's accounts (``alike`` ≈ 0 on the
+    run's own scale, :mod:`~linkage.behaviour`); an operation's workers run one scaffold set on one
+    model for answers of one length. A customer who happens to use the operation's tool acts like
+    nobody there, and only the holders who act like the others are read as its workers. An org's
+    own tooling is shared by right (the contract), so a tool most of whose holders are one
+    customer's seats is never owned.
 
     Parameters
     ----------
     evidence : the memberships (:func:`memberships`): ``account_id, entity_key, type, degree``.
-    beyond_client : the accounts' profiles without the client aspect (:func:`~linkage.behaviour.profiles`).
+    beyond_tool : the accounts' profiles without what the tool makes alike (:data:`TOOLS`,
+        :func:`~linkage.behaviour.profiles`).
     billed_orgs : ``account_id, org_id`` where seats are billed as one customer (:func:`one_customer_orgs`).
-    hub_size : builds held by more accounts than this are hubs.
+    hub_size : tools held by more accounts than this are hubs.
     alike_at_least : how alike (0: strangers of this run, 1: identical) each holder must act with the
-        others, three in four holders for the build to be owned; each worker at least half as alike.
+        others, three in four holders for the tool to be owned; each worker at least half as alike.
+    entity_type : ``Device`` (client builds) or ``PromptTemplate`` (scaffolds).
 
     Returns
     -------
-    ``entity_key, account_id``: each owned build with each of its workers, sorted.
+    ``entity_key, account_id``: each owned tool with each of its workers, sorted.
     """
-    # one group per build, named ring_id as the behaviour functions name their groups
-    hubs = _hub_builds(evidence, hub_size).select(
+    # one group per tool, named ring_id as the behaviour functions name their groups
+    hubs = _hub_tools(evidence, hub_size, entity_type).select(
         pl.col("entity_key").cast(pl.Utf8).alias("ring_id"), "entity_key", "account_id"
     )
     seats = (
@@ -899,7 +914,7 @@ def owned_builds(
         .group_by("ring_id")
         .agg(pl.col("seats").max())
     )
-    each = member_alike(beyond_client, hubs.select("ring_id", "account_id")).drop_nulls("alike")
+    each = member_alike(beyond_tool, hubs.select("ring_id", "account_id")).drop_nulls("alike")
     owned = (
         each.group_by("ring_id")
         .agg(
@@ -922,18 +937,18 @@ def owned_builds(
     )
 
 
-def _hub_builds(evidence: pl.DataFrame, hub_size: int) -> pl.DataFrame:
-    """The memberships of client builds held by more than ``hub_size`` accounts."""
-    return evidence.filter((pl.col("degree") > hub_size) & (pl.col("type") == "Device"))
+def _hub_tools(evidence: pl.DataFrame, hub_size: int, entity_type: str) -> pl.DataFrame:
+    """The memberships of the ``entity_type`` entities held by more than ``hub_size`` accounts."""
+    return evidence.filter((pl.col("degree") > hub_size) & (pl.col("type") == entity_type))
 
 
 def valued_as_owned(evidence: pl.DataFrame, owned: pl.DataFrame | None) -> pl.DataFrame:
-    """The memberships with each worker's membership of its owned build (:func:`owned_builds`) valued
+    """The memberships with each worker's membership of its owned tool (:func:`owned_tools`) valued
     as the rarest entity of the type. A hub is worth the lower of its two holders' values
-    (:func:`_weigh_pairs`), so the build is worth that much only between two workers."""
+    (:func:`_weigh_pairs`), so the tool is worth that much only between two workers."""
     if owned is None or owned.height == 0:
         return evidence
-    # a few builds among millions of memberships: find their rows first, then the workers' among them
+    # a few tools among millions of memberships: find their rows first, then the workers' among them
     rows = (
         evidence.select("entity_key", "account_id", "type")
         .with_row_index("row")
@@ -952,22 +967,37 @@ def valued_as_owned(evidence: pl.DataFrame, owned: pl.DataFrame | None) -> pl.Da
     return evidence.with_columns(pl.Series("value", value))
 
 
-def _owned_builds_of(
+def _owned_tools_of(
     graph: Graph, accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings
 ) -> pl.DataFrame | None:
-    """:func:`owned_builds` of the run, or None when the setting is off or the run has no hub build
-    (the profiles are not built then)."""
-    if settings.owned_build_alike is None:
-        return None
-    if _hub_builds(evidence, settings.hub_size).height == 0:
-        return None
-    return owned_builds(
-        evidence,
-        profiles(graph, without=("client",)),
-        accounts.select("account_id", "org_id"),
-        settings.hub_size,
-        settings.owned_build_alike,
-    )
+    """:func:`owned_tools` of the run, builds and (:func:`_reads_scaffolds`) scaffolds, or None when
+    the settings are off or the run has no hub of either (the profiles are not built then)."""
+    marks = {"Device": settings.owned_build_alike}
+    if _reads_scaffolds(graph, settings):
+        marks["PromptTemplate"] = settings.owned_scaffold_alike
+    found = [
+        owned_tools(
+            evidence,
+            profiles(graph, without=TOOLS[entity_type]),
+            accounts.select("account_id", "org_id"),
+            settings.hub_size,
+            mark,
+            entity_type,
+        )
+        for entity_type, mark in marks.items()
+        if mark is not None and _hub_tools(evidence, settings.hub_size, entity_type).height
+    ]
+    return pl.concat(found).sort("entity_key", "account_id") if found else None
+
+
+def _reads_scaffolds(graph: Graph, settings: DetectSettings) -> bool:
+    """Whether hub scaffolds are read as owned (``detect.owned_scaffolds``; by default only where the
+    run has no client fingerprints: where it has them, an operation's fleet shares its build, and
+    reading its scaffolds as well moved world B by noise only)."""
+    if settings.owned_scaffolds is not None:
+        return settings.owned_scaffolds
+    devices = graph.rels.get("USED_DEVICE")
+    return devices is None or devices.height == 0
 
 
 # ---------------------------------------------------------------- communities
@@ -1071,7 +1101,7 @@ def detect(graph: Graph, settings: DetectSettings, clock: StageClock | None = No
     with clock.stage("detect/memberships"):
         accounts, evidence = memberships(graph, settings)
     with clock.stage("detect/projection"):
-        owned = _owned_builds_of(graph, accounts, evidence, settings)
+        owned = _owned_tools_of(graph, accounts, evidence, settings)
         evidence = valued_as_owned(evidence, owned)
         pairs = project(accounts, evidence, settings)
     with clock.stage("detect/leiden"):

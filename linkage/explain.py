@@ -274,7 +274,7 @@ def explain_pair(out_dir: str | Path | RunTables, a: str, b: str) -> PairExplana
 
 def _shared_entities(run: RunTables, a: str, b: str) -> list[dict[str, Any]]:
     """Entities both accounts hold, valued as detection valued them (the lower of the two holders'
-    values: they differ only for an owned build, worth the most between two of its workers)."""
+    values: they differ only for an owned build or scaffold, worth the most between two of its workers)."""
     both = run.memberships.filter(pl.col("account_id").is_in([a, b]))
     pairs = both.filter(pl.col("account_id") == a).join(
         both.filter(pl.col("account_id") == b).select(

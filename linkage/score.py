@@ -201,7 +201,7 @@ def score_rings(
     evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
         pl.col("label").fill_null(pl.col("entity"))
     )
-    evidence = _owned_builds_named(detection, evidence)
+    evidence = _owned_tools_named(detection, evidence)
     features = (
         _size_and_org(members, accounts)
         .join(_coordination(strength), on="ring_id", how="left")
@@ -902,16 +902,21 @@ def _lockstep(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
     return edges.group_by("ring_id").agg(pl.col("activity").mean().alias("lockstep"))
 
 
-def _owned_builds_named(detection: Detection, evidence: pl.DataFrame) -> pl.DataFrame:
-    """Labels an owned build as one (:func:`~linkage.detect.owned_builds`): why a build a hundred accounts
-    hold is worth as much as the rarest between its workers."""
+def _owned_tools_named(detection: Detection, evidence: pl.DataFrame) -> pl.DataFrame:
+    """Labels an owned build or scaffold as one (:func:`~linkage.detect.owned_tools`): why a tool a
+    hundred accounts hold is worth as much as the rarest between its workers."""
     if detection.owned is None or detection.owned.height == 0:
         return evidence
     keys = detection.owned["entity_key"].unique().implode()
     owned = detection.memberships.filter(pl.col("entity_key").is_in(keys))["entity"].unique().implode()
+    what = (
+        pl.when(pl.col("type") == "PromptTemplate")
+        .then(pl.lit("an operation's scaffold"))
+        .otherwise(pl.lit("an owned build"))
+    )
     return evidence.with_columns(
         pl.when(pl.col("entity").is_in(owned))
-        .then(pl.concat_str([pl.col("label"), pl.lit(" (an owned build: its holders act as one)")]))
+        .then(pl.concat_str([pl.col("label"), pl.lit(" ("), what, pl.lit(": its holders act as one)")]))
         .otherwise(pl.col("label"))
         .alias("label")
     )

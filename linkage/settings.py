@@ -140,6 +140,17 @@ class DetectSettings(_Section):
         gt=0,
         description="a hub client build three in four of whose holders each act at least this alike with the others beyond the client (0: strangers of the run, 1: identical; 0.5: more like one another than like strangers), and not mostly one org's seats, is one operation's: between two of its workers (holders at least half this alike) it counts as the rarest build; None: off",
     )
+    owned_scaffold_alike: float | None = Field(
+        0.5,
+        gt=0,
+        description="the same reading of a hub scaffold (a prompt template), its holders' behaviour read beyond their templates, clients and input lengths; None: off",
+    )
+    # where client fingerprints carry an operation, reading its scaffolds too changed world B by noise
+    # (held-out 0.02 mean 0.983 -> 0.981, one Leiden merge); without them it found campaign c again
+    owned_scaffolds: bool | None = Field(
+        None,
+        description="read hub scaffolds as owned (owned_scaffold_alike) (None: only where the run has no client fingerprints)",
+    )
     max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
     within_type_extra: float = Field(
         0.25,

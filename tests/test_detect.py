@@ -546,36 +546,47 @@ def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_
 
 
 def _builds_graph(
-    n: int = 400, tool_billed_as_one: bool = True, customers: int = 10, customers_half_alike: bool = False
+    n: int = 400,
+    tool_billed_as_one: bool = True,
+    customers: int = 10,
+    customers_half_alike: bool = False,
+    shared: str = "USED_DEVICE",
+    strangers_on_one_model: bool = False,
+    fingerprints: bool = True,
 ) -> Graph:
-    """Three hub builds: ``fleet`` (0–59) run one model for long, reasoning-heavy answers, each with
-    a scaffold of its own, on a build ``customers`` more (from 190 on) use too, strangers to it or,
-    with ``customers_half_alike``, on its model with its long inputs; ``sdk`` (60–119) are
-    strangers; ``tool`` (120–179) are one org's seats acting as one (billed as one customer unless
-    ``tool_billed_as_one`` is off). Everyone else holds a build, a model and a template of their
-    own; two accounts share a small build, the run's rarest."""
+    """Three hub tools of the relationship ``shared`` (client builds, or with ``SENT_TEMPLATE``
+    scaffolds): ``fleet`` (0–59) run one model for long, reasoning-heavy answers on a tool
+    ``customers`` more (from 190 on) use too, strangers to it or, with ``customers_half_alike``, on
+    its model with its long inputs; ``sdk`` (60–119) are strangers (with ``strangers_on_one_model``,
+    on one default model with the long inputs of a long tool); ``tool`` (120–179) are one org's
+    seats acting as one (billed as one customer unless ``tool_billed_as_one`` is off). Everyone
+    holds a tool of the other kind of their own (no client at all where scaffolds are shared without
+    ``fingerprints``); two accounts share a small tool, the run's rarest."""
     fleet, sdk, tool = range(0, 60), range(60, 120), range(120, 180)
     acting_alike = set(fleet) | set(tool)
     half_alike = set(range(190, 190 + customers)) if customers_half_alike else set()
-    builds = [
+    hubs = [
         ("fleet-build", [*fleet, *range(190, 190 + customers)]),
         ("sdk-default", list(sdk)),
         ("org-tool", list(tool)),
         ("pair-build", [180, 181]),
     ]
-    builds += singly_held(n, "USED_DEVICE", "own-build-", set(range(182)))
+    hubs += singly_held(n, shared, "own-build-", set(range(182)))
+    on_default = set(sdk) if strangers_on_one_model else set()
     models = [("model-fleet", [*fleet, *sorted(half_alike)]), ("model-tool", list(tool))]
-    models += [(f"model-{i}", [i]) for i in range(n) if i not in acting_alike | half_alike]
+    models += [("model-default", sorted(on_default))] if on_default else []
+    models += [(f"model-{i}", [i]) for i in range(n) if i not in acting_alike | half_alike | on_default]
     cards = [("corp-card", list(tool))] if tool_billed_as_one else [(f"card-{i}", [i]) for i in tool]
+    other = "SENT_TEMPLATE" if shared == "USED_DEVICE" else "USED_DEVICE"
     shares = {
-        "USED_DEVICE": builds,
+        shared: hubs,
+        other: [(f"own-{i}", [i]) for i in range(n)] if fingerprints or other != "USED_DEVICE" else [],
         "USED_MODEL": models,
-        "SENT_TEMPLATE": [(f"template-{i}", [i]) for i in range(n)],
         "PAID_WITH": cards,
     }
     graph = graph_of(n, shares, orgs={i: "corp" for i in tool})
     alike_ = pl.Series([i in acting_alike for i in range(n)])
-    long_inputs = pl.Series([i in acting_alike | half_alike for i in range(n)])
+    long_inputs = pl.Series([i in acting_alike | half_alike | on_default for i in range(n)])
     graph.nodes["Account"] = graph.nodes["Account"].with_columns(
         input_tokens=pl.when(long_inputs).then(50_000).otherwise(pl.int_range(n) * 7),
         output_tokens=pl.when(alike_).then(90_000).otherwise((pl.int_range(n) * 13) % 997),
@@ -585,14 +596,19 @@ def _builds_graph(
     return graph
 
 
-def _owned(graph: Graph) -> dict[str, list[int]]:
-    """Each owned build of the graph with its workers' indices."""
+def _owned(graph: Graph, entity_type: str = "Device") -> dict[str, list[int]]:
+    """Each owned tool of the graph with its workers' indices."""
     from linkage.behaviour import profiles
-    from linkage.detect import owned_builds
+    from linkage.detect import TOOLS, owned_tools
 
     accounts, evidence = memberships(graph, DetectSettings())
-    owned = owned_builds(
-        evidence, profiles(graph, without=("client",)), accounts.select("account_id", "org_id"), 48, 0.5
+    owned = owned_tools(
+        evidence,
+        profiles(graph, without=TOOLS[entity_type]),
+        accounts.select("account_id", "org_id"),
+        48,
+        0.5,
+        entity_type,
     )
     rows = evidence.join(owned, on=["entity_key", "account_id"]).group_by("entity").agg(pl.col("idx").sort())
     return {entity: list(workers) for entity, workers in rows.iter_rows()}
@@ -624,13 +640,42 @@ def test_holders_of_an_owned_build_form_a_ring_where_a_hub_alone_links_none() ->
     assert not set(off["idx"].to_list()) & set(range(60)), "without the rule the build links nobody"
 
 
-def test_a_rings_evidence_names_an_owned_build_as_one() -> None:
-    """An investigator reading a ring sees why a build seventy accounts hold weighs so much."""
-    from linkage.score import _owned_builds_named
+def test_a_scaffold_whose_holders_act_as_one_beyond_it_is_owned_a_popular_long_template_is_not() -> None:
+    """The same reading of a hub scaffold, its holders' behaviour read beyond their templates, clients
+    and input lengths: strangers on one popular long template, all on the default model, have the
+    same long inputs because of the template, and that is not acting as one."""
+    graph = _builds_graph(shared="SENT_TEMPLATE", strangers_on_one_model=True)
+    assert _owned(graph, "PromptTemplate") == {"PromptTemplate|fleet-build": list(range(60))}
 
-    detection = linkage.detect.detect(_builds_graph(), DetectSettings())
-    shared = detection.memberships.filter(pl.col("type") == "Device").select("entity").unique()
-    labelled = _owned_builds_named(detection, shared.with_columns(pl.col("entity").alias("label")))
-    for entity, label in labelled.iter_rows():
-        assert ("owned build" in label) == (entity == "Device|fleet-build"), (entity, label)
+
+def test_scaffolds_are_read_as_owned_where_the_run_has_no_client_fingerprints() -> None:
+    """By default only a run without client fingerprints reads its scaffolds (there nothing else can
+    carry a fleet); ``owned_scaffolds`` forces it either way."""
+
+    def ringed(graph: Graph, owned_scaffolds: bool | None = None) -> set[int]:
+        found = linkage.detect.detect(graph, DetectSettings(owned_scaffolds=owned_scaffolds)).communities
+        return set(found["idx"].to_list())
+
+    bare = _builds_graph(shared="SENT_TEMPLATE", strangers_on_one_model=True, fingerprints=False)
+    assert set(range(60)) <= ringed(bare), "the fleet is one ring"
+    assert not ringed(bare) & set(range(60, 120)), "strangers on a popular template stay apart"
+    assert not ringed(bare, owned_scaffolds=False) & set(range(60)), "without the rule the scaffold links nobody"
+    fingerprinted = _builds_graph(shared="SENT_TEMPLATE", strangers_on_one_model=True)
+    assert not ringed(fingerprinted) & set(range(60)), "a run with fingerprints leaves scaffolds alone by default"
+    assert set(range(60)) <= ringed(fingerprinted, owned_scaffolds=True)
+
+
+@pytest.mark.parametrize(
+    ("shared", "entity_type", "named"),
+    [("USED_DEVICE", "Device", "owned build"), ("SENT_TEMPLATE", "PromptTemplate", "operation's scaffold")],
+)
+def test_a_rings_evidence_names_an_owned_tool_as_one(shared: str, entity_type: str, named: str) -> None:
+    """An investigator reading a ring sees why a build or scaffold seventy accounts hold weighs so much."""
+    from linkage.score import _owned_tools_named
+
+    detection = linkage.detect.detect(_builds_graph(shared=shared), DetectSettings(owned_scaffolds=True))
+    tools = detection.memberships.filter(pl.col("type") == entity_type).select("entity", "type").unique()
+    labelled = _owned_tools_named(detection, tools.with_columns(pl.col("entity").alias("label")))
+    for entity, _, label in labelled.iter_rows():
+        assert (named in label) == (entity == f"{entity_type}|fleet-build"), (entity, label)
     assert labelled.height > 2
