@@ -61,23 +61,26 @@ class Detection:
 
 def one_customer_orgs(graph: Graph) -> pl.DataFrame:
     """``account_id, org_id``: the declared org where its seats are billed as one customer, null for a
-    seat paying with an instrument no other seat of its org holds. Seats of one org legitimately
-    share billing (the contract); a seat billed alone is its own customer whatever it declared, so
-    an operation cannot fold a hundred accounts into one customer by declaring an org."""
+    seat paying with an instrument no other seat of its org holds, and for a seat that pays nothing
+    in an org none of whose instruments two seats share. Seats of one org legitimately share billing
+    (the contract); a seat billed alone is its own customer whatever it declared, and so is one not
+    billed at all unless its org shows shared billing (a seat the org's invoice covers), so an
+    operation cannot fold a hundred accounts into one customer by declaring an org, paying or not."""
     accounts = graph.nodes["Account"].select("account_id", "org_id")
     paid = graph.rels["PAID_WITH"].select(pl.col("src").alias("account_id"), pl.col("dst").alias("instrument"))
     seats = paid.join(accounts.filter(pl.col("org_id").is_not_null()), on="account_id")
     shared = seats.group_by("org_id", "instrument").agg(pl.col("account_id").n_unique().alias("seats"))
-    alone = (
-        seats.join(shared, on=["org_id", "instrument"])
-        .group_by("account_id")
-        .agg((pl.col("seats").max() < 2).alias("alone"))
-        .filter("alone")
+    billed_as_one = (
+        seats.join(shared.filter(pl.col("seats") >= 2), on=["org_id", "instrument"]).select("account_id").unique()
     )
+    orgs_billed_as_one = shared.filter(pl.col("seats") >= 2).select("org_id").unique()
+    unpaid = accounts.filter(pl.col("org_id").is_not_null()).join(paid, on="account_id", how="anti")
+    covered = unpaid.join(orgs_billed_as_one, on="org_id", how="semi").select("account_id")
+    one_customer = pl.concat([billed_as_one, covered])
     return accounts.with_columns(
-        pl.when(pl.col("account_id").is_in(alone["account_id"].implode()))
-        .then(None)
-        .otherwise(pl.col("org_id"))
+        pl.when(pl.col("account_id").is_in(one_customer["account_id"].implode()))
+        .then(pl.col("org_id"))
+        .otherwise(None)
         .alias("org_id")
     )
 

@@ -118,23 +118,31 @@ def test_declared_org_explains_sharing() -> None:
 
 def test_a_declared_org_explains_nothing_for_seats_billed_alone() -> None:
     """Declaring one org does not fold an operation's accounts into one customer: seats that each pay
-    with their own instrument are linked like anyone else; seats without an instrument keep their org."""
+    with their own instrument are linked like anyone else, and so are seats that pay nothing in an
+    org that shows no shared billing; a seat the org's shared invoice covers keeps its org."""
     n = 500
     shares = {
-        "USED_DEVICE": [("fp_shared", [0, 1]), ("fp_other", [2, 3]), ("fp_free", [4, 5])],
-        "PAID_WITH": [("card_0", [0]), ("card_1", [1])] + singly_held(n, "PAID_WITH", "c", {0, 1, 4, 5}),
+        "USED_DEVICE": [("fp_shared", [0, 1]), ("fp_other", [2, 3]), ("fp_free", [4, 5]), ("fp_seat", [8, 9])],
+        "PAID_WITH": [("card_0", [0]), ("card_1", [1]), ("invoice", [6, 7])]
+        + singly_held(n, "PAID_WITH", "c", {0, 1, 4, 5, 6, 7, 8, 9}),
     }
-    graph = graph_of(n, shares, orgs={0: "org_fake", 1: "org_fake", 4: "org_free", 5: "org_free"})
-    assert dict(one_customer_orgs(graph).head(6).iter_rows()) == {
+    orgs = {0: "org_fake", 1: "org_fake", 4: "org_free", 5: "org_free"} | dict.fromkeys(range(6, 10), "org_billed")
+    graph = graph_of(n, shares, orgs=orgs)
+    assert dict(one_customer_orgs(graph).head(10).iter_rows()) == {
         "a0000": None,
         "a0001": None,
         "a0002": None,
         "a0003": None,
-        "a0004": "org_free",
-        "a0005": "org_free",
+        "a0004": None,
+        "a0005": None,
+        "a0006": "org_billed",
+        "a0007": "org_billed",
+        "a0008": "org_billed",
+        "a0009": "org_billed",
     }
     assert _pair_weight(graph, 0, 1) == pytest.approx(_pair_weight(graph, 2, 3))
-    assert _pair_weight(graph, 4, 5) == pytest.approx(DetectSettings().org_discount * _pair_weight(graph, 2, 3))
+    assert _pair_weight(graph, 4, 5) == pytest.approx(_pair_weight(graph, 2, 3))
+    assert _pair_weight(graph, 8, 9) == pytest.approx(DetectSettings().org_discount * _pair_weight(graph, 2, 3))
 
 
 def test_hubs_never_expand_into_cliques() -> None:
