@@ -65,9 +65,12 @@ def one_customer_orgs(graph: Graph) -> pl.DataFrame:
     in an org none of whose instruments two seats share. Seats of one org legitimately share billing
     (the contract); a seat billed alone is its own customer whatever it declared, and so is one not
     billed at all unless its org shows shared billing (a seat the org's invoice covers), so an
-    operation cannot fold a hundred accounts into one customer by declaring an org, paying or not."""
+    operation cannot fold a hundred accounts into one customer by declaring an org, paying or not.
+    A run without any payment rows cannot tell: there every declared org stands."""
     accounts = graph.nodes["Account"].select("account_id", "org_id")
     paid = graph.rels["PAID_WITH"].select(pl.col("src").alias("account_id"), pl.col("dst").alias("instrument"))
+    if paid.height == 0:
+        return accounts
     seats = paid.join(accounts.filter(pl.col("org_id").is_not_null()), on="account_id")
     shared = seats.group_by("org_id", "instrument").agg(pl.col("account_id").n_unique().alias("seats"))
     billed_as_one = (
@@ -973,34 +976,47 @@ def valued_as_owned(evidence: pl.DataFrame, owned: pl.DataFrame | None) -> pl.Da
 def _owned_tools_of(
     graph: Graph, accounts: pl.DataFrame, evidence: pl.DataFrame, settings: DetectSettings
 ) -> pl.DataFrame | None:
-    """:func:`owned_tools` of the run, builds and (:func:`_reads_scaffolds`) scaffolds, or None when
-    the settings are off or the run has no hub of either (the profiles are not built then)."""
-    marks = {"Device": settings.owned_build_alike}
-    if _reads_scaffolds(graph, settings):
-        marks["PromptTemplate"] = settings.owned_scaffold_alike
-    found = [
-        owned_tools(
-            evidence,
-            profiles(graph, without=TOOLS[entity_type]),
-            accounts.select("account_id", "org_id"),
-            settings.hub_size,
-            mark,
-            entity_type,
+    """:func:`owned_tools` of the run, builds and scaffolds (the scaffolds' workers no client build
+    links, :func:`_carried_by_a_client`), or None when the settings are off or the run has no hub of
+    either (the profiles are not built then)."""
+    billed = accounts.select("account_id", "org_id")
+    builds = _owned_of_type(graph, evidence, billed, settings, "Device", settings.owned_build_alike)
+    scaffolds = _owned_of_type(graph, evidence, billed, settings, "PromptTemplate", settings.owned_scaffold_alike)
+    if scaffolds is not None and settings.owned_scaffolds is None:
+        scaffolds = scaffolds.join(
+            _carried_by_a_client(evidence, builds, settings.hub_size), on="account_id", how="anti"
         )
-        for entity_type, mark in marks.items()
-        if mark is not None and _hub_tools(evidence, settings.hub_size, entity_type).height
-    ]
+    found = [owned for owned in (builds, scaffolds) if owned is not None and owned.height]
     return pl.concat(found).sort("entity_key", "account_id") if found else None
 
 
-def _reads_scaffolds(graph: Graph, settings: DetectSettings) -> bool:
-    """Whether hub scaffolds are read as owned (``detect.owned_scaffolds``; by default only where the
-    run has no client fingerprints: where it has them, an operation's fleet shares its build, and
-    reading its scaffolds as well moved world B by noise only)."""
-    if settings.owned_scaffolds is not None:
-        return settings.owned_scaffolds
-    devices = graph.rels.get("USED_DEVICE")
-    return devices is None or devices.height == 0
+def _owned_of_type(
+    graph: Graph,
+    evidence: pl.DataFrame,
+    billed: pl.DataFrame,
+    settings: DetectSettings,
+    entity_type: str,
+    mark: float | None,
+) -> pl.DataFrame | None:
+    """:func:`owned_tools` of one type, or None where its setting is off or the run has no hub of it."""
+    if mark is None or (entity_type == "PromptTemplate" and settings.owned_scaffolds is False):
+        return None
+    if _hub_tools(evidence, settings.hub_size, entity_type).height == 0:
+        return None
+    return owned_tools(
+        evidence, profiles(graph, without=TOOLS[entity_type]), billed, settings.hub_size, mark, entity_type
+    )
+
+
+def _carried_by_a_client(evidence: pl.DataFrame, owned_builds: pl.DataFrame | None, hub_size: int) -> pl.DataFrame:
+    """``account_id`` of the accounts a client build can link: one held by a few accounts (not a hub),
+    or an owned build they work. A scaffold is read for the others only (``detect.owned_scaffolds``
+    unset): an operation whose accounts each have a client of their own, or none, shares nothing
+    rarer than its scaffolds; one that shares its build is linked by it, and reading its scaffolds
+    as well moved world B by noise only."""
+    rare = evidence.filter((pl.col("type") == "Device") & (pl.col("degree") <= hub_size)).select("account_id")
+    workers = owned_builds.select("account_id") if owned_builds is not None else rare.head(0)
+    return pl.concat([rare, workers]).unique()
 
 
 # ---------------------------------------------------------------- communities

@@ -145,11 +145,11 @@ class DetectSettings(_Section):
         gt=0,
         description="the same reading of a hub scaffold (a prompt template), its holders' behaviour read beyond their templates, clients and input lengths; None: off",
     )
-    # where client fingerprints carry an operation, reading its scaffolds too changed world B by noise
+    # where client builds carry an operation, reading its scaffolds too changed world B by noise
     # (held-out 0.02 mean 0.983 -> 0.981, one Leiden merge); without them it found campaign c again
     owned_scaffolds: bool | None = Field(
         None,
-        description="read hub scaffolds as owned (owned_scaffold_alike) (None: only where the run has no client fingerprints)",
+        description="read hub scaffolds as owned (owned_scaffold_alike) for all their workers (None: for the workers no client build links: none, or one of their own)",
     )
     max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
     within_type_extra: float = Field(

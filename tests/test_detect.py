@@ -143,6 +143,9 @@ def test_a_declared_org_explains_nothing_for_seats_billed_alone() -> None:
     assert _pair_weight(graph, 0, 1) == pytest.approx(_pair_weight(graph, 2, 3))
     assert _pair_weight(graph, 4, 5) == pytest.approx(_pair_weight(graph, 2, 3))
     assert _pair_weight(graph, 8, 9) == pytest.approx(DetectSettings().org_discount * _pair_weight(graph, 2, 3))
+    # a run without payments cannot tell who is billed as one: every declared org stands
+    unbilled = graph_of(n, {"USED_DEVICE": shares["USED_DEVICE"]}, orgs=orgs)
+    assert dict(one_customer_orgs(unbilled).head(10).iter_rows()) == {f"a{i:04d}": orgs.get(i) for i in range(10)}
 
 
 def test_hubs_never_expand_into_cliques() -> None:
@@ -560,7 +563,7 @@ def _builds_graph(
     customers_half_alike: bool = False,
     shared: str = "USED_DEVICE",
     strangers_on_one_model: bool = False,
-    fingerprints: bool = True,
+    clients: str = "own",
 ) -> Graph:
     """Three hub tools of the relationship ``shared`` (client builds, or with ``SENT_TEMPLATE``
     scaffolds): ``fleet`` (0–59) run one model for long, reasoning-heavy answers on a tool
@@ -568,8 +571,9 @@ def _builds_graph(
     its model with its long inputs; ``sdk`` (60–119) are strangers (with ``strangers_on_one_model``,
     on one default model with the long inputs of a long tool); ``tool`` (120–179) are one org's
     seats acting as one (billed as one customer unless ``tool_billed_as_one`` is off). Everyone
-    holds a tool of the other kind of their own (no client at all where scaffolds are shared without
-    ``fingerprints``); two accounts share a small tool, the run's rarest."""
+    holds a tool of the other kind of their own (where scaffolds are shared, ``clients``: ``own``, a
+    client each; ``none``; ``cells``, the fleet on small builds of four); two accounts share a small
+    tool, the run's rarest."""
     fleet, sdk, tool = range(0, 60), range(60, 120), range(120, 180)
     acting_alike = set(fleet) | set(tool)
     half_alike = set(range(190, 190 + customers)) if customers_half_alike else set()
@@ -588,7 +592,7 @@ def _builds_graph(
     other = "SENT_TEMPLATE" if shared == "USED_DEVICE" else "USED_DEVICE"
     shares = {
         shared: hubs,
-        other: [(f"own-{i}", [i]) for i in range(n)] if fingerprints or other != "USED_DEVICE" else [],
+        other: _clients(n, clients) if other == "USED_DEVICE" else [(f"own-{i}", [i]) for i in range(n)],
         "USED_MODEL": models,
         "PAID_WITH": cards,
     }
@@ -602,6 +606,16 @@ def _builds_graph(
         sampled_prompts=pl.lit(10),
     )
     return graph
+
+
+def _clients(n: int, clients: str) -> list[tuple[str, list[int]]]:
+    if clients == "none":
+        return []
+    if clients == "cells":
+        return [(f"cell-{k}", list(range(k, k + 4))) for k in range(0, 60, 4)] + singly_held(
+            n, "", "own-", set(range(60))
+        )
+    return [(f"own-{i}", [i]) for i in range(n)]
 
 
 def _owned(graph: Graph, entity_type: str = "Device") -> dict[str, list[int]]:
@@ -656,21 +670,32 @@ def test_a_scaffold_whose_holders_act_as_one_beyond_it_is_owned_a_popular_long_t
     assert _owned(graph, "PromptTemplate") == {"PromptTemplate|fleet-build": list(range(60))}
 
 
-def test_scaffolds_are_read_as_owned_where_the_run_has_no_client_fingerprints() -> None:
-    """By default only a run without client fingerprints reads its scaffolds (there nothing else can
-    carry a fleet); ``owned_scaffolds`` forces it either way."""
+@pytest.mark.parametrize("clients", ["none", "own"])
+def test_a_scaffold_links_the_workers_no_client_build_links(clients: str) -> None:
+    """By default a scaffold is read for the workers no client build can link: a fleet without a
+    client, or with one of its own per account (rotated fingerprints), is one ring by its scaffold."""
 
     def ringed(graph: Graph, owned_scaffolds: bool | None = None) -> set[int]:
         found = linkage.detect.detect(graph, DetectSettings(owned_scaffolds=owned_scaffolds)).communities
         return set(found["idx"].to_list())
 
-    bare = _builds_graph(shared="SENT_TEMPLATE", strangers_on_one_model=True, fingerprints=False)
-    assert set(range(60)) <= ringed(bare), "the fleet is one ring"
-    assert not ringed(bare) & set(range(60, 120)), "strangers on a popular template stay apart"
-    assert not ringed(bare, owned_scaffolds=False) & set(range(60)), "without the rule the scaffold links nobody"
-    fingerprinted = _builds_graph(shared="SENT_TEMPLATE", strangers_on_one_model=True)
-    assert not ringed(fingerprinted) & set(range(60)), "a run with fingerprints leaves scaffolds alone by default"
-    assert set(range(60)) <= ringed(fingerprinted, owned_scaffolds=True)
+    graph = _builds_graph(shared="SENT_TEMPLATE", strangers_on_one_model=True, clients=clients)
+    assert set(range(60)) <= ringed(graph), "the fleet is one ring"
+    assert not ringed(graph) & set(range(60, 120)), "strangers on a popular template stay apart"
+    assert not ringed(graph, owned_scaffolds=False) & set(range(60)), "without the rule the scaffold links nobody"
+
+
+def test_a_scaffold_is_not_read_for_workers_their_client_builds_link() -> None:
+    """A fleet whose cells share small builds is linked by them; its scaffold is read for it only
+    when ``owned_scaffolds`` asks for every worker."""
+    graph = _builds_graph(shared="SENT_TEMPLATE", strangers_on_one_model=True, clients="cells")
+
+    def scaffold_workers(owned_scaffolds: bool | None) -> int:
+        owned = linkage.detect.detect(graph, DetectSettings(owned_scaffolds=owned_scaffolds)).owned
+        return 0 if owned is None else owned.height
+
+    assert scaffold_workers(None) == 0
+    assert scaffold_workers(True) == 60
 
 
 @pytest.mark.parametrize(
