@@ -133,18 +133,19 @@ def member_alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
         return members.with_columns(pl.lit(None, pl.Float64).alias("alike"))
     assert profile.index is not None  # (set whenever there is a baseline)
     placed = members.with_columns(pl.col("account_id").cast(profile.index, strict=False).to_physical().alias("account"))
-    rows = profile.vectors.join(placed.filter(pl.col("account").is_not_null()), on="account")
+    # grouped by the account's integer position, not its id text (millions of rows at scale)
+    rows = profile.vectors.join(placed.filter(pl.col("account").is_not_null()).drop("account_id"), on="account")
     totals = rows.group_by("ring_id", "feature").agg(pl.col("u").sum().alias("total"))
     others = (
         rows.join(totals, on=["ring_id", "feature"])
-        .group_by("ring_id", "account_id")
+        .group_by("ring_id", "account")
         .agg(((pl.col("u") * pl.col("total")).sum() - (pl.col("u") ** 2).sum()).alias("pairs"))
     )
     sizes = members.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
     similarity = pl.col("pairs").fill_null(0.0) / (pl.col("k") - 1.0).clip(1.0, None)
     return (
-        members.join(sizes, on="ring_id")
-        .join(others, on=["ring_id", "account_id"], how="left")
+        placed.join(sizes, on="ring_id")
+        .join(others, on=["ring_id", "account"], how="left")
         .select("ring_id", "account_id", _on_run_scale(similarity, profile.baseline).alias("alike"))
     )
 

@@ -909,9 +909,9 @@ def owned_tools(
     -------
     ``entity_key, account_id``: each owned tool with each of its workers, sorted.
     """
-    # one group per tool, named ring_id as the behaviour functions name their groups
+    # one group per tool, named ring_id as the behaviour functions name their groups (its integer key)
     hubs = _hub_tools(evidence, hub_size, entity_type).select(
-        pl.col("entity_key").cast(pl.Utf8).alias("ring_id"), "entity_key", "account_id"
+        pl.col("entity_key").alias("ring_id"), "entity_key", "account_id"
     )
     seats = (
         hubs.join(billed_orgs.filter(pl.col("org_id").is_not_null()), on="account_id")
