@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: install lock lint demo test test-fast neo4j-start neo4j-stop quality scale sensitivity ablation clean
+.PHONY: install lock lint demo test test-fast neo4j-start neo4j-stop quality scale sensitivity ablation probes clean
 
 # the application's exact versions (with hashes) come from requirements.lock; the package itself
 # is installed on top without resolving anything again
@@ -57,6 +57,9 @@ sensitivity: install  ## each key detection constant x0.5 and x2, on both genera
 
 ablation: install  ## what each optional input field is worth: worlds re-run without it
 	$(PY) bench/ablation.py
+
+probes: install  ## what an operation can change cheaply: worlds re-run with their campaigns changed
+	$(PY) bench/probes.py
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

@@ -1,0 +1,154 @@
+"""What an operation can change cheaply: one world run again with its campaign accounts changed as
+an operator could change them, the benign accounts untouched.
+
+    python bench/probes.py [--bench-seeds 102] [--bench-scale 0.02] [--sim-seeds ...]
+                           [--only own_fingerprints,...] [--work /tmp/linkage-probes] [--config FILE]
+
+Unlike ``bench/ablation.py`` (a column missing from the whole export) a probe needs the labels: it
+rewrites only what the campaign accounts send or declare. Probes:
+
+- ``own_fingerprints``: every campaign account gets a client fingerprint nobody else holds (a TLS
+  fingerprint is a library setting);
+- ``common_client``: every campaign account uses the run's most common benign client build (hides
+  among an SDK default's thousands of holders);
+- ``declared_org``: each campaign's accounts declare one org of their own and pay nothing (before
+  the unpaid-seat rule such a fleet was one customer, shrunk to the background).
+
+Prints F1, AP, the worst campaign's recall and benign accounts flagged per (world, probe); rows go to
+bench/results/probes.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+from quality import BENCHMARK, benchmark_world, measure, print_header, print_row, seeds, simulated_world
+
+from linkage.settings import Settings
+
+# (input dir, labels: account_id, label) → rewrites the copied input in place
+Probe = Callable[[Path, pl.DataFrame], None]
+
+
+def _rewrite(inputs: Path, table: str, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
+    files = sorted(inputs.glob(f"{table}/**/*.parquet")) or sorted(inputs.glob(f"{table}.parquet"))
+    if not files:
+        raise SystemExit(f"{inputs}: no Parquet files for table {table!r} (the probes rewrite Parquet only)")
+    for path in files:
+        change(pl.read_parquet(path, hive_partitioning=False)).write_parquet(path)
+
+
+def _is_campaign(truth: pl.DataFrame) -> pl.Expr:
+    campaign = truth.filter(pl.col("label") != "benign")["account_id"]
+    return pl.col("account_id").cast(pl.Utf8).is_in(campaign.implode())
+
+
+def own_fingerprints(inputs: Path, truth: pl.DataFrame) -> None:
+    own = pl.concat_str([pl.lit("probe-own-"), pl.col("account_id").cast(pl.Utf8)])
+    _rewrite(
+        inputs,
+        "requests",
+        lambda t: t.with_columns(
+            pl.when(_is_campaign(truth)).then(own).otherwise(pl.col("device_id")).alias("device_id")
+        ),
+    )
+
+
+def common_client(inputs: Path, truth: pl.DataFrame) -> None:
+    files = sorted(inputs.glob("requests/**/*.parquet")) or sorted(inputs.glob("requests.parquet"))
+    held = (
+        pl.concat([pl.read_parquet(f, columns=["account_id", "device_id"], hive_partitioning=False) for f in files])
+        .filter(~_is_campaign(truth) & pl.col("device_id").is_not_null())
+        .unique()
+        .group_by("device_id")
+        .len()
+        .sort(["len", "device_id"], descending=[True, False])
+    )
+    common = held["device_id"][0]
+    _rewrite(
+        inputs,
+        "requests",
+        lambda t: t.with_columns(
+            pl.when(_is_campaign(truth)).then(pl.lit(common)).otherwise(pl.col("device_id")).alias("device_id")
+        ),
+    )
+
+
+def declared_org(inputs: Path, truth: pl.DataFrame) -> None:
+    org = truth.filter(pl.col("label") != "benign").select(
+        "account_id", pl.concat_str([pl.lit("probe-org-"), pl.col("label")]).alias("probe_org")
+    )
+    _rewrite(
+        inputs,
+        "accounts",
+        lambda t: (
+            t.with_columns(pl.col("account_id").cast(pl.Utf8))
+            .join(org, on="account_id", how="left")
+            .with_columns(pl.coalesce("probe_org", "org_id").alias("org_id"))
+            .drop("probe_org")
+        ),
+    )
+    _rewrite(inputs, "payments", lambda t: t.filter(~_is_campaign(truth)))
+
+
+PROBES: dict[str, Probe] = {
+    "own_fingerprints": own_fingerprints,
+    "common_client": common_client,
+    "declared_org": declared_org,
+}
+
+
+def probed(inputs: Path, labels: Path, target: Path, probe: str) -> Path:
+    """A copy of ``inputs`` at ``target`` with the campaign accounts changed by ``probe``."""
+    if not target.exists():
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(inputs, staging)
+        truth = pl.read_parquet(labels).select(pl.col("account_id").cast(pl.Utf8), pl.col("label").cast(pl.Utf8))
+        PROBES[probe](staging, truth)
+        staging.rename(target)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench-seeds", default="102", help="independent benchmark worlds (if present)")
+    parser.add_argument("--bench-scale", type=float, default=0.02)
+    parser.add_argument("--sim-seeds", default="", help="randomised simulator worlds")
+    parser.add_argument("--scale", type=float, default=0.01)
+    parser.add_argument("--only", default="", help="comma-separated probes (default: all)")
+    parser.add_argument("--work", default="/tmp/linkage-probes")
+    parser.add_argument("--config", help="settings TOML for linkage")
+    args = parser.parse_args()
+    settings = Settings.load(args.config)
+    work = Path(args.work)
+    worlds = [(f"sim:{s}", lambda s=s: simulated_world(work, args.scale, s, "random")) for s in seeds(args.sim_seeds)]
+    if BENCHMARK.exists():
+        worlds += [
+            (f"benchmark:{s}", lambda s=s: benchmark_world(work, args.bench_scale, s)) for s in seeds(args.bench_seeds)
+        ]
+    probes = [name for name in args.only.split(",") if name] or list(PROBES)
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    print_header("world-probe")
+    for name, make in worlds:
+        inputs, labels = make()
+        for probe in ["none", *probes]:
+            # each variant in its own folder: its input, and beside it the run's output (see quality.measure)
+            source = (
+                inputs if probe == "none" else probed(inputs, labels, inputs.parent / f"probe-{probe}" / "input", probe)
+            )
+            row = measure(f"{name}-{probe}", "linkage", source, labels, settings)
+            print_row(row)
+            with open(results / "probes.jsonl", "a") as fh:
+                fh.write(json.dumps(row | {"config": args.config}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
