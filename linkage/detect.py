@@ -981,7 +981,8 @@ def _owned_tools_of(
     either (the profiles are not built then)."""
     billed = accounts.select("account_id", "org_id")
     builds = _owned_of_type(graph, evidence, billed, settings, "Device", settings.owned_build_alike)
-    scaffolds = _owned_of_type(graph, evidence, billed, settings, "PromptTemplate", settings.owned_scaffold_alike)
+    scaffold_mark = None if settings.owned_scaffolds is False else settings.owned_scaffold_alike
+    scaffolds = _owned_of_type(graph, evidence, billed, settings, "PromptTemplate", scaffold_mark)
     if scaffolds is not None and settings.owned_scaffolds is None:
         scaffolds = scaffolds.join(
             _carried_by_a_client(evidence, builds, settings.hub_size), on="account_id", how="anti"
@@ -998,10 +999,8 @@ def _owned_of_type(
     entity_type: str,
     mark: float | None,
 ) -> pl.DataFrame | None:
-    """:func:`owned_tools` of one type, or None where its setting is off or the run has no hub of it."""
-    if mark is None or (entity_type == "PromptTemplate" and settings.owned_scaffolds is False):
-        return None
-    if _hub_tools(evidence, settings.hub_size, entity_type).height == 0:
+    """:func:`owned_tools` of one type, or None where its mark is off or the run has no hub of it."""
+    if mark is None or _hub_tools(evidence, settings.hub_size, entity_type).height == 0:
         return None
     return owned_tools(
         evidence, profiles(graph, without=TOOLS[entity_type]), billed, settings.hub_size, mark, entity_type
