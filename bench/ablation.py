@@ -15,13 +15,11 @@ recall and benign accounts flagged per (world, removal); rows go to bench/result
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
-from quality import BENCHMARK, benchmark_world, measure, print_header, print_row, seeds, simulated_world
+from quality import measure_variant, print_header, rewrite_parquet, variant_arguments, variant_copy, variant_worlds
 
 from linkage.settings import Settings
 
@@ -65,40 +63,16 @@ REMOVALS: dict[str, tuple[str, Change]] = {
 
 def without(inputs: Path, target: Path, table: str, change: Change) -> Path:
     """A copy of ``inputs`` at ``target`` whose ``table`` files went through ``change``. Parquet only."""
-    if not target.exists():
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(inputs, staging)
-        files = sorted(staging.glob(f"{table}/**/*.parquet")) or sorted(staging.glob(f"{table}.parquet"))
-        if not files:
-            raise SystemExit(f"{inputs}: no Parquet files for table {table!r} (the ablation rewrites Parquet only)")
-        for path in files:
-            change(pl.read_parquet(path, hive_partitioning=False)).write_parquet(path)
-        staging.rename(target)
-    return target
+    return variant_copy(inputs, target, lambda staging: rewrite_parquet(staging, table, change))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bench-seeds", default="101,102", help="independent benchmark worlds (if present)")
-    parser.add_argument("--bench-scale", type=float, default=0.02)
-    parser.add_argument("--sim-seeds", default="", help="randomised simulator worlds")
-    parser.add_argument("--scale", type=float, default=0.01)
-    parser.add_argument("--only", default="", help="comma-separated removals (default: all)")
-    parser.add_argument("--work", default="/tmp/linkage-ablation")
-    parser.add_argument("--config", help="settings TOML for linkage")
+    variant_arguments(parser, bench_seeds="101,102", work="/tmp/linkage-ablation", only="removals")
     args = parser.parse_args()
     settings = Settings.load(args.config)
-    work = Path(args.work)
-    worlds = [(f"sim:{s}", lambda s=s: simulated_world(work, args.scale, s, "random")) for s in seeds(args.sim_seeds)]
-    if BENCHMARK.exists():
-        worlds += [
-            (f"benchmark:{s}", lambda s=s: benchmark_world(work, args.bench_scale, s)) for s in seeds(args.bench_seeds)
-        ]
+    worlds = variant_worlds(args)
     removals = {name: REMOVALS[name] for name in filter(None, args.only.split(","))} or REMOVALS
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
     print_header("world-removed")
     for name, make in worlds:
         inputs, labels = make()
@@ -106,10 +80,7 @@ def main() -> None:
             # each variant in its own folder: its input, and beside it the run's output (see quality.measure)
             variant = inputs.parent / f"without-{removal}" / "input"
             source = inputs if removal == "nothing" else without(inputs, variant, table, change)
-            row = measure(f"{name}-{removal}", "linkage", source, labels, settings)
-            print_row(row)
-            with open(results / "ablation.jsonl", "a") as fh:
-                fh.write(json.dumps(row | {"config": args.config}) + "\n")
+            measure_variant(f"{name}-{removal}", source, labels, settings, "ablation", args.config)
 
 
 if __name__ == "__main__":

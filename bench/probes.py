@@ -21,26 +21,16 @@ bench/results/probes.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
-from quality import BENCHMARK, benchmark_world, measure, print_header, print_row, seeds, simulated_world
+from quality import measure_variant, print_header, rewrite_parquet, variant_arguments, variant_copy, variant_worlds
 
 from linkage.settings import Settings
 
 # (input dir, labels: account_id, label) → rewrites the copied input in place
 Probe = Callable[[Path, pl.DataFrame], None]
-
-
-def _rewrite(inputs: Path, table: str, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
-    files = sorted(inputs.glob(f"{table}/**/*.parquet")) or sorted(inputs.glob(f"{table}.parquet"))
-    if not files:
-        raise SystemExit(f"{inputs}: no Parquet files for table {table!r} (the probes rewrite Parquet only)")
-    for path in files:
-        change(pl.read_parquet(path, hive_partitioning=False)).write_parquet(path)
 
 
 def _is_campaign(truth: pl.DataFrame) -> pl.Expr:
@@ -50,7 +40,7 @@ def _is_campaign(truth: pl.DataFrame) -> pl.Expr:
 
 def own_fingerprints(inputs: Path, truth: pl.DataFrame) -> None:
     own = pl.concat_str([pl.lit("probe-own-"), pl.col("account_id").cast(pl.Utf8)])
-    _rewrite(
+    rewrite_parquet(
         inputs,
         "requests",
         lambda t: t.with_columns(
@@ -70,7 +60,7 @@ def common_client(inputs: Path, truth: pl.DataFrame) -> None:
         .sort(["len", "device_id"], descending=[True, False])
     )
     common = held["device_id"][0]
-    _rewrite(
+    rewrite_parquet(
         inputs,
         "requests",
         lambda t: t.with_columns(
@@ -83,7 +73,7 @@ def declared_org(inputs: Path, truth: pl.DataFrame) -> None:
     org = truth.filter(pl.col("label") != "benign").select(
         "account_id", pl.concat_str([pl.lit("probe-org-"), pl.col("label")]).alias("probe_org")
     )
-    _rewrite(
+    rewrite_parquet(
         inputs,
         "accounts",
         lambda t: (
@@ -93,7 +83,7 @@ def declared_org(inputs: Path, truth: pl.DataFrame) -> None:
             .drop("probe_org")
         ),
     )
-    _rewrite(inputs, "payments", lambda t: t.filter(~_is_campaign(truth)))
+    rewrite_parquet(inputs, "payments", lambda t: t.filter(~_is_campaign(truth)))
 
 
 PROBES: dict[str, Probe] = {
@@ -105,37 +95,17 @@ PROBES: dict[str, Probe] = {
 
 def probed(inputs: Path, labels: Path, target: Path, probe: str) -> Path:
     """A copy of ``inputs`` at ``target`` with the campaign accounts changed by ``probe``."""
-    if not target.exists():
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(inputs, staging)
-        truth = pl.read_parquet(labels).select(pl.col("account_id").cast(pl.Utf8), pl.col("label").cast(pl.Utf8))
-        PROBES[probe](staging, truth)
-        staging.rename(target)
-    return target
+    truth = pl.read_parquet(labels).select(pl.col("account_id").cast(pl.Utf8), pl.col("label").cast(pl.Utf8))
+    return variant_copy(inputs, target, lambda staging: PROBES[probe](staging, truth))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bench-seeds", default="102", help="independent benchmark worlds (if present)")
-    parser.add_argument("--bench-scale", type=float, default=0.02)
-    parser.add_argument("--sim-seeds", default="", help="randomised simulator worlds")
-    parser.add_argument("--scale", type=float, default=0.01)
-    parser.add_argument("--only", default="", help="comma-separated probes (default: all)")
-    parser.add_argument("--work", default="/tmp/linkage-probes")
-    parser.add_argument("--config", help="settings TOML for linkage")
+    variant_arguments(parser, bench_seeds="102", work="/tmp/linkage-probes", only="probes")
     args = parser.parse_args()
     settings = Settings.load(args.config)
-    work = Path(args.work)
-    worlds = [(f"sim:{s}", lambda s=s: simulated_world(work, args.scale, s, "random")) for s in seeds(args.sim_seeds)]
-    if BENCHMARK.exists():
-        worlds += [
-            (f"benchmark:{s}", lambda s=s: benchmark_world(work, args.bench_scale, s)) for s in seeds(args.bench_seeds)
-        ]
+    worlds = variant_worlds(args)
     probes = [name for name in args.only.split(",") if name] or list(PROBES)
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
     print_header("world-probe")
     for name, make in worlds:
         inputs, labels = make()
@@ -144,10 +114,7 @@ def main() -> None:
             source = (
                 inputs if probe == "none" else probed(inputs, labels, inputs.parent / f"probe-{probe}" / "input", probe)
             )
-            row = measure(f"{name}-{probe}", "linkage", source, labels, settings)
-            print_row(row)
-            with open(results / "probes.jsonl", "a") as fh:
-                fh.write(json.dumps(row | {"config": args.config}) + "\n")
+            measure_variant(f"{name}-{probe}", source, labels, settings, "probes", args.config)
 
 
 if __name__ == "__main__":

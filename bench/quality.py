@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -45,6 +47,66 @@ def simulated_world(work: Path, scale: float, seed: int, world: str) -> tuple[Pa
     if not (data / "simulation.json").exists():
         simulate(data, SimulationConfig(scale=scale, seed=seed, world=world))
     return data / "input", data / "labels.parquet"
+
+
+World = tuple[str, Callable[[], tuple[Path, Path]]]
+
+
+def variant_arguments(parser: argparse.ArgumentParser, bench_seeds: str, work: str, only: str) -> None:
+    """The options every bench that re-runs worlds as variants takes (ablation, probes)."""
+    parser.add_argument("--bench-seeds", default=bench_seeds, help="independent benchmark worlds (if present)")
+    parser.add_argument("--bench-scale", type=float, default=0.02)
+    parser.add_argument("--sim-seeds", default="", help="randomised simulator worlds")
+    parser.add_argument("--scale", type=float, default=0.01)
+    parser.add_argument("--only", default="", help=f"comma-separated {only} (default: all)")
+    parser.add_argument("--work", default=work)
+    parser.add_argument("--config", help="settings TOML for linkage")
+
+
+def variant_worlds(args: argparse.Namespace) -> list[World]:
+    """``(name, make)`` per world the options name; ``make`` generates it once and returns its input
+    and labels."""
+    work = Path(args.work)
+    worlds: list[World] = [
+        (f"sim:{s}", lambda s=s: simulated_world(work, args.scale, s, "random")) for s in seeds(args.sim_seeds)
+    ]
+    if BENCHMARK.exists():
+        worlds += [
+            (f"benchmark:{s}", lambda s=s: benchmark_world(work, args.bench_scale, s)) for s in seeds(args.bench_seeds)
+        ]
+    return worlds
+
+
+def variant_copy(inputs: Path, target: Path, rewrite: Callable[[Path], None]) -> Path:
+    """A copy of ``inputs`` at ``target`` that ``rewrite`` changed in place (made once: staged, then
+    renamed, so an interrupted copy is never taken for a finished one)."""
+    if not target.exists():
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(inputs, staging)
+        rewrite(staging)
+        staging.rename(target)
+    return target
+
+
+def measure_variant(name: str, inputs: Path, labels: Path, settings: Settings, log: str, config: str | None) -> None:
+    """One variant run: measured, printed, and appended to ``bench/results/<log>.jsonl``."""
+    row = measure(name, "linkage", inputs, labels, settings)
+    print_row(row)
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    with open(results / f"{log}.jsonl", "a") as fh:
+        fh.write(json.dumps(row | {"config": config}) + "\n")
+
+
+def rewrite_parquet(inputs: Path, table: str, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
+    """Every Parquet file of ``table`` under ``inputs`` through ``change``."""
+    files = sorted(inputs.glob(f"{table}/**/*.parquet")) or sorted(inputs.glob(f"{table}.parquet"))
+    if not files:
+        raise SystemExit(f"{inputs}: no Parquet files for table {table!r} (the variants rewrite Parquet only)")
+    for path in files:
+        change(pl.read_parquet(path, hive_partitioning=False)).write_parquet(path)
 
 
 def benchmark_world(work: Path, scale: float, seed: int) -> tuple[Path, Path]:
