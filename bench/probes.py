@@ -12,7 +12,9 @@ rewrites only what the campaign accounts send or declare. Probes:
 - ``common_client``: every campaign account uses the run's most common benign client build (hides
   among an SDK default's thousands of holders);
 - ``declared_org``: each campaign's accounts declare one org of their own and pay nothing (before
-  the unpaid-seat rule such a fleet was one customer, shrunk to the background).
+  the unpaid-seat rule such a fleet was one customer, shrunk to the background);
+- ``thin_volume``: every campaign account keeps one request in four (per file: each file of a
+  partitioned log is thinned on its own).
 
 Prints F1, AP, the worst campaign's recall and benign accounts flagged per (world, probe); rows go to
 bench/results/probes.jsonl.
@@ -86,10 +88,18 @@ def declared_org(inputs: Path, truth: pl.DataFrame) -> None:
     rewrite_parquet(inputs, "payments", lambda t: t.filter(~_is_campaign(truth)))
 
 
+def thin_volume(inputs: Path, truth: pl.DataFrame) -> None:
+    """Keeps one request in four of each campaign account (in its own time order): the harvest spread
+    over four times as many accounts would look like this per account."""
+    kept = (pl.int_range(pl.len()).over("account_id", order_by="ts") % 4) == 0
+    rewrite_parquet(inputs, "requests", lambda t: t.filter(~_is_campaign(truth) | kept))
+
+
 PROBES: dict[str, Probe] = {
     "own_fingerprints": own_fingerprints,
     "common_client": common_client,
     "declared_org": declared_org,
+    "thin_volume": thin_volume,
 }
 
 
