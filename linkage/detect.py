@@ -72,11 +72,13 @@ def one_customer_orgs(graph: Graph) -> pl.DataFrame:
     if paid.height == 0:
         return accounts
     seats = paid.join(accounts.filter(pl.col("org_id").is_not_null()), on="account_id")
-    shared = seats.group_by("org_id", "instrument").agg(pl.col("account_id").n_unique().alias("seats"))
-    billed_as_one = (
-        seats.join(shared.filter(pl.col("seats") >= 2), on=["org_id", "instrument"]).select("account_id").unique()
+    shared = (
+        seats.group_by("org_id", "instrument")
+        .agg(pl.col("account_id").n_unique().alias("seats"))
+        .filter(pl.col("seats") >= 2)
     )
-    orgs_billed_as_one = shared.filter(pl.col("seats") >= 2).select("org_id").unique()
+    billed_as_one = seats.join(shared, on=["org_id", "instrument"]).select("account_id").unique()
+    orgs_billed_as_one = shared.select("org_id").unique()
     unpaid = accounts.filter(pl.col("org_id").is_not_null()).join(paid, on="account_id", how="anti")
     covered = unpaid.join(orgs_billed_as_one, on="org_id", how="semi").select("account_id")
     one_customer = pl.concat([billed_as_one, covered])

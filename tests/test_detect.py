@@ -666,8 +666,22 @@ def test_a_scaffold_whose_holders_act_as_one_beyond_it_is_owned_a_popular_long_t
     """The same reading of a hub scaffold, its holders' behaviour read beyond their templates, clients
     and input lengths: strangers on one popular long template, all on the default model, have the
     same long inputs because of the template, and that is not acting as one."""
+    from linkage.behaviour import member_alike, profiles
+    from linkage.detect import TOOLS
+
     graph = _builds_graph(shared="SENT_TEMPLATE", strangers_on_one_model=True)
     assert _owned(graph, "PromptTemplate") == {"PromptTemplate|fleet-build": list(range(60))}
+    # what keeps them apart is leaving out the input length the template gives them: with it, most
+    # of the strangers would reach the mark
+    _, evidence = memberships(graph, DetectSettings())
+    strangers = evidence.filter(pl.col("entity") == "PromptTemplate|sdk-default").select(
+        pl.col("entity").alias("ring_id"), "account_id"
+    )
+
+    def at_mark(without: tuple[str, ...]) -> float:
+        return float((member_alike(profiles(graph, without=without), strangers)["alike"] >= 0.5).mean())
+
+    assert at_mark(TOOLS["PromptTemplate"]) < 0.25 < 0.5 < at_mark(("client", "template"))
 
 
 @pytest.mark.parametrize("clients", ["none", "own"])
