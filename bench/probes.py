@@ -14,7 +14,12 @@ rewrites only what the campaign accounts send or declare. Probes:
 - ``declared_org``: each campaign's accounts declare one org of their own and pay nothing (before
   the unpaid-seat rule such a fleet was one customer, shrunk to the background);
 - ``thin_volume``: every campaign account keeps one request in four (per file: each file of a
-  partitioned log is thinned on its own).
+  partitioned log is thinned on its own);
+- ``own_exits``: every campaign account sends everything, its signup too, from one residential
+  address of its own (a static "ISP proxy" per account, on the run's most common residential
+  network);
+- ``separate_everything``: ``own_exits`` and ``own_fingerprints``, and every paying campaign account
+  pays with an instrument of its own: what is left to link them is what they ask, how, and when.
 
 Prints F1, AP, the worst campaign's recall and benign accounts flagged per (world, probe); rows go to
 bench/results/probes.jsonl.
@@ -95,11 +100,74 @@ def thin_volume(inputs: Path, truth: pl.DataFrame) -> None:
     rewrite_parquet(inputs, "requests", lambda t: t.filter(~_is_campaign(truth) | kept))
 
 
+def own_exits(inputs: Path, truth: pl.DataFrame) -> None:
+    """One residential address per campaign account, each in a /24 of its own, on the ASN most of the
+    benign residential traffic uses (a big ISP's customers: no rarer than a household)."""
+    campaign = truth.filter(pl.col("label") != "benign").sort("account_id")
+    position = pl.int_range(pl.len())
+    addresses = campaign.select(
+        "account_id",
+        pl.format("73.{}.{}.{}", position // 256 % 256, position % 256, position * 37 % 253 + 1).alias("probe_ip"),
+    )
+    asn = _common_residential_asn(inputs, truth)
+
+    def requests(table: pl.DataFrame) -> pl.DataFrame:
+        table = table.with_columns(pl.col("account_id").cast(pl.Utf8)).join(addresses, on="account_id", how="left")
+        mine = pl.col("probe_ip").is_not_null()
+        changed = [pl.coalesce("probe_ip", "ip").alias("ip")]
+        if "ip_type" in table.columns:
+            changed.append(pl.when(mine).then(pl.lit("residential")).otherwise(pl.col("ip_type")).alias("ip_type"))
+        if "asn" in table.columns and asn is not None:
+            changed.append(
+                pl.when(mine).then(pl.lit(asn)).otherwise(pl.col("asn")).cast(table["asn"].dtype).alias("asn")
+            )
+        return table.with_columns(changed).drop("probe_ip")
+
+    def accounts(table: pl.DataFrame) -> pl.DataFrame:
+        if "signup_ip" not in table.columns:
+            return table
+        table = table.with_columns(pl.col("account_id").cast(pl.Utf8)).join(addresses, on="account_id", how="left")
+        return table.with_columns(pl.coalesce("probe_ip", "signup_ip").alias("signup_ip")).drop("probe_ip")
+
+    rewrite_parquet(inputs, "requests", requests)
+    rewrite_parquet(inputs, "accounts", accounts)
+
+
+def _common_residential_asn(inputs: Path, truth: pl.DataFrame) -> int | None:
+    files = sorted(inputs.glob("requests/**/*.parquet")) or sorted(inputs.glob("requests.parquet"))
+    columns = pl.read_parquet_schema(files[0])
+    if "asn" not in columns:
+        return None
+    wanted = ["account_id", "asn", *(["ip_type"] if "ip_type" in columns else [])]
+    benign = pl.concat([pl.read_parquet(f, columns=wanted, hive_partitioning=False) for f in files]).filter(
+        ~_is_campaign(truth) & pl.col("asn").is_not_null()
+    )
+    if "ip_type" in wanted:
+        benign = benign.filter(pl.col("ip_type") == "residential")
+    counted = benign.group_by("asn").len().sort(["len", "asn"], descending=[True, False])
+    return int(counted["asn"][0]) if counted.height else None
+
+
+def separate_everything(inputs: Path, truth: pl.DataFrame) -> None:
+    own_exits(inputs, truth)
+    own_fingerprints(inputs, truth)
+    own = pl.concat_str([pl.lit("probe-card-"), pl.col("account_id").cast(pl.Utf8)])
+    rewrite_parquet(
+        inputs,
+        "payments",
+        lambda t: t.with_columns(
+            pl.when(_is_campaign(truth)).then(own).otherwise(pl.col("instrument_id")).alias("instrument_id")
+        ).unique(["account_id", "instrument_id"], keep="first", maintain_order=True),
+    )
+
+
 PROBES: dict[str, Probe] = {
     "own_fingerprints": own_fingerprints,
     "common_client": common_client,
     "declared_org": declared_org,
     "thin_volume": thin_volume,
+    "own_exits": own_exits,
+    "separate_everything": separate_everything,
 }
 
 

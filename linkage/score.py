@@ -20,7 +20,10 @@ A feature whose column is absent from the input is left out rather than counted 
 declared org billed as one are one customer, see :func:`~linkage.detect.one_customer_orgs`), so a
 small ring, or one org's seats, needs to be risky throughout. Its excess over the background is then
 weighed by how alike its members act (:func:`weigh_by_alike`, :mod:`linkage.behaviour`): strangers
-sharing a NAT or a platform's egress move down, operated rings up. **Flag**: the ring's average member
+sharing a NAT or a platform's egress move down, operated rings up. **A second reading** counts only
+what members are and ask for (:data:`CONTENT_FEATURES`), against its own cut and in proportion to the
+confidence that the ring keeps one clock: an operation that buys clean infrastructure per account
+loses the rest of its risk (:func:`_with_content_reading`); it raises a ring, never lowers one. **Flag**: the ring's average member
 is riskier than all but ``flag_background_share`` of the run's ordinary customers (a declared org
 counts as one): the lower of two readings, the customers no ring holds, and every customer outside
 the rings that already stand out against them (:func:`flag_cut`). A random group's mean is far less
@@ -61,6 +64,11 @@ RISK_FEATURES = (
     "input_per_request",
     "volume",
 )
+# what an account is and asks for: made lately, and asking for what an operation came for, however
+# clean the infrastructure it pays for (proxy share and address spread say how traffic arrives, which
+# an operation can buy per account). Recency stays in: without it, incident-scale agencies (one
+# operator's old client accounts on synchronised batches) came over the content reading's cut
+CONTENT_FEATURES = ("recency", "scaffold_share", "reasoning_share", "output_per_request", "input_per_request", "volume")
 # how a ring is tied (columns and evidence text; the score is the members' risk)
 COORDINATION_FEATURES = (
     "coordination",
@@ -136,12 +144,6 @@ def score_rings(
     strength = _internal_strength(detection, members)
     background = background_risk(risk, members.select("account_id"), accounts)
     prior = float(background.mean()) if background.len() else 0.5
-    ring_risk = ring_customers(members, billed).join(
-        members.join(risk, on="account_id", how="left")
-        .group_by("ring_id")
-        .agg(pl.col("risk").fill_null(0.0).mean().alias("mean")),
-        on="ring_id",
-    )
     available = [f for f in RISK_FEATURES if f in risk.columns]
     ring_features = (
         members.select("ring_id", "account_id")
@@ -149,16 +151,7 @@ def score_rings(
         .group_by("ring_id")
         .agg([pl.col(f).mean().alias(f"risk_{f}") for f in available])
     )
-    # the mean of a few customers is noisy: shrunk towards the background by ``prior_members``
-    # pseudo-customers, so a ring of three needs to be risky throughout, a ring of fifty barely
-    # moves, and the seats of one org billed as one (one customer) move it little
-    ring_risk = ring_risk.select(
-        "ring_id",
-        (
-            (pl.col("mean") * pl.col("customers") + settings.prior_members * prior)
-            / (pl.col("customers") + settings.prior_members)
-        ).alias("score"),
-    )
+    ring_risk = shrunk_ring_risk(members, risk, billed, prior, settings.prior_members)
     if settings.timing_confidence:
         ring_risk = _weigh_by_timing(ring_risk, _lockstep(detection, members), prior)
     ring_alike = alike(behaviour, members.select("ring_id", "account_id"))
@@ -169,6 +162,11 @@ def score_rings(
         if flag_threshold is None
         else flag_threshold
     )
+    ring_risk = ring_risk.with_columns(pl.lit(False).alias("content_reading"))
+    if settings.content_reading:
+        ring_risk = _with_content_reading(
+            detection, members, accounts, risk, ring_risk, ring_alike, threshold, settings
+        )
     rounds = 0 if detached is None else int(detached["round"].max()) + 1
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
         loose = bystanders(
@@ -237,6 +235,14 @@ def score_rings(
                     "; members act alike {} (0: like two unrelated customers of this run, 1: identical)",
                     pl.col("alike").round(2),
                 ).fill_null(""),
+                pl.when(pl.col("content_reading"))
+                .then(
+                    pl.format(
+                        "; flagged on what its members ask for, read alone: they keep one clock ({} nats a link)",
+                        pl.col("lockstep").round(1),
+                    )
+                )
+                .otherwise(pl.lit("")),
                 pl.format("; proxy/VPN/DC traffic {}%", (pl.col("proxy_share") * 100).round(0)),
                 pl.format("; owned scaffolds {}%", (pl.col("owned_templates") * 100).round(0)),
                 pl.format("; reasoning-style {}%", (pl.col("reasoning_style") * 100).round(0)),
@@ -303,6 +309,90 @@ def score_rings(
         .select("ring_id", "entity", "type", "label", "members", "degree", "value", "value_total", "shared_by"),
         _alone(risk, prior, _ties_outside(detection, members, strength, rings)),
     )
+
+
+def shrunk_ring_risk(
+    members: pl.DataFrame, risk: pl.DataFrame, billed: pl.DataFrame, prior: float, prior_members: float
+) -> pl.DataFrame:
+    """``ring_id, score``: the mean ``risk`` of each ring's members, shrunk towards ``prior`` by
+    ``prior_members`` pseudo-customers. The mean of a few customers is noisy: a ring of three needs
+    to be risky throughout, a ring of fifty barely moves, and the seats of one org billed as one (one
+    customer, :func:`ring_customers`) move it little."""
+    means = (
+        members.join(risk.select("account_id", "risk"), on="account_id", how="left")
+        .group_by("ring_id")
+        .agg(pl.col("risk").fill_null(0.0).mean().alias("mean"))
+    )
+    return (
+        ring_customers(members, billed)
+        .join(means, on="ring_id")
+        .select(
+            "ring_id",
+            (
+                (pl.col("mean") * pl.col("customers") + prior_members * prior) / (pl.col("customers") + prior_members)
+            ).alias("score"),
+        )
+    )
+
+
+def content_risk(risk: pl.DataFrame) -> pl.DataFrame | None:
+    """``account_id, risk``: the mean of the :data:`CONTENT_FEATURES` percentiles alone; None where the
+    run has no other feature to leave out (the reading would be the risk itself)."""
+    content = [f for f in CONTENT_FEATURES if f in risk.columns]
+    if not content or all(f in content for f in RISK_FEATURES if f in risk.columns):
+        return None
+    return risk.select("account_id", pl.mean_horizontal(content).alias("risk"))
+
+
+def raised_by_content(
+    ring_risk: pl.DataFrame, ring_content: pl.DataFrame, content_cut: float, threshold: float
+) -> pl.DataFrame:
+    """``ring_risk`` with each ring's score raised to what its content reading says, on the score's own
+    scale: a ring ``x`` over the content reading's cut scores ``x`` over ``threshold``. A ring's score
+    is never lowered; ``content_reading`` says where the reading decided it."""
+    raised = ring_risk.join(ring_content.select("ring_id", pl.col("score").alias("content")), on="ring_id", how="left")
+    lifted = pl.col("content") - content_cut + threshold
+    return raised.with_columns(
+        pl.max_horizontal("score", lifted.fill_null(0.0)).alias("score"),
+        (pl.col("content_reading") | (lifted.fill_null(0.0) > pl.col("score")).fill_null(False)).alias(
+            "content_reading"
+        ),
+    ).drop("content")
+
+
+def _with_content_reading(
+    detection: Detection,
+    members: pl.DataFrame,
+    accounts: pl.DataFrame,
+    risk: pl.DataFrame,
+    ring_risk: pl.DataFrame,
+    ring_alike: pl.DataFrame,
+    threshold: float,
+    settings: ScoreSettings,
+) -> pl.DataFrame:
+    """A second reading of each ring, on what its members ask for alone (``score.content_reading``).
+
+    An operation can buy clean infrastructure per account (a static residential address, its own
+    card and client fingerprint each); its members' risk then loses the part that says how their
+    traffic arrives, and what is left is what they came for. Read alone, that is also the risk of
+    customers who ask for the same things (agent builders on one open-source client, a class on
+    one problem set), so its excess counts only in proportion to the confidence that the ring keeps
+    one clock (``1 − e^(−lockstep)``): a scheduler's accounts take turns, customers keep their own
+    hours. The reading has its own cut, calibrated on the run as the risk's is (:func:`flag_cut`),
+    and can raise a ring, never lower it. Where big rings' per-link lockstep is diluted (incident
+    scale, 0.5–1 nats) it adds little and the full reading stands."""
+    content = content_risk(risk)
+    if content is None:
+        return ring_risk
+    background = background_risk(content, members.select("account_id"), accounts)
+    prior = float(background.mean()) if background.len() else 0.5
+    billed = detection.accounts.select("account_id", "org_id")
+    ring_content = shrunk_ring_risk(members, content, billed, prior, settings.prior_members)
+    if settings.alike_reference_share is not None:
+        ring_content = weigh_by_alike(ring_content, ring_alike, prior, settings.alike_reference_share)
+    ring_content = _weigh_by_timing(ring_content, _lockstep(detection, members), prior)
+    content_cut = flag_cut(content, members, accounts, ring_content, background, settings.flag_background_share)
+    return raised_by_content(ring_risk, ring_content, content_cut, threshold)
 
 
 def ring_customers(members: pl.DataFrame, billed: pl.DataFrame) -> pl.DataFrame:

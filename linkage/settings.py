@@ -275,6 +275,18 @@ class ScoreSettings(_Section):
         "test level divided by the number of such rings): visitors must not hide an operation by diluting it "
         "(None: only where the run has no IP types)",
     )
+    # On: an operation that buys clean infrastructure per account loses the risk of how its traffic
+    # arrives. World B with every campaign account on a static residential address of its own, its own
+    # fingerprint and card (bench/probes.py separate_everything): 101 0.921 -> 0.977, 102 0.851 -> 0.943;
+    # own addresses alone, 102 0.947 -> 0.997. Agent builders on one open-source client ask as the
+    # campaigns do but keep their own hours (0.2-0.3 nats): with content read alone and no clock,
+    # three of 13 tuning seeds flagged them (0.983 -> 0.945); with the clock, tuning worlds unchanged
+    content_reading: bool = Field(
+        True,
+        description="a ring is also read on what its members ask for alone (scaffolds, reasoning, token sizes, "
+        "volume), against its own cut, its excess counted in proportion to 1 - exp(-lockstep): the reading can raise "
+        "a ring's score, never lower it",
+    )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's
     # incident scale campaign rings sit at 0.5-1.0 nats: recall fell from 0.87 to 0.12.

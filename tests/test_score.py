@@ -16,7 +16,10 @@ from linkage.score import (
     _test_under_cut,
     _ties_outside,
     _weigh_by_timing,
+    _with_content_reading,
     bystanders,
+    content_risk,
+    raised_by_content,
     ring_customers,
     tame_members_looser,
     weigh_by_alike,
@@ -56,6 +59,86 @@ def test_without_any_behaviour_scores_are_unchanged() -> None:
         {"ring_id": ["a", "b"], "alike": [None, None]}, schema={"ring_id": pl.Utf8, "alike": pl.Float64}
     )
     assert weigh_by_alike(rings, nothing, prior=0.5, share=0.1).equals(rings)
+
+
+def test_the_content_reading_raises_a_ring_never_lowers_one() -> None:
+    rings = pl.DataFrame({"ring_id": ["over", "under", "high"], "score": [0.55, 0.55, 0.9]}).with_columns(
+        pl.lit(False).alias("content_reading")
+    )
+    content = pl.DataFrame({"ring_id": ["over", "under", "high"], "score": [0.75, 0.6, 0.1]})
+    raised = {
+        r["ring_id"]: r
+        for r in raised_by_content(rings, content, content_cut=0.7, threshold=0.62).iter_rows(named=True)
+    }
+    assert raised["over"]["score"] == pytest.approx(0.67)  # 0.05 over the content cut: 0.05 over the flag cut
+    assert raised["over"]["content_reading"]
+    assert raised["under"]["score"] == pytest.approx(0.55) and not raised["under"]["content_reading"]
+    assert raised["high"]["score"] == pytest.approx(0.9) and not raised["high"]["content_reading"]
+
+
+def test_content_risk_leaves_out_how_traffic_arrives() -> None:
+    risk = pl.DataFrame({"account_id": ["a"], "proxy_share": [1.0], "reasoning_share": [0.8], "volume": [0.6]})
+    assert content_risk(risk)["risk"].to_list() == pytest.approx([0.7])
+    # nothing to leave out: the reading would be the risk itself
+    assert content_risk(risk.drop("proxy_share")) is None
+
+
+def _clean_fleet_run(lockstep: float) -> pl.DataFrame:
+    """Background customers, and a fleet of 12 new accounts that asks like an operation but arrives
+    like the quietest customers (one residential address each: no proxy share, no address spread),
+    its links on a clock of ``lockstep`` nats."""
+    n_background, fleet = 200, 12
+    ids = [f"b{i:03d}" for i in range(n_background)] + [f"f{i:02d}" for i in range(fleet)]
+    spread = [0.8 * (i % 50) / 50 for i in range(n_background)]
+    arrival = spread + [0.0] * fleet
+    asks = spread + [0.97] * fleet
+    risk = pl.DataFrame(
+        {
+            "account_id": ids,
+            **{f: arrival for f in ("proxy_share", "address_spread")},
+            "recency": asks,
+            **{
+                f: asks
+                for f in ("scaffold_share", "reasoning_share", "output_per_request", "input_per_request", "volume")
+            },
+        }
+    )
+    features = [c for c in risk.columns if c != "account_id"]
+    risk = risk.with_columns(pl.mean_horizontal(features).alias("risk"))
+    accounts = pl.DataFrame(
+        {"account_id": ids, "org_id": [None] * len(ids)}, schema={"account_id": pl.Utf8, "org_id": pl.Utf8}
+    )
+    index = accounts.with_row_index("idx").with_columns(pl.col("idx").cast(pl.Int64))
+    members = index.filter(pl.col("account_id").str.starts_with("f")).with_columns(
+        pl.lit(0).alias("community"), pl.lit("fleet").alias("ring_id")
+    )
+    first = int(members["idx"].min())
+    pairs = pl.DataFrame(
+        {"a": [first + i for i in range(fleet - 1)], "b": [first + i + 1 for i in range(fleet - 1)]}
+    ).with_columns(pl.lit(20.0).alias("weight"), pl.lit(lockstep).alias("activity"))
+    detection = Detection(index, pl.DataFrame(), pairs, members.select("account_id", "community"))
+    ring_risk = pl.DataFrame(
+        {
+            "ring_id": ["fleet"],
+            "score": [float(members.join(risk, on="account_id")["risk"].mean())],
+            "content_reading": [False],
+        }
+    )
+    settings = ScoreSettings(alike_reference_share=None)
+    alike = pl.DataFrame({"ring_id": ["fleet"], "alike": [None]}, schema={"ring_id": pl.Utf8, "alike": pl.Float64})
+    threshold = float(risk["risk"].quantile(0.95))
+    assert ring_risk["score"][0] < threshold  # arriving like customers, the full reading misses it
+    return _with_content_reading(
+        detection, members, accounts, risk, ring_risk, alike, threshold, settings
+    ).with_columns((pl.col("score") >= threshold).alias("flagged"))
+
+
+def test_a_fleet_on_clean_infrastructure_is_flagged_on_what_it_asks_for_when_it_keeps_one_clock() -> None:
+    on_a_clock = _clean_fleet_run(lockstep=6.0)
+    assert on_a_clock["flagged"][0] and on_a_clock["content_reading"][0]
+    # customers who ask the same things keep their own hours: not raised
+    own_hours = _clean_fleet_run(lockstep=0.2)
+    assert not own_hours["flagged"][0] and not own_hours["content_reading"][0]
 
 
 def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
