@@ -274,6 +274,7 @@ def score_rings(
         "flagged",
         "background_percentile",
         "alike",
+        "content_reading",
         *COORDINATION_FEATURES,
         "org_explained",
         "org_id",
@@ -739,6 +740,7 @@ def _empty_rings() -> pl.DataFrame:
         "flagged": pl.Boolean,
         "background_percentile": pl.Float64,
         "alike": pl.Float64,
+        "content_reading": pl.Boolean,
     }
     schema |= {name: pl.Float64 for name in COORDINATION_FEATURES}
     schema |= {
