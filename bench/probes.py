@@ -161,6 +161,27 @@ def separate_everything(inputs: Path, truth: pl.DataFrame) -> None:
     )
 
 
+def own_clock(inputs: Path, truth: pl.DataFrame) -> None:
+    """Every campaign account's requests shifted by an offset of its own, up to a day (drawn from a
+    hash of its id): each keeps its own rhythm, no two keep one clock."""
+    offset_ms = (pl.col("account_id").cast(pl.Utf8).hash(seed=7) % (24 * 3600 * 1000)).cast(pl.Int64)
+    rewrite_parquet(
+        inputs,
+        "requests",
+        lambda t: t.with_columns(
+            pl.when(_is_campaign(truth))
+            .then(pl.col("ts") + pl.duration(milliseconds=offset_ms))
+            .otherwise(pl.col("ts"))
+            .alias("ts")
+        ),
+    )
+
+
+def separate_own_clock(inputs: Path, truth: pl.DataFrame) -> None:
+    separate_everything(inputs, truth)
+    own_clock(inputs, truth)
+
+
 PROBES: dict[str, Probe] = {
     "own_fingerprints": own_fingerprints,
     "common_client": common_client,
@@ -168,6 +189,8 @@ PROBES: dict[str, Probe] = {
     "thin_volume": thin_volume,
     "own_exits": own_exits,
     "separate_everything": separate_everything,
+    "own_clock": own_clock,
+    "separate_own_clock": separate_own_clock,
 }
 
 
