@@ -19,7 +19,9 @@ rewrites only what the campaign accounts send or declare. Probes:
   address of its own (a static "ISP proxy" per account, on the run's most common residential
   network);
 - ``separate_everything``: ``own_exits`` and ``own_fingerprints``, and every paying campaign account
-  pays with an instrument of its own: what is left to link them is what they ask, how, and when.
+  pays with an instrument of its own: what is left to link them is what they ask, how, and when;
+- ``own_clock``: every campaign account's requests shifted by an offset of its own (up to a day);
+- ``separate_own_clock``: both of the last two (the limit: found as rings, scored like customers).
 
 Prints F1, AP, the worst campaign's recall and benign accounts flagged per (world, probe); rows go to
 bench/results/probes.jsonl.
