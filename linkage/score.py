@@ -152,8 +152,9 @@ def score_rings(
         .agg([pl.col(f).mean().alias(f"risk_{f}") for f in available])
     )
     ring_risk = shrunk_ring_risk(members, risk, billed, prior, settings.prior_members)
+    lockstep = _lockstep(detection, members)
     if settings.timing_confidence:
-        ring_risk = _weigh_by_timing(ring_risk, _lockstep(detection, members), prior)
+        ring_risk = _weigh_by_timing(ring_risk, lockstep, prior)
     ring_alike = alike(behaviour, members.select("ring_id", "account_id"))
     if settings.alike_reference_share is not None:
         ring_risk = weigh_by_alike(ring_risk, ring_alike, prior, settings.alike_reference_share)
@@ -165,7 +166,7 @@ def score_rings(
     ring_risk = ring_risk.with_columns(pl.lit(False).alias("content_reading"))
     if settings.content_reading:
         ring_risk = _with_content_reading(
-            detection, members, accounts, risk, ring_risk, ring_alike, threshold, settings
+            detection, members, accounts, risk, ring_risk, ring_alike, lockstep, threshold, settings
         )
     rounds = 0 if detached is None else int(detached["round"].max()) + 1
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
@@ -207,7 +208,7 @@ def score_rings(
         .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
         .join(_owned_templates(graph, ring_of), on="ring_id", how="left")
         .join(_signup_burst(members, accounts), on="ring_id", how="left")
-        .join(_lockstep(detection, members), on="ring_id", how="left")
+        .join(lockstep, on="ring_id", how="left")
         .with_columns(pl.col(pl.Float64).fill_null(0.0))
         .join(ring_alike, on="ring_id", how="left")
     )
@@ -368,6 +369,7 @@ def _with_content_reading(
     risk: pl.DataFrame,
     ring_risk: pl.DataFrame,
     ring_alike: pl.DataFrame,
+    lockstep: pl.DataFrame,
     threshold: float,
     settings: ScoreSettings,
 ) -> pl.DataFrame:
@@ -378,7 +380,7 @@ def _with_content_reading(
     traffic arrives, and what is left is what they came for. Read alone, that is also the risk of
     customers who ask for the same things (agent builders on one open-source client, a class on
     one problem set), so its excess counts only in proportion to the confidence that the ring keeps
-    one clock (``1 − e^(−lockstep)``): a scheduler's accounts take turns, customers keep their own
+    one clock (``1 − e^(−lockstep)``, ``lockstep``: :func:`_lockstep`): a scheduler's accounts take turns, customers keep their own
     hours. The reading has its own cut, calibrated on the run as the risk's is (:func:`flag_cut`),
     and can raise a ring, never lower it. Where big rings' per-link lockstep is diluted (incident
     scale, 0.5–1 nats) it adds little and the full reading stands."""
@@ -391,7 +393,7 @@ def _with_content_reading(
     ring_content = shrunk_ring_risk(members, content, billed, prior, settings.prior_members)
     if settings.alike_reference_share is not None:
         ring_content = weigh_by_alike(ring_content, ring_alike, prior, settings.alike_reference_share)
-    ring_content = _weigh_by_timing(ring_content, _lockstep(detection, members), prior)
+    ring_content = _weigh_by_timing(ring_content, lockstep, prior)
     content_cut = flag_cut(content, members, accounts, ring_content, background, settings.flag_background_share)
     return raised_by_content(ring_risk, ring_content, content_cut, threshold)
 
@@ -815,8 +817,12 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
     Grouped by the integer community and entity hash (unique across types), not by their texts:
     at incident scale this is millions of memberships."""
     held = detection.memberships.join(members.select("idx", "community"), on="idx")
+    # most of a ring's entities are held by one member: those are counted on the integer keys
+    # alone and left out before the texts are gathered
+    twice = held.group_by("community", "entity_key").len().filter(pl.col("len") >= 2).drop("len")
     shared = (
-        held.group_by("community", "entity_key")
+        held.join(twice, on=["community", "entity_key"], how="semi")
+        .group_by("community", "entity_key")
         .agg(
             pl.len().alias("members"),
             pl.col("entity").first(),
@@ -825,29 +831,19 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
             # what it is worth between two members: a hub's worth is the lower of its two holders',
             # and only an owned build's workers hold it at more (detect.valued_as_owned)
             pl.col("value").top_k(2).min(),
+            pl.col("account_id").sort().alias("shared_by"),
         )
-        .filter(pl.col("members") >= 2)
-    )
-    # which members share each entity, for the entities shared (most of a ring's are held by one)
-    sharing = (
-        held.join(shared.select("community", "entity_key"), on=["community", "entity_key"])
-        .group_by("community", "entity_key")
-        .agg(pl.col("account_id").sort().alias("shared_by"))
     )
     rings = members.select("community", "ring_id").unique("community")
-    return (
-        shared.join(sharing, on=["community", "entity_key"])
-        .join(rings, on="community")
-        .select(
-            "ring_id",
-            "entity",
-            "type",
-            "members",
-            "degree",
-            "value",
-            "shared_by",
-            (pl.col("value") * (pl.col("members") - 1)).alias("value_total"),
-        )
+    return shared.join(rings, on="community").select(
+        "ring_id",
+        "entity",
+        "type",
+        "members",
+        "degree",
+        "value",
+        "shared_by",
+        (pl.col("value") * (pl.col("members") - 1)).alias("value_total"),
     )
 
 

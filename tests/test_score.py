@@ -13,6 +13,7 @@ from linkage.detect import Detection, one_customer_orgs
 from linkage.score import (
     _alone,
     _bystanders_apart,
+    _lockstep,
     _test_under_cut,
     _ties_outside,
     _weigh_by_timing,
@@ -129,7 +130,7 @@ def _clean_fleet_run(lockstep: float) -> pl.DataFrame:
     threshold = float(risk["risk"].quantile(0.95))
     assert ring_risk["score"][0] < threshold  # arriving like customers, the full reading misses it
     return _with_content_reading(
-        detection, members, accounts, risk, ring_risk, alike, threshold, settings
+        detection, members, accounts, risk, ring_risk, alike, _lockstep(detection, members), threshold, settings
     ).with_columns((pl.col("score") >= threshold).alias("flagged"))
 
 
