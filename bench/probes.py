@@ -47,15 +47,18 @@ def _is_campaign(truth: pl.DataFrame) -> pl.Expr:
     return pl.col("account_id").cast(pl.Utf8).is_in(campaign.implode())
 
 
-def own_fingerprints(inputs: Path, truth: pl.DataFrame) -> None:
-    own = pl.concat_str([pl.lit("probe-own-"), pl.col("account_id").cast(pl.Utf8)])
+def _one_per_campaign_account(inputs: Path, truth: pl.DataFrame, table: str, column: str, prefix: str) -> None:
+    """``column`` of ``table`` set, on every campaign account's rows, to a value of that account's own."""
+    own = pl.concat_str([pl.lit(prefix), pl.col("account_id").cast(pl.Utf8)])
     rewrite_parquet(
         inputs,
-        "requests",
-        lambda t: t.with_columns(
-            pl.when(_is_campaign(truth)).then(own).otherwise(pl.col("device_id")).alias("device_id")
-        ),
+        table,
+        lambda t: t.with_columns(pl.when(_is_campaign(truth)).then(own).otherwise(pl.col(column)).alias(column)),
     )
+
+
+def own_fingerprints(inputs: Path, truth: pl.DataFrame) -> None:
+    _one_per_campaign_account(inputs, truth, "requests", "device_id", "probe-own-")
 
 
 def common_client(inputs: Path, truth: pl.DataFrame) -> None:
@@ -153,13 +156,10 @@ def _common_residential_asn(inputs: Path, truth: pl.DataFrame) -> int | None:
 def separate_everything(inputs: Path, truth: pl.DataFrame) -> None:
     own_exits(inputs, truth)
     own_fingerprints(inputs, truth)
-    own = pl.concat_str([pl.lit("probe-card-"), pl.col("account_id").cast(pl.Utf8)])
+    _one_per_campaign_account(inputs, truth, "payments", "instrument_id", "probe-card-")
+    # an account that paid with two instruments now holds one, once
     rewrite_parquet(
-        inputs,
-        "payments",
-        lambda t: t.with_columns(
-            pl.when(_is_campaign(truth)).then(own).otherwise(pl.col("instrument_id")).alias("instrument_id")
-        ).unique(["account_id", "instrument_id"], keep="first", maintain_order=True),
+        inputs, "payments", lambda t: t.unique(["account_id", "instrument_id"], keep="first", maintain_order=True)
     )
 
 
