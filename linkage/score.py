@@ -239,7 +239,7 @@ def score_rings(
                 pl.when(pl.col("content_reading"))
                 .then(
                     pl.format(
-                        "; flagged on what its members ask for, read alone: they keep one clock ({} nats a link)",
+                        "; scored on what its members are and ask for, read alone: they keep one clock ({} nats a link)",
                         pl.col("lockstep").round(1),
                     )
                 )
