@@ -373,17 +373,18 @@ def _with_content_reading(
     threshold: float,
     settings: ScoreSettings,
 ) -> pl.DataFrame:
-    """A second reading of each ring, on what its members ask for alone (``score.content_reading``).
+    """A second reading of each ring, on what its members are and ask for alone (``score.content_reading``).
 
     An operation can buy clean infrastructure per account (a static residential address, its own
     card and client fingerprint each); its members' risk then loses the part that says how their
     traffic arrives, and what is left is what they came for. Read alone, that is also the risk of
     customers who ask for the same things (agent builders on one open-source client, a class on
     one problem set), so its excess counts only in proportion to the confidence that the ring keeps
-    one clock (``1 − e^(−lockstep)``, ``lockstep``: :func:`_lockstep`): a scheduler's accounts take turns, customers keep their own
-    hours. The reading has its own cut, calibrated on the run as the risk's is (:func:`flag_cut`),
-    and can raise a ring, never lower it. Where big rings' per-link lockstep is diluted (incident
-    scale, 0.5–1 nats) it adds little and the full reading stands."""
+    one clock, ``1 − e^(−lockstep)`` (``lockstep``: :func:`_lockstep` of the round): a scheduler's
+    accounts take turns, customers keep their own hours. The reading has its own cut, calibrated on
+    the run as the risk's is (:func:`flag_cut`), and can raise a ring, never lower it. Where big
+    rings' per-link lockstep is diluted (incident scale, 0.5–1 nats) it adds little and the full
+    reading stands."""
     content = content_risk(risk)
     if content is None:
         return ring_risk

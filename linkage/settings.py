@@ -283,9 +283,9 @@ class ScoreSettings(_Section):
     # three of 13 tuning seeds flagged them (0.983 -> 0.945); with the clock, tuning worlds unchanged
     content_reading: bool = Field(
         True,
-        description="a ring is also read on what its members ask for alone (scaffolds, reasoning, token sizes, "
-        "volume), against its own cut, its excess counted in proportion to 1 - exp(-lockstep): the reading can raise "
-        "a ring's score, never lower it",
+        description="a ring is also read on what its members are and ask for alone (recency, scaffolds, reasoning, "
+        "token sizes, volume), against its own cut, its excess counted in proportion to 1 - exp(-lockstep): the "
+        "reading can raise a ring's score, never lower it",
     )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's
