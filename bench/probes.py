@@ -167,16 +167,17 @@ def own_clock(inputs: Path, truth: pl.DataFrame) -> None:
     """Every campaign account's requests shifted by an offset of its own, up to a day (drawn from a
     hash of its id): each keeps its own rhythm, no two keep one clock."""
     offset_ms = (pl.col("account_id").cast(pl.Utf8).hash(seed=7) % (24 * 3600 * 1000)).cast(pl.Int64)
-    rewrite_parquet(
-        inputs,
-        "requests",
-        lambda t: t.with_columns(
-            pl.when(_is_campaign(truth))
-            .then(pl.col("ts") + pl.duration(milliseconds=offset_ms))
-            .otherwise(pl.col("ts"))
-            .alias("ts")
-        ),
-    )
+
+    def shifted(table: pl.DataFrame) -> pl.DataFrame:
+        if table["ts"].dtype == pl.Utf8:  # ISO text (the contract allows it): shifted as a time, written back as text
+            moved = (pl.col("ts").str.to_datetime(time_zone="UTC") + pl.duration(milliseconds=offset_ms)).dt.to_string(
+                "%Y-%m-%dT%H:%M:%S%.3fZ"
+            )
+        else:
+            moved = pl.col("ts") + pl.duration(milliseconds=offset_ms)
+        return table.with_columns(pl.when(_is_campaign(truth)).then(moved).otherwise(pl.col("ts")).alias("ts"))
+
+    rewrite_parquet(inputs, "requests", shifted)
 
 
 def separate_own_clock(inputs: Path, truth: pl.DataFrame) -> None:

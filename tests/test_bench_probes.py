@@ -1,0 +1,100 @@
+"""bench/probes.py: each probe changes the campaign accounts as it says, and nothing of the benign ones."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from linkage.simulate import SimulationConfig, simulate
+
+from .conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import probes  # noqa: E402  (a bench script, not a package module)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("probes") / "sim"
+    simulate(root, SimulationConfig(scale=0.005, seed=2, world="random"))
+    return root
+
+
+def _tables(inputs: Path) -> dict[str, pl.DataFrame]:
+    return {
+        "accounts": pl.read_parquet(inputs / "accounts.parquet"),
+        "payments": pl.read_parquet(inputs / "payments.parquet"),
+        "requests": pl.read_parquet(str(inputs / "requests" / "**" / "*.parquet"), hive_partitioning=False),
+    }
+
+
+def _probed(world: Path, tmp_path: Path, name: str) -> tuple[dict, dict, set[str]]:
+    labels = world / "labels.parquet"
+    changed = probes.probed(world / "input", labels, tmp_path / name / "input", name)
+    truth = pl.read_parquet(labels)
+    campaign = set(truth.filter(pl.col("label") != "benign")["account_id"].to_list())
+    return _tables(world / "input"), _tables(changed), campaign
+
+
+def _benign(frame: pl.DataFrame, campaign: set[str]) -> pl.DataFrame:
+    return frame.filter(~pl.col("account_id").is_in(list(campaign))).sort(frame.columns)
+
+
+@pytest.mark.parametrize("name", sorted(probes.PROBES))
+def test_benign_accounts_are_untouched(world: Path, tmp_path: Path, name: str) -> None:
+    before, after, campaign = _probed(world, tmp_path, name)
+    assert campaign
+    for table in before:
+        assert _benign(after[table], campaign).equals(_benign(before[table], campaign)), table
+
+
+def _campaign(frame: pl.DataFrame, campaign: set[str]) -> pl.DataFrame:
+    return frame.filter(pl.col("account_id").is_in(list(campaign)))
+
+
+def test_own_exits_and_separate_everything_leave_each_account_its_own(world: Path, tmp_path: Path) -> None:
+    before, after, campaign = _probed(world, tmp_path, "separate_everything")
+    requests = after["requests"]
+    mine = _campaign(requests, campaign)
+    # one residential address per campaign account, which no other account uses
+    assert (mine.group_by("account_id").agg(pl.col("ip").n_unique())["ip"] == 1).all()
+    holders = requests.group_by("ip").agg(pl.col("account_id").n_unique().alias("n"))
+    assert holders.join(mine.select("ip").unique(), on="ip")["n"].max() == 1
+    assert set(mine["ip_type"].drop_nulls().unique()) <= {"residential"}
+    signups = _campaign(after["accounts"], campaign).join(mine.select("account_id", "ip").unique(), on="account_id")
+    assert (signups["signup_ip"] == signups["ip"]).all()
+    # a fingerprint and an instrument of its own
+    devices = requests.group_by("device_id").agg(pl.col("account_id").n_unique().alias("n"))
+    assert devices.join(mine.select("device_id").unique(), on="device_id")["n"].max() == 1
+    paid = _campaign(after["payments"], campaign)
+    assert paid.height and paid["instrument_id"].n_unique() == paid["account_id"].n_unique()
+    assert paid["account_id"].n_unique() == _campaign(before["payments"], campaign)["account_id"].n_unique()
+
+
+def test_own_clock_shifts_each_account_by_an_offset_of_its_own(world: Path, tmp_path: Path) -> None:
+    before, after, campaign = _probed(world, tmp_path, "own_clock")
+    key = ["account_id", "request_id"] if "request_id" in before["requests"].columns else ["account_id"]
+
+    def timed(frame: pl.DataFrame) -> pl.DataFrame:
+        ts = pl.col("ts").str.to_datetime(time_zone="UTC") if frame["ts"].dtype == pl.Utf8 else pl.col("ts")
+        return _campaign(frame, campaign).with_columns(ts.alias("ts")).sort([*key, "ts"])
+
+    old = timed(before["requests"]).select(*key, "ts")
+    new = timed(after["requests"]).select(*key, pl.col("ts").alias("shifted"))
+    shift = pl.concat([old, new.drop(key)], how="horizontal").with_columns(
+        (pl.col("shifted") - pl.col("ts")).alias("shift")
+    )
+    per_account = shift.group_by("account_id").agg(pl.col("shift").n_unique().alias("kinds"), pl.col("shift").first())
+    assert (per_account["kinds"] == 1).all()  # the account keeps its own rhythm
+    assert per_account["shift"].n_unique() > 1  # no two keep one clock
+    assert timedelta(0) <= per_account["shift"].min() and per_account["shift"].max() < timedelta(days=1)
+
+
+def test_thin_volume_keeps_one_request_in_four(world: Path, tmp_path: Path) -> None:
+    before, after, campaign = _probed(world, tmp_path, "thin_volume")
+    kept, had = _campaign(after["requests"], campaign).height, _campaign(before["requests"], campaign).height
+    assert had / 4 <= kept <= had / 4 + len(campaign) * 30  # (rounded up per account and file)
