@@ -95,6 +95,17 @@ def test_a_graph_written_before_templates_were_counted_still_answers(graph_dir: 
     assert _query(graph_dir, "ring_templates", "--param", f"ring_id={ring}")[0]["repeated_by"] is not None
 
 
+def test_flagged_rings_say_whether_the_content_reading_scored_them(graph_dir: Path, tmp_path: Path) -> None:
+    rows = _query(graph_dir, "flagged_rings")
+    assert rows and all(isinstance(row["content_reading"], bool) for row in rows)
+    # rings written before the content reading: the column reads null, as Neo4j answers a missing property
+    old = tmp_path / "graph"
+    shutil.copytree(graph_dir, old)
+    rings = old / "rings" / "rings.parquet"
+    pl.read_parquet(rings).drop("content_reading").write_parquet(rings)
+    assert [row["content_reading"] for row in _query(old, "flagged_rings")] == [None] * len(rows)
+
+
 def test_neighbourhood_is_bounded_per_hop(graph_dir: Path) -> None:
     wide = _query(graph_dir, "neighbourhood", "--param", "account_id=00000900", "--param", "depth=3")
     narrow = _query(

@@ -76,9 +76,11 @@ def _rows(frame: pl.DataFrame) -> tuple[list[str], list[list[Any]]]:
 
 # ---------------------------------------------------------------- the named queries
 def flagged_rings(g: ParquetGraph, limit: int) -> pl.DataFrame:
+    # (rings written before the content reading have no such column: null, as Neo4j answers)
+    reading = pl.col("content_reading") if "content_reading" in g.rings.columns else pl.lit(None, pl.Boolean)
     return (
         g.rings.filter(pl.col("flagged"))
-        .select("ring_id", "score", "size", "evidence", "run_id")
+        .select("ring_id", "score", "size", reading.alias("content_reading"), "evidence", "run_id")
         .sort(["score", "ring_id"], descending=[True, False])
         .head(limit)
     )
