@@ -14,14 +14,11 @@ recall and benign accounts flagged per (world, removal); rows go to bench/result
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
-from quality import measure_variant, print_header, rewrite_parquet, variant_arguments, variant_copy, variant_worlds
-
-from linkage.settings import Settings
+from quality import rewrite_parquet, run_variants, variant_copy
 
 Change = Callable[[pl.DataFrame], pl.DataFrame]
 
@@ -67,20 +64,21 @@ def without(inputs: Path, target: Path, table: str, change: Change) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    variant_arguments(parser, bench_seeds="101,102", work="/tmp/linkage-ablation", only="removals")
-    args = parser.parse_args()
-    settings = Settings.load(args.config)
-    worlds = variant_worlds(args)
-    removals = {name: REMOVALS[name] for name in filter(None, args.only.split(","))} or REMOVALS
-    print_header("world-removed")
-    for name, make in worlds:
-        inputs, labels = make()
-        for removal, (table, change) in [("nothing", ("", empty))] + list(removals.items()):
-            # each variant in its own folder: its input, and beside it the run's output (see quality.measure)
-            variant = inputs.parent / f"without-{removal}" / "input"
-            source = inputs if removal == "nothing" else without(inputs, variant, table, change)
-            measure_variant(f"{name}-{removal}", source, labels, settings, "ablation", args.config)
+    def variant(inputs: Path, labels: Path, removal: str) -> Path:
+        # each variant in its own folder: its input, and beside it the run's output (see quality.measure)
+        table, change = REMOVALS[removal]
+        return without(inputs, inputs.parent / f"without-{removal}" / "input", table, change)
+
+    run_variants(
+        __doc__ or "",
+        list(REMOVALS),
+        variant,
+        unchanged="nothing",
+        header="world-removed",
+        bench_seeds="101,102",
+        work="/tmp/linkage-ablation",
+        log="ablation",
+    )
 
 
 if __name__ == "__main__":

@@ -29,14 +29,11 @@ bench/results/probes.jsonl.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
-from quality import measure_variant, print_header, rewrite_parquet, variant_arguments, variant_copy, variant_worlds
-
-from linkage.settings import Settings
+from quality import rewrite_parquet, run_variants, variant_copy
 
 # (input dir, labels: account_id, label) → rewrites the copied input in place
 Probe = Callable[[Path, pl.DataFrame], None]
@@ -204,21 +201,20 @@ def probed(inputs: Path, labels: Path, target: Path, probe: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    variant_arguments(parser, bench_seeds="102", work="/tmp/linkage-probes", only="probes")
-    args = parser.parse_args()
-    settings = Settings.load(args.config)
-    worlds = variant_worlds(args)
-    probes = [name for name in args.only.split(",") if name] or list(PROBES)
-    print_header("world-probe")
-    for name, make in worlds:
-        inputs, labels = make()
-        for probe in ["none", *probes]:
-            # each variant in its own folder: its input, and beside it the run's output (see quality.measure)
-            source = (
-                inputs if probe == "none" else probed(inputs, labels, inputs.parent / f"probe-{probe}" / "input", probe)
-            )
-            measure_variant(f"{name}-{probe}", source, labels, settings, "probes", args.config)
+    def variant(inputs: Path, labels: Path, probe: str) -> Path:
+        # each variant in its own folder: its input, and beside it the run's output (see quality.measure)
+        return probed(inputs, labels, inputs.parent / f"probe-{probe}" / "input", probe)
+
+    run_variants(
+        __doc__ or "",
+        list(PROBES),
+        variant,
+        unchanged="none",
+        header="world-probe",
+        bench_seeds="102",
+        work="/tmp/linkage-probes",
+        log="probes",
+    )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,33 @@ def variant_arguments(parser: argparse.ArgumentParser, bench_seeds: str, work: s
     parser.add_argument("--config", help="settings TOML for linkage")
 
 
+def run_variants(
+    description: str,
+    variants: list[str],
+    make_variant: Callable[[Path, Path, str], Path],
+    *,
+    unchanged: str,
+    header: str,
+    bench_seeds: str,
+    work: str,
+    log: str,
+) -> None:
+    """The main of a bench that re-runs worlds as variants (ablation, probes): parse the options, then
+    per world run it as generated (``unchanged``) and as each chosen variant, ``make_variant(inputs,
+    labels, name)`` giving the variant's input folder; rows are printed and logged to ``log``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    variant_arguments(parser, bench_seeds, work, only=f"{log} variants")
+    args = parser.parse_args()
+    settings = Settings.load(args.config)
+    chosen = [name for name in args.only.split(",") if name] or variants
+    print_header(header)
+    for world, make in variant_worlds(args):
+        inputs, labels = make()
+        for name in [unchanged, *chosen]:
+            source = inputs if name == unchanged else make_variant(inputs, labels, name)
+            measure_variant(f"{world}-{name}", source, labels, settings, log, args.config)
+
+
 def variant_worlds(args: argparse.Namespace) -> list[World]:
     """``(name, make)`` per world the options name; ``make`` generates it once and returns its input
     and labels."""
