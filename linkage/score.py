@@ -166,7 +166,7 @@ def score_rings(
     ring_risk = ring_risk.with_columns(pl.lit(False).alias("content_reading"))
     if settings.content_reading:
         ring_risk = _with_content_reading(
-            detection, members, accounts, risk, ring_risk, ring_alike, lockstep, threshold, settings
+            members, accounts, billed, risk, ring_risk, ring_alike, lockstep, threshold, settings
         )
     rounds = 0 if detached is None else int(detached["round"].max()) + 1
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
@@ -363,9 +363,9 @@ def raised_by_content(
 
 
 def _with_content_reading(
-    detection: Detection,
     members: pl.DataFrame,
     accounts: pl.DataFrame,
+    billed: pl.DataFrame,
     risk: pl.DataFrame,
     ring_risk: pl.DataFrame,
     ring_alike: pl.DataFrame,
@@ -390,7 +390,6 @@ def _with_content_reading(
         return ring_risk
     background = background_risk(content, members.select("account_id"), accounts)
     prior = float(background.mean()) if background.len() else 0.5
-    billed = detection.accounts.select("account_id", "org_id")
     ring_content = shrunk_ring_risk(members, content, billed, prior, settings.prior_members)
     if settings.alike_reference_share is not None:
         ring_content = weigh_by_alike(ring_content, ring_alike, prior, settings.alike_reference_share)

@@ -130,7 +130,15 @@ def _clean_fleet_run(lockstep: float) -> pl.DataFrame:
     threshold = float(risk["risk"].quantile(0.95))
     assert ring_risk["score"][0] < threshold  # arriving like customers, the full reading misses it
     return _with_content_reading(
-        detection, members, accounts, risk, ring_risk, alike, _lockstep(detection, members), threshold, settings
+        members,
+        accounts,
+        index.select("account_id", "org_id"),
+        risk,
+        ring_risk,
+        alike,
+        _lockstep(detection, members),
+        threshold,
+        settings,
     ).with_columns((pl.col("score") >= threshold).alias("flagged"))
 
 
