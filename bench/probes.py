@@ -21,7 +21,10 @@ rewrites only what the campaign accounts send or declare. Probes:
 - ``separate_everything``: ``own_exits`` and ``own_fingerprints``, and every paying campaign account
   pays with an instrument of its own: what is left to link them is what they ask, how, and when;
 - ``own_clock``: every campaign account's requests shifted by an offset of its own (up to a day);
-- ``separate_own_clock``: both of the last two (the limit: found as rings, scored like customers).
+- ``separate_own_clock``: both of the last two (the limit: found as rings, scored like customers);
+- ``declared_org_own_clock``: ``declared_org`` and ``own_clock``, cheap both: what a declared org
+  explains counts only where its seats keep one clock (``score.declared_org_clock``), so this is
+  what that rule must survive.
 
 Prints F1, AP, the worst campaign's recall and benign accounts flagged per (world, probe); rows go to
 bench/results/probes.jsonl.
@@ -182,6 +185,11 @@ def separate_own_clock(inputs: Path, truth: pl.DataFrame) -> None:
     own_clock(inputs, truth)
 
 
+def declared_org_own_clock(inputs: Path, truth: pl.DataFrame) -> None:
+    declared_org(inputs, truth)
+    own_clock(inputs, truth)
+
+
 PROBES: dict[str, Probe] = {
     "own_fingerprints": own_fingerprints,
     "common_client": common_client,
@@ -191,6 +199,7 @@ PROBES: dict[str, Probe] = {
     "separate_everything": separate_everything,
     "own_clock": own_clock,
     "separate_own_clock": separate_own_clock,
+    "declared_org_own_clock": declared_org_own_clock,
 }
 
 

@@ -20,7 +20,11 @@ A feature whose column is absent from the input is left out rather than counted 
 declared org billed as one are one customer, see :func:`~linkage.detect.one_customer_orgs`), so a
 small ring, or one org's seats, needs to be risky throughout. Its excess over the background is then
 weighed by how alike its members act (:func:`weigh_by_alike`, :mod:`linkage.behaviour`): strangers
-sharing a NAT or a platform's egress move down, operated rings up. **A second reading** counts only
+sharing a NAT or a platform's egress move down, operated rings up. What a declared org explains of
+its seats (its egress, the week it signed up, its templates: :data:`ORG_EXPLAINED_FEATURES`) counts
+in a ring only as far as the org does not explain the ring or its links keep one clock beyond chance
+(:func:`org_explained_risk`): an operation that declares an org still runs its accounts on its
+scheduler, and what it asks for counts in full. **A second reading** counts only
 what members are and ask for (:data:`CONTENT_FEATURES`), against its own cut and in proportion to the
 confidence that the ring keeps one clock: an operation that buys clean infrastructure per account
 loses the rest of its risk (:func:`_with_content_reading`); it raises a ring, never lowers one. **Flag**: the ring's average member
@@ -68,6 +72,9 @@ RISK_FEATURES = (
 # clean the infrastructure it pays for (proxy share and address spread say how traffic arrives, which
 # an operation can buy per account). Recency stays in: without it, incident-scale agencies (one
 # operator's old client accounts on synchronised batches) came over the content reading's cut
+# what a declared org explains of its seats: its egress (often a cloud's), the week it signed up, its
+# internal templates (:func:`org_explained_risk`)
+ORG_EXPLAINED_FEATURES = ("proxy_share", "recency", "scaffold_share")
 CONTENT_FEATURES = ("recency", "scaffold_share", "reasoning_share", "output_per_request", "input_per_request", "volume")
 # how a ring is tied (columns and evidence text; the score is the members' risk)
 COORDINATION_FEATURES = (
@@ -151,8 +158,16 @@ def score_rings(
         .group_by("ring_id")
         .agg([pl.col(f).mean().alias(f"risk_{f}") for f in available])
     )
-    ring_risk = shrunk_ring_risk(members, risk, billed, prior, settings.prior_members)
     lockstep = _lockstep(detection, members)
+    ring_risk = shrunk_ring_risk(
+        members,
+        org_explained_risk(members, risk, _size_and_org(members, accounts), lockstep)
+        if settings.declared_org_clock
+        else risk,
+        billed,
+        prior,
+        settings.prior_members,
+    )
     if settings.timing_confidence:
         ring_risk = _weigh_by_timing(ring_risk, lockstep, prior)
     ring_alike = alike(behaviour, members.select("ring_id", "account_id"))
@@ -250,6 +265,17 @@ def score_rings(
                 pl.format("; signup burst {}%", (pl.col("signup_burst") * 100).round(0)),
                 pl.format("; volume CV {}", (1 - pl.col("equal_volume")).round(2)),
                 pl.format("; declared org {}%", (pl.col("org_explained") * 100).round(0)),
+                pl.when(
+                    (pl.col("org_explained") > 0)
+                    & pl.lit(settings.declared_org_clock and not settings.timing_confidence)
+                )
+                .then(
+                    pl.format(
+                        " (what it explains counted as far as its seats keep one clock: {} nats a link)",
+                        pl.col("lockstep").round(1),
+                    )
+                )
+                .otherwise(pl.lit("")),
                 pl.when(pl.col("bystanders_of").is_not_null())
                 .then(
                     pl.format(
@@ -962,6 +988,48 @@ def weigh_by_alike(ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, prior: flo
         ring_risk.join(known, on="ring_id", how="left")
         .with_columns((prior + (pl.col("score") - prior) * factor.fill_null(1.0)).alias("score"))
         .drop("alike")
+    )
+
+
+def org_explained_risk(
+    members: pl.DataFrame, risk: pl.DataFrame, org: pl.DataFrame, lockstep: pl.DataFrame
+) -> pl.DataFrame:
+    """``account_id, risk``: each ring member's risk with what its declared org explains taken out, in
+    proportion to how much of the ring the org explains and how little the ring keeps one clock.
+
+    A declared org's seats arrive from its egress, signed up when it did and repeat its internal
+    templates, by right (:data:`ORG_EXPLAINED_FEATURES`); what they ask for, and how much, the org
+    does not explain. In a ring, each of those features' percentile above the run's mean counts
+    ``1 − org_explained · e^(−lockstep)`` of itself: ``org_explained`` the share of members declaring
+    the ring's most common org, ``e^(−lockstep)`` the chance that its links' timing is coincidence.
+    A ring with no declared org is unchanged; one org's seats on their own hours lose most of what
+    their org explains; an operation that declares orgs and runs its accounts on a scheduler keeps
+    it. An operation that declares an org and gives each account its own clock loses at most those
+    features: what it asks for still counts in full.
+
+    ``org``: ``ring_id, org_explained``; ``lockstep``: ``ring_id, lockstep`` (:func:`_lockstep`).
+    Accounts in no ring, and risks without these features, are returned as they are."""
+    explained = [f for f in ORG_EXPLAINED_FEATURES if f in risk.columns]
+    features = [f for f in RISK_FEATURES if f in risk.columns]
+    if not explained:
+        return risk.select("account_id", "risk")
+    means = risk.select([pl.col(f).mean() for f in explained]).row(0)
+    share = (
+        org.select("ring_id", "org_explained")
+        .join(lockstep, on="ring_id", how="left")
+        .select(
+            "ring_id",
+            (pl.col("org_explained").fill_null(0.0) * (-pl.col("lockstep").fill_null(0.0)).exp()).alias("explained"),
+        )
+    )
+    above_mean = pl.sum_horizontal([pl.col(f) - mean for f, mean in zip(explained, means, strict=True)])
+    return (
+        risk.join(members.select("account_id", "ring_id"), on="account_id", how="left")
+        .join(share, on="ring_id", how="left")
+        .select(
+            "account_id",
+            (pl.col("risk") - pl.col("explained").fill_null(0.0) * above_mean / len(features)).alias("risk"),
+        )
     )
 
 

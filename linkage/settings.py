@@ -287,6 +287,18 @@ class ScoreSettings(_Section):
         "token sizes, volume), against its own cut, its excess counted in proportion to 1 - exp(-lockstep): the "
         "reading can raise a ring's score, never lower it",
     )
+    # On: world B's new orgs whose seats each pay alone from the org's cloud egress (a seat paying alone
+    # is its own customer, lest a fake org hide an operation) came over the cut as rings of 55-266 seats
+    # on tuning seed 46 and held-out 111, 113, 151, 163 and 1592; their links keep no clock beyond
+    # chance (0.7-1.6 nats). A first version discounted the ring's whole excess so: an operation that
+    # declared one org per campaign and shifted each account's clock (bench/probes.py
+    # declared_org_own_clock) fell from 0.98 to 0.76-0.80; only what an org explains is discounted
+    declared_org_clock: bool = Field(
+        True,
+        description="what a declared org explains of its seats (egress, signup time, templates) counts in a ring "
+        "in proportion to 1 - org_explained * exp(-lockstep): the seats of one org share those by right, and are an "
+        "operation only if they keep one clock; what they ask for always counts",
+    )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's
     # incident scale campaign rings sit at 0.5-1.0 nats: recall fell from 0.87 to 0.12.

@@ -98,3 +98,19 @@ def test_thin_volume_keeps_one_request_in_four(world: Path, tmp_path: Path) -> N
     before, after, campaign = _probed(world, tmp_path, "thin_volume")
     kept, had = _campaign(after["requests"], campaign).height, _campaign(before["requests"], campaign).height
     assert had / 4 <= kept <= had / 4 + len(campaign) * 30  # (rounded up per account and file)
+
+
+def test_declared_org_own_clock_declares_one_org_per_campaign_pays_nothing_and_shifts_clocks(
+    world: Path, tmp_path: Path
+) -> None:
+    before, after, campaign = _probed(world, tmp_path, "declared_org_own_clock")
+    truth = pl.read_parquet(world / "labels.parquet").select("account_id", "label")
+    orgs = _campaign(after["accounts"], campaign).join(truth, on="account_id")
+    assert (orgs.group_by("label").agg(pl.col("org_id").n_unique())["org_id"] == 1).all()
+    assert orgs["org_id"].n_unique() == orgs["label"].n_unique()  # one org per campaign, none shared
+    assert _campaign(after["payments"], campaign).height == 0
+    moved = (
+        _campaign(after["requests"], campaign)["ts"].to_list()
+        != _campaign(before["requests"], campaign)["ts"].to_list()
+    )
+    assert moved

@@ -20,6 +20,7 @@ from linkage.score import (
     _with_content_reading,
     bystanders,
     content_risk,
+    org_explained_risk,
     raised_by_content,
     ring_customers,
     tame_members_looser,
@@ -39,6 +40,37 @@ def test_excess_risk_counts_by_the_confidence_of_a_common_clock() -> None:
     assert weighed["some"] == pytest.approx(0.5 + 0.3 * (1 - math.exp(-1.0)))
     assert weighed["strong"] == pytest.approx(0.8, abs=1e-6)
     assert weighed["low"] == pytest.approx(0.3, abs=1e-6)  # below the background stays below
+
+
+def test_what_a_declared_org_explains_counts_only_as_far_as_its_seats_keep_one_clock() -> None:
+    rings = ["strangers", "org_own_hours", "org_on_a_clock"]
+    # every member: arrives through bought egress, signed up lately, on scaffolds (what an org explains),
+    # and asks for reasoning (what it does not); the run's mean of every feature is 0.5
+    members = pl.DataFrame(
+        {"account_id": [f"{r}{i}" for r in rings for i in range(2)], "ring_id": [r for r in rings for _ in range(2)]}
+    )
+    outside = [f"o{i}" for i in range(6)]
+    risk = pl.DataFrame(
+        {
+            "account_id": members["account_id"].to_list() + outside,
+            **{f: [0.9] * 6 + [0.1] * 6 for f in ("proxy_share", "recency", "scaffold_share", "reasoning_share")},
+        }
+    ).with_columns(pl.mean_horizontal("proxy_share", "recency", "scaffold_share", "reasoning_share").alias("risk"))
+    org = pl.DataFrame({"ring_id": rings, "org_explained": [0.0, 1.0, 1.0]})
+    lockstep = pl.DataFrame({"ring_id": rings, "lockstep": [0.2, 0.2, 12.0]})
+    adjusted = dict(org_explained_risk(members, risk, org, lockstep).iter_rows())
+    assert adjusted["strangers0"] == pytest.approx(0.9)  # no declared org: nothing explained
+    # one org's seats on their own hours: the three features their org explains count e^(-0.2) less
+    assert adjusted["org_own_hours0"] == pytest.approx(0.9 - math.exp(-0.2) * 3 * 0.4 / 4)
+    assert adjusted["org_on_a_clock1"] == pytest.approx(0.9, abs=1e-4)  # an operation declaring an org
+    assert adjusted["org_own_hours1"] > 0.5 + 0.4 / 4 - 1e-9  # what they ask for still counts in full
+    assert adjusted["o3"] == pytest.approx(0.1)  # in no ring: as it was
+    assert (
+        org_explained_risk(members, risk.drop("proxy_share", "recency", "scaffold_share"), org, lockstep)[
+            "risk"
+        ].to_list()
+        == risk["risk"].to_list()
+    )  # nothing an org explains in the run: unchanged
 
 
 def test_excess_risk_counts_by_how_alike_members_act_against_the_runs_reference_ring() -> None:
