@@ -20,7 +20,9 @@ A feature whose column is absent from the input is left out rather than counted 
 declared org billed as one are one customer, see :func:`~linkage.detect.one_customer_orgs`), so a
 small ring, or one org's seats, needs to be risky throughout. Its excess over the background is then
 weighed by how alike its members act (:func:`weigh_by_alike`, :mod:`linkage.behaviour`): strangers
-sharing a NAT or a platform's egress move down, operated rings up. What a declared org explains of
+sharing a NAT or a platform's egress move down, operated rings up; and a ring that neither acts as
+alike as the run's reference ring nor keeps one clock keeps only what its timing supports
+(:func:`operated_by_behaviour_or_clock`). What a declared org explains of
 its seats (its egress, the week it signed up, its templates: :data:`ORG_EXPLAINED_FEATURES`) counts
 in a ring only as far as the org does not explain the ring or its links keep one clock beyond chance
 (:func:`org_explained_risk`): an operation that declares an org still runs its accounts on its
@@ -173,6 +175,10 @@ def score_rings(
     ring_alike = alike(behaviour, members.select("ring_id", "account_id"))
     if settings.alike_reference_share is not None:
         ring_risk = weigh_by_alike(ring_risk, ring_alike, prior, settings.alike_reference_share)
+        if settings.alike_or_clock:
+            ring_risk = operated_by_behaviour_or_clock(
+                ring_risk, ring_alike, lockstep, prior, settings.alike_reference_share
+            )
     threshold = (
         flag_cut(risk, members, accounts, ring_risk, background, settings.flag_background_share)
         if flag_threshold is None
@@ -250,6 +256,9 @@ def score_rings(
                 pl.format(
                     "; members act alike {} (0: like two unrelated customers of this run, 1: identical)",
                     pl.col("alike").round(2),
+                ).fill_null(""),
+                pl.format(
+                    "; their links keep one clock {} nats a link (about 1: chance)", pl.col("lockstep").round(1)
                 ).fill_null(""),
                 pl.when(pl.col("content_reading"))
                 .then(
@@ -1030,6 +1039,31 @@ def org_explained_risk(
             "account_id",
             (pl.col("risk") - pl.col("explained").fill_null(0.0) * above_mean / len(features)).alias("risk"),
         )
+    )
+
+
+def operated_by_behaviour_or_clock(
+    ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, lockstep: pl.DataFrame, prior: float, share: float
+) -> pl.DataFrame:
+    """A ring is operated if its members act alike or keep one clock; strangers sharing a platform's
+    egress do neither. Its excess over the background counts in proportion to
+    ``1 − (1 − min(1, alike / reference)) · e^(−lockstep)``: a ring acting as alike as the run's
+    reference ring (the one only ``share`` of its rings exceed, :func:`weigh_by_alike`) keeps it
+    whatever its clock, as does one whose links keep a clock beyond chance; a ring of strangers
+    (alike 0) on their own hours keeps only what its timing supports."""
+    known = ring_alike.filter(pl.col("alike").is_not_null())
+    if known.height == 0:
+        return ring_risk
+    reference = float(known["alike"].quantile(1.0 - share, interpolation="linear") or 0.0)
+    if reference <= 0.0:
+        return ring_risk
+    unlike = 1.0 - (pl.col("alike").clip(0.0, None) / reference).clip(None, 1.0)
+    factor = 1.0 - unlike.fill_null(0.0) * (-pl.col("lockstep").fill_null(0.0)).exp()
+    return (
+        ring_risk.join(known, on="ring_id", how="left")
+        .join(lockstep, on="ring_id", how="left")
+        .with_columns((prior + (pl.col("score") - prior) * factor).alias("score"))
+        .drop("alike", "lockstep")
     )
 
 

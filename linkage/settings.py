@@ -299,6 +299,15 @@ class ScoreSettings(_Section):
         "in proportion to 1 - org_explained * exp(-lockstep): the seats of one org share those by right, and are an "
         "operation only if they keep one clock; what they ask for always counts",
     )
+    # On: world B's rings of hosted apps on one cloud platform's egress (alike 0.1-0.3, 0.2-0.9 nats a
+    # link) came over the cut on 102, 104, 113, 118, 131, 157 and 161; of every flagged campaign ring on
+    # 92 cached worlds of both generators only two at incident scale (8 and 5 accounts) act less alike
+    # than the reference with under 1.5 nats; every campaign's recall unchanged
+    alike_or_clock: bool = Field(
+        True,
+        description="a ring's excess counts in proportion to 1 - (1 - min(1, alike / reference)) * exp(-lockstep): "
+        "strangers who neither act alike nor keep one clock are not an operation",
+    )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's
     # incident scale campaign rings sit at 0.5-1.0 nats: recall fell from 0.87 to 0.12.

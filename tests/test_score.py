@@ -20,6 +20,7 @@ from linkage.score import (
     _with_content_reading,
     bystanders,
     content_risk,
+    operated_by_behaviour_or_clock,
     org_explained_risk,
     raised_by_content,
     ring_customers,
@@ -71,6 +72,21 @@ def test_what_a_declared_org_explains_counts_only_as_far_as_its_seats_keep_one_c
         ].to_list()
         == risk["risk"].to_list()
     )  # nothing an org explains in the run: unchanged
+
+
+def test_strangers_who_neither_act_alike_nor_keep_one_clock_keep_only_what_their_timing_supports() -> None:
+    names = ["strangers", "on_a_clock", "alike", "half_alike", "reference", "tame_strangers", "unknown"]
+    rings = pl.DataFrame({"ring_id": names, "score": [0.8, 0.8, 0.8, 0.8, 0.8, 0.3, 0.8]})
+    # the run's reference ring (only a fifth of its rings act more alike) is at 0.4
+    measured = pl.DataFrame({"ring_id": names, "alike": [0.0, 0.0, 0.8, 0.2, 0.4, 0.0, None]})
+    lockstep = pl.DataFrame({"ring_id": names, "lockstep": [0.3, 9.0, 0.3, 0.3, 0.3, 0.3, 0.3]})
+    weighed = dict(operated_by_behaviour_or_clock(rings, measured, lockstep, prior=0.5, share=0.2).iter_rows())
+    assert weighed["strangers"] == pytest.approx(0.5 + 0.3 * (1 - math.exp(-0.3)))  # a platform's tenants
+    assert weighed["on_a_clock"] == pytest.approx(0.8, abs=1e-3)  # one clock: operated, however unlike
+    assert weighed["alike"] == pytest.approx(0.8) and weighed["reference"] == pytest.approx(0.8)
+    assert weighed["half_alike"] == pytest.approx(0.5 + 0.3 * (1 - 0.5 * math.exp(-0.3)))
+    assert 0.3 < weighed["tame_strangers"] < 0.5  # under the background's mean: towards it, never past it
+    assert weighed["unknown"] == pytest.approx(0.8)  # no behaviour to read: unchanged
 
 
 def test_excess_risk_counts_by_how_alike_members_act_against_the_runs_reference_ring() -> None:
