@@ -300,9 +300,9 @@ class ScoreSettings(_Section):
         "operation only if they keep one clock; what they ask for always counts",
     )
     # On: world B's rings of hosted apps on one cloud platform's egress (alike 0.1-0.3, 0.2-0.9 nats a
-    # link) came over the cut on 102, 104, 113, 118, 131, 157 and 161; of every flagged campaign ring on
-    # 92 cached worlds of both generators only two at incident scale (8 and 5 accounts) act less alike
-    # than the reference with under 1.5 nats; every campaign's recall unchanged
+    # link) came over the cut on 102, 104, 113, 118, 131, 157 and 161. Of 1,164 campaign rings flagged
+    # on 180 cached worlds of both generators, 158 act less alike than the reference, and all but one
+    # keep a clock that leaves them over 95 % of their excess; every campaign's recall unchanged
     alike_or_clock: bool = Field(
         True,
         description="a ring's excess counts in proportion to 1 - (1 - min(1, alike / reference)) * exp(-lockstep): "
