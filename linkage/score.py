@@ -1016,8 +1016,9 @@ def org_explained_risk(
     it. An operation that declares an org and gives each account its own clock loses at most those
     features: what it asks for still counts in full.
 
-    ``org``: ``ring_id, org_explained``; ``lockstep``: ``ring_id, lockstep`` (:func:`_lockstep`).
-    Accounts in no ring, and risks without these features, are returned as they are."""
+    ``org``: ``ring_id, org_explained``; ``lockstep``: ``ring_id, lockstep`` (:func:`_lockstep`; a
+    ring without it counts as keeping no clock). Accounts in no ring, and risks without these
+    features, are returned as they are."""
     explained = [f for f in ORG_EXPLAINED_FEATURES if f in risk.columns]
     features = [f for f in RISK_FEATURES if f in risk.columns]
     if not explained:
@@ -1050,7 +1051,8 @@ def operated_by_behaviour_or_clock(
     ``1 − (1 − min(1, alike / reference)) · e^(−lockstep)``: a ring acting as alike as the run's
     reference ring (the one only ``share`` of its rings exceed, :func:`weigh_by_alike`) keeps it
     whatever its clock, as does one whose links keep a clock beyond chance; a ring of strangers
-    (alike 0) on their own hours keeps only what its timing supports."""
+    (alike 0) on their own hours keeps only what its timing supports. A ring without a lockstep
+    counts as keeping no clock; one without behaviour (no request log) is left as it is."""
     known = ring_alike.filter(pl.col("alike").is_not_null())
     if known.height == 0:
         return ring_risk
