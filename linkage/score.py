@@ -18,15 +18,15 @@ A feature whose column is absent from the input is left out rather than counted 
 **Ring score** = the mean risk of its members, shrunk towards the background mean by
 ``prior_members`` pseudo-customers; a ring weighs as many customers as it holds (the seats of a
 declared org billed as one are one customer, see :func:`~linkage.detect.one_customer_orgs`), so a
-small ring, or one org's seats, needs to be risky throughout. Its excess over the background is then
+small ring, or one org's seats, needs to be risky throughout. What a declared org explains of its
+seats (its egress, the week it signed up, its templates: :data:`ORG_EXPLAINED_FEATURES`) counts in
+a ring only as far as the org does not explain the ring or its links keep one clock beyond chance
+(:func:`org_explained_risk`): an operation that declares an org still runs its accounts on its
+scheduler, and what it asks for counts in full. The ring's excess over the background is then
 weighed by how alike its members act (:func:`weigh_by_alike`, :mod:`linkage.behaviour`): strangers
 sharing a NAT or a platform's egress move down, operated rings up; and a ring that neither acts as
 alike as the run's reference ring nor keeps one clock keeps only what its timing supports
-(:func:`operated_by_behaviour_or_clock`). What a declared org explains of
-its seats (its egress, the week it signed up, its templates: :data:`ORG_EXPLAINED_FEATURES`) counts
-in a ring only as far as the org does not explain the ring or its links keep one clock beyond chance
-(:func:`org_explained_risk`): an operation that declares an org still runs its accounts on its
-scheduler, and what it asks for counts in full. **A second reading** counts only
+(:func:`operated_by_behaviour_or_clock`). **A second reading** counts only
 what members are and ask for (:data:`CONTENT_FEATURES`), against its own cut and in proportion to the
 confidence that the ring keeps one clock: an operation that buys clean infrastructure per account
 loses the rest of its risk (:func:`_with_content_reading`); it raises a ring, never lowers one. **Flag**: the ring's average member
@@ -70,13 +70,13 @@ RISK_FEATURES = (
     "input_per_request",
     "volume",
 )
+# what a declared org explains of its seats: its egress (often a cloud's), the week it signed up, its
+# internal templates (:func:`org_explained_risk`)
+ORG_EXPLAINED_FEATURES = ("proxy_share", "recency", "scaffold_share")
 # what an account is and asks for: made lately, and asking for what an operation came for, however
 # clean the infrastructure it pays for (proxy share and address spread say how traffic arrives, which
 # an operation can buy per account). Recency stays in: without it, incident-scale agencies (one
 # operator's old client accounts on synchronised batches) came over the content reading's cut
-# what a declared org explains of its seats: its egress (often a cloud's), the week it signed up, its
-# internal templates (:func:`org_explained_risk`)
-ORG_EXPLAINED_FEATURES = ("proxy_share", "recency", "scaffold_share")
 CONTENT_FEATURES = ("recency", "scaffold_share", "reasoning_share", "output_per_request", "input_per_request", "volume")
 # how a ring is tied (columns and evidence text; the score is the members' risk)
 COORDINATION_FEATURES = (
