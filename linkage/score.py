@@ -161,11 +161,10 @@ def score_rings(
         .agg([pl.col(f).mean().alias(f"risk_{f}") for f in available])
     )
     lockstep = _lockstep(detection, members)
+    size_and_org = _size_and_org(members, accounts)
     ring_risk = shrunk_ring_risk(
         members,
-        org_explained_risk(members, risk, _size_and_org(members, accounts), lockstep)
-        if settings.declared_org_clock
-        else risk,
+        org_explained_risk(members, risk, size_and_org, lockstep) if settings.declared_org_clock else risk,
         billed,
         prior,
         settings.prior_members,
@@ -223,8 +222,7 @@ def score_rings(
     )
     evidence = _owned_tools_named(detection, evidence)
     features = (
-        _size_and_org(members, accounts)
-        .join(_coordination(strength), on="ring_id", how="left")
+        size_and_org.join(_coordination(strength), on="ring_id", how="left")
         .join(_owned_infrastructure(evidence), on="ring_id", how="left")
         .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
         .join(_owned_templates(graph, ring_of), on="ring_id", how="left")
@@ -261,12 +259,7 @@ def score_rings(
                     "; their links keep one clock {} nats a link (about 1: chance)", pl.col("lockstep").round(1)
                 ).fill_null(""),
                 pl.when(pl.col("content_reading"))
-                .then(
-                    pl.format(
-                        "; scored on what its members are and ask for, read alone: they keep one clock ({} nats a link)",
-                        pl.col("lockstep").round(1),
-                    )
-                )
+                .then(pl.lit("; scored on what its members are and ask for, read alone: they keep one clock"))
                 .otherwise(pl.lit("")),
                 pl.format("; proxy/VPN/DC traffic {}%", (pl.col("proxy_share") * 100).round(0)),
                 pl.format("; owned scaffolds {}%", (pl.col("owned_templates") * 100).round(0)),
@@ -278,12 +271,7 @@ def score_rings(
                     (pl.col("org_explained") > 0)
                     & pl.lit(settings.declared_org_clock and not settings.timing_confidence)
                 )
-                .then(
-                    pl.format(
-                        " (what it explains counted as far as its seats keep one clock: {} nats a link)",
-                        pl.col("lockstep").round(1),
-                    )
-                )
+                .then(pl.lit(" (what it explains counted as far as its seats keep one clock)"))
                 .otherwise(pl.lit("")),
                 pl.when(pl.col("bystanders_of").is_not_null())
                 .then(
@@ -979,6 +967,18 @@ def _signup_burst(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame
     )
 
 
+def alike_reference(known: pl.DataFrame, share: float) -> float:
+    """The run's reference ring's ``alike``: the one only ``share`` of its rings (``known``: those with
+    behaviour) exceed."""
+    return float(known["alike"].quantile(1.0 - share, interpolation="linear") or 0.0)
+
+
+def _timing_by_chance() -> pl.Expr:
+    """``e^(−lockstep)``: the chance that a ring's links keep their common clock by coincidence (the
+    p-value behind the mean surprisal; a ring without a lockstep counts as keeping none)."""
+    return (-pl.col("lockstep").fill_null(0.0)).exp()
+
+
 def weigh_by_alike(ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, prior: float, share: float) -> pl.DataFrame:
     """Risk and acting alike, read together: a ring's risk above the background's mean counts in
     proportion to ``(1 + alike) / (1 + reference)``, ``reference`` the ``alike`` (:mod:`linkage.behaviour`)
@@ -991,7 +991,7 @@ def weigh_by_alike(ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, prior: flo
     known = ring_alike.filter(pl.col("alike").is_not_null())
     if known.height == 0:
         return ring_risk
-    reference = float(known["alike"].quantile(1.0 - share, interpolation="linear") or 0.0)
+    reference = alike_reference(known, share)
     factor = (1.0 + pl.col("alike").clip(-1.0, 1.0)) / (1.0 + max(reference, 0.0))
     return (
         ring_risk.join(known, on="ring_id", how="left")
@@ -1029,7 +1029,7 @@ def org_explained_risk(
         .join(lockstep, on="ring_id", how="left")
         .select(
             "ring_id",
-            (pl.col("org_explained").fill_null(0.0) * (-pl.col("lockstep").fill_null(0.0)).exp()).alias("explained"),
+            (pl.col("org_explained").fill_null(0.0) * _timing_by_chance()).alias("explained"),
         )
     )
     above_mean = pl.sum_horizontal([pl.col(f) - mean for f, mean in zip(explained, means, strict=True)])
@@ -1056,11 +1056,11 @@ def operated_by_behaviour_or_clock(
     known = ring_alike.filter(pl.col("alike").is_not_null())
     if known.height == 0:
         return ring_risk
-    reference = float(known["alike"].quantile(1.0 - share, interpolation="linear") or 0.0)
+    reference = alike_reference(known, share)
     if reference <= 0.0:
         return ring_risk
     unlike = 1.0 - (pl.col("alike").clip(0.0, None) / reference).clip(None, 1.0)
-    factor = 1.0 - unlike.fill_null(0.0) * (-pl.col("lockstep").fill_null(0.0)).exp()
+    factor = 1.0 - unlike.fill_null(0.0) * _timing_by_chance()
     return (
         ring_risk.join(known, on="ring_id", how="left")
         .join(lockstep, on="ring_id", how="left")
@@ -1075,7 +1075,7 @@ def _weigh_by_timing(ring_risk: pl.DataFrame, lockstep: pl.DataFrame, prior: flo
     its members keep one clock beyond chance (``lockstep`` is a surprisal, −ln of a p-value). A
     class of students asking for step-by-step solutions behaves like a harvesting campaign, member
     after member, but each keeps their own hours; a scheduler's accounts share its hours."""
-    confidence = 1.0 - (-pl.col("lockstep").fill_null(0.0)).exp()
+    confidence = 1.0 - _timing_by_chance()
     return (
         ring_risk.join(lockstep, on="ring_id", how="left")
         .with_columns((prior + (pl.col("score") - prior) * confidence).alias("score"))
