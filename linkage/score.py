@@ -190,14 +190,16 @@ def score_rings(
         )
     rounds = 0 if detached is None else int(detached["round"].max()) + 1
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
+        every_ring_under_cut = _test_under_cut(settings, risk)
         loose = bystanders(
             strength,
             risk,
             ring_risk,
             threshold,
             settings.bystander_test_level,
-            min_ring_size if _test_under_cut(settings, risk) else None,
+            min_ring_size if every_ring_under_cut or settings.clocked_cores_under_cut else None,
             settings.bystander_clock_share,
+            clocked_cores_only=not every_ring_under_cut,
         )
         if loose.height:
             moving = loose.join(detection.communities.select("account_id", "community"), on="account_id")
@@ -440,6 +442,7 @@ def bystanders(
     level: float = 0.05,
     core_size: int | None = None,
     clock_share: float | None = ScoreSettings.model_fields["bystander_clock_share"].default,
+    clocked_cores_only: bool = False,
 ) -> pl.DataFrame:
     """Members of flagged rings that are there by what they share, not by what they do: tied to the
     ring more loosely than its median member, and by their own behaviour not risky enough to be
@@ -458,7 +461,13 @@ def bystanders(
     operation rotates through, once nothing marks those exits as VPN). A ring under the cut with at
     least this many members over it is tested too, but there a false alarm would flag a ring, so
     the level is divided by the number of such rings tested (Bonferroni) and a ring too small to
-    decide is left whole. None: flagged rings only.
+    decide is left whole. None: flagged rings only. ``clocked_cores_only``: of the rings under the cut,
+    only those whose core keeps one clock: its members' median lockstep per link inside the ring at
+    least ``−ln(level)`` nats, so that timing alone would be a coincidence less often than ``level``.
+    An operation diluted by visitors still runs its accounts on its scheduler (world B's campaign a
+    among hosted apps on its cloud's egress: 9–11 nats); the benign cores that opening every ring
+    under the cut flagged on world B keep none (0–0.8 nats a link on seeds 7, 115, 165, 170), nor do
+    classes of students (0.6–1.1) or an org's nightly batch (0.96).
 
     Returns ``account_id`` of each."""
     flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")
@@ -472,8 +481,8 @@ def bystanders(
     mixed = tame_members_looser(_with_candidates(in_flagged, loose_and_tame), threshold, level, clock_share=clock_share)
     if core_size is not None:
         under = members.join(flagged, on="ring_id", how="anti")
-        cores = under.filter(pl.col("risk") >= threshold).group_by("ring_id").len()
-        under = _with_candidates(under.join(cores.filter(pl.col("len") >= core_size), on="ring_id"), loose_and_tame)
+        cores = _cores_under_cut(under, threshold, core_size, -math.log(level) if clocked_cores_only else None)
+        under = _with_candidates(under.join(cores, on="ring_id"), loose_and_tame)
         rings_under = under["ring_id"].n_unique()
         if rings_under:
             mixed = pl.concat(
@@ -485,6 +494,19 @@ def bystanders(
                 ]
             )
     return members.join(mixed, on="ring_id").filter(loose_and_tame).select("account_id")
+
+
+def _cores_under_cut(members: pl.DataFrame, threshold: float, size: int, min_timing: float | None) -> pl.DataFrame:
+    """``ring_id`` of the rings with at least ``size`` members over the cut whose median lockstep per
+    link inside the ring (``timing``; none: 0) reaches ``min_timing`` nats (None: any)."""
+    timing = pl.col("timing") if "timing" in members.columns else pl.lit(0.0)
+    cores = (
+        members.filter(pl.col("risk") >= threshold).group_by("ring_id").agg(pl.len(), timing.median().alias("timing"))
+    )
+    keep = pl.col("len") >= size
+    if min_timing is not None:
+        keep &= pl.col("timing") >= min_timing
+    return cores.filter(keep).select("ring_id")
 
 
 def _test_under_cut(settings: ScoreSettings, risk: pl.DataFrame) -> bool:

@@ -275,6 +275,14 @@ class ScoreSettings(_Section):
         "test level divided by the number of such rings): visitors must not hide an operation by diluting it "
         "(None: only where the run has no IP types)",
     )
+    # Those benign cores keep no clock (0-0.8 nats a link); a diluted operation does (world B's campaign
+    # a among hosted apps on its cloud: 9-11). Where every ring under the cut is not tested, those whose
+    # core keeps one clock are: fresh seeds 1593 0.977 -> 0.985, 1606 0.977 -> 1.000.
+    clocked_cores_under_cut: bool = Field(
+        True,
+        description="rings under the cut whose core (members over it) keeps one clock beyond chance at the "
+        "bystander test level (median lockstep per link >= -ln level) are tested for bystanders too",
+    )
     # On: an operation that buys clean infrastructure per account loses the risk of how its traffic
     # arrives. World B with every campaign account on a static residential address of its own, its own
     # fingerprint and card (bench/probes.py separate_everything): 101 0.921 -> 0.977, 102 0.851 -> 0.943;

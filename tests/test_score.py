@@ -422,3 +422,28 @@ def test_seats_of_an_org_are_one_customer_only_when_billed_as_one() -> None:
     )
     customers = dict(ring_customers(members, one_customer_orgs(graph)).iter_rows())
     assert customers == {"real": 1, "fake": 4, "people": 3}
+
+
+def test_under_the_cut_only_a_core_on_one_clock_is_opened_where_every_ring_is_not() -> None:
+    ties = [20.0 + i for i in range(8)] + [1.0 + i / 10 for i in range(16)]
+    risks = [0.9] * 8 + [0.3] * 16
+    # an operation on its scheduler (world B's diluted campaign a: 9-11 nats a link) and a benign core
+    # on its own hours (0-0.8), each diluted by sixteen loose, tame visitors
+    clocked, clocked_risk = _ring("clocked", ties, risks)
+    clocked = clocked.with_columns(pl.Series("timing", [9.0] * 8 + [0.1] * 16))
+    unclocked, unclocked_risk = _ring("unclocked", ties, risks)
+    unclocked = unclocked.with_columns(pl.Series("timing", [0.8] * 8 + [0.1] * 16))
+    strength, risk = pl.concat([clocked, unclocked]), pl.concat([clocked_risk, unclocked_risk])
+    rings = pl.DataFrame({"ring_id": ["clocked", "unclocked"], "score": [0.5, 0.5]})
+    leaving = bystanders(strength, risk, rings, threshold=0.7, core_size=3, clocked_cores_only=True)
+    assert sorted(leaving["account_id"].to_list(), key=lambda a: int(a.removeprefix("clocked"))) == [
+        f"clocked{i}" for i in range(8, 20)
+    ]
+    # opening every ring under the cut moves the benign core's visitors too
+    every = bystanders(strength, risk, rings, threshold=0.7, core_size=3)["account_id"].to_list()
+    assert any(a.startswith("unclocked") for a in every)
+    # a core whose lockstep is not recorded keeps no clock
+    untimed = bystanders(
+        clocked.drop("timing"), clocked_risk, rings, threshold=0.7, core_size=3, clocked_cores_only=True
+    )
+    assert untimed.height == 0
