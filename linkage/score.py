@@ -200,6 +200,7 @@ def score_rings(
             min_ring_size if every_ring_under_cut or settings.clocked_cores_under_cut else None,
             settings.bystander_clock_share,
             clocked_cores_only=not every_ring_under_cut,
+            off_clock=settings.off_clock_visitors,
         )
         if loose.height:
             moving = loose.join(detection.communities.select("account_id", "community"), on="account_id")
@@ -443,6 +444,7 @@ def bystanders(
     core_size: int | None = None,
     clock_share: float | None = ScoreSettings.model_fields["bystander_clock_share"].default,
     clocked_cores_only: bool = False,
+    off_clock: bool = False,
 ) -> pl.DataFrame:
     """Members of flagged rings that are there by what they share, not by what they do: tied to the
     ring more loosely than its median member, and by their own behaviour not risky enough to be
@@ -467,7 +469,9 @@ def bystanders(
     An operation diluted by visitors still runs its accounts on its scheduler (world B's campaign a
     among hosted apps on its cloud's egress: 9–11 nats); the benign cores that opening every ring
     under the cut flagged on world B keep none (0–0.8 nats a link on seeds 7, 115, 165, 170), nor do
-    classes of students (0.6–1.1) or an org's nightly batch (0.96).
+    classes of students (0.6–1.1) or an org's nightly batch (0.96). ``off_clock``: in flagged rings,
+    also the tame members who keep their own hours while the core keeps one clock, however tightly
+    tied (:func:`off_the_rings_clock`; needs ``clock_share``).
 
     Returns ``account_id`` of each."""
     flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")
@@ -493,7 +497,47 @@ def bystanders(
                     ),
                 ]
             )
-    return members.join(mixed, on="ring_id").filter(loose_and_tame).select("account_id")
+    movers = members.join(mixed, on="ring_id").filter(loose_and_tame).select("account_id")
+    if clock_share is not None and off_clock and "timing" in members.columns:
+        movers = pl.concat([movers, off_the_rings_clock(in_flagged, threshold, level, clock_share)]).unique()
+    return movers
+
+
+def off_the_rings_clock(members: pl.DataFrame, threshold: float, level: float, share: float) -> pl.DataFrame:
+    """``account_id`` of the tame members (risk under ``threshold``) of rings whose core (the members
+    over it) keeps one clock while they keep their own hours.
+
+    A ring's core keeps a clock when its median lockstep per link inside the ring reaches
+    ``−ln(level)`` nats (timing alone a coincidence less often than ``level``); its tame members keep
+    their own hours when their lockstep tends lower than the core's (one-sided Mann–Whitney at
+    ``level``). Those of them under ``share`` of the core's median are visitors however tightly they
+    share its tooling: users of an open-source agent client whose scaffolds and fingerprint an
+    operation reuses are tied to its ring like its workers (world B: attachment 0.4–1.0), but their
+    links carry 0–1.2 nats of lockstep against the workers' 7.5."""
+    sides = members.with_columns((pl.col("risk") < threshold).alias("tame"))
+    grouped = (
+        sides.group_by("ring_id")
+        .agg(
+            pl.col("timing").filter(pl.col("tame")).alias("tame"),
+            pl.col("timing").filter(~pl.col("tame")).alias("risky"),
+        )
+        .filter((pl.col("tame").list.len() > 0) & (pl.col("risky").list.len() > 0))
+        .with_columns(pl.col("risky").list.median().alias("core"))
+        .filter(pl.col("core") >= -math.log(level))
+        .sort("ring_id")
+    )
+    if grouped.height == 0:
+        return pl.DataFrame(schema={"account_id": pl.Utf8})
+    off = [
+        _decidable(len(tame), len(risky), level) and mann_whitney_less(np.array(tame), np.array(risky)) <= level
+        for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
+    ]
+    rings = grouped.filter(pl.Series(off, dtype=pl.Boolean)).select("ring_id", "core")
+    return (
+        sides.join(rings, on="ring_id")
+        .filter(pl.col("tame") & (pl.col("timing") < share * pl.col("core")))
+        .select("account_id")
+    )
 
 
 def _cores_under_cut(members: pl.DataFrame, threshold: float, size: int, min_timing: float | None) -> pl.DataFrame:

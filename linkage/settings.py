@@ -283,6 +283,16 @@ class ScoreSettings(_Section):
         description="rings under the cut whose core (members over it) keeps one clock beyond chance at the "
         "bystander test level (median lockstep per link >= -ln level) are tested for bystanders too",
     )
+    # Users of an open-source agent client an operation reuses share its scaffolds and fingerprint and are
+    # tied to its ring like its workers, so the tie test cannot find them; their links carry 0-1.2 nats of
+    # lockstep against the workers' 7.5 (world B 1703). On 256 cached worlds: 19 better, 2 a campaign
+    # account worse, every simulator world identical.
+    off_clock_visitors: bool = Field(
+        True,
+        description="tame members of a flagged ring whose core keeps one clock (median lockstep per link >= "
+        "-ln level) and who keep their own hours (lower, one-sided Mann-Whitney at the level; under "
+        "bystander_clock_share of the core's median) are visitors, however tightly tied",
+    )
     # On: an operation that buys clean infrastructure per account loses the risk of how its traffic
     # arrives. World B with every campaign account on a static residential address of its own, its own
     # fingerprint and card (bench/probes.py separate_everything): 101 0.921 -> 0.977, 102 0.851 -> 0.943;

@@ -20,6 +20,7 @@ from linkage.score import (
     _with_content_reading,
     bystanders,
     content_risk,
+    off_the_rings_clock,
     operated_by_behaviour_or_clock,
     org_explained_risk,
     raised_by_content,
@@ -447,3 +448,29 @@ def test_under_the_cut_only_a_core_on_one_clock_is_opened_where_every_ring_is_no
         clocked.drop("timing"), clocked_risk, rings, threshold=0.7, core_size=3, clocked_cores_only=True
     )
     assert untimed.height == 0
+
+
+def test_tame_members_off_a_clocked_cores_hours_are_visitors_however_tightly_tied() -> None:
+    # users of an open-source agent client an operation reuses: tied like its workers, own hours
+    ties = [10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 12.0, 13.0, 14.0, 15.0]
+    risks = [0.9] * 8 + [0.5] * 4
+    visited, visited_risk = _ring("visited", ties, risks)
+    visited = visited.with_columns(pl.Series("timing", [7.0, 7.5, 8.0, 6.5, 7.2, 9.0, 6.8, 7.7, 0.1, 0.0, 1.2, 0.3]))
+    # an operation's tamest accounts on its scheduler: they stay
+    careful, careful_risk = _ring("careful", ties, risks)
+    careful = careful.with_columns(pl.Series("timing", [7.0, 7.5, 8.0, 6.5, 7.2, 9.0, 6.8, 7.7, 6.1, 5.0, 7.2, 6.3]))
+    # a core on no clock (a class of students): timing says nothing of who belongs
+    unclocked, unclocked_risk = _ring("unclocked", ties, risks)
+    unclocked = unclocked.with_columns(
+        pl.Series("timing", [0.8, 0.7, 0.9, 0.6, 0.8, 0.7, 0.9, 0.8, 0.1, 0.0, 0.2, 0.3])
+    )
+    strength = pl.concat([visited, careful, unclocked])
+    risk = pl.concat([visited_risk, careful_risk, unclocked_risk])
+    members = strength.join(risk, on="account_id")
+    leaving = off_the_rings_clock(members, threshold=0.7, level=0.05, share=0.5)["account_id"].to_list()
+    assert sorted(leaving) == ["visited10", "visited11", "visited8", "visited9"]
+    # through bystanders(): only with the rule on (the ties alone find no one: the visitors are tied like the rest)
+    rings = pl.DataFrame({"ring_id": ["visited", "careful", "unclocked"], "score": [0.8, 0.8, 0.8]})
+    assert bystanders(strength, risk, rings, threshold=0.7).height == 0
+    found = bystanders(strength, risk, rings, threshold=0.7, off_clock=True)["account_id"].to_list()
+    assert sorted(found) == sorted(leaving)
