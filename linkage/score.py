@@ -218,6 +218,11 @@ def score_rings(
             # again (no core over the cut), so the rounds end
             trimmed = _bystanders_apart(detection, detached, min_ring_size)
             return score_rings(trimmed, graph, settings, threshold, labels, min_ring_size, detached, risk, behaviour)
+    paid = paid_by_the_ring(detection, members) if settings.paid_by_the_ring else members.clear()
+    if paid.height:
+        members = pl.concat([members, paid], how="diagonal_relaxed")
+        ring_of = members.select("account_id", "ring_id")
+        size_and_org = _size_and_org(members, accounts)
     evidence = _shared_entities(detection, members)
     named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
     evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
@@ -246,7 +251,9 @@ def score_rings(
     rings = rings.join(_bystander_columns(members, detached), on="ring_id", how="left").with_columns(
         pl.col("detached").fill_null(0)
     )
-    rings = rings.join(_evidence_text(evidence, settings.top_evidence), on="ring_id", how="left")
+    rings = rings.join(_evidence_text(evidence, settings.top_evidence), on="ring_id", how="left").join(
+        paid.group_by("ring_id").len("paid_members"), on="ring_id", how="left"
+    )
     rings = rings.with_columns(
         pl.concat_str(
             [
@@ -280,6 +287,14 @@ def score_rings(
                 .then(
                     pl.format(
                         "; bystanders of {}: tied to it loosely, under the cut on their own", pl.col("bystanders_of")
+                    )
+                )
+                .otherwise(pl.lit("")),
+                pl.when(pl.col("paid_members") > 0)
+                .then(
+                    pl.format(
+                        "; {} member(s) joined by paying with a card more than half of whose holders are members (in no ring by their links)",
+                        pl.col("paid_members"),
                     )
                 )
                 .otherwise(pl.lit("")),
@@ -892,6 +907,45 @@ def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFr
         .alias("attachment"),
         pl.col("strength").round(6),
         pl.col("timing").round(6),
+    )
+
+
+# What an account holder controls: sharing one is being paid for by the same hands (an exit address
+# or a client build can be shared by strangers; a card is not, unless given)
+_CONTROLLED_TYPES = ["PaymentInstrument"]
+
+
+def paid_by_the_ring(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
+    """Accounts in no ring that pay with an instrument most of whose holders are ring members: they
+    join the ring that holds most of their instruments (``idx, account_id, community, ring_id``),
+    after its score is settled.
+
+    An operation's accounts that send nothing, or too little to link, still show who pays for them:
+    world B's campaign c gives one card to ~25 accounts, and at scale 0.01 5–15 of its accounts send
+    no request in the log (created before it). A card of 27 holders is worth 7.8 nats between two of
+    them against a link threshold of 10.4 (a card of that degree is met by chance), so an account
+    with nothing else to share never links; but the card's other holders are in the operation's
+    rings (its fleets: three rings share each of its cards). "Most" is more than half of all its
+    holders, the joining account included; ties between rings go to the lower ring id."""
+    held = detection.memberships.filter(pl.col("type").is_in(_CONTROLLED_TYPES)).select(
+        "idx", "account_id", "entity_key", "degree"
+    )
+    ring_by_idx = members.select("idx", "community", "ring_id")
+    holders = held.join(ring_by_idx, on="idx").group_by("entity_key", "community", "ring_id", "degree").len()
+    owned = holders.filter(2 * pl.col("len").sum().over("entity_key") > pl.col("degree"))
+    outside = held.join(ring_by_idx, on="idx", how="anti")
+    joined = (
+        outside.join(owned.select("entity_key", "community", "ring_id", "len"), on="entity_key")
+        .group_by("idx", "account_id", "community", "ring_id")
+        .agg(pl.col("len").sum())
+        .sort(["idx", "len", "ring_id"], descending=[False, True, False])
+        .unique("idx", keep="first")
+    )
+    return joined.select(
+        pl.col("idx").cast(members.schema["idx"]),
+        pl.col("account_id").cast(members.schema["account_id"]),
+        pl.col("community").cast(members.schema["community"]),
+        pl.col("ring_id").cast(members.schema["ring_id"]),
     )
 
 

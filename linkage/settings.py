@@ -283,6 +283,14 @@ class ScoreSettings(_Section):
         description="rings under the cut whose core (members over it) keeps one clock beyond chance at the "
         "bystander test level (median lockstep per link >= -ln level) are tested for bystanders too",
     )
+    # An operation's accounts that send nothing in the log share only its cards (world B's campaign c: one
+    # card to ~25 accounts, worth 7.8 nats between two holders against a 10.4 threshold). Joining them after
+    # scoring: 65 of 256 cached worlds better, none worse, no benign account added (1199 0.967 -> 0.979).
+    paid_by_the_ring: bool = Field(
+        True,
+        description="accounts in no ring paying with an instrument more than half of whose holders are one ring's "
+        "members join that ring once it is scored",
+    )
     # Users of an open-source agent client an operation reuses share its scaffolds and fingerprint and are
     # tied to its ring like its workers, so the tie test cannot find them; their links carry 0-1.2 nats of
     # lockstep against the workers' 7.5 (world B 1703). On 256 cached worlds: 19 better, 2 a campaign

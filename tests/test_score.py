@@ -23,6 +23,7 @@ from linkage.score import (
     off_the_rings_clock,
     operated_by_behaviour_or_clock,
     org_explained_risk,
+    paid_by_the_ring,
     raised_by_content,
     ring_customers,
     tame_members_looser,
@@ -474,3 +475,38 @@ def test_tame_members_off_a_clocked_cores_hours_are_visitors_however_tightly_tie
     assert bystanders(strength, risk, rings, threshold=0.7).height == 0
     found = bystanders(strength, risk, rings, threshold=0.7, off_clock=True)["account_id"].to_list()
     assert sorted(found) == sorted(leaving)
+
+
+def test_an_account_in_no_ring_paying_with_a_card_mostly_held_by_ring_members_joins_them() -> None:
+    # card K: six holders, four in rings R (3) and S (1), two in none; card F: a family's, two of its
+    # three holders in none; IP X: held by ring members, but an exit address is not a card
+    rows = [
+        ("r1", 0, "K", "PaymentInstrument", 6),
+        ("r2", 1, "K", "PaymentInstrument", 6),
+        ("r3", 2, "K", "PaymentInstrument", 6),
+        ("s1", 3, "K", "PaymentInstrument", 6),
+        ("d1", 4, "K", "PaymentInstrument", 6),
+        ("d2", 5, "K", "PaymentInstrument", 6),
+        ("r1", 0, "F", "PaymentInstrument", 3),
+        ("f1", 6, "F", "PaymentInstrument", 3),
+        ("f2", 7, "F", "PaymentInstrument", 3),
+        ("r2", 1, "X", "IP", 2),
+        ("v1", 8, "X", "IP", 2),
+    ]
+    memberships = pl.DataFrame(
+        rows, schema=["account_id", "idx", "entity_key", "type", "degree"], orient="row"
+    ).with_columns(pl.col("idx").cast(pl.UInt32), pl.col("degree").cast(pl.UInt32))
+    members = pl.DataFrame(
+        {
+            "account_id": ["r1", "r2", "r3", "s1"],
+            "idx": [0, 1, 2, 3],
+            "community": [0, 0, 0, 1],
+            "ring_id": ["R", "R", "R", "S"],
+        }
+    ).with_columns(pl.col("idx").cast(pl.UInt32))
+    detection = Detection(pl.DataFrame(), memberships, pl.DataFrame(), members.drop("ring_id"))
+    joined = paid_by_the_ring(detection, members).sort("account_id")
+    # d1, d2 pay with K, four of whose six holders are in rings, most of them in R; f1, f2's card is
+    # held by one member in three; v1 shares only an address
+    assert joined.select("account_id", "ring_id", "community").rows() == [("d1", "R", 0), ("d2", "R", 0)]
+    assert dict(joined.schema) == dict(members.schema)
