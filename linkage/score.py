@@ -500,7 +500,9 @@ def bystanders(
     mixed = tame_members_looser(_with_candidates(in_flagged, loose_and_tame), threshold, level, clock_share=clock_share)
     if core_size is not None:
         under = members.join(flagged, on="ring_id", how="anti")
-        cores = _cores_under_cut(under, threshold, core_size, -math.log(level) if clocked_cores_only else None)
+        cores = _cores_under_cut(
+            under, threshold, core_size, _clock_beyond_chance(level) if clocked_cores_only else None
+        )
         under = _with_candidates(under.join(cores, on="ring_id"), loose_and_tame)
         rings_under = under["ring_id"].n_unique()
         if rings_under:
@@ -529,17 +531,10 @@ def off_the_rings_clock(members: pl.DataFrame, threshold: float, level: float, s
     share its tooling: users of an open-source agent client whose scaffolds and fingerprint an
     operation reuses are tied to its ring like its workers (world B: attachment 0.4–1.0), but their
     links carry 0–1.2 nats of lockstep against the workers' 7.5."""
-    sides = members.with_columns((pl.col("risk") < threshold).alias("tame"))
     grouped = (
-        sides.group_by("ring_id")
-        .agg(
-            pl.col("timing").filter(pl.col("tame")).alias("tame"),
-            pl.col("timing").filter(~pl.col("tame")).alias("risky"),
-        )
-        .filter((pl.col("tame").list.len() > 0) & (pl.col("risky").list.len() > 0))
+        _tame_and_risky(members, threshold, {"": pl.col("timing")})
         .with_columns(pl.col("risky").list.median().alias("core"))
-        .filter(pl.col("core") >= -math.log(level))
-        .sort("ring_id")
+        .filter(pl.col("core") >= _clock_beyond_chance(level))
     )
     if grouped.height == 0:
         return pl.DataFrame(schema={"account_id": pl.Utf8})
@@ -549,10 +544,30 @@ def off_the_rings_clock(members: pl.DataFrame, threshold: float, level: float, s
     ]
     rings = grouped.filter(pl.Series(off, dtype=pl.Boolean)).select("ring_id", "core")
     return (
-        sides.join(rings, on="ring_id")
-        .filter(pl.col("tame") & (pl.col("timing") < share * pl.col("core")))
+        members.join(rings, on="ring_id")
+        .filter((pl.col("risk") < threshold) & (pl.col("timing") < share * pl.col("core")))
         .select("account_id")
     )
+
+
+def _tame_and_risky(members: pl.DataFrame, threshold: float, values: dict[str, pl.Expr]) -> pl.DataFrame:
+    """Per ring with members on both sides of ``threshold`` (``risk``), sorted by ring: each of
+    ``values`` as two lists, ``tame<suffix>`` (members under it) and ``risky<suffix>``."""
+    tame = pl.col("risk") < threshold
+    return (
+        members.group_by("ring_id")
+        .agg(
+            *[value.filter(tame).alias(f"tame{suffix}") for suffix, value in values.items()],
+            *[value.filter(~tame).alias(f"risky{suffix}") for suffix, value in values.items()],
+        )
+        .filter((pl.col("tame").list.len() > 0) & (pl.col("risky").list.len() > 0))
+        .sort("ring_id")
+    )
+
+
+def _clock_beyond_chance(level: float) -> float:
+    """The lockstep per link (nats) past which timing alone is a coincidence less often than ``level``."""
+    return -math.log(level)
 
 
 def _cores_under_cut(members: pl.DataFrame, threshold: float, size: int, min_timing: float | None) -> pl.DataFrame:
@@ -602,19 +617,8 @@ def tame_members_looser(
     ``clock_share`` (needs a ``timing`` column: the mean lockstep of each member's links; None: off): a ring
     whose tame members keep its clock (:func:`on_the_rings_clock`) is not mixed, however loosely
     they share its infrastructure."""
-    sides = members.with_columns((pl.col("risk") < threshold).alias("tame"))
     timing = pl.col("timing") if clock_share is not None and "timing" in members.columns else pl.lit(0.0)
-    grouped = (
-        sides.group_by("ring_id")
-        .agg(
-            pl.col("strength").filter(pl.col("tame")).alias("tame"),
-            pl.col("strength").filter(~pl.col("tame")).alias("risky"),
-            timing.filter(pl.col("tame")).alias("tame_timing"),
-            timing.filter(~pl.col("tame")).alias("risky_timing"),
-        )
-        .filter((pl.col("tame").list.len() > 0) & (pl.col("risky").list.len() > 0))
-        .sort("ring_id")
-    )
+    grouped = _tame_and_risky(members, threshold, {"": pl.col("strength"), "_timing": timing})
     if grouped.height == 0:
         return grouped.select("ring_id")
     # a loop over rings, not members. Where the test could not reach ``level`` whatever the ties (one

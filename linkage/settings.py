@@ -288,8 +288,8 @@ class ScoreSettings(_Section):
     # scoring: 65 of 256 cached worlds better, none worse, no benign account added (1199 0.967 -> 0.979).
     paid_by_the_ring: bool = Field(
         True,
-        description="accounts in no ring paying with an instrument more than half of whose holders are one ring's "
-        "members join that ring once it is scored",
+        description="accounts in no ring paying with an instrument more than half of whose holders are ring members "
+        "join the ring holding most of them, once it is scored",
     )
     # Users of an open-source agent client an operation reuses share its scaffolds and fingerprint and are
     # tied to its ring like its workers, so the tie test cannot find them; their links carry 0-1.2 nats of
