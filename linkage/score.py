@@ -192,7 +192,7 @@ def score_rings(
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
         every_ring_under_cut = _test_under_cut(settings, risk)
         loose = bystanders(
-            strength,
+            _with_core_timing(detection, members, strength, risk, threshold),
             risk,
             ring_risk,
             threshold,
@@ -532,7 +532,7 @@ def off_the_rings_clock(members: pl.DataFrame, threshold: float, level: float, s
     operation reuses are tied to its ring like its workers (world B: attachment 0.4–1.0), but their
     links carry 0–1.2 nats of lockstep against the workers' 7.5."""
     grouped = (
-        _tame_and_risky(members, threshold, {"": pl.col("timing")})
+        _tame_and_risky(members, threshold, {"": _clock_of(members, threshold)})
         .with_columns(pl.col("risky").list.median().alias("core"))
         .filter(pl.col("core") >= _clock_beyond_chance(level))
     )
@@ -545,9 +545,44 @@ def off_the_rings_clock(members: pl.DataFrame, threshold: float, level: float, s
     rings = grouped.filter(pl.Series(off, dtype=pl.Boolean)).select("ring_id", "core")
     return (
         members.join(rings, on="ring_id")
-        .filter((pl.col("risk") < threshold) & (pl.col("timing") < share * pl.col("core")))
+        .filter((pl.col("risk") < threshold) & (_clock_of(members, threshold) < share * pl.col("core")))
         .select("account_id")
     )
+
+
+def _clock_of(members: pl.DataFrame, threshold: float) -> pl.Expr:
+    """A member's lockstep per link: a tame member's with the ring's risky members (``core_timing``,
+    where known), a risky member's with the whole ring (``timing``). Visitors that keep a clock of
+    their own (an org's seats on its nightly batch) are tied to each other by it, not to the ring."""
+    if "core_timing" not in members.columns:
+        return pl.col("timing")
+    return pl.when(pl.col("risk") < threshold).then(pl.col("core_timing")).otherwise(pl.col("timing"))
+
+
+def _with_core_timing(
+    detection: Detection, members: pl.DataFrame, strength: pl.DataFrame, risk: pl.DataFrame, threshold: float
+) -> pl.DataFrame:
+    """``strength`` with ``core_timing``: each member's mean lockstep per link over its kept links to
+    members of its ring at or over ``threshold`` on their own (0 where it has none)."""
+    ring = members.select("idx", "community").join(
+        members.select("idx", "account_id").join(risk.select("account_id", "risk"), on="account_id", how="left"),
+        on="idx",
+    )
+    core = ring.filter(pl.col("risk") >= threshold).select("idx", "community")
+    edges = pl.concat(
+        [
+            detection.pairs.select(pl.col("a").alias("idx"), pl.col("b").alias("other"), "activity"),
+            detection.pairs.select(pl.col("b").alias("idx"), pl.col("a").alias("other"), "activity"),
+        ]
+    )
+    to_core = (
+        edges.join(ring.select("idx", "community"), on="idx")
+        .join(core.rename({"idx": "other"}), on=["other", "community"])
+        .group_by("idx")
+        .agg(pl.col("activity").mean().alias("core_timing"))
+    )
+    with_idx = strength.join(members.select("account_id", "idx"), on="account_id", how="left")
+    return with_idx.join(to_core, on="idx", how="left").with_columns(pl.col("core_timing").fill_null(0.0)).drop("idx")
 
 
 def _tame_and_risky(members: pl.DataFrame, threshold: float, values: dict[str, pl.Expr]) -> pl.DataFrame:
@@ -614,10 +649,10 @@ def tame_members_looser(
     test; nor can it spare a ring too small for it to decide (``undecided_mixed``: such a ring
     counts as mixed).
 
-    ``clock_share`` (needs a ``timing`` column: the mean lockstep of each member's links; None: off): a ring
+    ``clock_share`` (needs ``timing``, and ``core_timing`` where known, see :func:`_clock_of`; None: off): a ring
     whose tame members keep its clock (:func:`on_the_rings_clock`) is not mixed, however loosely
     they share its infrastructure."""
-    timing = pl.col("timing") if clock_share is not None and "timing" in members.columns else pl.lit(0.0)
+    timing = _clock_of(members, threshold) if clock_share is not None and "timing" in members.columns else pl.lit(0.0)
     grouped = _tame_and_risky(members, threshold, {"": pl.col("strength"), "_timing": timing})
     if grouped.height == 0:
         return grouped.select("ring_id")
@@ -652,7 +687,9 @@ def on_the_rings_clock(tame: list[float], risky: list[float], share: float) -> b
 
     Parameters
     ----------
-    tame, risky : each member's mean lockstep surprisal over its links inside the ring (nats).
+    tame, risky : each member's mean lockstep surprisal per link (nats): a tame member's over its
+        links to the ring's risky members (``core_timing``), a risky member's over all its links
+        inside the ring (``timing``); see :func:`_clock_of`.
     share : the fraction of the risky median the tame median must reach.
 
     Returns

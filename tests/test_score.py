@@ -13,11 +13,13 @@ from linkage.detect import Detection, one_customer_orgs
 from linkage.score import (
     _alone,
     _bystanders_apart,
+    _internal_strength,
     _lockstep,
     _test_under_cut,
     _ties_outside,
     _weigh_by_timing,
     _with_content_reading,
+    _with_core_timing,
     bystanders,
     content_risk,
     off_the_rings_clock,
@@ -510,3 +512,44 @@ def test_an_account_in_no_ring_paying_with_a_card_mostly_held_by_ring_members_jo
     # held by one member in three; v1 shares only an address
     assert joined.select("account_id", "ring_id", "community").rows() == [("d1", "R", 0), ("d2", "R", 0)]
     assert dict(joined.schema) == dict(members.schema)
+
+
+def test_a_tame_members_clock_is_read_on_its_links_to_the_risky_core_only() -> None:
+    # an org's seats on their nightly batch share a clock with each other, not with the operation
+    members = pl.DataFrame(
+        {
+            "account_id": ["a1", "a2", "a3", "v1", "v2"],
+            "idx": [0, 1, 2, 3, 4],
+            "community": [0] * 5,
+            "ring_id": ["R"] * 5,
+        }
+    )
+    pairs = pl.DataFrame(
+        {"a": [0, 0, 3, 1], "b": [1, 3, 4, 4], "weight": [20.0, 11.0, 30.0, 11.0], "activity": [8.0, 0.1, 15.0, 0.3]}
+    )
+    detection = Detection(pl.DataFrame(), pl.DataFrame(), pairs, members.select("account_id", "community"))
+    risk = pl.DataFrame({"account_id": ["a1", "a2", "a3", "v1", "v2"], "risk": [0.9, 0.9, 0.9, 0.3, 0.3]})
+    strength = _internal_strength(detection, members)
+    timed = dict(
+        _with_core_timing(detection, members, strength, risk, 0.7).select("account_id", "core_timing").iter_rows()
+    )
+    assert timed == {"a1": 8.0, "a2": 8.0, "a3": 0.0, "v1": pytest.approx(0.1), "v2": pytest.approx(0.3)}
+    # inside the ring v1 and v2 average 7.55 and 7.65 nats a link, mostly with each other
+    inside = dict(strength.select("account_id", "timing").iter_rows())
+    assert inside["v1"] == pytest.approx(7.55) and inside["v2"] == pytest.approx(7.65)
+
+
+def test_visitors_on_a_clock_of_their_own_are_not_kept_by_the_rings_clock() -> None:
+    ties = [9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 2.0, 3.0, 4.0, 5.0]
+    risks = [0.85, 0.9, 0.8, 0.95, 0.9, 0.85, 0.5, 0.45, 0.6, 0.55]
+    ring, ring_risk = _ring("org", ties, risks)
+    # the tame ones are seats of an org on its nightly batch: lockstep with each other, none with the core
+    ring = ring.with_columns(
+        pl.Series("timing", [13.0, 14.0, 12.0, 15.0, 13.5, 14.5, 12.0, 16.0, 11.0, 13.0]),
+        pl.Series("core_timing", [13.0, 14.0, 12.0, 15.0, 13.5, 14.5, 0.2, 0.0, 0.4, 0.1]),
+    )
+    rings = pl.DataFrame({"ring_id": ["org"], "score": [0.8]})
+    leaving = sorted(bystanders(ring, ring_risk, rings, threshold=0.7)["account_id"].to_list())
+    assert leaving == ["org6", "org7", "org8", "org9"]
+    # read on all their links inside the ring, they would seem to keep its clock and stay
+    assert bystanders(ring.drop("core_timing"), ring_risk, rings, threshold=0.7).height == 0
