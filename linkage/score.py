@@ -35,9 +35,13 @@ counts as one): the lower of two readings, the customers no ring holds, and ever
 the rings that already stand out against them (:func:`flag_cut`). A random group's mean is far less
 spread than single accounts, so few benign groups get there by chance; operations are risky member
 after member. **Bystanders**: loosely tied, tame members of a flagged ring leave it where its tame
-members are demonstrably the loosely tied ones (:func:`bystanders`); so do those of a ring they
-dragged under the cut where the run has no IP types to discount shared exits by, on stronger evidence
-(the test's level shared among the rings tested).
+members are demonstrably the loosely tied ones (:func:`bystanders`), unless they keep the clock of
+the ring's risky core (:func:`_clock_of`); where that core keeps one clock beyond chance, tame
+members on their own hours leave however tightly tied (:func:`off_the_rings_clock`), and a ring
+dragged under the cut is tested too, on stronger evidence (the test's level shared among the rings
+tested; every such ring where the run has no IP types to discount shared exits by). **Paid for**:
+once rings are scored, an account in no ring paying with a card mostly held by ring members joins
+the ring holding most of them (:func:`paid_by_the_ring`), adding to its evidence, not its score.
 
 The older coordination features (lockstep, owned infrastructure and templates, equal volume,
 signup burst, declared org) are kept as columns and in the evidence text: they say *how* a ring
