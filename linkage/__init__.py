@@ -15,6 +15,11 @@ __version__ = "0.1.0"
 # kernel; a run that builds and drops multi-GB columns then spends a fifth of its time in page
 # faults. Keeping freed pages for a few seconds (read once, when polars loads) avoids that.
 _os.environ.setdefault("_RJEM_MALLOC_CONF", "background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:10000")
+# numpy asks for transparent huge pages for every large array; where the kernel then compacts
+# memory at each first touch (THP "madvise", defrag "madvise"), a run that makes and drops many
+# large temporaries pays for it in system time: at incident scale 3.5 s of 90, outputs identical
+# (read once, when numpy loads; NUMPY_MADVISE_HUGEPAGE=1 restores numpy's default)
+_os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 from .settings import Settings  # noqa: E402
 
