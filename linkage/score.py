@@ -154,7 +154,8 @@ def score_rings(
             _alone(risk, None),
         )
     ring_of = members.select("account_id", "ring_id")
-    strength = _internal_strength(detection, members)
+    links = _in_ring_links(detection, members)
+    strength = _internal_strength(detection, members, links)
     background = background_risk(risk, members.select("account_id"), accounts)
     prior = float(background.mean()) if background.len() else 0.5
     available = [f for f in RISK_FEATURES if f in risk.columns]
@@ -164,7 +165,7 @@ def score_rings(
         .group_by("ring_id")
         .agg([pl.col(f).mean().alias(f"risk_{f}") for f in available])
     )
-    lockstep = _lockstep(detection, members)
+    lockstep = _lockstep(detection, members, links)
     size_and_org = _size_and_org(members, accounts)
     ring_risk = shrunk_ring_risk(
         members,
@@ -196,7 +197,7 @@ def score_rings(
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
         every_ring_under_cut = _test_under_cut(settings, risk)
         loose = bystanders(
-            _with_core_timing(detection, members, strength, risk, threshold),
+            _with_core_timing(detection, members, strength, risk, threshold, links),
             risk,
             ring_risk,
             threshold,
@@ -564,27 +565,29 @@ def _clock_of(members: pl.DataFrame, threshold: float) -> pl.Expr:
 
 
 def _with_core_timing(
-    detection: Detection, members: pl.DataFrame, strength: pl.DataFrame, risk: pl.DataFrame, threshold: float
+    detection: Detection,
+    members: pl.DataFrame,
+    strength: pl.DataFrame,
+    risk: pl.DataFrame,
+    threshold: float,
+    links: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """``strength`` with ``core_timing``: each member's mean lockstep per link over its kept links to
-    members of its ring at or over ``threshold`` on their own (0 where it has none)."""
+    members of its ring at or over ``threshold`` on their own (0 where it has none). ``links``: the
+    rings' links (:func:`_in_ring_links`), when already known."""
     ring = members.select("idx", "community").join(
         members.select("idx", "account_id").join(risk.select("account_id", "risk"), on="account_id", how="left"),
         on="idx",
     )
-    core = ring.filter(pl.col("risk") >= threshold).select("idx", "community")
+    core = ring.filter(pl.col("risk") >= threshold).select(pl.col("idx").alias("other"))
+    links = _in_ring_links(detection, members) if links is None else links
     edges = pl.concat(
         [
-            detection.pairs.select(pl.col("a").alias("idx"), pl.col("b").alias("other"), "activity"),
-            detection.pairs.select(pl.col("b").alias("idx"), pl.col("a").alias("other"), "activity"),
+            links.select(pl.col("a").alias("idx"), pl.col("b").alias("other"), "activity"),
+            links.select(pl.col("b").alias("idx"), pl.col("a").alias("other"), "activity"),
         ]
     )
-    to_core = (
-        edges.join(ring.select("idx", "community"), on="idx")
-        .join(core.rename({"idx": "other"}), on=["other", "community"])
-        .group_by("idx")
-        .agg(pl.col("activity").mean().alias("core_timing"))
-    )
+    to_core = edges.join(core, on="other").group_by("idx").agg(pl.col("activity").mean().alias("core_timing"))
     with_idx = strength.join(members.select("account_id", "idx"), on="account_id", how="left")
     return with_idx.join(to_core, on="idx", how="left").with_columns(pl.col("core_timing").fill_null(0.0)).drop("idx")
 
@@ -921,15 +924,11 @@ def _empty_evidence() -> pl.DataFrame:
     )
 
 
-def _internal_strength(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
+def _internal_strength(detection: Detection, members: pl.DataFrame, links: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per member: summed weight of kept links inside its ring (``strength``), the mean lockstep
-    surprisal of those links (``timing``, nats per link), and attachment relative to the ring median."""
-    ring_by_idx = members.select("idx", "community")  # (integers: far cheaper to join than ring ids)
-    edges = (
-        detection.pairs.join(ring_by_idx.rename({"idx": "a", "community": "ca"}), on="a")
-        .join(ring_by_idx.rename({"idx": "b", "community": "cb"}), on="b")
-        .filter(pl.col("ca") == pl.col("cb"))
-    )
+    surprisal of those links (``timing``, nats per link), and attachment relative to the ring median.
+    ``links``: the rings' links (:func:`_in_ring_links`), when already known."""
+    edges = _in_ring_links(detection, members) if links is None else links
     ends = pl.concat(
         [
             edges.select(pl.col("a").alias("idx"), "weight", "activity"),
@@ -1248,15 +1247,31 @@ def _weigh_by_timing(ring_risk: pl.DataFrame, lockstep: pl.DataFrame, prior: flo
     )
 
 
-def _lockstep(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
-    """The mean lockstep surprisal (nats) of the ring's links."""
-    ring_by_idx = members.select("idx", "ring_id")
-    edges = (
-        detection.pairs.join(ring_by_idx.rename({"idx": "a"}), on="a")
-        .join(ring_by_idx.rename({"idx": "b", "ring_id": "rb"}), on="b")
-        .filter(pl.col("ring_id") == pl.col("rb"))
+def _lockstep(detection: Detection, members: pl.DataFrame, links: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The mean lockstep surprisal (nats) of the ring's links (``links``: :func:`_in_ring_links`, when
+    already known)."""
+    ring_of = members.select("community", "ring_id").unique("community")
+    links = _in_ring_links(detection, members) if links is None else links
+    per_community = links.group_by("community").agg(pl.col("activity").mean())
+    return per_community.join(ring_of, on="community").select("ring_id", pl.col("activity").alias("lockstep"))
+
+
+def _in_ring_links(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
+    """The kept links whose two ends are members of one ring (``a, b, weight, activity, community``),
+    in the pairs' order. Each end's ring is looked up by account index in an array rather than
+    joined: scoring asks for these links several times a round, of millions of pairs at scale."""
+    a, b = detection.pairs["a"].to_numpy(), detection.pairs["b"].to_numpy()
+    idx = members["idx"].to_numpy().astype(np.int64)
+    size = int(max(a.max(initial=-1), b.max(initial=-1), idx.max(initial=-1))) + 1
+    community = np.full(size, -1, np.int64)
+    community[idx] = members["community"].to_numpy()
+    of_a = community[a]
+    inside = (of_a >= 0) & (of_a == community[b])
+    return (
+        detection.pairs.select("a", "b", "weight", "activity")
+        .filter(pl.Series(inside))
+        .with_columns(pl.Series("community", of_a[inside]))
     )
-    return edges.group_by("ring_id").agg(pl.col("activity").mean().alias("lockstep"))
 
 
 def _owned_tools_named(detection: Detection, evidence: pl.DataFrame) -> pl.DataFrame:
