@@ -662,8 +662,6 @@ def pair_weights(
     # (contributions usually arrive in pair order already: then neither the sort nor the gathers are needed)
     in_order = bool(np.all(shared.position[1:] >= shared.position[:-1]))
     by_pair = slice(None) if in_order else np.argsort(shared.position, kind="stable")
-    shared_start = np.zeros(len(ca) + 1, np.int64)
-    np.cumsum(np.bincount(shared.position, minlength=len(ca)), out=shared_start[1:])
     # each account's hubs as one run sorted by entity (entity codes are unique across types)
     hub_order = _order_by(held.member, held.entity)
     hub_start = np.r_[0, np.cumsum(np.bincount(held.member, minlength=n_accounts))].astype(np.int64)
@@ -674,6 +672,7 @@ def pair_weights(
     is_hub[held.entity] = True
     hub_code = (np.cumsum(is_hub) - 1).astype(np.int32)
     fixed = (
+        shared.position[by_pair].astype(np.int64, copy=False),
         shared.type_code[by_pair].astype(np.int64, copy=False),
         shared.value[by_pair].astype(np.float64, copy=False),
         hub_start,
@@ -690,9 +689,12 @@ def pair_weights(
     # each pair's weight is computed alone, so the result does not depend on the cut
     cut = int(np.searchsorted(ca, ca[len(ca) // 2])) if len(ca) >= PARALLEL_MIN_PAIRS else len(ca)
     halves = [slice(0, cut), slice(cut, len(ca))]
+    # each half written in place: no per-pair index of the contributions, no copies of the halves
+    # (arrays of every candidate pair are the projection's largest, and fresh memory costs to touch)
+    weight, families = np.empty(len(ca)), np.empty(len(ca), np.int64)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = list(pool.map(lambda h: _weigh_pairs(ca[h], cb[h], shared_start[h.start : h.stop + 1], *fixed), halves))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        list(pool.map(lambda h: _weigh_pairs(ca[h], cb[h], h.start, *fixed, weight[h], families[h]), halves))
+    return weight, families
 
 
 @numba.njit(cache=True, nogil=True)
@@ -730,7 +732,8 @@ def _order_by(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 def _weigh_pairs(
     ca,
     cb,
-    shared_start,
+    first_pair,
+    shared_position,
     shared_type,
     shared_value,
     hub_start,
@@ -742,6 +745,8 @@ def _weigh_pairs(
     family_code,
     n_families,
     extra,
+    weight,
+    families,
 ):
     """Compiled loop behind :func:`pair_weights` (arrays prepared there). Shared entities of one type,
     or of types of one family, are correlated (users of one framework share all its templates): in
@@ -750,10 +755,11 @@ def _weigh_pairs(
 
     Candidates come grouped by ``ca``: the hubs of ``ca`` are marked once per group, and each
     partner's hubs are looked up in the marks (its list in entity order, so sums keep one order).
-    ``hub_code``: each hub row's hub, numbered densely in entity order (``n_hubs`` of them)."""
+    ``hub_code``: each hub row's hub, numbered densely in entity order (``n_hubs`` of them).
+    ``first_pair``: the number of the first of these candidates among all (``shared_position``,
+    ascending, numbers each contribution's pair so). Fills ``weight`` and ``families``."""
     n_types = len(family_code)
-    weight = np.zeros(len(ca))
-    families = np.zeros(len(ca), np.int64)
+    k = np.searchsorted(shared_position, first_pair)  # the first contribution to these pairs
     sums, maxima = np.zeros(n_types), np.zeros(n_types)
     strongest, total = np.zeros(n_families), np.zeros(n_families)
     marked_at = np.full(n_hubs, -1, np.int32)  # (a hub's row among the marked account's, or -1)
@@ -768,10 +774,13 @@ def _weigh_pairs(
                 marked_at[hub_code[i]] = i
         sums[:] = 0.0
         maxima[:] = 0.0
-        for k in range(shared_start[p], shared_start[p + 1]):
+        weight[p] = 0.0
+        families[p] = 0
+        while k < len(shared_position) and shared_position[k] == first_pair + p:
             t = shared_type[k]
             sums[t] += shared_value[k]
             maxima[t] = max(maxima[t], shared_value[k])
+            k += 1
         for j in range(hub_start[cb[p]], hub_start[cb[p] + 1]):
             i = marked_at[hub_code[j]]
             if i >= 0:

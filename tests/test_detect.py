@@ -297,11 +297,12 @@ def _brute_force_weight(small: dict, a: dict, b: dict, rules, ends: tuple[int, i
     return total, len(per_family)
 
 
+@pytest.mark.parametrize("order", ["shuffled", "in pair order"])
 @pytest.mark.parametrize("threads", ["one", "two"])
-def test_pair_weights_match_brute_force(threads, monkeypatch):
+def test_pair_weights_match_brute_force(threads, order, monkeypatch):
     """Small-entity contributions and hubs both ends hold (at the lower of the two ends' values), combined per
     type and family less the degree correction, exactly as the rule says — including pairs sharing
-    nothing."""
+    nothing, and whether the contributions come in pair order (as the projection makes them) or not."""
     if threads == "two":  # the candidates cut in two halves weighed on two threads
         monkeypatch.setattr("linkage.detect.PARALLEL_MIN_PAIRS", 2)
     from linkage.detect import Held, Shared, TypeRules, pair_weights
@@ -317,6 +318,8 @@ def test_pair_weights_match_brute_force(threads, monkeypatch):
     ca = np.sort(rng.integers(0, n_accounts, 400))
     cb = rng.integers(0, n_accounts, 400)
     position = rng.integers(0, len(ca), 300)
+    if order == "in pair order":
+        position = np.sort(position)
     small_type = rng.integers(0, n_types, 300)
     small_value = 3 * rng.random(300)
     log_memberships = np.log(rng.integers(1, 4, (n_accounts, n_types)).astype(float))
