@@ -572,14 +572,22 @@ def project(
         ),
     )
     org = accounts["org_id"].cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
-    same_org = (org[ca] == org[cb]) & (org[ca] >= 0)
-    discount = np.where(same_org, settings.org_discount, 1.0)
+    org_of_a = org[ca]
+    discount = np.where((org_of_a == org[cb]) & (org_of_a >= 0), settings.org_discount, 1.0)
+    del org_of_a
     timing_weight = settings.type_weights.get("ActivityWindow", 0.0)
-    # what timing would have to add for the pair to link (pairs far short of it need no exact figure)
-    needed = (link_at / np.maximum(discount, 1e-9) - surprisal) / timing_weight if timing_weight > 0 else None
-    timing = timing_weight * _lockstep(accounts, ca, cb, settings, needed) if timing_weight > 0 else np.zeros(len(ca))
+    # what timing would have to add for the pair to link (pairs far short of it need no exact figure),
+    # worked out in place: arrays over every candidate pair are the projection's costliest to allocate
+    needed = None
+    if timing_weight > 0:
+        needed = link_at / np.maximum(discount, 1e-9)
+        needed -= surprisal
+        needed /= timing_weight
+    timing = _lockstep(accounts, ca, cb, settings, needed) if timing_weight > 0 else np.zeros(len(ca))
+    timing *= timing_weight
     shared = surprisal
-    surprisal = (shared + timing) * discount
+    surprisal = shared + timing
+    surprisal *= discount
     shared_families += timing > 0
     # Fisher's tail never exceeds the plain sum: only pairs whose sum reaches the threshold can link
     reach = np.flatnonzero(surprisal >= link_at)
