@@ -449,9 +449,12 @@ def _clique_pairs(starts: np.ndarray, sizes: np.ndarray, rows: np.ndarray) -> tu
     return rows[first], rows[second], first
 
 
-def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: int, n: int) -> np.ndarray:
+def _hub_cycles(
+    entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: int, n: int, first: int = 0
+) -> np.ndarray:
     """Each hub's members joined by ``cycles`` random Hamiltonian cycles (deterministic per seed), as
-    codes ``a·n + b`` (``a < b``; a one-member hub gives none), unsorted.
+    codes ``a·n + b`` (``a < b``; a one-member hub gives none), unsorted. ``first``: lay only cycles
+    ``first`` … ``cycles − 1`` (each cycle is drawn from its own number, so they can be laid apart).
 
     Rows come grouped by entity. A cycle visits a hub's members in the order of a per-member hash
     (its top bits; ties in row order), each member to the next and the last back to the first."""
@@ -462,7 +465,7 @@ def _hub_cycles(entity_codes: np.ndarray, idx: np.ndarray, cycles: int, seed: in
     member_mix = idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ entity_codes.astype(np.uint64)
     members = idx.astype(np.int64)
     parts = []
-    for r in range(cycles):
+    for r in range(first, cycles):
         key = mix64(member_mix ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF)) >> np.uint64(entity_bits)
         parts.append(_cycle_pairs(starts, key, members, n))
     return np.concatenate(parts)
@@ -497,8 +500,14 @@ def _cycle_pairs(starts, key, members, n):
 
 
 def _hub_candidates(entity_codes: np.ndarray, idx: np.ndarray, n: int, partners: int, seed: int) -> np.ndarray:
-    """The hubs' candidate pairs (see :func:`_hub_cycles`) as sorted codes ``a·n + b``, ``a < b``."""
-    return np.sort(_hub_cycles(entity_codes, idx, partners, seed, n))
+    """The hubs' candidate pairs (see :func:`_hub_cycles`) as sorted codes ``a·n + b``, ``a < b``. Half
+    the cycles are laid on a second thread (the compiled loop releases the GIL); the codes are sorted
+    after, so how they were split changes nothing."""
+    half = partners // 2
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        other = pool.submit(_hub_cycles, entity_codes, idx, half, seed, n)
+        mine = _hub_cycles(entity_codes, idx, partners, seed, n, first=half)
+        return np.sort(np.concatenate([other.result(), mine]))
 
 
 # ---------------------------------------------------------------- projection

@@ -169,6 +169,18 @@ def test_hub_cycles_connect_every_member() -> None:
     assert set(zip(left // 100, right // 100)) <= {(0, 0), (1, 1), (2, 2)}, "cycles stay inside their hub"
 
 
+def test_hub_cycles_laid_apart_are_the_cycles_laid_together() -> None:
+    """Each cycle is drawn from its own number: laying cycles 0-1 and 2-4 apart (as two threads do) gives
+    the same candidates as laying all five at once."""
+    rng = np.random.default_rng(3)
+    codes = np.sort(rng.integers(0, 12, 600))
+    idx = rng.permutation(600)
+    together = np.sort(_hub_cycles(codes, idx, 5, seed=7, n=600))
+    apart = np.r_[_hub_cycles(codes, idx, 2, seed=7, n=600), _hub_cycles(codes, idx, 5, seed=7, n=600, first=2)]
+    np.testing.assert_array_equal(together, np.sort(apart))
+    assert len(np.unique(together)) > 600, "the five cycles are not one cycle five times"
+
+
 def test_hub_cycles_visit_members_in_hash_order_ties_in_row_order() -> None:
     """The cycles are a stable sort of each hub's members by a truncated hash: with entity codes so
     large that three bits of hash are left, most keys tie, and ties keep row order."""
