@@ -473,27 +473,63 @@ def _modes(frame: pl.DataFrame, key: str, columns: list[str], weight: str | None
     return result
 
 
+@dataclass
+class RequestParts:
+    """What the graph takes from the request log that does not depend on its prompt templates: the
+    keys every relationship groups on, the address, client and model relationships (with the clients
+    and models used, in text order), one row per address and each account's activity signature.
+    :func:`linkage.pipeline.load_inputs` builds them while the templates are mined."""
+
+    keys: RequestKeys
+    used_ip: pl.DataFrame
+    used_device: pl.DataFrame
+    devices: pl.Series
+    used_model: pl.DataFrame
+    models: pl.Series
+    per_ip: pl.DataFrame
+    signatures: pl.DataFrame
+
+
+def request_parts(requests: pl.DataFrame, activity_window_minutes: int = 10) -> RequestParts:
+    """:class:`RequestParts` of a compact request log (with or without its templates attached)."""
+    # group on the (categorical) identifiers and turn only the aggregates back into text
+    keys = RequestKeys.of(requests)
+    # the address-use edges on one thread, the other two on another (the sorts release the GIL)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        by_address = pool.submit(_request_rel, requests, keys, "ip")
+        used_device, devices = _request_rel(requests, keys, "device_id")
+        used_model, models = _request_rel(requests, keys, "model")
+        used_ip, _ = by_address.result()
+    return RequestParts(
+        keys,
+        used_ip,
+        used_device,
+        devices,
+        used_model,
+        models,
+        _per_ip(requests),
+        activity_signatures(keys, activity_window_minutes),
+    )
+
+
 def build_graph(
     accounts: pl.DataFrame,
     payments: pl.DataFrame,
     requests: pl.DataFrame,
     templates: TemplateResult,
     activity_window_minutes: int = 10,
+    parts: RequestParts | None = None,
 ) -> Graph:
     """accounts: normalised account rows; payments: valid rows; requests: compact, de-duplicated requests
-    with template_id already attached."""
+    with template_id already attached; ``parts``: :func:`request_parts` of the same requests, when
+    already built (the same rows in the same order, before or after the templates were attached)."""
     graph = Graph()
-    # group on the (categorical) identifiers and turn only the aggregates back into text
-    keys = RequestKeys.of(requests)
-    activity = _account_activity(requests, keys)
-    activity = activity.join(activity_signatures(keys, activity_window_minutes), on="account_id", how="left")
-    # the address-use edges on one thread, the other three on another (the sorts release the GIL)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        by_address = pool.submit(_request_rel, requests, keys, "ip")
-        used_device, devices = _request_rel(requests, keys, "device_id")
-        sent_template, _ = _request_rel(requests, keys, "template_id")
-        used_model, models = _request_rel(requests, keys, "model")
-        used_ip, _ = by_address.result()
+    parts = request_parts(requests, activity_window_minutes) if parts is None else parts
+    keys = parts.keys
+    activity = _account_activity(requests, keys).join(parts.signatures, on="account_id", how="left")
+    sent_template, _ = _request_rel(requests, keys, "template_id")
+    used_ip, used_device, used_model = parts.used_ip, parts.used_device, parts.used_model
+    devices, models = parts.devices, parts.models
     graph.nodes["Account"] = (
         accounts.select("account_id", "created_at", "email", "email_domain", "org_id", "country", "signup_ip")
         .join(activity, on="account_id", how="left")
@@ -503,7 +539,7 @@ def build_graph(
     graph.nodes["PaymentInstrument"] = _modes(
         payments, "instrument_id", ["instrument_type", "bin", "issuer_country"]
     ).sort("instrument_id")
-    per_ip = _per_ip(requests)
+    per_ip = parts.per_ip
     signup = (
         accounts.filter(pl.col("signup_ip").is_not_null())
         .group_by("signup_ip")

@@ -24,7 +24,7 @@ from .detect import Detection, detect
 from .errors import InputError
 from .explain import LINKS_FILE, MEMBERSHIPS_FILE, explanation_for_store, explanation_tables
 from .export import begin_export, ensure_writable, write_json, write_parquet, write_quarantine, write_rings
-from .graph import Graph, build_graph, daily_requests
+from .graph import Graph, RequestParts, build_graph, daily_requests, request_parts
 from .ingest import FIELD_COL, FILE_COL, REASON_COL, ROW_COL, Quarantine, read_table, record_json, table_files
 from .labels import entity_labels
 from .normalize import normalize_accounts, normalize_payments, normalize_requests
@@ -46,6 +46,7 @@ class Inputs:
     payments: pl.DataFrame
     requests: pl.DataFrame  # compact, de-duplicated, with template_id and reasoning_style (null: not sampled)
     templates: Any = None  # TemplateResult
+    parts: RequestParts | None = None  # what the graph takes from the log beside its templates
 
 
 @dataclass
@@ -267,9 +268,13 @@ def load_inputs(input_dir: Path, settings: Settings, quarantine: Quarantine, clo
         requests, miner = ingest_requests(input_dir, settings, quarantine)
         requests = clean_requests(requests, accounts, quarantine)
         quarantine.check_share(settings.ingest.max_quarantine_share, settings.ingest.quarantine_guard_min_rows)
-    with clock.stage("templates"):
+    # the templates are mined (mostly one core: Python and hashing) while the graph's relationships
+    # that need none are built beside them (sorts and group-bys that release the GIL)
+    with clock.stage("templates"), ThreadPoolExecutor(max_workers=1) as pool:
+        beside = pool.submit(request_parts, requests, settings.detect.activity_window_minutes)
         requests, templates = attach_templates(requests, miner)
-    return Inputs(accounts, payments, requests, templates)
+        parts = beside.result()
+    return Inputs(accounts, payments, requests, templates, parts)
 
 
 def _empty_compact() -> pl.DataFrame:
@@ -342,7 +347,12 @@ def run(
     inputs = load_inputs(Path(input_dir), settings, quarantine, clock)
     with clock.stage("graph"):
         graph = build_graph(
-            inputs.accounts, inputs.payments, inputs.requests, inputs.templates, settings.detect.activity_window_minutes
+            inputs.accounts,
+            inputs.payments,
+            inputs.requests,
+            inputs.templates,
+            settings.detect.activity_window_minutes,
+            inputs.parts,
         )
         daily = daily_requests(inputs.requests)
     del inputs
