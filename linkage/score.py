@@ -575,11 +575,12 @@ def _with_core_timing(
     """``strength`` with ``core_timing``: each member's mean lockstep per link over its kept links to
     members of its ring at or over ``threshold`` on their own (0 where it has none). ``links``: the
     rings' links (:func:`_in_ring_links`), when already known."""
-    ring = members.select("idx", "community").join(
-        members.select("idx", "account_id").join(risk.select("account_id", "risk"), on="account_id", how="left"),
-        on="idx",
+    core = (
+        members.select("idx", "account_id")
+        .join(risk.select("account_id", "risk"), on="account_id")
+        .filter(pl.col("risk") >= threshold)
+        .select(pl.col("idx").alias("other"))
     )
-    core = ring.filter(pl.col("risk") >= threshold).select(pl.col("idx").alias("other"))
     links = _in_ring_links(detection, members) if links is None else links
     edges = pl.concat(
         [
