@@ -468,7 +468,7 @@ def _hub_cycles(
     for r in range(first, cycles):
         key = mix64(member_mix ^ np.uint64((seed * 1_000_003 + r) & 0xFFFFFFFF)) >> np.uint64(entity_bits)
         parts.append(_cycle_pairs(starts, key, members, n))
-    return np.concatenate(parts)
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -181,6 +181,20 @@ def test_hub_cycles_laid_apart_are_the_cycles_laid_together() -> None:
     assert len(np.unique(together)) > 600, "the five cycles are not one cycle five times"
 
 
+def test_one_cycle_per_hub_is_laid_on_one_thread() -> None:
+    """``detect.hub_partners = 1`` (the least the settings allow): the other thread lays no cycle, and the
+    candidates are the one cycle's."""
+    from linkage.detect import _hub_candidates
+
+    codes = np.repeat(np.arange(4), 30)
+    idx = np.arange(120)
+    assert len(_hub_cycles(codes, idx, 1, seed=2, n=120, first=1)) == 0
+    np.testing.assert_array_equal(
+        _hub_candidates(codes, idx, 120, 1, 2), np.sort(_hub_cycles(codes, idx, 1, seed=2, n=120))
+    )
+    assert len(_hub_candidates(codes, idx, 120, 1, 2)) == 120
+
+
 def test_hub_cycles_visit_members_in_hash_order_ties_in_row_order() -> None:
     """The cycles are a stable sort of each hub's members by a truncated hash: with entity codes so
     large that three bits of hash are left, most keys tie, and ties keep row order."""
