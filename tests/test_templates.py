@@ -141,6 +141,52 @@ def test_near_duplicate_scaffolds_merge() -> None:
     assert len(set(ids)) == 1
 
 
+def _merged_one_by_one(keys: list[int], texts: list[str], threshold: float) -> dict[int, int]:
+    """The near-duplicate merge as datasketch spells it: a MinHash per text, queried against the
+    LSH of the earlier texts, then inserted."""
+    from datasketch import MinHash, MinHashLSH
+
+    from linkage.templates import _SEED
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=64)
+    prototype = MinHash(num_perm=64, seed=_SEED)
+    canonical: dict[int, int] = {}
+    for key, text in zip(keys, texts, strict=True):
+        words = text.split()
+        shingles = [" ".join(words[i : i + 2]).encode() for i in range(len(words) - 1)]
+        if len(shingles) < 3:
+            continue
+        signature = MinHash(num_perm=64, seed=_SEED, permutations=prototype.permutations, scheme=prototype.scheme)
+        signature.update_batch(shingles)
+        canonical[key] = min((canonical[m] for m in lsh.query(signature)), default=key)
+        lsh.insert(key, signature)
+    return canonical
+
+
+def test_near_duplicates_merged_at_once_as_one_by_one() -> None:
+    """Signatures and bands computed for all texts at once merge exactly what datasketch's MinHash
+    and LSH merge text by text, in the same order of precedence."""
+    from linkage.templates import near_duplicate_canonical
+
+    rng = random.Random(11)
+    vocabulary = [f"w{i}" for i in range(200)] + ["é", "日本", "a\u00a0b"]
+    scaffolds = [[rng.choice(vocabulary) for _ in range(rng.randint(1, 25))] for _ in range(150)]
+    texts = []
+    for _ in range(1500):
+        words = list(rng.choice(scaffolds))
+        for _ in range(rng.randint(0, 3)):  # a few words reworded
+            words[rng.randrange(len(words))] = rng.choice(vocabulary)
+        texts.append(rng.choice([" ", "  ", "\n", "\t"]).join(words))
+    keys = list(dict.fromkeys(rng.getrandbits(64) for _ in texts))
+    texts = texts[: len(keys)]
+    for threshold in (0.3, 0.6, 0.9):
+        expected = _merged_one_by_one(keys, texts, threshold)
+        merged = near_duplicate_canonical(keys, texts, threshold)
+        assert merged == expected and list(merged) == list(expected)
+        assert sum(key != into for key, into in merged.items()) > 100  # merges happened
+    assert near_duplicate_canonical([1, 2], ["too short", "a b c"], 0.6) == {}
+
+
 def test_prompt_sample_is_each_accounts_smallest_distinct_hashes_whatever_the_layout() -> None:
     """The sample is per account the ``k`` distinct texts of smallest hash over all rows: the same
     whether the rows come as one batch or as several files merged in any order."""
