@@ -193,8 +193,10 @@ def run(
             store.close()
     rings = result.summary["rings"]
     if not _quiet():
+        cut = "" if rings["flag_cut"] is None else f" at score ≥ {rings['flag_cut']:.3f}"
         click.echo(
-            f"{rings['total']} rings, {rings['flagged']} flagged ({rings['accounts_in_flagged']} accounts) → {out_dir}",
+            f"{rings['total']} rings, {rings['flagged']} flagged{cut} ({rings['accounts_in_flagged']} accounts)"
+            f" → {out_dir}",
             err=True,
         )
 

@@ -31,7 +31,7 @@ from .normalize import normalize_accounts, normalize_payments, normalize_request
 from .progress import StageClock, peak_rss_mb, progress
 from .report import ACTIVITY_FILE, TEMPLATES_FILE, ReportData, report_tables, write_report
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS
-from .score import score_rings
+from .score import ScoredRings, score_rings
 from .settings import Settings
 from .templates import TemplateMiner
 
@@ -298,22 +298,19 @@ def _empty_compact() -> pl.DataFrame:
     )
 
 
-def analyse(
-    graph: Graph, settings: Settings, clock: StageClock
-) -> tuple[Detection, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Detection and scoring over a graph, whichever store it came from: (detection, rings, members,
-    evidence, every account's risk and score outside a ring)."""
+def analyse(graph: Graph, settings: Settings, clock: StageClock) -> tuple[Detection, ScoredRings]:
+    """Detection and scoring over a graph, whichever store it came from."""
     with clock.stage("detect"):
         detection = detect(graph, settings.detect, clock)
     with clock.stage("score"):
-        rings, members, evidence, alone = score_rings(
+        scored = score_rings(
             detection,
             graph,
             settings.score,
             labels=lambda found: entity_labels(graph, found, settings.detect),
             min_ring_size=settings.detect.min_ring_size,
         )
-    return detection, rings, members, evidence, alone
+    return detection, scored
 
 
 def account_scores(graph: Graph, members: pl.DataFrame, alone: pl.DataFrame) -> pl.DataFrame:
@@ -356,7 +353,7 @@ def run(
         )
         daily = daily_requests(inputs.requests)
     del inputs
-    detection, rings, members, evidence, alone = analyse(graph, settings, clock)
+    detection, (rings, members, evidence, alone, cut) = analyse(graph, settings, clock)
     scores = account_scores(graph, members, alone)
     result = RunResult(rings, members, evidence, scores, graph, detection, daily=daily)
     for target in store if isinstance(store, list) else [store] if store is not None else []:
@@ -364,7 +361,7 @@ def run(
             target.write_graph(graph)
             target.write_rings(rings, members, run_id=_run_id(started))
             store_explanation(target, result, settings, _run_id(started))
-    result.summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
+    result.summary = summarise(input_dir, settings, quarantine, clock, graph, rings, cut, started)
     if out_dir is not None:
         with clock.stage("export"):
             report_data = export(Path(out_dir), result, quarantine)
@@ -382,13 +379,13 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
     clock = StageClock()
     with clock.stage("read_store"):
         graph = store.read_graph()
-    detection, rings, members, evidence, alone = analyse(graph, settings, clock)
+    detection, (rings, members, evidence, alone, cut) = analyse(graph, settings, clock)
     result = RunResult(rings, members, evidence, account_scores(graph, members, alone), graph, detection)
     if write_back:
         with clock.stage("store"):
             store.write_rings(rings, members, run_id=_run_id(started))
             store_explanation(store, result, settings, _run_id(started))
-    result.summary = summarise("neo4j", settings, Quarantine(), clock, graph, rings, started)
+    result.summary = summarise("neo4j", settings, Quarantine(), clock, graph, rings, cut, started)
     if out_dir is not None:
         with clock.stage("export"):
             report_data = export(Path(out_dir), result, Quarantine())
@@ -436,6 +433,7 @@ def summarise(
     clock: StageClock,
     graph: Graph,
     rings: pl.DataFrame,
+    flag_cut: float | None,
     started: float,
 ) -> dict[str, Any]:
     counts = {table: c.as_dict() for table, c in quarantine.counts.items()}
@@ -455,6 +453,8 @@ def summarise(
             "total": rings.height,
             "flagged": int(rings["flagged"].sum()) if rings.height else 0,
             "accounts_in_flagged": int(rings.filter(pl.col("flagged"))["size"].sum()) if rings.height else 0,
+            # the score at which rings were flagged: score.flag_threshold, or calibrated to this run
+            "flag_cut": None if flag_cut is None else round(flag_cut, 6),
         },
         **clock_figures(clock),
         "parameters": settings.public_dict(),

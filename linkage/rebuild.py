@@ -457,7 +457,7 @@ def rebuild(
             graph = build_graph(accounts, payments, requests, templates, settings.detect.activity_window_minutes)
             daily = daily_requests(requests)
         del requests
-        detection, rings, members, evidence, alone = analyse(graph, settings, clock)
+        detection, (rings, members, evidence, alone, cut) = analyse(graph, settings, clock)
         previous_path = state.root / "rings.parquet"
         previous = (
             pl.read_parquet(previous_path)
@@ -504,7 +504,7 @@ def rebuild(
                     "relationships": stats.relationships,
                     "seconds": round(stats.seconds, 2),
                 }
-        summary = summarise(input_dir, settings, quarantine, clock, graph, rings, started)
+        summary = summarise(input_dir, settings, quarantine, clock, graph, rings, cut, started)
         with clock.stage("export"):
             report_data = export(out_dir, result, quarantine)
             write_csv(changes, out_dir / "ring_changes.csv")

@@ -54,6 +54,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -110,6 +111,17 @@ def ring_ids(communities: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame({"community": members["community"], "ring_id": ids})
 
 
+class ScoredRings(NamedTuple):
+    """What scoring gives: the rings, highest score first; their members; the entities they share;
+    every account's risk and its score outside any ring; and the score at which rings are flagged."""
+
+    rings: pl.DataFrame
+    members: pl.DataFrame
+    evidence: pl.DataFrame
+    alone: pl.DataFrame
+    flag_cut: float | None
+
+
 def score_rings(
     detection: Detection,
     graph: Graph,
@@ -120,10 +132,11 @@ def score_rings(
     detached: pl.DataFrame | None = None,
     risk: pl.DataFrame | None = None,
     behaviour: Profiles | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(rings, ring_members, ring_evidence, alone) — rings sorted by score, highest first; ``alone``:
-    every account's risk and the score it has outside any ring (as if in a ring at the background's
-    mean). Reads only the graph.
+) -> ScoredRings:
+    """Rings, ring_members, ring_evidence and ``alone`` (:class:`ScoredRings`) — rings sorted by score,
+    highest first; ``alone``: every account's risk and the score it has outside any ring (as if in a
+    ring at the background's mean); ``flag_cut``: ``flag_threshold`` when given, else the cut calibrated
+    to the run (:func:`flag_cut`), None when neither (no ring formed). Reads only the graph.
 
     ``labels``: from the evidence rows (``entity, type, degree``) to ``entity, label`` (see
     :func:`linkage.labels.entity_labels`); without it an entity is labelled by its key.
@@ -139,7 +152,7 @@ def score_rings(
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
     if members.height == 0:
-        return (
+        return ScoredRings(
             _empty_rings(),
             pl.DataFrame(
                 schema={
@@ -152,6 +165,7 @@ def score_rings(
             ),
             _empty_evidence(),
             _alone(risk, None),
+            flag_threshold,
         )
     ring_of = members.select("account_id", "ring_id")
     links = _in_ring_links(detection, members)
@@ -349,13 +363,14 @@ def score_rings(
         .select("ring_id", "account_id", "account_score", "attachment", "strength")
     )
     evidence = evidence.with_columns(pl.col(pl.Float64).round(6))
-    return (
+    return ScoredRings(
         rings,
         ring_members,
         evidence.join(rings.select("ring_id"), on="ring_id")
         .sort("ring_id", "value_total", "entity", descending=[False, True, False])
         .select("ring_id", "entity", "type", "label", "members", "degree", "value", "value_total", "shared_by"),
         _alone(risk, prior, _ties_outside(detection, members, strength, rings)),
+        threshold,
     )
 
 

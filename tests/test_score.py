@@ -553,3 +553,21 @@ def test_visitors_on_a_clock_of_their_own_are_not_kept_by_the_rings_clock() -> N
     assert leaving == ["org6", "org7", "org8", "org9"]
     # read on all their links inside the ring, they would seem to keep its clock and stay
     assert bystanders(ring.drop("core_timing"), ring_risk, rings, threshold=0.7).height == 0
+
+
+def test_run_json_records_the_cut_that_flagged_the_rings(tmp_path: Path) -> None:
+    """The calibrated cut is the score that separates flagged rings from the rest; a fixed
+    ``score.flag_threshold`` is recorded as given."""
+    import json
+
+    from .conftest import TINY
+
+    linkage.run(TINY, tmp_path / "calibrated")
+    cut = json.loads((tmp_path / "calibrated" / "run.json").read_text())["rings"]["flag_cut"]
+    rings = pl.read_parquet(tmp_path / "calibrated" / "rings.parquet")
+    assert rings["flagged"].any() and not rings["flagged"].all()
+    assert rings.filter(pl.col("flagged"))["score"].min() >= cut - 1e-6
+    assert rings.filter(~pl.col("flagged"))["score"].max() < cut + 1e-6
+
+    linkage.run(TINY, tmp_path / "fixed", Settings.load(overrides={"score.flag_threshold": 0.123}))
+    assert json.loads((tmp_path / "fixed" / "run.json").read_text())["rings"]["flag_cut"] == 0.123
