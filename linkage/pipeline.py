@@ -359,7 +359,7 @@ def run(
     for target in store if isinstance(store, list) else [store] if store is not None else []:
         with clock.stage("store"):
             target.write_graph(graph)
-            target.write_rings(rings, members, run_id=_run_id(started))
+            target.write_rings(rings, members, run_id=_run_id(started), run_props={"flag_cut": cut})
             store_explanation(target, result, settings, _run_id(started))
     result.summary = summarise(input_dir, settings, quarantine, clock, graph, rings, cut, started)
     if out_dir is not None:
@@ -383,7 +383,7 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
     result = RunResult(rings, members, evidence, account_scores(graph, members, alone), graph, detection)
     if write_back:
         with clock.stage("store"):
-            store.write_rings(rings, members, run_id=_run_id(started))
+            store.write_rings(rings, members, run_id=_run_id(started), run_props={"flag_cut": cut})
             store_explanation(store, result, settings, _run_id(started))
     result.summary = summarise("neo4j", settings, Quarantine(), clock, graph, rings, cut, started)
     if out_dir is not None:

@@ -495,7 +495,7 @@ def rebuild(
                     rings,
                     members,
                     run_id=run_id,
-                    run_props={"new_files": len(sync["new"]), "changed_files": len(sync["changed"])},
+                    run_props={"new_files": len(sync["new"]), "changed_files": len(sync["changed"]), "flag_cut": cut},
                 )
                 store_explanation(store, result, settings, run_id)
                 snapshot.write_graph(graph)

@@ -438,6 +438,12 @@ def test_named_queries_give_the_same_answers_with_and_without_neo4j(store, tmp_p
         assert [plain_value(r) for r in neo_rows] == [plain_value(r) for r in file_rows], (name, given)
         if name in ("accounts_by_entity", "why_linked", "ring_members"):
             assert neo_rows, (name, given)  # each lookup finds something on the fixture
+    # the run's flag cut is kept with the rings it flagged, in both stores
+    cut = result.summary["rings"]["flag_cut"]
+    assert cut is not None
+    _, runs = store.run_read_query("MATCH (r:Run) WHERE r.flag_cut IS NOT NULL RETURN r.flag_cut AS cut", {})
+    assert [row[0] for row in runs] == [pytest.approx(cut)]
+    assert json.loads((tmp_path / "out" / "graph" / "rings" / "run.json").read_text())["flag_cut"] == pytest.approx(cut)
 
 
 def test_neo4j_browser_is_served_on_loopback(store) -> None:
