@@ -195,7 +195,12 @@ def score_rings(
         ring_risk = weigh_by_alike(ring_risk, ring_alike, prior, settings.alike_reference_share)
         if settings.alike_or_clock:
             ring_risk = operated_by_behaviour_or_clock(
-                ring_risk, ring_alike, lockstep, prior, settings.alike_reference_share
+                ring_risk,
+                ring_alike,
+                lockstep,
+                prior,
+                settings.alike_reference_share,
+                CHANCE_SURPRISAL if settings.clock_beyond_chance else 0.0,
             )
     threshold = (
         flag_cut(risk, members, accounts, ring_risk, background, settings.flag_background_share)
@@ -1153,10 +1158,12 @@ def alike_reference(known: pl.DataFrame, share: float) -> float:
     return float(known["alike"].quantile(1.0 - share, interpolation="linear") or 0.0)
 
 
-def _timing_by_chance() -> pl.Expr:
+def _timing_by_chance(beyond: float = 0.0) -> pl.Expr:
     """``e^(−lockstep)``: the chance that a ring's links keep their common clock by coincidence (the
-    p-value behind the mean surprisal; a ring without a lockstep counts as keeping none)."""
-    return (-pl.col("lockstep").fill_null(0.0)).exp()
+    p-value behind the mean surprisal; a ring without a lockstep counts as keeping none). With
+    ``beyond``, only the lockstep over that level counts: ``e^(−max(0, lockstep − beyond))``."""
+    excess = pl.col("lockstep").fill_null(0.0) - beyond
+    return (-excess.clip(0.0, None) if beyond > 0 else -excess).exp()
 
 
 def weigh_by_alike(ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, prior: float, share: float) -> pl.DataFrame:
@@ -1224,7 +1231,12 @@ def org_explained_risk(
 
 
 def operated_by_behaviour_or_clock(
-    ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, lockstep: pl.DataFrame, prior: float, share: float
+    ring_risk: pl.DataFrame,
+    ring_alike: pl.DataFrame,
+    lockstep: pl.DataFrame,
+    prior: float,
+    share: float,
+    chance_level: float = 0.0,
 ) -> pl.DataFrame:
     """A ring is operated if its members act alike or keep one clock; strangers sharing a platform's
     egress do neither. Its excess over the background counts in proportion to
@@ -1232,7 +1244,11 @@ def operated_by_behaviour_or_clock(
     reference ring (the one only ``share`` of its rings exceed, :func:`weigh_by_alike`) keeps it
     whatever its clock, as does one whose links keep a clock beyond chance; a ring of strangers
     (alike 0) on their own hours keeps only what its timing supports. A ring without a lockstep
-    counts as keeping no clock; one without behaviour (no request log) is left as it is."""
+    counts as keeping no clock; one without behaviour (no request log) is left as it is.
+
+    ``chance_level``: the lockstep links keep by chance (:data:`CHANCE_SURPRISAL`, with
+    ``score.clock_beyond_chance``); only what lies beyond it counts, ``e^(−max(0, lockstep −
+    chance_level))``, so strangers whose links keep their clock no better than chance keep nothing."""
     known = ring_alike.filter(pl.col("alike").is_not_null())
     if known.height == 0:
         return ring_risk
@@ -1240,7 +1256,7 @@ def operated_by_behaviour_or_clock(
     if reference <= 0.0:
         return ring_risk
     unlike = 1.0 - (pl.col("alike").clip(0.0, None) / reference).clip(None, 1.0)
-    factor = 1.0 - unlike.fill_null(0.0) * _timing_by_chance()
+    factor = 1.0 - unlike.fill_null(0.0) * _timing_by_chance(chance_level)
     return (
         ring_risk.join(known, on="ring_id", how="left")
         .join(lockstep, on="ring_id", how="left")

@@ -334,6 +334,16 @@ class ScoreSettings(_Section):
         description="a ring's excess counts in proportion to 1 - (1 - min(1, alike / reference)) * exp(-lockstep): "
         "strangers who neither act alike nor keep one clock are not an operation",
     )
+    # On (the closing session of 6 December): links that keep their clock no better than chance (a
+    # mean surprisal of 1 nat, CHANCE_SURPRISAL) say nothing of a scheduler, yet e^(-lockstep) gave a
+    # ring of strangers at 1 nat 63 % of its excess. Counting only what lies beyond chance cleared one
+    # or two classes of students on 20 of 167 simulator worlds (none worse) and left world B's 151 worlds,
+    # tuning and held-out, 0.01 to incident scale, identical in F1 and benign accounts
+    clock_beyond_chance: bool = Field(
+        True,
+        description="in the alike-or-clock rule only the lockstep over chance (1 nat a link) counts: "
+        "1 - (1 - min(1, alike / reference)) * exp(-max(0, lockstep - 1))",
+    )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's
     # incident scale campaign rings sit at 0.5-1.0 nats: recall fell from 0.87 to 0.12.

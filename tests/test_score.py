@@ -93,6 +93,18 @@ def test_strangers_who_neither_act_alike_nor_keep_one_clock_keep_only_what_their
     assert weighed["unknown"] == pytest.approx(0.8)  # no behaviour to read: unchanged
 
 
+def test_timing_at_chance_level_supports_nothing_when_only_the_lockstep_beyond_chance_counts() -> None:
+    names = ["chance", "under_chance", "beyond_chance"]
+    rings = pl.DataFrame({"ring_id": names, "score": [0.8, 0.8, 0.8]})
+    measured = pl.DataFrame({"ring_id": names + ["reference"], "alike": [0.0, 0.0, 0.0, 0.4]})
+    lockstep = pl.DataFrame({"ring_id": names, "lockstep": [1.0, 0.3, 3.0]})
+    weighed = dict(
+        operated_by_behaviour_or_clock(rings, measured, lockstep, prior=0.5, share=0.25, chance_level=1.0).iter_rows()
+    )
+    assert weighed["chance"] == pytest.approx(0.5) and weighed["under_chance"] == pytest.approx(0.5)
+    assert weighed["beyond_chance"] == pytest.approx(0.5 + 0.3 * (1 - math.exp(-2.0)))
+
+
 def test_excess_risk_counts_by_how_alike_members_act_against_the_runs_reference_ring() -> None:
     names = ["strangers", "reference", "peer", "operated", "tame", "unknown"]
     rings = pl.DataFrame({"ring_id": names, "score": [0.7, 0.7, 0.7, 0.7, 0.4, 0.7]})
