@@ -1162,8 +1162,7 @@ def _timing_by_chance(beyond: float = 0.0) -> pl.Expr:
     """``e^(−lockstep)``: the chance that a ring's links keep their common clock by coincidence (the
     p-value behind the mean surprisal; a ring without a lockstep counts as keeping none). With
     ``beyond``, only the lockstep over that level counts: ``e^(−max(0, lockstep − beyond))``."""
-    excess = pl.col("lockstep").fill_null(0.0) - beyond
-    return (-excess.clip(0.0, None) if beyond > 0 else -excess).exp()
+    return (-(pl.col("lockstep").fill_null(0.0) - beyond).clip(0.0, None)).exp()
 
 
 def weigh_by_alike(ring_risk: pl.DataFrame, ring_alike: pl.DataFrame, prior: float, share: float) -> pl.DataFrame:

@@ -723,12 +723,13 @@ def _minhash_signatures(shingles: list[bytes], shingle_of: np.ndarray, lengths: 
     ``shingles``): ``prototype``'s MinHash of the list, by its permutations and scheme and the
     SHA-1 hash datasketch uses by default."""
     from datasketch.hashfunc import sha1_hash32
+    from datasketch.minhash import _fmix  # its pre-mix for the affine schemes (the test compares with datasketch)
 
     if prototype.scheme != "affine32":
         raise ValueError(f"MinHash scheme {prototype.scheme!r}: only affine32 is computed in bulk")
     hashed = np.fromiter(map(sha1_hash32, shingles), np.uint32, len(shingles))
     a, b = prototype.permutations
-    permuted = _fmix32(hashed)[:, None] * a + b  # uint32 arithmetic wraps: modulo 2^32, as datasketch's
+    permuted = _fmix(hashed, 32)[:, None] * a + b  # uint32 arithmetic wraps: modulo 2^32, as datasketch's
     return _least_rows(permuted, shingle_of, np.r_[0, np.cumsum(lengths)])
 
 
@@ -751,12 +752,3 @@ def _row_groups(rows: np.ndarray) -> list[int]:
     """A group number per row, equal for equal rows (rows compared as raw bytes)."""
     as_bytes = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1])))
     return np.unique(as_bytes.ravel(), return_inverse=True)[1].ravel().tolist()
-
-
-def _fmix32(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer, datasketch's pre-mix for its affine schemes."""
-    values = values ^ (values >> np.uint32(16))
-    values = values * np.uint32(0x85EBCA6B)
-    values = values ^ (values >> np.uint32(13))
-    values = values * np.uint32(0xC2B2AE35)
-    return values ^ (values >> np.uint32(16))
