@@ -371,6 +371,17 @@ def canonical_emails(emails: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     return canonical, domain
 
 
+# An academic institution's own mail domain: it issues the addresses (``.edu``, ``.edu.xx``, ``.ac.xx``),
+# so an operator cannot mint them at will as it can a free-mail address, an org id or a domain of its own.
+_ACADEMIC_DOMAIN = r"(?:^|\.)([a-z0-9-]+\.(?:edu|(?:ac|edu)\.[a-z]{2}))$"
+
+
+def academic_institution(domain: pl.Expr) -> pl.Expr:
+    """The academic institution a mail domain belongs to (``college.edu`` for ``student.college.edu``,
+    ``ox.ac.uk`` for ``cs.ox.ac.uk``), null for any other domain."""
+    return domain.str.extract(_ACADEMIC_DOMAIN, 1)
+
+
 # ---------------------------------------------------------------- prompts
 # Slots that vary from one filled-in prompt to the next; the scaffold around them does not.
 # Few, cheap patterns: each pass over 16M prompts costs seconds (see PERFORMANCE_NOTES).

@@ -26,7 +26,9 @@ scheduler, and what it asks for counts in full. The ring's excess over the backg
 weighed by how alike its members act (:func:`weigh_by_alike`, :mod:`linkage.behaviour`): strangers
 sharing a NAT or a platform's egress move down, operated rings up; and a ring that neither acts as
 alike as the run's reference ring nor keeps one clock keeps only what its timing supports
-(:func:`operated_by_behaviour_or_clock`). **A second reading** counts only
+(:func:`operated_by_behaviour_or_clock`); what the academic institutions its members signed up
+with explain (a class on its course) counts only as far as it keeps a clock beyond chance
+(:func:`explained_by_institutions`). **A second reading** counts only
 what members are and ask for (:data:`CONTENT_FEATURES`), against its own cut and in proportion to the
 confidence that the ring keeps one clock: an operation that buys clean infrastructure per account
 loses the rest of its risk (:func:`_with_content_reading`); it raises a ring, never lowers one. **Flag**: the ring's average member
@@ -63,6 +65,7 @@ from .behaviour import Profiles, alike, profiles
 from .chance import mann_whitney_less
 from .detect import Detection
 from .graph import Graph
+from .normalize import academic_institution
 from .settings import ScoreSettings
 
 RISK_FEATURES = (
@@ -202,6 +205,9 @@ def score_rings(
                 settings.alike_reference_share,
                 CHANCE_SURPRISAL if settings.clock_beyond_chance else 0.0,
             )
+    institutions = _institutions(members, accounts) if settings.academic_institutions else None
+    if institutions is not None:
+        ring_risk = explained_by_institutions(ring_risk, institutions, lockstep, prior)
     threshold = (
         flag_cut(risk, members, accounts, ring_risk, background, settings.flag_background_share)
         if flag_threshold is None
@@ -210,7 +216,7 @@ def score_rings(
     ring_risk = ring_risk.with_columns(pl.lit(False).alias("content_reading"))
     if settings.content_reading:
         ring_risk = _with_content_reading(
-            members, accounts, billed, risk, ring_risk, ring_alike, lockstep, threshold, settings
+            members, accounts, billed, risk, ring_risk, ring_alike, lockstep, threshold, settings, institutions
         )
     rounds = 0 if detached is None else int(detached["round"].max()) + 1
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
@@ -255,6 +261,7 @@ def score_rings(
     evidence = _owned_tools_named(detection, evidence)
     features = (
         size_and_org.join(_coordination(strength), on="ring_id", how="left")
+        .join(_institutions(members, accounts), on="ring_id", how="left")
         .join(_owned_infrastructure(evidence), on="ring_id", how="left")
         .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
         .join(_owned_templates(graph, ring_of), on="ring_id", how="left")
@@ -307,6 +314,16 @@ def score_rings(
                 )
                 .then(pl.lit(" (what it explains counted as far as its seats keep one clock)"))
                 .otherwise(pl.lit("")),
+                pl.when(pl.col("institution").is_not_null() & pl.lit(settings.academic_institutions))
+                .then(
+                    pl.format(
+                        "; {}% on academic institutions' mail domains, most on {} (what they explain "
+                        "counted as far as the ring keeps one clock beyond chance)",
+                        (pl.col("institution_share") * 100).round(0),
+                        pl.col("institution"),
+                    )
+                )
+                .otherwise(pl.lit("")),
                 pl.when(pl.col("bystanders_of").is_not_null())
                 .then(
                     pl.format(
@@ -344,6 +361,8 @@ def score_rings(
         *COORDINATION_FEATURES,
         "org_explained",
         "org_id",
+        "institution",
+        "institution_share",
         "detached",
         "bystanders_of",
         "requests",
@@ -438,6 +457,7 @@ def _with_content_reading(
     lockstep: pl.DataFrame,
     threshold: float,
     settings: ScoreSettings,
+    institutions: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """A second reading of each ring, on what its members are and ask for alone (``score.content_reading``).
 
@@ -460,6 +480,8 @@ def _with_content_reading(
     if settings.alike_reference_share is not None:
         ring_content = weigh_by_alike(ring_content, ring_alike, prior, settings.alike_reference_share)
     ring_content = _weigh_by_timing(ring_content, lockstep, prior)
+    if institutions is not None:
+        ring_content = explained_by_institutions(ring_content, institutions, lockstep, prior)
     content_cut = flag_cut(content, members, accounts, ring_content, background, settings.flag_background_share)
     return raised_by_content(ring_risk, ring_content, content_cut, threshold)
 
@@ -921,6 +943,8 @@ def _empty_rings() -> pl.DataFrame:
     schema |= {
         "org_explained": pl.Float64,
         "org_id": pl.Utf8,
+        "institution": pl.Utf8,
+        "institution_share": pl.Float64,
         "detached": pl.UInt32,
         "bystanders_of": pl.Utf8,
         "requests": pl.Int64,
@@ -1062,6 +1086,55 @@ def _owned_infrastructure(evidence: pl.DataFrame) -> pl.DataFrame:
         .sum()
         .truediv(pl.col("value_total").sum())
         .alias("owned_infrastructure")
+    )
+
+
+def _institutions(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
+    """``ring_id, institution, institution_share``: the academic institution whose mail domain most of
+    a ring's members signed up with, and the share of members on any academic institution's domain
+    (:func:`~linkage.normalize.academic_institution`); rings with none are left out."""
+    with_institution = members.join(
+        accounts.select("account_id", academic_institution(pl.col("email_domain")).alias("institution")),
+        on="account_id",
+        how="left",
+    )
+    sizes = members.group_by("ring_id").len("size")
+    on_any = with_institution.filter(pl.col("institution").is_not_null())
+    return (
+        on_any.group_by("ring_id", "institution")
+        .len()
+        .sort("len", "institution", descending=[True, False])
+        .unique("ring_id", keep="first")
+        .select("ring_id", "institution")
+        .join(on_any.group_by("ring_id").len("on_any"), on="ring_id")
+        .join(sizes, on="ring_id")
+        .select("ring_id", "institution", (pl.col("on_any") / pl.col("size")).alias("institution_share"))
+    )
+
+
+def explained_by_institutions(
+    ring_risk: pl.DataFrame, institutions: pl.DataFrame, lockstep: pl.DataFrame, prior: float
+) -> pl.DataFrame:
+    """``ring_risk`` with each ring's excess over ``prior`` counted in proportion to
+    ``1 − institution_share · e^(−max(0, lockstep − 1))``: what its members' academic institutions
+    explain, as far as its links keep no clock beyond chance.
+
+    A course's students sign up in its first week, from its campus, and ask for step-by-step
+    solutions on its problem-set scaffold: new, scaffolded, reasoning-heavy and verbose member after
+    member, and alike by one cause, the course. The institution vouches for the members on its mail
+    domain (it issues the addresses, and the provider verifies them at sign-up), which an operation
+    cannot mint as it mints free-mail addresses, a domain or an org id of its own; students who
+    signed up on a personal address share the course, not the vouching, and count in full. An
+    operation on such addresses that runs its accounts on a scheduler keeps its excess.
+
+    ``institutions``: ``ring_id, institution_share`` (:func:`_institutions`); ``lockstep``: ``ring_id,
+    lockstep`` (:func:`_lockstep`). Rings on no academic domain are unchanged."""
+    explained = pl.col("institution_share").fill_null(0.0) * _timing_by_chance(CHANCE_SURPRISAL)
+    return (
+        ring_risk.join(institutions.select("ring_id", "institution_share"), on="ring_id", how="left")
+        .join(lockstep, on="ring_id", how="left")
+        .with_columns((prior + (pl.col("score") - prior) * (1.0 - explained)).alias("score"))
+        .drop("institution_share", "lockstep")
     )
 
 

@@ -344,6 +344,16 @@ class ScoreSettings(_Section):
         description="in the alike-or-clock rule only the lockstep over chance (1 nat a link) counts: "
         "1 - (1 - min(1, alike / reference)) * exp(-max(0, lockstep - 1))",
     )
+    # On (the session of 6 December, later): a class of students (new accounts on one problem-set
+    # scaffold asking for step-by-step solutions) came over the cut on the simulator's worlds with
+    # classes however the rest was read. The academic institution vouches for the members on its mail
+    # domain, which an operator cannot mint as it mints free-mail addresses or org ids; a class is
+    # alike by one cause, its course. Off where the provider does not verify addresses
+    academic_institutions: bool = Field(
+        True,
+        description="a ring's excess counts in proportion to 1 - institution_share * exp(-max(0, lockstep - 1)): "
+        "institution_share the share of members on an academic institution's mail domain (.edu, .edu.xx, .ac.xx)",
+    )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst
     # 0.85 -> 0.92) but a ring's mean lockstep surprisal shrinks with the run's size, and at world B's
     # incident scale campaign rings sit at 0.5-1.0 nats: recall fell from 0.87 to 0.12.

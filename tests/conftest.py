@@ -30,8 +30,14 @@ def read_csv(path: Path) -> pl.DataFrame:
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
 
 
-def graph_of(n: int, shares: dict[str, list[tuple[str, list[int]]]], orgs: dict[int, str] | None = None) -> Graph:
-    """A minimal graph: n accounts and, per relationship type, entities with their member indices."""
+def graph_of(
+    n: int,
+    shares: dict[str, list[tuple[str, list[int]]]],
+    orgs: dict[int, str] | None = None,
+    domains: dict[int, str] | None = None,
+) -> Graph:
+    """A minimal graph: n accounts and, per relationship type, entities with their member indices;
+    ``orgs`` and ``domains``: declared orgs and mail domains by account index."""
     ids = [f"a{i:04d}" for i in range(n)]
     graph = Graph()
     graph.nodes["Account"] = pl.DataFrame(
@@ -39,11 +45,17 @@ def graph_of(n: int, shares: dict[str, list[tuple[str, list[int]]]], orgs: dict[
             "account_id": ids,
             "created_at": [T0] * n,
             "email": [None] * n,
+            "email_domain": [(domains or {}).get(i) for i in range(n)],
             "org_id": [(orgs or {}).get(i) for i in range(n)],
             "requests": [10] * n,
             "activity_signature": [None] * n,
         },
-        schema_overrides={"email": pl.Utf8, "org_id": pl.Utf8, "activity_signature": pl.List(pl.Int64)},
+        schema_overrides={
+            "email": pl.Utf8,
+            "email_domain": pl.Utf8,
+            "org_id": pl.Utf8,
+            "activity_signature": pl.List(pl.Int64),
+        },
     ).with_columns(pl.col("created_at").dt.replace_time_zone("UTC") + pl.duration(days=pl.int_range(n)))
     empty = pl.DataFrame(
         schema={

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from linkage.normalize import canonical_emails, lowercase, parse_ips, parse_timestamps
+from linkage.normalize import academic_institution, canonical_emails, lowercase, parse_ips, parse_timestamps
 
 
 def test_ip_subnets_v4_and_v6() -> None:
@@ -34,6 +34,21 @@ def test_email_canonical_form() -> None:
     out = frame.select(canonical.alias("c"), domain.alias("d"))
     assert out["c"].to_list() == ["jdoe@gmail.com", "jdoe@gmail.com", "a.b@corp.io", "4f2a9c"]
     assert out["d"].to_list() == ["gmail.com", "gmail.com", "corp.io", None]
+
+
+def test_academic_institutions_are_read_from_their_own_mail_domains() -> None:
+    domains = [
+        "student.college0.edu",
+        "mit.edu",
+        "cs.ox.ac.uk",
+        "tsinghua.edu.cn",
+        "gmail.com",
+        "edu.com",
+        "x.ac",
+        None,
+    ]
+    found = pl.DataFrame({"d": domains}).select(academic_institution(pl.col("d")))["d"].to_list()
+    assert found == ["college0.edu", "mit.edu", "ox.ac.uk", "tsinghua.edu.cn", None, None, None, None]
 
 
 def test_timestamps_offsets_epochs_and_garbage() -> None:

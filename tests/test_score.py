@@ -13,6 +13,7 @@ from linkage.detect import Detection, one_customer_orgs
 from linkage.score import (
     _alone,
     _bystanders_apart,
+    _institutions,
     _internal_strength,
     _lockstep,
     _test_under_cut,
@@ -22,6 +23,7 @@ from linkage.score import (
     _with_core_timing,
     bystanders,
     content_risk,
+    explained_by_institutions,
     off_the_rings_clock,
     operated_by_behaviour_or_clock,
     org_explained_risk,
@@ -216,14 +218,19 @@ def test_a_fleet_on_clean_infrastructure_is_flagged_on_what_it_asks_for_when_it_
 
 def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
     """A class of new students asking for step-by-step solutions on one scaffold (a tuning world
-    of the simulator: seed 9 draws one)."""
+    of the simulator: seed 9 draws one), signed up on their college's mail domain."""
     assert World.draw(9).benign["course"] >= 1.0
     simulate(tmp_path / "sim", SimulationConfig(scale=0.01, seed=9, world="random"))
     labels = pl.read_parquet(tmp_path / "sim" / "labels.parquet")
-    for timing, courses_flagged in ((True, 0), (False, None)):  # (off by default: see ScoreSettings)
-        # (timing alone: weighing by how alike members act lifts a class, whose members do act alike)
-        settings = Settings.load(overrides={"score.timing_confidence": timing, "score.alike_reference_share": None})
-        result = linkage.run(tmp_path / "sim" / "input", settings=settings)
+    without_institutions = {"score.academic_institutions": False}
+    for overrides, courses_flagged in (
+        ({}, 0),  # what the class's college explains: the class keeps no clock beyond chance
+        # timing alone (off by default: see ScoreSettings); weighing by how alike members act lifts a
+        # class, whose members do act alike
+        (without_institutions | {"score.timing_confidence": True, "score.alike_reference_share": None}, 0),
+        (without_institutions, None),
+    ):
+        result = linkage.run(tmp_path / "sim" / "input", settings=Settings.load(overrides=overrides))
         flagged = result.members.join(result.rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
         marked = labels.join(flagged.select("account_id"), on="account_id")
         course = marked.filter(pl.col("kind") == "course").height
@@ -233,7 +240,7 @@ def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
         if courses_flagged is not None:
             assert course == courses_flagged and campaign_recall >= 0.95
         else:
-            assert course > 0  # without timing confidence the classes look like campaigns: the test can fail
+            assert course > 0  # without its college the class looks like a campaign: the test can fail
 
 
 def _ring(name: str, strength: list[float], risk: list[float]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -438,6 +445,36 @@ def test_seats_of_an_org_are_one_customer_only_when_billed_as_one() -> None:
     )
     customers = dict(ring_customers(members, one_customer_orgs(graph)).iter_rows())
     assert customers == {"real": 1, "fake": 4, "people": 3}
+
+
+def test_rings_read_their_members_academic_institutions_from_mail_domains() -> None:
+    domains = (
+        dict.fromkeys(range(0, 5), "student.college.edu")
+        | {5: "cs.college.edu", 6: "ox.ac.uk"}
+        | dict.fromkeys(range(7, 10), "gmail.com")
+        | dict.fromkeys(range(10, 13), "fleet-ai.com")
+    )
+    graph = graph_of(20, {}, domains=domains)
+    ring_of = ["course"] * 10 + ["fleet"] * 3
+    members = pl.DataFrame({"ring_id": ring_of, "account_id": [f"a{i:04d}" for i in range(13)]})
+    found = _institutions(members, graph.nodes["Account"])
+    assert found.rows() == [("course", "college.edu", 0.7)]  # the fleet's own domain vouches for nothing
+
+
+def test_what_academic_institutions_explain_counts_only_as_far_as_the_ring_keeps_a_clock_beyond_chance() -> None:
+    """A class on its college's domain, on its members' own hours, is explained; students on personal
+    addresses count in full; the same addresses on a scheduler's clock are not explained."""
+    rings = ["class", "class_on_a_clock", "half_on_personal_mail", "no_institution"]
+    ring_risk = pl.DataFrame({"ring_id": rings, "score": [0.8] * 4})
+    institutions = pl.DataFrame(
+        {"ring_id": rings[:3], "institution": ["college.edu"] * 3, "institution_share": [1.0, 1.0, 0.5]}
+    )
+    lockstep = pl.DataFrame({"ring_id": rings, "lockstep": [0.8, 4.0, 1.0, 0.5]})
+    scores = dict(explained_by_institutions(ring_risk, institutions, lockstep, 0.5).iter_rows())
+    assert scores["class"] == pytest.approx(0.5)
+    assert scores["class_on_a_clock"] == pytest.approx(0.5 + 0.3 * (1 - math.exp(-3.0)))
+    assert scores["half_on_personal_mail"] == pytest.approx(0.5 + 0.3 * 0.5)
+    assert scores["no_institution"] == pytest.approx(0.8)
 
 
 def test_under_the_cut_only_a_core_on_one_clock_is_opened_where_every_ring_is_not() -> None:
