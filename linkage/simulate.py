@@ -112,6 +112,7 @@ class World:
     everyday_shapes: int = 0  # extra benign prompt shapes from the phrase-bank generator
     stock_sentences: int = 0  # benign prompts around sentences from a small stock (0: none)
     campaign_bank: tuple[str, int] | None = None  # (campaign, items): its scaffold carries a line from a bank
+    course_personal_mail: float = 0.0  # share of a class's students who sign up on a personal address
     campaigns: dict[str, CampaignTactics] = field(
         default_factory=lambda: {
             "campaign_hydra": CampaignTactics(camouflage=0.15, timing="scheduled_jitter"),
@@ -175,7 +176,9 @@ class World:
           pasted into an everyday "summarize this" request): each combination of an instruction and
           stock sentences reads as a rare scaffold that a few unrelated people meet once each;
         - in half the worlds, one campaign's scaffold carries a line from its own small bank (one of a
-          few canned stack traces or datasets), so its accounts meet each combination once too."""
+          few canned stack traces or datasets), so its accounts meet each combination once too;
+        - the share of a class's students who sign up on a personal address instead of their college's
+          (0–40 %; drawn after everything else, as are the students it picks, see :func:`_courses`)."""
         self.benign["course"] = float(rng.choice([0.0, 1.0, 2.0]))
         if rng.random() < 0.5:
             self.campaigns["campaign_cells"] = CampaignTactics(
@@ -191,6 +194,7 @@ class World:
                 str(rng.choice(["campaign_hydra", "campaign_sticky", "campaign_dc", "campaign_careful"])),
                 int(rng.choice([3, 6, 12])),
             )
+        self.course_personal_mail = float(rng.uniform(0.0, 0.4))
         return self
 
     def describe(self) -> dict[str, object]:
@@ -198,6 +202,7 @@ class World:
 
 
 BENIGN_KINDS = ("regular", "mobile_nat", "university", "org_seats", "family", "vpn", "relay", "gateway", "hackathon")
+PERSONAL_MAIL = np.array(["gmail.com", "outlook.com", "yahoo.com", "proton.me", "icloud.com"])
 
 
 @dataclass
@@ -399,7 +404,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     def unique_instruments(count: int, prefix: str = "pi") -> np.ndarray:
         return np.char.add(f"{prefix}_", np.char.mod("%014x", rng.integers(0, 1 << 56, count)))
 
-    free_domains = np.array(["gmail.com", "outlook.com", "yahoo.com", "proton.me", "icloud.com"])
+    free_domains = PERSONAL_MAIL
 
     # --- regular customers (their home addresses later double as hydra's proxy exits)
     n = sim.n(150_000, kind="regular")
@@ -641,12 +646,16 @@ def _courses(sim: Simulator, cohorts: list, payments: list, card, unique_instrum
         egress = sim.ipv4((141 << 24) + (c << 16) + rng.integers(1, 250, 2))
         code = sim.private_pool(f"course{c}", egress, np.full(2, 11500 + c), np.full(2, "unknown"))
         home, asn = sim.home_ips(n)
+        # who signs up on a personal address: drawn apart, so that the simulator's stream is as before
+        apart = np.random.default_rng([sim.config.seed, 1 + c])
+        personal = apart.random(n) < sim.world.course_personal_mail
+        domains = np.where(personal, apart.choice(PERSONAL_MAIL, n), f"student.college{c}.edu")
         frame = sim.cohort(
             "course",
             "benign",
             n,
             sim.signup_times(n, start, start + 3 * DAY),
-            email=sim.emails(np.empty(n), np.full(n, f"student.college{c}.edu")),
+            email=sim.emails(np.empty(n), domains),
             signup_ip=egress[rng.integers(0, 2, n)],
             home_ip=home,
             home_asn=asn,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import linkage
 from linkage.cli import main
 from linkage.evaluate import adjusted_rand_index, average_precision, evaluate
-from linkage.simulate import SimulationConfig, World, simulate, stock_text
+from linkage.simulate import PERSONAL_MAIL, SimulationConfig, World, simulate, stock_text
 
 
 def test_average_precision_and_ari() -> None:
@@ -85,6 +85,20 @@ def test_stock_paragraphs_and_a_campaign_bank_are_drawn_late_and_written(tmp_pat
     # a world that draws neither writes neither
     plain = World.draw(3)
     assert plain.stock_sentences == 0 and plain.campaign_bank is None
+
+
+def test_some_students_of_a_class_sign_up_on_a_personal_address(tmp_path: Path) -> None:
+    """Seed 1 draws a class, a quarter of whose students sign up on a personal address (drawn last,
+    apart from the simulator's stream); the rest on their college's domain."""
+    world = World.draw(1)
+    assert world.benign["course"] == 1.0 and world.course_personal_mail == pytest.approx(0.243, abs=1e-3)
+    simulate(tmp_path / "sim", SimulationConfig(scale=0.005, seed=1, world="random"))
+    labels = pl.read_parquet(tmp_path / "sim" / "labels.parquet").filter(pl.col("kind") == "course")
+    accounts = pl.read_parquet(tmp_path / "sim" / "input" / "accounts.parquet").join(labels, on="account_id")
+    domains = accounts["email"].str.extract(r"@(.+)$")
+    personal = domains.is_in(list(PERSONAL_MAIL))
+    assert accounts.height == 50 and 5 <= int(personal.sum()) <= 20
+    assert set(domains.filter(~personal)) == {"student.college0.edu"}
 
 
 # optional columns another provider's export may lack → whether the fixed world's campaigns are still
