@@ -25,6 +25,10 @@ rewrites only what the campaign accounts send or declare. Probes:
 - ``declared_org_own_clock``: ``declared_org`` and ``own_clock``, cheap both: what a declared org
   explains counts only where its seats keep one clock (``score.declared_org_clock``), so this is
   what that rule must survive.
+- ``academic_mail``: every campaign account signs up on one college's mail domain, one college per
+  campaign (bought student mailboxes: not cheap, but what ``score.academic_institutions`` reads);
+- ``academic_mail_own_clock``: ``academic_mail`` and ``own_clock``: what an academic institution
+  explains counts only where a ring keeps no clock beyond chance, so this is that rule's risk.
 
 Prints F1, AP, the worst campaign's recall and benign accounts flagged per (world, probe); rows go to
 bench/results/probes.jsonl.
@@ -190,6 +194,34 @@ def declared_org_own_clock(inputs: Path, truth: pl.DataFrame) -> None:
     own_clock(inputs, truth)
 
 
+def academic_mail(inputs: Path, truth: pl.DataFrame) -> None:
+    """Every campaign account's address moved to one college's mail domain per campaign
+    (``student.probe-<campaign>.edu``), its local part kept."""
+    college = truth.filter(pl.col("label") != "benign").select(
+        "account_id", pl.format("student.probe-{}.edu", pl.col("label").str.replace_all("_", "-")).alias("college")
+    )
+    rewrite_parquet(
+        inputs,
+        "accounts",
+        lambda t: (
+            t.with_columns(pl.col("account_id").cast(pl.Utf8))
+            .join(college, on="account_id", how="left")
+            .with_columns(
+                pl.when(pl.col("college").is_not_null())
+                .then(pl.concat_str([pl.col("email").str.extract(r"^([^@]*)"), pl.lit("@"), pl.col("college")]))
+                .otherwise(pl.col("email"))
+                .alias("email")
+            )
+            .drop("college")
+        ),
+    )
+
+
+def academic_mail_own_clock(inputs: Path, truth: pl.DataFrame) -> None:
+    academic_mail(inputs, truth)
+    own_clock(inputs, truth)
+
+
 PROBES: dict[str, Probe] = {
     "own_fingerprints": own_fingerprints,
     "common_client": common_client,
@@ -200,6 +232,8 @@ PROBES: dict[str, Probe] = {
     "own_clock": own_clock,
     "separate_own_clock": separate_own_clock,
     "declared_org_own_clock": declared_org_own_clock,
+    "academic_mail": academic_mail,
+    "academic_mail_own_clock": academic_mail_own_clock,
 }
 
 

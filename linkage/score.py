@@ -26,9 +26,9 @@ scheduler, and what it asks for counts in full. The ring's excess over the backg
 weighed by how alike its members act (:func:`weigh_by_alike`, :mod:`linkage.behaviour`): strangers
 sharing a NAT or a platform's egress move down, operated rings up; and a ring that neither acts as
 alike as the run's reference ring nor keeps one clock keeps only what its timing supports
-(:func:`operated_by_behaviour_or_clock`); what the academic institutions its members signed up
-with explain (a class on its course) counts only as far as it keeps a clock beyond chance
-(:func:`explained_by_institutions`). **A second reading** counts only
+(:func:`operated_by_behaviour_or_clock`). What the academic institutions its members signed up
+with explain of them (a class on its course: :data:`INSTITUTION_EXPLAINED_FEATURES`) counts only
+as far as the ring keeps a clock beyond chance (:func:`vouched_risk`). **A second reading** counts only
 what members are and ask for (:data:`CONTENT_FEATURES`), against its own cut and in proportion to the
 confidence that the ring keeps one clock: an operation that buys clean infrastructure per account
 loses the rest of its risk (:func:`_with_content_reading`); it raises a ring, never lowers one. **Flag**: the ring's average member
@@ -78,6 +78,9 @@ RISK_FEATURES = (
     "input_per_request",
     "volume",
 )
+# what an academic institution explains of its students in a course: the week they signed up, the
+# course's problem-set scaffold, step-by-step questions and their long answers (:func:`vouched_risk`)
+INSTITUTION_EXPLAINED_FEATURES = ("recency", "scaffold_share", "reasoning_share", "output_per_request")
 # what a declared org explains of its seats: its egress (often a cloud's), the week it signed up, its
 # internal templates (:func:`org_explained_risk`)
 ORG_EXPLAINED_FEATURES = ("proxy_share", "recency", "scaffold_share")
@@ -184,9 +187,18 @@ def score_rings(
     )
     lockstep = _lockstep(detection, members, links)
     size_and_org = _size_and_org(members, accounts)
+    # what members' academic institutions explain (a class on its course) is taken out before the
+    # ring is read, by both readings
+    scored_risk = (
+        vouched_risk(members, risk, _institutions(members, accounts), lockstep)
+        if settings.academic_institutions
+        else risk
+    )
     ring_risk = shrunk_ring_risk(
         members,
-        org_explained_risk(members, risk, size_and_org, lockstep) if settings.declared_org_clock else risk,
+        org_explained_risk(members, scored_risk, size_and_org, lockstep)
+        if settings.declared_org_clock
+        else scored_risk,
         billed,
         prior,
         settings.prior_members,
@@ -205,9 +217,6 @@ def score_rings(
                 settings.alike_reference_share,
                 CHANCE_SURPRISAL if settings.clock_beyond_chance else 0.0,
             )
-    institutions = _institutions(members, accounts) if settings.academic_institutions else None
-    if institutions is not None:
-        ring_risk = explained_by_institutions(ring_risk, institutions, lockstep, prior)
     threshold = (
         flag_cut(risk, members, accounts, ring_risk, background, settings.flag_background_share)
         if flag_threshold is None
@@ -216,7 +225,7 @@ def score_rings(
     ring_risk = ring_risk.with_columns(pl.lit(False).alias("content_reading"))
     if settings.content_reading:
         ring_risk = _with_content_reading(
-            members, accounts, billed, risk, ring_risk, ring_alike, lockstep, threshold, settings, institutions
+            members, accounts, billed, scored_risk, ring_risk, ring_alike, lockstep, threshold, settings
         )
     rounds = 0 if detached is None else int(detached["round"].max()) + 1
     if settings.detach_bystanders and rounds < _MAX_BYSTANDER_ROUNDS:
@@ -317,8 +326,9 @@ def score_rings(
                 pl.when(pl.col("institution").is_not_null() & pl.lit(settings.academic_institutions))
                 .then(
                     pl.format(
-                        "; {}% on academic institutions' mail domains, most on {} (what they explain "
-                        "counted as far as the ring keeps one clock beyond chance)",
+                        "; {}% on academic institutions' mail domains, most on {} (what a course explains, "
+                        "its signup week, scaffold and step-by-step answers, counted as far as the ring keeps "
+                        "one clock beyond chance)",
                         (pl.col("institution_share") * 100).round(0),
                         pl.col("institution"),
                     )
@@ -457,7 +467,6 @@ def _with_content_reading(
     lockstep: pl.DataFrame,
     threshold: float,
     settings: ScoreSettings,
-    institutions: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """A second reading of each ring, on what its members are and ask for alone (``score.content_reading``).
 
@@ -480,8 +489,6 @@ def _with_content_reading(
     if settings.alike_reference_share is not None:
         ring_content = weigh_by_alike(ring_content, ring_alike, prior, settings.alike_reference_share)
     ring_content = _weigh_by_timing(ring_content, lockstep, prior)
-    if institutions is not None:
-        ring_content = explained_by_institutions(ring_content, institutions, lockstep, prior)
     content_cut = flag_cut(content, members, accounts, ring_content, background, settings.flag_background_share)
     return raised_by_content(ring_risk, ring_content, content_cut, threshold)
 
@@ -1112,29 +1119,41 @@ def _institutions(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame
     )
 
 
-def explained_by_institutions(
-    ring_risk: pl.DataFrame, institutions: pl.DataFrame, lockstep: pl.DataFrame, prior: float
+def vouched_risk(
+    members: pl.DataFrame, risk: pl.DataFrame, institutions: pl.DataFrame, lockstep: pl.DataFrame
 ) -> pl.DataFrame:
-    """``ring_risk`` with each ring's excess over ``prior`` counted in proportion to
-    ``1 − institution_share · e^(−max(0, lockstep − 1))``: what its members' academic institutions
-    explain, as far as its links keep no clock beyond chance.
+    """``risk`` with what a ring's academic institutions explain taken out of its members: each of
+    :data:`INSTITUTION_EXPLAINED_FEATURES` above the run's mean counts ``1 − institution_share ·
+    e^(−max(0, lockstep − 1))`` of its excess, and ``risk`` is their mean again.
 
-    A course's students sign up in its first week, from its campus, and ask for step-by-step
-    solutions on its problem-set scaffold: new, scaffolded, reasoning-heavy and verbose member after
-    member, and alike by one cause, the course. The institution vouches for the members on its mail
+    A course's students sign up in its first week, work on its problem-set scaffold and ask for
+    step-by-step solutions, whose answers are long: new, scaffolded, reasoning-heavy and verbose
+    member after member, alike by one cause. The institution vouches for the members on its mail
     domain (it issues the addresses, and the provider verifies them at sign-up), which an operation
-    cannot mint as it mints free-mail addresses, a domain or an org id of its own; students who
-    signed up on a personal address share the course, not the vouching, and count in full. An
-    operation on such addresses that runs its accounts on a scheduler keeps its excess.
+    cannot mint as it mints free-mail addresses, a domain or an org id of its own. What a course does
+    not explain still counts in full: how traffic arrives (bought exits, rotating addresses), how
+    much an account sends and how large its contexts are. So does what a ring keeps on one clock beyond
+    chance (1 nat a link): an operation on academic addresses that runs its accounts on a scheduler
+    keeps everything.
 
     ``institutions``: ``ring_id, institution_share`` (:func:`_institutions`); ``lockstep``: ``ring_id,
-    lockstep`` (:func:`_lockstep`). Rings on no academic domain are unchanged."""
-    explained = pl.col("institution_share").fill_null(0.0) * _timing_by_chance(CHANCE_SURPRISAL)
+    lockstep`` (:func:`_lockstep`). Accounts in no ring, or in a ring on no academic domain, keep
+    their risk."""
+    explained = [f for f in INSTITUTION_EXPLAINED_FEATURES if f in risk.columns]
+    available = [f for f in RISK_FEATURES if f in risk.columns]
+    if not explained or institutions.height == 0:
+        return risk
+    means = dict(zip(explained, risk.select([pl.col(f).mean() for f in explained]).row(0), strict=True))
+    vouched = institutions.join(lockstep, on="ring_id", how="left").select(
+        "ring_id", (pl.col("institution_share") * _timing_by_chance(CHANCE_SURPRISAL)).alias("vouched")
+    )
+    share = pl.col("vouched").fill_null(0.0)
     return (
-        ring_risk.join(institutions.select("ring_id", "institution_share"), on="ring_id", how="left")
-        .join(lockstep, on="ring_id", how="left")
-        .with_columns((prior + (pl.col("score") - prior) * (1.0 - explained)).alias("score"))
-        .drop("institution_share", "lockstep")
+        risk.join(members.select("account_id", "ring_id"), on="account_id", how="left")
+        .join(vouched, on="ring_id", how="left")
+        .with_columns([(pl.col(f) - share * (pl.col(f) - means[f]).clip(0.0, None)).alias(f) for f in explained])
+        .with_columns(pl.mean_horizontal(available).alias("risk"))
+        .drop("ring_id", "vouched")
     )
 
 

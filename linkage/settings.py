@@ -346,12 +346,15 @@ class ScoreSettings(_Section):
     )
     # On (the session of 6 December, later): a class of students (new accounts on one problem-set
     # scaffold asking for step-by-step solutions) came over the cut on the simulator's worlds with
-    # classes however the rest was read. The academic institution vouches for the members on its mail
-    # domain, which an operator cannot mint as it mints free-mail addresses or org ids; a class is
-    # alike by one cause, its course. Off where the provider does not verify addresses
+    # classes however the rest was read. Its college vouches for the members on its mail domain,
+    # which an operator cannot mint as it mints free-mail addresses or org ids, and a course explains
+    # their signup week, scaffold, questions and answer length, not their volume or egress (taking out
+    # the whole excess lost world B's campaigns on academic mail: probes.py academic_mail, 104 0.991 ->
+    # 0.129). Off where the provider does not verify addresses
     academic_institutions: bool = Field(
         True,
-        description="a ring's excess counts in proportion to 1 - institution_share * exp(-max(0, lockstep - 1)): "
+        description="what a course explains of its students (signup week, scaffold, step-by-step questions, answer "
+        "length) counts in a ring in proportion to 1 - institution_share * exp(-max(0, lockstep - 1)): "
         "institution_share the share of members on an academic institution's mail domain (.edu, .edu.xx, .ac.xx)",
     )
     # Off: it stopped every simulated class of students from being flagged (tuning worlds F1 worst

@@ -114,3 +114,24 @@ def test_declared_org_own_clock_declares_one_org_per_campaign_pays_nothing_and_s
         != _campaign(before["requests"], campaign)["ts"].to_list()
     )
     assert moved
+
+
+def test_academic_mail_puts_each_campaign_on_one_colleges_domain(world: Path, tmp_path: Path) -> None:
+    before, after, campaign = _probed(world, tmp_path, "academic_mail_own_clock")
+    truth = pl.read_parquet(world / "labels.parquet").select("account_id", "label")
+    accounts = _campaign(after["accounts"], campaign).join(truth, on="account_id")
+    domains = accounts.select("label", pl.col("email").str.extract(r"@(.+)$").alias("domain"))
+    assert (domains.group_by("label").agg(pl.col("domain").n_unique())["domain"] == 1).all()
+    assert domains["domain"].str.ends_with(".edu").all()
+    assert domains["domain"].n_unique() == domains["label"].n_unique()  # one college per campaign
+    local = pl.col("email").str.extract(r"^([^@]*)")
+    assert (
+        _campaign(after["accounts"], campaign)
+        .sort("account_id")
+        .select(local)
+        .equals(_campaign(before["accounts"], campaign).sort("account_id").select(local))
+    )
+    assert (
+        _campaign(after["requests"], campaign)["ts"].to_list()
+        != _campaign(before["requests"], campaign)["ts"].to_list()
+    )

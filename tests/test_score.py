@@ -11,6 +11,8 @@ import pytest
 import linkage
 from linkage.detect import Detection, one_customer_orgs
 from linkage.score import (
+    INSTITUTION_EXPLAINED_FEATURES,
+    RISK_FEATURES,
     _alone,
     _bystanders_apart,
     _institutions,
@@ -23,7 +25,6 @@ from linkage.score import (
     _with_core_timing,
     bystanders,
     content_risk,
-    explained_by_institutions,
     off_the_rings_clock,
     operated_by_behaviour_or_clock,
     org_explained_risk,
@@ -31,6 +32,7 @@ from linkage.score import (
     raised_by_content,
     ring_customers,
     tame_members_looser,
+    vouched_risk,
     weigh_by_alike,
 )
 from linkage.settings import ScoreSettings, Settings
@@ -461,20 +463,30 @@ def test_rings_read_their_members_academic_institutions_from_mail_domains() -> N
     assert found.rows() == [("course", "college.edu", 0.7)]  # the fleet's own domain vouches for nothing
 
 
-def test_what_academic_institutions_explain_counts_only_as_far_as_the_ring_keeps_a_clock_beyond_chance() -> None:
-    """A class on its college's domain, on its members' own hours, is explained; students on personal
-    addresses count in full; the same addresses on a scheduler's clock are not explained."""
+def test_what_a_course_explains_counts_only_as_far_as_the_ring_keeps_a_clock_beyond_chance() -> None:
+    """A class on its college's domain on its own hours: its signup week, scaffold, step-by-step
+    questions and their long answers are explained; what it sends and how it arrives are not. The
+    same addresses on a scheduler's clock explain nothing; a ring on no academic domain is as it was."""
     rings = ["class", "class_on_a_clock", "half_on_personal_mail", "no_institution"]
-    ring_risk = pl.DataFrame({"ring_id": rings, "score": [0.8] * 4})
-    institutions = pl.DataFrame(
-        {"ring_id": rings[:3], "institution": ["college.edu"] * 3, "institution_share": [1.0, 1.0, 0.5]}
+    ids = [f"a{i}" for i in range(4)] + ["outside"] * 1
+    members = pl.DataFrame({"ring_id": rings, "account_id": ids[:4]})
+    features = {f: [0.9] * 4 + [0.1] for f in RISK_FEATURES}  # the run's mean: 0.74 on every feature
+    risk = pl.DataFrame({"account_id": ids, **features}).with_columns(
+        pl.mean_horizontal(list(RISK_FEATURES)).alias("risk")
     )
+    institutions = pl.DataFrame({"ring_id": rings[:3], "institution_share": [1.0, 1.0, 0.5]})
     lockstep = pl.DataFrame({"ring_id": rings, "lockstep": [0.8, 4.0, 1.0, 0.5]})
-    scores = dict(explained_by_institutions(ring_risk, institutions, lockstep, 0.5).iter_rows())
-    assert scores["class"] == pytest.approx(0.5)
-    assert scores["class_on_a_clock"] == pytest.approx(0.5 + 0.3 * (1 - math.exp(-3.0)))
-    assert scores["half_on_personal_mail"] == pytest.approx(0.5 + 0.3 * 0.5)
-    assert scores["no_institution"] == pytest.approx(0.8)
+    vouched = {
+        row["account_id"]: row for row in vouched_risk(members, risk, institutions, lockstep).iter_rows(named=True)
+    }
+    excess = 0.9 - 0.74
+    explained = len(INSTITUTION_EXPLAINED_FEATURES) / len(RISK_FEATURES)
+    assert vouched["a0"]["recency"] == pytest.approx(0.74) and vouched["a0"]["volume"] == pytest.approx(0.9)
+    assert vouched["a0"]["proxy_share"] == pytest.approx(0.9)  # how traffic arrives: not the course's
+    assert vouched["a0"]["risk"] == pytest.approx(0.9 - excess * explained)
+    assert vouched["a1"]["risk"] == pytest.approx(0.9 - excess * explained * math.exp(-3.0))
+    assert vouched["a2"]["risk"] == pytest.approx(0.9 - excess * explained * 0.5)
+    assert vouched["a3"]["risk"] == pytest.approx(0.9) and vouched["outside"]["risk"] == pytest.approx(0.1)
 
 
 def test_under_the_cut_only_a_core_on_one_clock_is_opened_where_every_ring_is_not() -> None:
