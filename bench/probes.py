@@ -85,20 +85,26 @@ def common_client(inputs: Path, truth: pl.DataFrame) -> None:
     )
 
 
-def declared_org(inputs: Path, truth: pl.DataFrame) -> None:
-    org = truth.filter(pl.col("label") != "benign").select(
-        "account_id", pl.concat_str([pl.lit("probe-org-"), pl.col("label")]).alias("probe_org")
-    )
+def _set_on_accounts(inputs: Path, values: pl.DataFrame, column: str, new: pl.Expr) -> None:
+    """``column`` of the accounts table set to ``new`` (which reads ``probe``) on the accounts
+    ``values`` (``account_id, probe``) lists; every other account's row as it was."""
     rewrite_parquet(
         inputs,
         "accounts",
         lambda t: (
             t.with_columns(pl.col("account_id").cast(pl.Utf8))
-            .join(org, on="account_id", how="left")
-            .with_columns(pl.coalesce("probe_org", "org_id").alias("org_id"))
-            .drop("probe_org")
+            .join(values, on="account_id", how="left")
+            .with_columns(pl.when(pl.col("probe").is_not_null()).then(new).otherwise(pl.col(column)).alias(column))
+            .drop("probe")
         ),
     )
+
+
+def declared_org(inputs: Path, truth: pl.DataFrame) -> None:
+    org = truth.filter(pl.col("label") != "benign").select(
+        "account_id", pl.concat_str([pl.lit("probe-org-"), pl.col("label")]).alias("probe")
+    )
+    _set_on_accounts(inputs, org, "org_id", pl.col("probe"))
     rewrite_parquet(inputs, "payments", lambda t: t.filter(~_is_campaign(truth)))
 
 
@@ -198,23 +204,10 @@ def academic_mail(inputs: Path, truth: pl.DataFrame) -> None:
     """Every campaign account's address moved to one college's mail domain per campaign
     (``student.probe-<campaign>.edu``), its local part kept."""
     college = truth.filter(pl.col("label") != "benign").select(
-        "account_id", pl.format("student.probe-{}.edu", pl.col("label").str.replace_all("_", "-")).alias("college")
+        "account_id", pl.format("student.probe-{}.edu", pl.col("label").str.replace_all("_", "-")).alias("probe")
     )
-    rewrite_parquet(
-        inputs,
-        "accounts",
-        lambda t: (
-            t.with_columns(pl.col("account_id").cast(pl.Utf8))
-            .join(college, on="account_id", how="left")
-            .with_columns(
-                pl.when(pl.col("college").is_not_null())
-                .then(pl.concat_str([pl.col("email").str.extract(r"^([^@]*)"), pl.lit("@"), pl.col("college")]))
-                .otherwise(pl.col("email"))
-                .alias("email")
-            )
-            .drop("college")
-        ),
-    )
+    local = pl.col("email").str.extract(r"^([^@]*)")
+    _set_on_accounts(inputs, college, "email", pl.concat_str([local, pl.lit("@"), pl.col("probe")]))
 
 
 def academic_mail_own_clock(inputs: Path, truth: pl.DataFrame) -> None:
