@@ -187,13 +187,10 @@ def score_rings(
     )
     lockstep = _lockstep(detection, members, links)
     size_and_org = _size_and_org(members, accounts)
+    institutions = _institutions(members, accounts)
     # what members' academic institutions explain (a class on its course) is taken out before the
     # ring is read, by both readings
-    scored_risk = (
-        vouched_risk(members, risk, _institutions(members, accounts), lockstep)
-        if settings.academic_institutions
-        else risk
-    )
+    scored_risk = vouched_risk(members, risk, institutions, lockstep) if settings.academic_institutions else risk
     ring_risk = shrunk_ring_risk(
         members,
         org_explained_risk(members, scored_risk, size_and_org, lockstep)
@@ -262,6 +259,7 @@ def score_rings(
         members = pl.concat([members, paid], how="diagonal_relaxed")
         ring_of = members.select("account_id", "ring_id")
         size_and_org = _size_and_org(members, accounts)
+        institutions = _institutions(members, accounts)
     evidence = _shared_entities(detection, members)
     named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
     evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
@@ -270,7 +268,7 @@ def score_rings(
     evidence = _owned_tools_named(detection, evidence)
     features = (
         size_and_org.join(_coordination(strength), on="ring_id", how="left")
-        .join(_institutions(members, accounts), on="ring_id", how="left")
+        .join(institutions, on="ring_id", how="left")
         .join(_owned_infrastructure(evidence), on="ring_id", how="left")
         .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
         .join(_owned_templates(graph, ring_of), on="ring_id", how="left")

@@ -404,8 +404,6 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
     def unique_instruments(count: int, prefix: str = "pi") -> np.ndarray:
         return np.char.add(f"{prefix}_", np.char.mod("%014x", rng.integers(0, 1 << 56, count)))
 
-    free_domains = PERSONAL_MAIL
-
     # --- regular customers (their home addresses later double as hydra's proxy exits)
     n = sim.n(150_000, kind="regular")
     created = sim.signup_times(n, past, START + 25 * DAY)
@@ -415,7 +413,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
         "benign",
         n,
         created,
-        email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+        email=sim.emails(np.empty(n), rng.choice(PERSONAL_MAIL, n)),
         home_ip=home,
         home_asn=asn,
         signup_ip=home,
@@ -436,7 +434,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
         "benign",
         n,
         sim.signup_times(n, past, START + 25 * DAY),
-        email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+        email=sim.emails(np.empty(n), rng.choice(PERSONAL_MAIL, n)),
         pool=np.array([sim.pool(f"carrier{c}") for c in range(5)])[carrier],
         pool_share=1.0,
         device=devices(n, 0.3),
@@ -511,7 +509,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
             "benign",
             n,
             sim.signup_times(n, past, START + 20 * DAY),
-            email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+            email=sim.emails(np.empty(n), rng.choice(PERSONAL_MAIL, n)),
             home_ip=family_home[member_of],
             home_asn=family_asn[member_of],
             signup_ip=family_home[member_of],
@@ -535,7 +533,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
             "benign",
             n,
             sim.signup_times(n, past, START + 25 * DAY),
-            email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+            email=sim.emails(np.empty(n), rng.choice(PERSONAL_MAIL, n)),
             home_ip=home,
             home_asn=asn,
             pool=codes,
@@ -602,7 +600,7 @@ def _population(sim: Simulator) -> tuple[pl.DataFrame, pl.DataFrame]:
             "benign",
             n,
             sim.signup_times(n, start, start + 2 * 3600),
-            email=sim.emails(np.empty(n), rng.choice(free_domains, n)),
+            email=sim.emails(np.empty(n), rng.choice(PERSONAL_MAIL, n)),
             signup_ip=venue,
             home_ip=home,
             home_asn=asn,
