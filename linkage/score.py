@@ -324,7 +324,7 @@ def score_rings(
                 pl.when(pl.col("institution").is_not_null() & pl.lit(settings.academic_institutions))
                 .then(
                     pl.format(
-                        "; {}% on academic institutions' mail domains, most on {} (what a course explains, "
+                        "; {}% of an academic institution by mail or campus sign-up, most of {} (what a course explains, "
                         "its signup week, scaffold and step-by-step answers, counted as far as the ring keeps "
                         "one clock beyond chance)",
                         (pl.col("institution_share") * 100).round(0),
@@ -1094,17 +1094,40 @@ def _owned_infrastructure(evidence: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _institutions(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
-    """``ring_id, institution, institution_share``: the academic institution whose mail domain most of
-    a ring's members signed up with, and the share of members on any academic institution's domain
-    (:func:`~linkage.normalize.academic_institution`); rings with none are left out."""
-    with_institution = members.join(
-        accounts.select("account_id", academic_institution(pl.col("email_domain")).alias("institution")),
-        on="account_id",
-        how="left",
+def account_institutions(accounts: pl.DataFrame) -> pl.DataFrame:
+    """``account_id, institution``: the academic institution each account belongs to, by its mail
+    domain (:func:`~linkage.normalize.academic_institution`) or, for an account on other mail, by the
+    address it signed up from, where more sign-ups were on one institution's mail than on any other
+    domain (a campus's egress: the student who signed up on a personal address beside classmates on
+    the college's; a tie vouches for nobody). Accounts with neither are left out."""
+    own = accounts.select(
+        "account_id",
+        "signup_ip",
+        "email_domain",
+        academic_institution(pl.col("email_domain")).alias("institution"),
     )
+    campus = (
+        own.filter(pl.col("signup_ip").is_not_null() & pl.col("email_domain").is_not_null())
+        .group_by("signup_ip", pl.coalesce("institution", "email_domain").alias("domain"))
+        .agg(pl.len(), pl.col("institution").first())
+        .sort("len", pl.col("institution").is_not_null(), "domain", descending=[True, False, False])
+        .unique("signup_ip", keep="first")
+        .filter(pl.col("institution").is_not_null())
+        .select("signup_ip", pl.col("institution").alias("campus"))
+    )
+    return (
+        own.join(campus, on="signup_ip", how="left")
+        .select("account_id", pl.coalesce("institution", "campus").alias("institution"))
+        .filter(pl.col("institution").is_not_null())
+    )
+
+
+def _institutions(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
+    """``ring_id, institution, institution_share``: the academic institution most of a ring's members
+    belong to, and the share of members that belong to any (:func:`account_institutions`); rings
+    with none are left out."""
+    on_any = members.join(account_institutions(accounts), on="account_id")
     sizes = members.group_by("ring_id").len("size")
-    on_any = with_institution.filter(pl.col("institution").is_not_null())
     return (
         on_any.group_by("ring_id", "institution")
         .len()

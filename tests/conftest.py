@@ -35,9 +35,11 @@ def graph_of(
     shares: dict[str, list[tuple[str, list[int]]]],
     orgs: dict[int, str] | None = None,
     domains: dict[int, str] | None = None,
+    signup_ips: dict[int, str] | None = None,
 ) -> Graph:
     """A minimal graph: n accounts and, per relationship type, entities with their member indices;
-    ``orgs`` and ``domains``: declared orgs and mail domains by account index."""
+    ``orgs``, ``domains`` and ``signup_ips``: declared orgs, mail domains and sign-up addresses by
+    account index."""
     ids = [f"a{i:04d}" for i in range(n)]
     graph = Graph()
     graph.nodes["Account"] = pl.DataFrame(
@@ -47,6 +49,7 @@ def graph_of(
             "email": [None] * n,
             "email_domain": [(domains or {}).get(i) for i in range(n)],
             "org_id": [(orgs or {}).get(i) for i in range(n)],
+            "signup_ip": [(signup_ips or {}).get(i) for i in range(n)],
             "requests": [10] * n,
             "activity_signature": [None] * n,
         },
@@ -54,6 +57,7 @@ def graph_of(
             "email": pl.Utf8,
             "email_domain": pl.Utf8,
             "org_id": pl.Utf8,
+            "signup_ip": pl.Utf8,
             "activity_signature": pl.List(pl.Int64),
         },
     ).with_columns(pl.col("created_at").dt.replace_time_zone("UTC") + pl.duration(days=pl.int_range(n)))

@@ -23,6 +23,7 @@ from linkage.score import (
     _weigh_by_timing,
     _with_content_reading,
     _with_core_timing,
+    account_institutions,
     bystanders,
     content_risk,
     off_the_rings_clock,
@@ -461,6 +462,25 @@ def test_rings_read_their_members_academic_institutions_from_mail_domains() -> N
     members = pl.DataFrame({"ring_id": ring_of, "account_id": [f"a{i:04d}" for i in range(13)]})
     found = _institutions(members, graph.nodes["Account"])
     assert found.rows() == [("course", "college.edu", 0.7)]  # the fleet's own domain vouches for nothing
+
+
+def test_an_account_on_personal_mail_belongs_to_the_campus_it_signed_up_from() -> None:
+    """A classmate on personal mail who signed up from an address where more sign-ups were on the
+    college's mail than on any other domain belongs to the college; an address where free mail
+    leads or ties vouches for nobody."""
+    domains = (
+        dict.fromkeys(range(0, 3), "student.college.edu")
+        | dict.fromkeys(range(3, 12), "gmail.com")
+        | {12: "yahoo.com", 13: "cs.college.edu"}
+    )
+    # campus: college 2, gmail 1, yahoo 1; cafe: college 1, gmail 1 (a tie); proxy: gmail only
+    campus, cafe, proxy = [0, 1, 3, 12], [2, 4], list(range(5, 12)) + [13]
+    signup_ips = dict.fromkeys(campus, "141.0.0.7") | dict.fromkeys(cafe, "98.1.2.3") | dict.fromkeys(proxy, "45.0.0.1")
+    graph = graph_of(14, {}, domains=domains, signup_ips=signup_ips)
+    found = dict(account_institutions(graph.nodes["Account"]).iter_rows())
+    assert found == dict.fromkeys(["a0000", "a0001", "a0002", "a0003", "a0012", "a0013"], "college.edu")
+    members = pl.DataFrame({"ring_id": ["class"] * 6, "account_id": [f"a{i:04d}" for i in range(6)]})
+    assert _institutions(members, graph.nodes["Account"]).rows() == [("class", "college.edu", 4 / 6)]
 
 
 def test_what_a_course_explains_counts_only_as_far_as_the_ring_keeps_a_clock_beyond_chance() -> None:
