@@ -10,6 +10,7 @@ import pytest
 
 import linkage
 from linkage.detect import Detection, one_customer_orgs
+from linkage.normalize import academic_institution
 from linkage.score import (
     INSTITUTION_EXPLAINED_FEATURES,
     RISK_FEATURES,
@@ -244,6 +245,34 @@ def test_courses_are_not_flagged_while_campaigns_are(tmp_path: Path) -> None:
             assert course == courses_flagged and campaign_recall >= 0.95
         else:
             assert course > 0  # without its college the class looks like a campaign: the test can fail
+
+
+def test_a_class_partly_on_personal_mail_is_cleared_by_its_campus_sign_ups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulator seed 505 draws a class of which a third signed up on free mail, all from the campus's
+    two sign-up addresses: read by mail alone the ring is two-thirds the college's and is flagged;
+    with the campus sign-ups it is the college's and is not, while the campaigns still are."""
+    assert World.draw(505).benign["course"] >= 1.0
+    simulate(tmp_path / "sim", SimulationConfig(scale=0.01, seed=505, world="random"))
+    labels = pl.read_parquet(tmp_path / "sim" / "labels.parquet")
+
+    def flagged_kinds() -> dict[str, int]:
+        result = linkage.run(tmp_path / "sim" / "input")
+        flagged = result.members.join(result.rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
+        marked = labels.join(flagged.select("account_id"), on="account_id")
+        return dict(marked.group_by("kind").len().iter_rows())
+
+    with_campus = flagged_kinds()
+    assert "course" not in with_campus
+    assert with_campus["campaign"] >= 0.95 * labels.filter(pl.col("kind") == "campaign").height
+
+    def by_mail_only(accounts: pl.DataFrame) -> pl.DataFrame:
+        institution = academic_institution(pl.col("email_domain")).alias("institution")
+        return accounts.select("account_id", institution).filter(pl.col("institution").is_not_null())
+
+    monkeypatch.setattr(linkage.score, "account_institutions", by_mail_only)
+    assert flagged_kinds().get("course", 0) > 0
 
 
 def _ring(name: str, strength: list[float], risk: list[float]) -> tuple[pl.DataFrame, pl.DataFrame]:
