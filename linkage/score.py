@@ -1129,10 +1129,7 @@ def _institutions(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame
     on_any = members.join(account_institutions(accounts), on="account_id")
     sizes = members.group_by("ring_id").len("size")
     return (
-        on_any.group_by("ring_id", "institution")
-        .len()
-        .sort("len", "institution", descending=[True, False])
-        .unique("ring_id", keep="first")
+        _most_common(on_any, "institution")
         .select("ring_id", "institution")
         .join(on_any.group_by("ring_id").len("on_any"), on="ring_id")
         .join(sizes, on="ring_id")
@@ -1178,15 +1175,20 @@ def vouched_risk(
     )
 
 
-def _size_and_org(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
-    with_org = members.join(accounts.select("account_id", "org_id"), on="account_id", how="left")
-    modal = (
-        with_org.filter(pl.col("org_id").is_not_null())
-        .group_by("ring_id", "org_id")
+def _most_common(members: pl.DataFrame, column: str) -> pl.DataFrame:
+    """``ring_id, column, len``: per ring the value of ``column`` most members hold and how many hold
+    it (ties to the first in order, so runs repeat)."""
+    return (
+        members.group_by("ring_id", column)
         .len()
-        .sort("len", "org_id", descending=[True, False])
+        .sort("len", column, descending=[True, False])
         .unique("ring_id", keep="first")
     )
+
+
+def _size_and_org(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
+    with_org = members.join(accounts.select("account_id", "org_id"), on="account_id", how="left")
+    modal = _most_common(with_org.filter(pl.col("org_id").is_not_null()), "org_id")
     sizes = members.group_by("ring_id").len("size").with_columns(pl.col("size").cast(pl.Int64))
     return (
         sizes.join(modal, on="ring_id", how="left")
