@@ -150,9 +150,11 @@ def member_alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _on_run_scale(similarity: pl.Expr, baseline: float) -> pl.Expr:
-    """``(s − s₀) / (1 − s₀)``: 0 the mean similarity of two of the run's accounts, 1 identical."""
-    return ((similarity - baseline) / max(1.0 - baseline, 1e-9)).round(6)
+def _on_run_scale(similarity: pl.Expr, baseline: float | pl.Expr) -> pl.Expr:
+    """``(s − s₀) / (1 − s₀)``: 0 the mean similarity of two of the run's accounts (or of a ring's
+    member and one of its crowd), 1 identical."""
+    base = pl.lit(baseline, pl.Float64) if isinstance(baseline, float) else baseline
+    return ((similarity - base) / (1.0 - base).clip(1e-9, None)).round(6)
 
 
 def _mean_similarity(vectors: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:
@@ -196,4 +198,44 @@ def _level(accounts: pl.DataFrame, value: pl.Expr, aspect: str) -> pl.DataFrame:
     fifth = ((pl.col("value").rank("min") - 1) * _LEVELS / pl.len()).floor().cast(pl.Int64)
     return values.select(
         "account_id", pl.lit(aspect).alias("aspect"), fifth.cast(pl.Utf8).alias("key"), pl.lit(1.0).alias("u")
+    )
+
+
+def alike_against_crowd(profile: Profiles, members: pl.DataFrame, crowd: pl.DataFrame) -> pl.DataFrame:
+    """``ring_id, crowd_alike``: how much more alike a ring's members act with each other than with its
+    crowd (``crowd``: ``ring_id, account_id``, the customers outside any ring who share its
+    infrastructure), ``(s − s_c) / (1 − s_c)`` with ``s_c`` the mean similarity of a member and one of
+    the crowd. Rings without a crowd are left out."""
+    if profile.baseline is None or crowd.height == 0:
+        return pl.DataFrame(schema={"ring_id": pl.Utf8, "crowd_alike": pl.Float64})
+    assert profile.index is not None  # (set whenever there is a baseline)
+    index = profile.index
+
+    def placed(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.select("ring_id", pl.col("account_id").cast(index, strict=False).to_physical().alias("account"))
+
+    def summed(frame: pl.DataFrame, name: str) -> pl.DataFrame:
+        return (
+            profile.vectors.join(frame.filter(pl.col("account").is_not_null()), on="account")
+            .group_by("ring_id", "feature")
+            .agg(pl.col("u").sum().alias(name))
+        )
+
+    ring, outside = placed(members), placed(crowd)
+    sizes = ring.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
+    crowd_sizes = outside.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("c"))
+    cross = (
+        summed(ring, "inside")
+        .join(summed(outside, "outside"), on=["ring_id", "feature"])
+        .group_by("ring_id")
+        .agg((pl.col("inside") * pl.col("outside")).sum().alias("dot"))
+    )
+    within = _mean_similarity(profile.vectors, ring)
+    s_c = pl.col("dot").fill_null(0.0) / (pl.col("k") * pl.col("c"))
+    return (
+        within.join(sizes, on="ring_id")
+        .join(crowd_sizes, on="ring_id")
+        .join(cross, on="ring_id", how="left")
+        .filter(pl.col("c") >= pl.col("k"))
+        .select("ring_id", _on_run_scale(pl.col("similarity"), s_c).alias("crowd_alike"))
     )

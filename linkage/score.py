@@ -61,7 +61,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from .behaviour import Profiles, alike, profiles
+from .behaviour import Profiles, alike, alike_against_crowd, profiles
 from .chance import mann_whitney_less
 from .detect import Detection
 from .graph import Graph
@@ -104,6 +104,7 @@ COORDINATION_FEATURES = (
 # so that no input can make scoring recurse without end
 _MAX_BYSTANDER_ROUNDS = 32
 _INFRA_TYPES = ["PaymentInstrument", "IP", "SignupIP", "Subnet", "Device", "Bin"]
+_CROWD_TYPES = ["IP", "SignupIP", "Subnet"]
 _BURST_WINDOW_MS = 6 * 3600 * 1000
 # the mean surprisal −ln p of a p-value drawn by chance (p uniform: −ln p is exponential with mean 1):
 # links whose lockstep averages no more are not on a common clock
@@ -203,12 +204,18 @@ def score_rings(
     if settings.timing_confidence:
         ring_risk = _weigh_by_timing(ring_risk, lockstep, prior)
     ring_alike = alike(behaviour, members.select("ring_id", "account_id"))
+    # how alike members act against the customers on their own addresses, read by the alike-or-clock rule
+    crowd_alike = (
+        alike_with_crowd(detection, members, behaviour, ring_alike)
+        if settings.alike_against_crowd
+        else ring_alike.with_columns(pl.lit(None, pl.Float64).alias("crowd_alike"))
+    )
     if settings.alike_reference_share is not None:
         ring_risk = weigh_by_alike(ring_risk, ring_alike, prior, settings.alike_reference_share)
         if settings.alike_or_clock:
             ring_risk = operated_by_behaviour_or_clock(
                 ring_risk,
-                ring_alike,
+                crowd_alike,
                 lockstep,
                 prior,
                 settings.alike_reference_share,
@@ -275,7 +282,7 @@ def score_rings(
         .join(_signup_burst(members, accounts), on="ring_id", how="left")
         .join(lockstep, on="ring_id", how="left")
         .with_columns(pl.col(pl.Float64).fill_null(0.0))
-        .join(ring_alike, on="ring_id", how="left")
+        .join(crowd_alike, on="ring_id", how="left")
     )
     rings = (
         features.join(ring_risk, on="ring_id", how="left")
@@ -303,6 +310,11 @@ def score_rings(
                     "; members act alike {} (0: like two unrelated customers of this run, 1: identical)",
                     pl.col("alike").round(2),
                 ).fill_null(""),
+                pl.when(pl.col("crowd_alike") < pl.col("alike"))
+                .then(
+                    pl.format(", {} against the unlinked customers on their addresses", pl.col("crowd_alike").round(2))
+                )
+                .otherwise(pl.lit("")),
                 pl.format(
                     "; their links keep one clock {} nats a link (about 1: chance)", pl.col("lockstep").round(1)
                 ).fill_null(""),
@@ -1084,6 +1096,30 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
     )
 
 
+def alike_with_crowd(
+    detection: Detection, members: pl.DataFrame, behaviour: Profiles, ring_alike: pl.DataFrame
+) -> pl.DataFrame:
+    """``ring_alike`` with ``crowd_alike``: how much more alike each ring's members act with each other
+    than with its crowd, the customers in no ring on the addresses, sign-up addresses and subnets
+    two or more of its members share (:func:`~linkage.behaviour.alike_against_crowd`; null for a ring
+    whose crowd is smaller than itself). A platform's users act alike as a population (scripts on
+    one cloud's egress); a slice of them is no more alike than the rest of its crowd, where an
+    operation behind a commercial proxy acts unlike the proxy's other customers."""
+    held = detection.memberships.filter(pl.col("type").is_in(_CROWD_TYPES)).select("account_id", "entity_key")
+    in_rings = members.select("account_id", "ring_id")
+    shared = (
+        held.join(in_rings, on="account_id")
+        .group_by("ring_id", "entity_key")
+        .len()
+        .filter(pl.col("len") >= 2)
+        .select("ring_id", "entity_key")
+    )
+    unlinked = held.join(in_rings, on="account_id", how="anti")
+    crowd = shared.join(unlinked, on="entity_key").select("ring_id", "account_id").unique()
+    against = alike_against_crowd(behaviour, in_rings, crowd)
+    return ring_alike.join(against, on="ring_id", how="left")
+
+
 def _owned_infrastructure(evidence: pl.DataFrame) -> pl.DataFrame:
     infra = evidence.filter(pl.col("type").is_in(_INFRA_TYPES))
     return infra.group_by("ring_id").agg(
@@ -1369,6 +1405,9 @@ def operated_by_behaviour_or_clock(
     reference = alike_reference(known, share)
     if reference <= 0.0:
         return ring_risk
+    if "crowd_alike" in known.columns:  # (the reference stays the run's; each ring is read against its crowd)
+        known = known.with_columns(pl.min_horizontal("alike", pl.col("crowd_alike").fill_null(pl.col("alike"))))
+        known = known.drop("crowd_alike")
     unlike = 1.0 - (pl.col("alike").clip(0.0, None) / reference).clip(None, 1.0)
     factor = 1.0 - unlike.fill_null(0.0) * _timing_by_chance(chance_level)
     return (

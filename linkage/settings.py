@@ -329,6 +329,19 @@ class ScoreSettings(_Section):
     # link) came over the cut on 102, 104, 113, 118, 131, 157 and 161. Of 1,164 campaign rings flagged
     # on 180 cached worlds of both generators, 158 act less alike than the reference, and all but one
     # keep a clock that leaves them over 95 % of their excess; every campaign's recall unchanged
+    # On (the campus sign-up session of 6 December): world B's rings of heavy cloud users (individuals
+    # running scripts from one provider's egress) act as alike as the run's reference ring, because
+    # that whole population acts alike, and came over the cut on 13 of 134 cached worlds (3-46
+    # benign accounts each). Read against the unlinked customers on their own addresses, they act
+    # like strangers: benign flagged fell on those 13 (e.g. 104 15 -> 5, 157 38 -> 21, 120 28 -> 15),
+    # no campaign recall moved, and 252 simulator worlds are identical. Only the alike-or-clock rule
+    # reads it, so a ring that keeps a clock keeps its excess (the gentle alike weighing read against
+    # the crowd lost small clocked datacenter campaigns on simulator 273 and 578)
+    alike_against_crowd: bool = Field(
+        True,
+        description="a ring acts alike only as far as its members act more alike with each other than with "
+        "the unlinked customers on the addresses they share",
+    )
     alike_or_clock: bool = Field(
         True,
         description="a ring's excess counts in proportion to 1 - (1 - min(1, alike / reference)) * exp(-lockstep): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from linkage.behaviour import alike, member_alike, profiles
+from linkage.behaviour import alike, alike_against_crowd, member_alike, profiles
 
 from .conftest import graph_of
 
@@ -86,3 +86,18 @@ def test_each_members_alike_averages_to_the_rings_and_tells_a_customer_from_the_
     by_account = dict(members.select("account_id", "alike").iter_rows())
     assert min(by_account[f"a{i:04d}"] for i in range(6)) > 0.5
     assert max(by_account[f"a{i:04d}"] for i in (13, 21)) < 0.05
+
+
+def test_a_ring_of_one_crowd_acts_alike_only_as_far_as_it_stands_out_from_its_crowd() -> None:
+    """Ten accounts act identically (a population: scripts of one kind). A ring of four of them is
+    alike on the run's scale, but not against the six others it shares an address with; the same
+    four against a crowd of strangers stay alike. A crowd smaller than the ring reads nothing."""
+    graph = _graph(30, same=list(range(10)))
+    behaviour = profiles(graph)
+    ring = _rings({"slice": [0, 1, 2, 3]})
+    assert alike(behaviour, ring)["alike"][0] == pytest.approx(1.0)
+    of_its_kind = _rings({"slice": [4, 5, 6, 7, 8, 9]})
+    strangers = _rings({"slice": [20, 21, 22, 23, 24, 25]})
+    assert alike_against_crowd(behaviour, ring, of_its_kind)["crowd_alike"][0] == pytest.approx(0.0, abs=1e-9)
+    assert alike_against_crowd(behaviour, ring, strangers)["crowd_alike"][0] > 0.9
+    assert alike_against_crowd(behaviour, ring, _rings({"slice": [20, 21]})).height == 0

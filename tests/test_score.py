@@ -99,6 +99,21 @@ def test_strangers_who_neither_act_alike_nor_keep_one_clock_keep_only_what_their
     assert weighed["unknown"] == pytest.approx(0.8)  # no behaviour to read: unchanged
 
 
+def test_a_ring_is_read_against_its_crowd_while_the_reference_stays_the_runs() -> None:
+    """A slice of a crowd of look-alike customers (alike 0.8 on the run's scale, 0 against the
+    unlinked customers on its addresses) is read as strangers; the reference ring (0.4) is the run's
+    as before, and a ring without a crowd keeps its own reading."""
+    names = ["slice", "alone", "reference", "r4", "r5", "r6"]
+    rings = pl.DataFrame({"ring_id": names[:2], "score": [0.8, 0.8]})
+    measured = pl.DataFrame(
+        {"ring_id": names, "alike": [0.8, 0.2, 0.4, 0.0, 0.0, 0.0], "crowd_alike": [0.0] + [None] * 5}
+    )
+    lockstep = pl.DataFrame({"ring_id": names[:2], "lockstep": [0.3, 0.3]})
+    weighed = dict(operated_by_behaviour_or_clock(rings, measured, lockstep, prior=0.5, share=0.2).iter_rows())
+    assert weighed["slice"] == pytest.approx(0.5 + 0.3 * (1 - math.exp(-0.3)))
+    assert weighed["alone"] == pytest.approx(0.5 + 0.3 * (1 - 0.5 * math.exp(-0.3)))
+
+
 def test_timing_at_chance_level_supports_nothing_when_only_the_lockstep_beyond_chance_counts() -> None:
     names = ["chance", "under_chance", "beyond_chance"]
     rings = pl.DataFrame({"ring_id": names, "score": [0.8, 0.8, 0.8]})
