@@ -47,6 +47,10 @@ class Profiles:
     # rings already measured, by ring id (ids are content hashes of the members, so a ring that
     # comes back unchanged in a later round of scoring is not measured again)
     known: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"ring_id": pl.Utf8, "alike": pl.Float64}))
+    # rings already read against their crowd (:func:`alike_against_crowd`), likewise
+    crowd_known: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"ring_id": pl.Utf8, "crowd_alike": pl.Float64})
+    )
 
 
 def profiles(graph: Graph, without: Collection[str] = ()) -> Profiles:
@@ -210,32 +214,38 @@ def alike_against_crowd(profile: Profiles, members: pl.DataFrame, crowd: pl.Data
         return pl.DataFrame(schema={"ring_id": pl.Utf8, "crowd_alike": pl.Float64})
     assert profile.index is not None  # (set whenever there is a baseline)
     index = profile.index
+    # rings as integer codes and accounts as positions: the sums below group millions of rows
+    codes = members.select("ring_id").unique(maintain_order=True).with_row_index("ring")
 
     def placed(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.select("ring_id", pl.col("account_id").cast(index, strict=False).to_physical().alias("account"))
+        return frame.join(codes, on="ring_id").select(
+            pl.col("ring").cast(pl.UInt32),
+            pl.col("account_id").cast(index, strict=False).to_physical().alias("account"),
+        )
 
     def summed(frame: pl.DataFrame, name: str) -> pl.DataFrame:
         return (
             profile.vectors.join(frame.filter(pl.col("account").is_not_null()), on="account")
-            .group_by("ring_id", "feature")
+            .group_by("ring", "feature")
             .agg(pl.col("u").sum().alias(name))
         )
 
     ring, outside = placed(members), placed(crowd)
-    sizes = ring.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
-    crowd_sizes = outside.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("c"))
+    sizes = ring.group_by("ring").agg(pl.len().cast(pl.Float64).alias("k"))
+    crowd_sizes = outside.group_by("ring").agg(pl.len().cast(pl.Float64).alias("c"))
     cross = (
         summed(ring, "inside")
-        .join(summed(outside, "outside"), on=["ring_id", "feature"])
-        .group_by("ring_id")
+        .join(summed(outside, "outside"), on=["ring", "feature"])
+        .group_by("ring")
         .agg((pl.col("inside") * pl.col("outside")).sum().alias("dot"))
     )
-    within = _mean_similarity(profile.vectors, ring)
+    within = _mean_similarity(profile.vectors, ring.rename({"ring": "ring_id"})).rename({"ring_id": "ring"})
     s_c = pl.col("dot").fill_null(0.0) / (pl.col("k") * pl.col("c"))
     return (
-        within.join(sizes, on="ring_id")
-        .join(crowd_sizes, on="ring_id")
-        .join(cross, on="ring_id", how="left")
+        within.join(sizes, on="ring")
+        .join(crowd_sizes, on="ring")
+        .join(cross, on="ring", how="left")
         .filter(pl.col("c") >= pl.col("k"))
+        .join(codes.with_columns(pl.col("ring").cast(pl.UInt32)), on="ring")
         .select("ring_id", _on_run_scale(pl.col("similarity"), s_c).alias("crowd_alike"))
     )

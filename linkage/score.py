@@ -204,14 +204,16 @@ def score_rings(
     if settings.timing_confidence:
         ring_risk = _weigh_by_timing(ring_risk, lockstep, prior)
     ring_alike = alike(behaviour, members.select("ring_id", "account_id"))
-    # how alike members act against the customers on their own addresses, read by the alike-or-clock rule
-    crowd_alike = (
-        alike_with_crowd(detection, members, behaviour, ring_alike)
-        if settings.alike_against_crowd
-        else ring_alike.with_columns(pl.lit(None, pl.Float64).alias("crowd_alike"))
-    )
+    crowd_alike = ring_alike.with_columns(pl.lit(None, pl.Float64).alias("crowd_alike"))
     if settings.alike_reference_share is not None:
         ring_risk = weigh_by_alike(ring_risk, ring_alike, prior, settings.alike_reference_share)
+        if settings.alike_against_crowd:
+            # how alike members act against the customers on their own addresses, read by the
+            # alike-or-clock rule where it can lower a ring: risk over the background, members alike
+            over = ring_risk.filter(pl.col("score") > prior).join(
+                ring_alike.filter(pl.col("alike") > 0), on="ring_id", how="semi"
+            )
+            crowd_alike = alike_with_crowd(detection, members, behaviour, ring_alike, over.select("ring_id"))
         if settings.alike_or_clock:
             ring_risk = operated_by_behaviour_or_clock(
                 ring_risk,
@@ -1097,27 +1099,43 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
 
 
 def alike_with_crowd(
-    detection: Detection, members: pl.DataFrame, behaviour: Profiles, ring_alike: pl.DataFrame
+    detection: Detection, members: pl.DataFrame, behaviour: Profiles, ring_alike: pl.DataFrame, read: pl.DataFrame
 ) -> pl.DataFrame:
     """``ring_alike`` with ``crowd_alike``: how much more alike each ring's members act with each other
     than with its crowd, the customers in no ring on the addresses, sign-up addresses and subnets
     two or more of its members share (:func:`~linkage.behaviour.alike_against_crowd`; null for a ring
-    whose crowd is smaller than itself). A platform's users act alike as a population (scripts on
-    one cloud's egress); a slice of them is no more alike than the rest of its crowd, where an
-    operation behind a commercial proxy acts unlike the proxy's other customers."""
-    held = detection.memberships.filter(pl.col("type").is_in(_CROWD_TYPES)).select("account_id", "entity_key")
-    in_rings = members.select("account_id", "ring_id")
+    whose crowd is smaller than itself, and for rings not in ``read``: ``ring_id``). A platform's
+    users act alike as a population (scripts on one cloud's egress); a slice of them is no more alike
+    than the rest of its crowd, where an operation behind a commercial proxy acts unlike the proxy's
+    other customers."""
+    # each ring is read once, when it first forms (ring ids are content hashes of the members): the
+    # rounds of moving bystanders apart leave most rings as they were
+    new = read.join(behaviour.crowd_known, on="ring_id", how="anti")
+    if new.height:
+        measured = new.join(_against_crowd(detection, members, behaviour, new), on="ring_id", how="left")
+        behaviour.crowd_known = pl.concat([behaviour.crowd_known, measured])
+    return ring_alike.join(behaviour.crowd_known.join(read, on="ring_id", how="semi"), on="ring_id", how="left")
+
+
+def _against_crowd(
+    detection: Detection, members: pl.DataFrame, behaviour: Profiles, read: pl.DataFrame
+) -> pl.DataFrame:
+    held = detection.memberships.lazy().filter(pl.col("type").is_in(_CROWD_TYPES)).select("account_id", "entity_key")
+    in_rings = members.lazy().select("account_id", "ring_id")
+    read_members = in_rings.join(read.lazy(), on="ring_id", how="semi")
     shared = (
-        held.join(in_rings, on="account_id")
+        held.join(read_members, on="account_id")
         .group_by("ring_id", "entity_key")
         .len()
         .filter(pl.col("len") >= 2)
         .select("ring_id", "entity_key")
     )
-    unlinked = held.join(in_rings, on="account_id", how="anti")
+    unlinked = held.join(shared.select("entity_key").unique(), on="entity_key", how="semi").join(
+        in_rings, on="account_id", how="anti"
+    )
     crowd = shared.join(unlinked, on="entity_key").select("ring_id", "account_id").unique()
-    against = alike_against_crowd(behaviour, in_rings, crowd)
-    return ring_alike.join(against, on="ring_id", how="left")
+    frames = pl.collect_all([read_members, crowd])
+    return alike_against_crowd(behaviour, frames[0], frames[1])
 
 
 def _owned_infrastructure(evidence: pl.DataFrame) -> pl.DataFrame:
