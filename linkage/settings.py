@@ -329,6 +329,11 @@ class ScoreSettings(_Section):
     # link) came over the cut on 102, 104, 113, 118, 131, 157 and 161. Of 1,164 campaign rings flagged
     # on 180 cached worlds of both generators, 158 act less alike than the reference, and all but one
     # keep a clock that leaves them over 95 % of their excess; every campaign's recall unchanged
+    alike_or_clock: bool = Field(
+        True,
+        description="a ring's excess counts in proportion to 1 - (1 - min(1, alike / reference)) * exp(-lockstep): "
+        "strangers who neither act alike nor keep one clock are not an operation",
+    )
     # On (the campus sign-up session of 6 December): world B's rings of heavy cloud users (individuals
     # running scripts from one provider's egress) act as alike as the run's reference ring, because
     # that whole population acts alike, and came over the cut on 13 of 134 cached worlds (3-46
@@ -341,11 +346,6 @@ class ScoreSettings(_Section):
         True,
         description="a ring acts alike only as far as its members act more alike with each other than with "
         "the unlinked customers on the addresses they share",
-    )
-    alike_or_clock: bool = Field(
-        True,
-        description="a ring's excess counts in proportion to 1 - (1 - min(1, alike / reference)) * exp(-lockstep): "
-        "strangers who neither act alike nor keep one clock are not an operation",
     )
     # On (the closing session of 6 December): links that keep their clock no better than chance (a
     # mean surprisal of 1 nat, CHANCE_SURPRISAL) say nothing of a scheduler, yet e^(-lockstep) gave a
