@@ -227,25 +227,29 @@ def alike_against_crowd(profile: Profiles, members: pl.DataFrame, crowd: pl.Data
         return (
             profile.vectors.join(frame.filter(pl.col("account").is_not_null()), on="account")
             .group_by("ring", "feature")
-            .agg(pl.col("u").sum().alias(name))
+            .agg(pl.col("u").sum().alias(name), (pl.col("u") ** 2).sum().alias(f"{name}_own"))
         )
 
     ring, outside = placed(members), placed(crowd)
     sizes = ring.group_by("ring").agg(pl.len().cast(pl.Float64).alias("k"))
     crowd_sizes = outside.group_by("ring").agg(pl.len().cast(pl.Float64).alias("c"))
-    cross = (
+    # one sum per ring and feature gives both the members' pairs (as in _mean_similarity) and the
+    # member-crowd pairs
+    sums = (
         summed(ring, "inside")
-        .join(summed(outside, "outside"), on=["ring", "feature"])
+        .join(summed(outside, "outside").drop("outside_own"), on=["ring", "feature"], how="left")
         .group_by("ring")
-        .agg((pl.col("inside") * pl.col("outside")).sum().alias("dot"))
+        .agg(
+            ((pl.col("inside") ** 2).sum() - pl.col("inside_own").sum()).alias("pairs"),
+            (pl.col("inside") * pl.col("outside").fill_null(0.0)).sum().alias("dot"),
+        )
     )
-    within = _mean_similarity(profile.vectors, ring.rename({"ring": "ring_id"})).rename({"ring_id": "ring"})
+    within = pl.col("pairs").fill_null(0.0) / (pl.col("k") * (pl.col("k") - 1.0))
     s_c = pl.col("dot").fill_null(0.0) / (pl.col("k") * pl.col("c"))
     return (
-        within.join(sizes, on="ring")
-        .join(crowd_sizes, on="ring")
-        .join(cross, on="ring", how="left")
-        .filter(pl.col("c") >= pl.col("k"))
+        sizes.join(crowd_sizes, on="ring")
+        .join(sums, on="ring", how="left")
+        .filter((pl.col("k") >= 2) & (pl.col("c") >= pl.col("k")))
         .join(codes.with_columns(pl.col("ring").cast(pl.UInt32)), on="ring")
-        .select("ring_id", _on_run_scale(pl.col("similarity"), s_c).alias("crowd_alike"))
+        .select("ring_id", _on_run_scale(within, s_c).alias("crowd_alike"))
     )
