@@ -868,8 +868,22 @@ def _lockstep(
             calibration,
             width,
             None if needed is None else needed[agreeing],
+            _lockstep_classes(agreement[agreeing], width, windows, a, b),
         )
     return surprisal
+
+
+def _lockstep_classes(
+    agreement: np.ndarray, width: int, windows: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray | None:
+    """Per pair, one integer for its agreement and its two ends' window counts (see
+    :func:`~linkage.chance.lockstep_surprisal`), or None when they do not fit in 63 bits."""
+    window_code = np.unique(windows, return_inverse=True)[1].astype(np.int64)
+    agree_bits, code_bits = int(width).bit_length(), max(int(window_code.max(initial=0)).bit_length(), 1)
+    if agree_bits + 2 * code_bits > 63:
+        return None
+    agree = np.rint(agreement * width).astype(np.int64)
+    return agree | (window_code[a] << agree_bits) | (window_code[b] << (agree_bits + code_bits))
 
 
 @numba.njit(cache=True, nogil=True)

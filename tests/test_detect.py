@@ -585,6 +585,25 @@ def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_
     assert np.array_equal(bounded >= needed, got >= needed)
 
 
+def test_lockstep_worked_out_once_per_class_is_the_same_bit_for_bit():
+    """Pairs of one agreement and one pair of window counts (a campaign on one schedule) are summed
+    once; the figures, bounds where a pair needs less included, are those of every pair on its own."""
+    from linkage.chance import lockstep_surprisal
+    from linkage.detect import _lockstep_classes
+
+    rng = np.random.default_rng(3)
+    windows = rng.choice([3.0, 40.5, 212.25, 690.0], 50)  # per account: few distinct schedules
+    a, b = rng.integers(0, 50, 4_000), rng.integers(0, 50, 4_000)
+    agreement = rng.integers(0, 17, 4_000) / 16
+    needed = rng.uniform(-5, 40, 4_000)
+    classes = _lockstep_classes(agreement, 16, windows, a, b)
+    assert classes is not None and len(np.unique(classes)) <= 4 * 4 * 17
+    alone = lockstep_surprisal(agreement, windows[a], windows[b], 720.0, 1.3, 16, needed)
+    grouped = lockstep_surprisal(agreement, windows[a], windows[b], 720.0, 1.3, 16, needed, classes)
+    assert np.array_equal(alone, grouped)
+    assert (grouped > lockstep_surprisal(agreement, windows[a], windows[b], 720.0, 1.3, 16)).any()  # bounds used
+
+
 def _builds_graph(
     n: int = 400,
     tool_billed_as_one: bool = True,
