@@ -404,21 +404,29 @@ def test_relationship_tables_are_in_text_order_whatever_the_category_codes():
     assert as_text.equals(expected)
 
 
-def test_pair_groups_by_sorting_equal_the_hash_group_by():
-    """The 64-bit sort (the usual path) and the hash group-by (logs too large for it) give the same
-    groups in the same order; the sort declines what does not fit in 64 bits."""
-    from linkage.graph import _pair_groups_by_hashing, _pair_groups_by_sorting
+def test_pair_groups_account_by_account_equal_a_hash_group_by():
+    """Grouping each account's rows on its own gives a polars group-by's groups (count, first and
+    last time) in (account, target) order; rows without an account or a target count nowhere."""
+    from linkage.graph import NO_RANK, _pair_groups_by_account, _rows_by_account
 
     rng = np.random.default_rng(5)
     for n in (0, 1, 5000):
         account = rng.integers(0, 300, n).astype(np.uint32)
         target = rng.integers(0, 40, n).astype(np.uint32)
+        account[rng.random(n) < 0.05] = NO_RANK
+        target[rng.random(n) < 0.05] = NO_RANK
         ts = rng.integers(0, 10**12, n)
-        by_sorting = _pair_groups_by_sorting(account, 300, target, 40, ts)
-        by_hashing = _pair_groups_by_hashing(account, target, ts)
-        assert all(np.array_equal(x, y) for x, y in zip(by_sorting, by_hashing))
-        assert by_sorting[2].sum() == n
-    assert _pair_groups_by_sorting(account, 1 << 30, target, 1 << 30, ts) is None
+        rows, starts = _rows_by_account(account, 300)
+        got = _pair_groups_by_account(starts, target[rows], ts[rows])
+        valid = (account != NO_RANK) & (target != NO_RANK)
+        expected = (
+            pl.DataFrame({"a": account[valid].astype(np.int64), "t": target[valid].astype(np.int64), "ts": ts[valid]})
+            .group_by("a", "t")
+            .agg(pl.len().cast(pl.Int64), pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"))
+            .sort("a", "t")
+        )
+        assert all(np.array_equal(x, expected[c].to_numpy()) for x, c in zip(got, ["a", "t", "len", "first", "last"]))
+        assert got[2].sum() == valid.sum()
 
 
 def test_account_activity_equals_the_plain_group_by():
