@@ -140,51 +140,18 @@ def lockstep_surprisal(
     the same result bit for bit: a campaign's accounts on one schedule make the same pair over and
     over (5.5 M pairs in 1.2 M classes on the simulator's fixed world at scale 1)."""
     needed = np.full(len(agreement), -np.inf) if needed is None else np.asarray(needed, np.float64)
-    # (where most classes hold one pair, numbering them costs more than it saves: world B's 3.1 M
-    # pairs at incident scale are 3.1 M classes)
-    if classes is None or pl.Series(classes).n_unique() > _CLASSES_WORTH_IT * len(classes):
-        bound, exact = _bound_and_exact(agreement, windows_a, windows_b, total_windows, calibration, width, needed)
-    else:
-        code = pl.Series(classes).rank("dense").to_numpy().astype(np.int64) - 1
-        one = np.empty(int(code.max(initial=-1)) + 1, np.int64)
-        one[code] = np.arange(len(code))  # (any pair of a class stands for it)
-        # the classes in the order of their pairs: busy and idle accounts then mix on both threads
-        in_pair_order = np.argsort(one)
-        one = one[in_pair_order]
-        place = np.empty_like(in_pair_order)
-        place[in_pair_order] = np.arange(len(one))
-        code = place[code]
-        # a class is summed exactly where any of its pairs needs the exact figure
-        neediest = np.full(len(one), np.inf)
-        np.minimum.at(neediest, code, needed)
-        bound, exact = _bound_and_exact(
-            agreement[one], windows_a[one], windows_b[one], total_windows, calibration, width, neediest
-        )
-        bound, exact = bound[code], exact[code]
-    return np.where(bound < needed, np.maximum(bound, 0.0), exact)
-
-
-_CLASSES_WORTH_IT = 0.75  # work per class only where there are at most this many classes per pair
-
-
-def _bound_and_exact(
-    agreement: np.ndarray,
-    windows_a: np.ndarray,
-    windows_b: np.ndarray,
-    total_windows: float,
-    calibration: float,
-    width: int,
-    needed: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair, the one-term upper bound and the mixture's surprisal (the bound again where it is
-    below ``needed``): see :func:`lockstep_surprisal`. Both 0 where nothing agrees."""
+    grouped = _class_representatives(classes, needed) if classes is not None else None
+    rows_needed = needed
+    if grouped is not None:  # from here on one row per class
+        one, code, rows_needed = grouped
+        agreement, windows_a, windows_b = agreement[one], windows_a[one], windows_b[one]
     agree = np.rint(agreement * width).astype(np.int64)
     expected = calibration * windows_a * windows_b / max(total_windows, 1.0)
     log_tail = _log_binomial_tails(width, _JACCARD_GRID)
-    columns = (agree, np.rint(windows_a).astype(np.int64), np.rint(windows_b).astype(np.int64), expected, needed)
+    columns = (agree, np.rint(windows_a).astype(np.int64), np.rint(windows_b).astype(np.int64), expected, rows_needed)
     most = int(max(columns[1].max(initial=0), columns[2].max(initial=0), 1))
     log_factorial = _log_factorials(most)  # the sum's costliest step, looked up (same values, same sums)
-    bound, exact = np.zeros(len(agree)), np.zeros(len(agree))
+    bound, exact = np.zeros(len(agree)), np.zeros(len(agree))  # (0 where nothing agrees)
     halves = (slice(0, len(agree) // 2), slice(len(agree) // 2, len(agree)))  # the kernel releases the GIL
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(
@@ -195,7 +162,32 @@ def _bound_and_exact(
                 halves,
             )
         )
-    return bound, exact
+    if grouped is not None:
+        bound, exact = bound[code], exact[code]
+    return np.where(bound < needed, np.maximum(bound, 0.0), exact)
+
+
+_CLASSES_WORTH_IT = 0.75  # work per class only where there are at most this many classes per pair
+
+
+def _class_representatives(classes: np.ndarray, needed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(a pair standing for each class, each pair's class among them, the least ``needed`` of each
+    class: it is summed exactly where any of its pairs needs the exact figure), or None where most
+    classes hold one pair and numbering them costs more than it saves (world B's 3.1 M pairs at
+    incident scale are 3.1 M classes)."""
+    if pl.Series(classes).n_unique() > _CLASSES_WORTH_IT * len(classes):
+        return None
+    code = pl.Series(classes).rank("dense").to_numpy().astype(np.int64) - 1
+    one = np.empty(int(code.max(initial=-1)) + 1, np.int64)
+    one[code] = np.arange(len(code))  # (any pair of a class stands for it)
+    # the classes in the order of their pairs: busy and idle accounts then mix on both threads
+    in_pair_order = np.argsort(one)
+    place = np.empty_like(in_pair_order)
+    place[in_pair_order] = np.arange(len(one))
+    code = place[code]
+    neediest = np.full(len(one), np.inf)
+    np.minimum.at(neediest, code, needed)
+    return one[in_pair_order], code, neediest
 
 
 _JACCARD_GRID = 4096
