@@ -1153,7 +1153,8 @@ def account_institutions(accounts: pl.DataFrame) -> pl.DataFrame:
     domain (:func:`~linkage.normalize.academic_institution`) or, for an account on other mail, by the
     address it signed up from, where more sign-ups were on one institution's mail than on any other
     domain (a campus's egress: the student who signed up on a personal address beside classmates on
-    the college's; a tie vouches for nobody). Accounts with neither are left out."""
+    the college's; a tie with other mail vouches for nobody, a tie between two institutions' mail
+    for the first by name). Accounts with neither are left out."""
     own = accounts.select(
         "account_id",
         "signup_ip",
