@@ -331,6 +331,19 @@ def mix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+def sorted_values(values: np.ndarray) -> np.ndarray:
+    """``np.sort(values)`` of an integer array, by polars: a third of numpy's time on tens of millions
+    of int64 (27M hub candidates at incident scale: 1.9 s against 0.6 s), and off the GIL. Read-only."""
+    return pl.Series(values).sort().to_numpy()
+
+
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` of an integer array, by polars' order-keeping sort (half
+    numpy's time on millions of rows): equal keys keep their positions' order."""
+    frame = pl.DataFrame({"key": keys}).with_row_index("position")
+    return frame.sort("key", maintain_order=True)["position"].cast(pl.Int64).to_numpy()
+
+
 def sorted_unique(values: np.ndarray, kind: str | None = None) -> np.ndarray:
     """Sorted distinct values. (numpy 2's hash-based ``np.unique`` is ~50× slower on 20M int64.)
     ``kind="stable"`` for values that are a few sorted runs: timsort merges them."""

@@ -498,6 +498,11 @@ def test_signature_agreement_equals_a_plain_count():
     got = _signature_agreement(matrix, has, ca, cb)
     expected = np.where(has[ca] & has[cb], (matrix[ca] == matrix[cb]).mean(axis=1), 0.0)
     assert np.allclose(got, expected)
+    # written into slices of one result (the two threads' halves), whatever the slices held before
+    into = np.full(len(ca), 9.0)
+    _signature_agreement(matrix, has, ca[:1000], cb[:1000], into[:1000])
+    _signature_agreement(matrix, has, ca[1000:], cb[1000:], into[1000:])
+    assert np.array_equal(into, got)
 
 
 def test_lockstep_is_surprising_only_beyond_what_independent_accounts_share():

@@ -57,3 +57,22 @@ def test_request_parts_do_not_depend_on_the_templates() -> None:
         assert_frame_equal(getattr(before, name), getattr(after, name), check_row_order=name != "per_ip")
     assert before.devices.equals(after.devices) and before.models.equals(after.models)
     assert isinstance(before.used_ip, pl.DataFrame) and before.used_ip.height > 0
+
+
+def test_sorted_values_and_stable_order_match_numpy() -> None:
+    """The polars-backed sorts give numpy's answers: ties keep their positions' order, uint64 keys
+    above 2^63 sort as unsigned, and empty input is empty."""
+    import numpy as np
+
+    from linkage.graph import sorted_values, stable_order
+
+    rng = np.random.default_rng(11)
+    keys = rng.integers(0, 50, 20_000)  # many ties
+    assert np.array_equal(stable_order(keys), np.argsort(keys, kind="stable"))
+    assert np.array_equal(sorted_values(keys), np.sort(keys))
+    wide = rng.integers(0, 2**64 - 1, 5_000, dtype=np.uint64)
+    wide[:10] = wide[10:20]
+    assert np.array_equal(stable_order(wide), np.argsort(wide, kind="stable"))
+    assert np.array_equal(sorted_values(wide), np.sort(wide))
+    assert stable_order(np.empty(0, np.int64)).dtype == np.int64
+    assert len(sorted_values(np.empty(0, np.int64))) == 0
