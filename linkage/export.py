@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -139,17 +140,30 @@ def _flat(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_rings(
-    out_dir: Path, rings: pl.DataFrame, members: pl.DataFrame, evidence: pl.DataFrame, accounts: pl.DataFrame
+    out_dir: Path,
+    rings: pl.DataFrame,
+    members: pl.DataFrame,
+    evidence: pl.DataFrame,
+    accounts: pl.DataFrame,
+    pool: Executor,
+    also: Sequence[Future] = (),
 ) -> None:
-    """rings.csv / ring_members.csv (contract) plus Parquet and JSON copies and per-account scores."""
-    write_parquet(rings, out_dir / "rings.parquet")
-    write_parquet(members, out_dir / "ring_members.parquet")
-    write_parquet(evidence, out_dir / "ring_evidence.parquet")
-    write_csv(evidence, out_dir / "ring_evidence.csv")
-    write_csv(accounts, out_dir / "accounts.csv")
-    atomic_write(out_dir / "rings.json", lambda tmp: rings.write_json(tmp))  # one array of row objects
-    write_csv(members, out_dir / "ring_members.csv")
-    write_csv(rings, out_dir / "rings.csv")  # last: its presence means the ring files are complete
+    """rings.csv / ring_members.csv (contract) plus Parquet and JSON copies and per-account scores.
+    The files but ``rings.csv`` are written on ``pool`` (polars writes release the GIL); ``rings.csv``
+    once they and ``also`` (the run's other files, written meanwhile) are: its presence means the
+    files are complete."""
+    writes: list[Callable[[], None]] = [
+        lambda: write_parquet(rings, out_dir / "rings.parquet"),
+        lambda: write_parquet(members, out_dir / "ring_members.parquet"),
+        lambda: write_parquet(evidence, out_dir / "ring_evidence.parquet"),
+        lambda: write_csv(evidence, out_dir / "ring_evidence.csv"),
+        lambda: write_csv(accounts, out_dir / "accounts.csv"),
+        lambda: atomic_write(out_dir / "rings.json", lambda tmp: rings.write_json(tmp)),  # one array of rows
+        lambda: write_csv(members, out_dir / "ring_members.csv"),
+    ]
+    for future in [*also, *(pool.submit(write) for write in writes)]:
+        future.result()
+    write_csv(rings, out_dir / "rings.csv")
 
 
 def write_quarantine(out_dir: Path, frames: dict[str, pl.DataFrame]) -> None:

@@ -404,15 +404,29 @@ def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> ReportDa
     """Every output but ``run.json`` and the report (:func:`finish_export`), ``rings.csv`` last; returns
     what the report is drawn from (the same tables, in memory)."""
     begin_export(out_dir)
-    write_quarantine(out_dir, {t: quarantine.rows(t) for t in quarantine.counts})
+    # the tables are drawn and the files written on two threads (polars releases the GIL)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        explained = pool.submit(_write_explanation, out_dir, result)
+        reported = pool.submit(_write_report_tables, out_dir, result)
+        write_quarantine(out_dir, {t: quarantine.rows(t) for t in quarantine.counts})
+        write_rings(
+            out_dir, result.rings, result.members, result.evidence, result.account_scores, pool, [explained, reported]
+        )
+        activity, templates = reported.result()
+    return ReportData(result.rings, result.members, result.evidence, activity, templates, {})
+
+
+def _write_explanation(out_dir: Path, result: RunResult) -> None:
     links, kept = explanation_tables(result.detection, result.members)
     write_parquet(links, out_dir / LINKS_FILE)
     write_parquet(kept, out_dir / MEMBERSHIPS_FILE)
+
+
+def _write_report_tables(out_dir: Path, result: RunResult) -> tuple[pl.DataFrame, pl.DataFrame]:
     activity, templates = report_tables(result.graph, result.members, result.daily)
     write_parquet(activity, out_dir / ACTIVITY_FILE)
     write_parquet(templates, out_dir / TEMPLATES_FILE)
-    write_rings(out_dir, result.rings, result.members, result.evidence, result.account_scores)
-    return ReportData(result.rings, result.members, result.evidence, activity, templates, {})
+    return activity, templates
 
 
 def finish_export(out_dir: Path, result: RunResult, report_data: ReportData) -> None:
