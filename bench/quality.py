@@ -7,13 +7,15 @@ independently written benchmark (``../shared/benchmark/gen.py``, when it is besi
 Per world: F1, precision, recall, AP, the worst campaign's recall, benign accounts flagged, the
 largest ring and its purity (share of its plurality label); then per generator the median and the
 worst. Seeds 1–40 of the simulator and 7, 13, 21–23, 31 of the benchmark were used for tuning;
-report on others. JSON rows go to bench/results/quality.jsonl.
+report on others. JSON rows go to bench/results/quality.jsonl. The benchmark's generator needs
+pandas: ``BENCH_PYTHON=/path/to/python`` names an interpreter that has it (default: this one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -136,14 +138,23 @@ def rewrite_parquet(inputs: Path, table: str, change: Callable[[pl.DataFrame], p
         change(pl.read_parquet(path, hive_partitioning=False)).write_parquet(path)
 
 
+# the benchmark's generator needs pandas, which linkage does not install: BENCH_PYTHON names an
+# interpreter that has it (as the benchmark's own run.sh takes HOLDOUT_PY)
+GENERATOR_PYTHON = os.environ.get("BENCH_PYTHON", sys.executable)
+
+
 def benchmark_world(work: Path, scale: float, seed: int) -> tuple[Path, Path]:
     data = work / f"bench-{scale}-{seed}"
     if not (data / "truth" / "labels.parquet").exists():
-        subprocess.run(
-            [sys.executable, str(BENCHMARK / "gen.py"), "--out", str(data), "--scale", str(scale), "--seed", str(seed)],
-            check=True,
-            stdout=subprocess.DEVNULL,
+        command = [GENERATOR_PYTHON, str(BENCHMARK / "gen.py"), "--out", str(data), "--scale", str(scale)]
+        done = subprocess.run(
+            [*command, "--seed", str(seed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
+        if done.returncode != 0:
+            raise SystemExit(
+                f"{BENCHMARK / 'gen.py'} failed for seed {seed} under {GENERATOR_PYTHON}:\n{done.stderr[-600:]}"
+                "(the generator needs pandas: set BENCH_PYTHON to a Python that has it)"
+            )
     return data / "input", data / "truth" / "labels.parquet"
 
 
