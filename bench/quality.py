@@ -146,9 +146,20 @@ GENERATOR_PYTHON = os.environ.get("BENCH_PYTHON", sys.executable)
 def benchmark_world(work: Path, scale: float, seed: int) -> tuple[Path, Path]:
     data = work / f"bench-{scale}-{seed}"
     if not (data / "truth" / "labels.parquet").exists():
-        command = [GENERATOR_PYTHON, str(BENCHMARK / "gen.py"), "--out", str(data), "--scale", str(scale)]
         done = subprocess.run(
-            [*command, "--seed", str(seed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            [
+                GENERATOR_PYTHON,
+                str(BENCHMARK / "gen.py"),
+                "--out",
+                str(data),
+                "--scale",
+                str(scale),
+                "--seed",
+                str(seed),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         if done.returncode != 0:
             raise SystemExit(

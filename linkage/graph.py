@@ -344,10 +344,10 @@ def stable_order(keys: np.ndarray) -> np.ndarray:
     return frame.sort("key", maintain_order=True)["position"].cast(pl.Int64).to_numpy()
 
 
-def sorted_unique(values: np.ndarray, kind: str | None = None) -> np.ndarray:
-    """Sorted distinct values. (numpy 2's hash-based ``np.unique`` is ~50× slower on 20M int64.)
-    ``kind="stable"`` for values that are a few sorted runs: timsort merges them."""
-    ordered = np.sort(values, kind=kind)  # type: ignore[arg-type]
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array. (numpy 2's hash-based ``np.unique`` is ~50× slower
+    on 20M int64.)"""
+    ordered = sorted_values(values)
     return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
 
 
