@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+import numba
+import numpy as np
 import polars as pl
 
 from .graph import Graph
@@ -44,6 +46,7 @@ class Profiles:
     vectors: pl.DataFrame
     baseline: float | None
     index: pl.Enum | None = None  # the account ids, in the order ``account`` numbers them
+    rows: _Rows | None = None  # ``vectors`` as each account's run of rows (the compiled sums read these)
     # rings already measured, by ring id (ids are content hashes of the members, so a ring that
     # comes back unchanged in a later round of scoring is not measured again)
     known: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"ring_id": pl.Utf8, "alike": pl.Float64}))
@@ -51,6 +54,49 @@ class Profiles:
     crowd_known: pl.DataFrame = field(
         default_factory=lambda: pl.DataFrame(schema={"ring_id": pl.Utf8, "crowd_alike": pl.Float64})
     )
+
+
+@dataclass
+class _Rows:
+    """The profile vectors account by account: account ``a``'s features and values are at
+    ``start[a]`` … ``start[a + 1]``; features numbered densely (``n_features``)."""
+
+    start: np.ndarray
+    feature: np.ndarray
+    u: np.ndarray
+    n_features: int
+
+    @classmethod
+    def of(cls, vectors: pl.DataFrame, n_accounts: int) -> _Rows:
+        ordered = vectors.sort("account", maintain_order=True)
+        counts = np.bincount(ordered["account"].to_numpy(), minlength=n_accounts)
+        feature, n_features = _dense_codes(ordered["feature"].to_numpy())
+        return cls(np.r_[0, np.cumsum(counts)].astype(np.int64), feature, ordered["u"].to_numpy(), n_features)
+
+
+@numba.njit(cache=True, nogil=True)
+def _dense_codes(hashes):
+    """(each hash numbered densely in order of first appearance, how many distinct): one pass over an
+    open-addressing table, where ranking 4.5 M hashes (a sort) took 0.45 s. The values are hashes
+    already, so their low bits pick the slot."""
+    size = 16
+    while size < 2 * len(hashes):
+        size *= 2
+    mask = np.uint64(size - 1)
+    slot_hash = np.zeros(size, np.uint64)
+    slot_code = np.full(size, -1, np.int64)
+    codes = np.empty(len(hashes), np.int64)
+    n = 0
+    for i in range(len(hashes)):
+        slot = hashes[i] & mask
+        while slot_code[slot] >= 0 and slot_hash[slot] != hashes[i]:
+            slot = (slot + np.uint64(1)) & mask
+        if slot_code[slot] < 0:
+            slot_hash[slot] = hashes[i]
+            slot_code[slot] = n
+            n += 1
+        codes[i] = slot_code[slot]
+    return codes, n
 
 
 def profiles(graph: Graph, without: Collection[str] = ()) -> Profiles:
@@ -90,7 +136,7 @@ def profiles(graph: Graph, without: Collection[str] = ()) -> Profiles:
         pl.concat_str("aspect", pl.lit("|"), "key").hash(_FEATURE_SEED).alias("feature"),
         pl.col("u") / aspects**0.5,
     ).filter(pl.col("account").is_not_null())  # (a relationship of an account the table lacks: none)
-    return Profiles(vectors, _baseline(vectors, accounts.height), index)
+    return Profiles(vectors, _baseline(vectors, accounts.height), index, _Rows.of(vectors, accounts.height))
 
 
 def _baseline(vectors: pl.DataFrame, accounts: int) -> float:
@@ -112,12 +158,7 @@ def alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
     new = members.select("ring_id", "account_id").join(profile.known, on="ring_id", how="anti")
     if new.height:
         assert profile.index is not None  # (set whenever there is a baseline)
-        similarity = _mean_similarity(
-            profile.vectors,
-            new.select(
-                "ring_id", pl.col("account_id").cast(profile.index, strict=False).to_physical().alias("account")
-            ),
-        )
+        similarity = _mean_similarity(profile, new)
         measured = (
             new.select("ring_id")
             .unique()
@@ -135,22 +176,12 @@ def member_alike(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
     members = members.select("ring_id", "account_id")
     if profile.baseline is None:
         return members.with_columns(pl.lit(None, pl.Float64).alias("alike"))
-    assert profile.index is not None  # (set whenever there is a baseline)
-    placed = members.with_columns(pl.col("account_id").cast(profile.index, strict=False).to_physical().alias("account"))
-    # grouped by the account's integer position, not its id text (millions of rows at scale)
-    rows = profile.vectors.join(placed.filter(pl.col("account").is_not_null()).drop("account_id"), on="account")
-    totals = rows.group_by("ring_id", "feature").agg(pl.col("u").sum().alias("total"))
-    others = (
-        rows.join(totals, on=["ring_id", "feature"])
-        .group_by("ring_id", "account")
-        .agg(((pl.col("u") * pl.col("total")).sum() - (pl.col("u") ** 2).sum()).alias("pairs"))
-    )
-    sizes = members.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
-    similarity = pl.col("pairs").fill_null(0.0) / (pl.col("k") - 1.0).clip(1.0, None)
-    return (
-        placed.join(sizes, on="ring_id")
-        .join(others, on=["ring_id", "account"], how="left")
-        .select("ring_id", "account_id", _on_run_scale(similarity, profile.baseline).alias("alike"))
+    grouped = _Grouped.of(profile, members)
+    _, each, _ = grouped.sums(profile)
+    others = grouped.sizes[grouped.group] - 1.0
+    similarity = pl.Series("similarity", each / np.maximum(others, 1.0))
+    return members.with_columns(similarity).select(
+        "ring_id", "account_id", _on_run_scale(pl.col("similarity"), profile.baseline).alias("alike")
     )
 
 
@@ -161,22 +192,122 @@ def _on_run_scale(similarity: pl.Expr, baseline: float | pl.Expr) -> pl.Expr:
     return ((similarity - base) / (1.0 - base).clip(1e-9, None)).round(6)
 
 
-def _mean_similarity(vectors: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:
+def _mean_similarity(profile: Profiles, members: pl.DataFrame) -> pl.DataFrame:
     """Per group (``ring_id``), the mean similarity over its member pairs, ``(‖Σu‖² − Σ‖u‖²) / (k(k−1))``:
     a member without behaviour counts in ``k`` with similarity 0 to everyone."""
-    sizes = members.group_by("ring_id").agg(pl.len().cast(pl.Float64).alias("k"))
-    summed = (
-        vectors.join(members.filter(pl.col("account").is_not_null()), on="account")
-        .group_by("ring_id", "feature")
-        .agg(pl.col("u").sum().alias("total"), (pl.col("u") ** 2).sum().alias("own"))
-        .group_by("ring_id")
-        .agg(((pl.col("total") ** 2).sum() - pl.col("own").sum()).alias("pairs"))
-    )
+    grouped = _Grouped.of(profile, members)
+    pairs, _, _ = grouped.sums(profile)
+    k = grouped.sizes.astype(np.float64)
     return (
-        sizes.join(summed, on="ring_id", how="left")
+        pl.DataFrame({"ring_id": grouped.ids, "k": k, "pairs": pairs})
         .filter(pl.col("k") >= 2)
-        .select("ring_id", (pl.col("pairs").fill_null(0.0) / (pl.col("k") * (pl.col("k") - 1))).alias("similarity"))
+        .select("ring_id", (pl.col("pairs") / (pl.col("k") * (pl.col("k") - 1))).alias("similarity"))
     )
+
+
+@dataclass
+class _Grouped:
+    """Accounts in groups (``ring_id, account_id``), as the compiled sums take them: per row its group's
+    number (``group``, groups numbered in order of first appearance: ``ids``) and account position
+    (-1: not in the profiles), and the rows in group order (``order``, ``starts``)."""
+
+    ids: pl.Series
+    group: np.ndarray
+    account: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, profile: Profiles, frame: pl.DataFrame, ids: pl.Series | None = None) -> _Grouped:
+        """``ids``: number the groups as these (rows of other groups are left out)."""
+        assert profile.index is not None  # (set whenever there is a baseline)
+        ids = frame["ring_id"].unique(maintain_order=True) if ids is None else ids
+        numbered = frame.select(
+            pl.col("ring_id")
+            .replace_strict(ids, np.arange(ids.len()), default=-1, return_dtype=pl.Int64)
+            .alias("group"),
+            pl.col("account_id").cast(profile.index, strict=False).to_physical().cast(pl.Int64).fill_null(-1),
+        ).filter(pl.col("group") >= 0)
+        group = numbered["group"].to_numpy()
+        sizes = np.bincount(group, minlength=ids.len())
+        return cls(
+            ids,
+            group,
+            numbered["account_id"].to_numpy(),
+            np.argsort(group, kind="stable"),
+            np.r_[0, np.cumsum(sizes)].astype(np.int64),
+            sizes,
+        )
+
+    def sums(self, profile: Profiles, crowd: _Grouped | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(per group ‖Σu‖² − Σ‖u‖², the sum over its pairs of members; per row, in ``frame``'s order,
+        the member's dot product with the others' sum; per group, the dot product of its sum with
+        ``crowd``'s sum for the same group number)."""
+        rows = profile.rows
+        assert rows is not None
+        if crowd is None:
+            crowd_starts, crowd_members = np.zeros(len(self.starts), np.int64), np.empty(0, np.int64)
+        else:
+            crowd_starts, crowd_members = crowd.starts, crowd.account[crowd.order]
+        pairs, each, dot = _group_sums(
+            self.starts,
+            self.account[self.order],
+            crowd_starts,
+            crowd_members,
+            rows.start,
+            rows.feature,
+            rows.u,
+            rows.n_features,
+        )
+        in_rows = np.empty_like(each)
+        in_rows[self.order] = each
+        return pairs, in_rows, dot
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_sums(starts, members, crowd_starts, crowd, start, feature, u, n_features):
+    """Compiled loop behind :meth:`_Grouped.sums`: each group's members summed into one dense vector
+    (reset through the features it touched), then read against each member and the group's crowd.
+    Values are positive, so a zero total marks an untouched feature."""
+    n_groups = len(starts) - 1
+    total = np.zeros(n_features)
+    touched = np.empty(n_features, np.int64)
+    pairs, dot = np.zeros(n_groups), np.zeros(n_groups)
+    each = np.zeros(len(members))
+    for g in range(n_groups):
+        n_touched = 0
+        own = 0.0
+        for i in range(starts[g], starts[g + 1]):
+            a = members[i]
+            if a < 0:
+                continue
+            for j in range(start[a], start[a + 1]):
+                f = feature[j]
+                if total[f] == 0.0:
+                    touched[n_touched] = f
+                    n_touched += 1
+                total[f] += u[j]
+                own += u[j] * u[j]
+        square = 0.0
+        for t in range(n_touched):
+            square += total[touched[t]] * total[touched[t]]
+        pairs[g] = square - own
+        for i in range(starts[g], starts[g + 1]):
+            a = members[i]
+            if a < 0:
+                continue
+            for j in range(start[a], start[a + 1]):
+                each[i] += u[j] * total[feature[j]] - u[j] * u[j]
+        for i in range(crowd_starts[g], crowd_starts[g + 1]):
+            a = crowd[i]
+            if a < 0:
+                continue
+            for j in range(start[a], start[a + 1]):
+                dot[g] += u[j] * total[feature[j]]
+        for t in range(n_touched):
+            total[touched[t]] = 0.0
+    return pairs, each, dot
 
 
 def _mix(rel: pl.DataFrame, aspect: str) -> pl.DataFrame:
@@ -212,44 +343,14 @@ def alike_against_crowd(profile: Profiles, members: pl.DataFrame, crowd: pl.Data
     the crowd. Rings without a crowd are left out."""
     if profile.baseline is None or crowd.height == 0:
         return pl.DataFrame(schema={"ring_id": pl.Utf8, "crowd_alike": pl.Float64})
-    assert profile.index is not None  # (set whenever there is a baseline)
-    index = profile.index
-    # rings as integer codes and accounts as positions: the sums below group millions of rows
-    codes = members.select("ring_id").unique(maintain_order=True).with_row_index("ring")
-
-    def placed(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.join(codes, on="ring_id").select(
-            pl.col("ring").cast(pl.UInt32),
-            pl.col("account_id").cast(index, strict=False).to_physical().alias("account"),
-        )
-
-    def summed(frame: pl.DataFrame, name: str) -> pl.DataFrame:
-        return (
-            profile.vectors.join(frame.filter(pl.col("account").is_not_null()), on="account")
-            .group_by("ring", "feature")
-            .agg(pl.col("u").sum().alias(name), (pl.col("u") ** 2).sum().alias(f"{name}_own"))
-        )
-
-    ring, outside = placed(members), placed(crowd)
-    sizes = ring.group_by("ring").agg(pl.len().cast(pl.Float64).alias("k"))
-    crowd_sizes = outside.group_by("ring").agg(pl.len().cast(pl.Float64).alias("c"))
-    # one sum per ring and feature gives both the members' pairs (as in _mean_similarity) and the
-    # member-crowd pairs
-    sums = (
-        summed(ring, "inside")
-        .join(summed(outside, "outside").drop("outside_own"), on=["ring", "feature"], how="left")
-        .group_by("ring")
-        .agg(
-            ((pl.col("inside") ** 2).sum() - pl.col("inside_own").sum()).alias("pairs"),
-            (pl.col("inside") * pl.col("outside").fill_null(0.0)).sum().alias("dot"),
-        )
-    )
-    within = pl.col("pairs").fill_null(0.0) / (pl.col("k") * (pl.col("k") - 1.0))
-    s_c = pl.col("dot").fill_null(0.0) / (pl.col("k") * pl.col("c"))
+    ring = _Grouped.of(profile, members)
+    outside = _Grouped.of(profile, crowd, ids=ring.ids)
+    pairs, _, dot = ring.sums(profile, outside)
+    k, c = ring.sizes.astype(np.float64), outside.sizes.astype(np.float64)
+    within = pl.col("pairs") / (pl.col("k") * (pl.col("k") - 1.0))
+    s_c = pl.col("dot") / (pl.col("k") * pl.col("c"))
     return (
-        sizes.join(crowd_sizes, on="ring")
-        .join(sums, on="ring", how="left")
+        pl.DataFrame({"ring_id": ring.ids, "k": k, "c": c, "pairs": pairs, "dot": dot})
         .filter((pl.col("k") >= 2) & (pl.col("c") >= pl.col("k")))
-        .join(codes.with_columns(pl.col("ring").cast(pl.UInt32)), on="ring")
         .select("ring_id", _on_run_scale(within, s_c).alias("crowd_alike"))
     )

@@ -1081,7 +1081,7 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
             pl.col("degree").first(),
             # what it is worth between two members: a hub's worth is the lower of its two holders',
             # and only an owned build's workers hold it at more (detect.valued_as_owned)
-            pl.col("value").top_k(2).min(),
+            pl.col("value").sort(descending=True).get(1),  # (the second largest: top_k per group is slower)
             pl.col("account_id").sort().alias("shared_by"),
         )
     )
@@ -1120,20 +1120,27 @@ def alike_with_crowd(
 def _against_crowd(
     detection: Detection, members: pl.DataFrame, behaviour: Profiles, read: pl.DataFrame
 ) -> pl.DataFrame:
-    held = detection.memberships.lazy().filter(pl.col("type").is_in(_CROWD_TYPES)).select("account_id", "entity_key")
-    in_rings = members.lazy().select("account_id", "ring_id")
-    read_members = in_rings.join(read.lazy(), on="ring_id", how="semi")
+    # joined on the accounts' integer index, not their ids (millions of memberships at scale)
+    held = detection.memberships.lazy().filter(pl.col("type").is_in(_CROWD_TYPES)).select("idx", "entity_key")
+    in_rings = members.lazy().select("idx", "ring_id")
+    read_members = members.lazy().select("account_id", "ring_id").join(read.lazy(), on="ring_id", how="semi")
     shared = (
-        held.join(read_members, on="account_id")
+        held.join(in_rings.join(read.lazy(), on="ring_id", how="semi"), on="idx")
         .group_by("ring_id", "entity_key")
         .len()
         .filter(pl.col("len") >= 2)
         .select("ring_id", "entity_key")
     )
     unlinked = held.join(shared.select("entity_key").unique(), on="entity_key", how="semi").join(
-        in_rings, on="account_id", how="anti"
+        in_rings, on="idx", how="anti"
     )
-    crowd = shared.join(unlinked, on="entity_key").select("ring_id", "account_id").unique()
+    crowd = (
+        shared.join(unlinked, on="entity_key")
+        .select("ring_id", "idx")
+        .unique()
+        .join(detection.accounts.lazy().select("idx", "account_id"), on="idx")
+        .select("ring_id", "account_id")
+    )
     frames = pl.collect_all([read_members, crowd])
     return alike_against_crowd(behaviour, frames[0], frames[1])
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
-from linkage.behaviour import alike, alike_against_crowd, member_alike, profiles
+from linkage.behaviour import _dense_codes, _Grouped, alike, alike_against_crowd, member_alike, profiles
 
 from .conftest import graph_of
 
@@ -101,3 +102,40 @@ def test_a_ring_of_one_crowd_acts_alike_only_as_far_as_it_stands_out_from_its_cr
     assert alike_against_crowd(behaviour, ring, of_its_kind)["crowd_alike"][0] == pytest.approx(0.0, abs=1e-9)
     assert alike_against_crowd(behaviour, ring, strangers)["crowd_alike"][0] > 0.9
     assert alike_against_crowd(behaviour, ring, _rings({"slice": [20, 21]})).height == 0
+
+
+def test_the_compiled_sums_match_every_pair_summed_by_hand() -> None:
+    """The group sums behind every reading (pairs within a ring, each member against the others, the
+    ring against its crowd) equal the dot products of the profile vectors taken pair by pair; an
+    account outside the profiles counts in a ring's size and adds nothing."""
+    graph = _graph(30, same=[0, 1, 2, 3, 4])
+    behaviour = profiles(graph)
+    vectors = {a: {} for a in range(30)}
+    for account, feature, u in behaviour.vectors.iter_rows():
+        vectors[account][feature] = u
+
+    def dot(a: int, b: int) -> float:
+        return sum(u * vectors[b].get(f, 0.0) for f, u in vectors[a].items())
+
+    rings = {"r1": [0, 1, 2, 7, 11], "r2": [3, 4, 20]}
+    members = _rings(rings).vstack(pl.DataFrame({"ring_id": ["r2"], "account_id": ["nobody"]}))
+    crowd = _rings({"r1": [5, 6, 8], "r2": [21, 22, 23, 24, 25]})
+    grouped = _Grouped.of(behaviour, members)
+    pairs, each, dots = grouped.sums(behaviour, _Grouped.of(behaviour, crowd, ids=grouped.ids))
+    ids = grouped.ids.to_list()
+    assert grouped.sizes.tolist() == [5, 4]
+    crowds = {"r1": [5, 6, 8], "r2": [21, 22, 23, 24, 25]}
+    for ring, accounts in rings.items():
+        g = ids.index(ring)
+        assert pairs[g] == pytest.approx(sum(dot(a, b) for a in accounts for b in accounts if a != b))
+        assert dots[g] == pytest.approx(sum(dot(a, c) for a in accounts for c in crowds[ring]))
+    by_row = dict(zip(members["account_id"], each))
+    assert by_row["a0007"] == pytest.approx(sum(dot(7, b) for b in rings["r1"] if b != 7))
+    assert by_row["nobody"] == 0.0
+
+
+def test_dense_codes_number_hashes_in_order_of_first_appearance() -> None:
+    hashes = np.array([2**63 + 5, 17, 2**63 + 5, 33, 17, 17 + 64], np.uint64)  # (17 and 81 share low bits)
+    codes, n = _dense_codes(hashes)
+    assert codes.tolist() == [0, 1, 0, 2, 1, 3]
+    assert n == 4
