@@ -46,18 +46,22 @@ def entity_surprisal(
     (type, entity, degree, memberships of the type, shared or not) with one row per account holding
     a shared entity."""
     surprisal = np.zeros(len(degree))
-    for t in np.unique(type_code):
+    for t in np.flatnonzero(np.bincount(type_code)) if len(type_code) else []:
         rows = np.flatnonzero(type_code == t)
-        first = np.unique(entity[rows], return_index=True)[1]
-        entity_degree = degree[rows][first].astype(np.float64)
         memberships = float(type_memberships[rows].max())
         if memberships <= 0:
             continue
+        # one degree per entity (each of an entity's rows carries it): a hashed unique, not a sort
+        per_entity = pl.DataFrame({"entity": entity[rows], "degree": degree[rows]}).unique("entity")
+        entity_degree = per_entity["degree"].to_numpy().astype(np.float64)
         sizes = np.sort(np.unique(entity_degree))
-        # F(d): the share of same-type meetings that happen on entities of at most d members
+        # F(d): the share of same-type meetings that happen on entities of at most d members (sums of
+        # squared integer degrees: exact in any order)
         mass = np.bincount(np.searchsorted(sizes, entity_degree), weights=entity_degree**2, minlength=len(sizes))
         tail = np.cumsum(mass) / memberships**2
-        surprisal[rows] = -np.log(np.clip(tail[np.searchsorted(sizes, degree[rows])], 1e-300, 1.0))
+        # looked up by degree (one per possible degree), not searched for row by row
+        at_most = np.minimum(np.searchsorted(sizes, np.arange(int(sizes[-1]) + 1)), len(sizes) - 1)
+        surprisal[rows] = -np.log(np.clip(tail[at_most], 1e-300, 1.0))[degree[rows]]
     return surprisal
 
 
