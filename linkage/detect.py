@@ -434,19 +434,29 @@ def _model_switches(graph: Graph, settings: DetectSettings) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------- candidates
-def _clique_pairs(starts: np.ndarray, sizes: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (row_a, row_b) within each small group, as row positions into the membership table."""
-    firsts, seconds = [], []
-    for size in np.unique(sizes):
-        a, b = np.triu_indices(int(size), 1)
-        group_starts = starts[sizes == size]
-        firsts.append((group_starts[:, None] + a[None, :]).ravel())
-        seconds.append((group_starts[:, None] + b[None, :]).ravel())
-    if not firsts:
-        empty = np.empty(0, np.int64)
-        return empty, empty, empty
-    first, second = np.concatenate(firsts), np.concatenate(seconds)
-    return rows[first], rows[second], first
+@numba.njit(cache=True, nogil=True)
+def _clique_contributions(starts, sizes, rows, idx, n):
+    """Every pair within each small group of membership rows (``starts``, ``sizes``: the groups'
+    positions in ``rows``), as (pair code ``a·n + b`` with ``a < b`` the two accounts, the row of the
+    group's earlier member). Groups come by size, then in order; a group's pairs row-major (its
+    first member with each later one, then the second…): one pass, no index arrays per size."""
+    total = 0
+    for g in range(len(sizes)):
+        total += sizes[g] * (sizes[g] - 1) // 2
+    code = np.empty(total, np.int64)
+    first = np.empty(total, np.int64)
+    k = 0
+    for g in np.argsort(sizes, kind="mergesort"):
+        begin, size = starts[g], sizes[g]
+        for i in range(size):
+            row = rows[begin + i]
+            a = idx[row]
+            for j in range(i + 1, size):
+                b = idx[rows[begin + j]]
+                code[k] = min(a, b) * n + max(a, b)
+                first[k] = row
+                k += 1
+    return code, first
 
 
 def _hub_cycles(
@@ -545,16 +555,14 @@ def project(
         s_rows = np.flatnonzero(small)
         boundaries = np.flatnonzero(np.r_[True, entity_code[s_rows][1:] != entity_code[s_rows][:-1]])
         sizes = np.diff(np.r_[boundaries, len(s_rows)])
-        a_rows, b_rows, _ = _clique_pairs(boundaries, sizes, s_rows)
-        pa, pb = idx[a_rows], idx[b_rows]
-        contrib_pair = np.minimum(pa, pb) * n + np.maximum(pa, pb)
+        contrib_pair, a_rows = _clique_contributions(boundaries, sizes, s_rows, idx, n)
         # in pair order (stable: a pair's rows keep their order): the candidates' positions are then
         # looked up in one sweep instead of 7M random binary searches, and are already grouped by pair
         by_pair = stable_order(contrib_pair)
         contrib_pair = contrib_pair[by_pair]
         contrib_type = types[a_rows[by_pair]]
         contrib_value = value[a_rows[by_pair]]
-        del pa, pb, by_pair
+        del by_pair
         hub_pairs = hub_candidates.result()
     # two sorted runs merged in one pass, which also places each contribution among the candidates
     candidates, position = _merge_distinct(contrib_pair, hub_pairs)

@@ -338,8 +338,15 @@ def sorted_values(values: np.ndarray) -> np.ndarray:
 
 
 def stable_order(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` of an integer array, by polars' order-keeping sort (half
-    numpy's time on millions of rows): equal keys keep their positions' order."""
+    """``np.argsort(keys, kind="stable")`` of an integer array: equal keys keep their positions' order.
+
+    Non-negative keys that leave room for the position in 64 bits are sorted as one packed value
+    each (key, then position: all distinct, so any sort keeps the order), half the time of polars'
+    order-keeping sort of two columns; other keys by that sort (itself half numpy's time)."""
+    bits = max(len(keys).bit_length(), 1)
+    if len(keys) and int(keys.min()) >= 0 and int(keys.max()).bit_length() + bits <= 64:
+        packed = (keys.astype(np.uint64) << np.uint64(bits)) | np.arange(len(keys), dtype=np.uint64)
+        return (sorted_values(packed) & np.uint64((1 << bits) - 1)).astype(np.int64)
     frame = pl.DataFrame({"key": keys}).with_row_index("position")
     return frame.sort("key", maintain_order=True)["position"].cast(pl.Int64).to_numpy()
 

@@ -787,3 +787,16 @@ def test_a_rings_evidence_names_an_owned_tool_as_one(shared: str, entity_type: s
     for entity, _, label in labelled.iter_rows():
         assert (named in label) == (entity == f"{entity_type}|fleet-build"), (entity, label)
     assert labelled.height > 2
+
+
+def test_clique_contributions_are_every_pair_of_each_group_by_size_then_row_major() -> None:
+    """Each small group's members paired every way (codes a·n + b, a < b, whichever row comes first),
+    with the row of the group's earlier member; groups by size (ties in order), pairs row-major."""
+    from linkage.detect import _clique_contributions
+
+    rows = np.array([4, 0, 2, 5, 1, 3])  # membership rows, grouped: [4, 0, 2] [5, 1] [3]
+    idx = np.array([7, 3, 9, 1, 6, 2])  # account of each membership row
+    code, first = _clique_contributions(np.array([0, 3, 5]), np.array([3, 2, 1]), rows, idx, 10)
+    # the pair group (rows 5, 1: accounts 2, 3) before the triple (rows 4, 0, 2: accounts 6, 7, 9)
+    assert code.tolist() == [2 * 10 + 3, 6 * 10 + 7, 6 * 10 + 9, 7 * 10 + 9]
+    assert first.tolist() == [5, 4, 4, 0]

@@ -74,5 +74,7 @@ def test_sorted_values_and_stable_order_match_numpy() -> None:
     wide[:10] = wide[10:20]
     assert np.array_equal(stable_order(wide), np.argsort(wide, kind="stable"))
     assert np.array_equal(sorted_values(wide), np.sort(wide))
+    negative = rng.integers(-5, 5, 2_000)  # (not packed with the positions: the two-column sort)
+    assert np.array_equal(stable_order(negative), np.argsort(negative, kind="stable"))
     assert stable_order(np.empty(0, np.int64)).dtype == np.int64
     assert len(sorted_values(np.empty(0, np.int64))) == 0
