@@ -530,9 +530,10 @@ def _typed_columns(
 
 
 def _clean_rows(
-    original: pl.Series, column: Column, settings: IngestSettings
+    original: pl.Series, column: Column, settings: IngestSettings, distinct: bool = False
 ) -> tuple[pl.Series, pl.Series | None, pl.Series | None]:
-    """(typed value, the address's subnet for an IP column, per row the problem or null; None: no problem)."""
+    """(typed value, the address's subnet for an IP column, per row the problem or null; None: no problem).
+    ``distinct``: the values are distinct already (nothing to de-duplicate before parsing)."""
     if original.dtype == pl.Utf8:
         # an empty CSV/JSON field is a missing value, whatever the reader made of it; outside
         # free text, surrounding blanks are not part of a value (stripped once, here)
@@ -544,7 +545,7 @@ def _clean_rows(
             kept = kept & ~text.str.to_lowercase().is_in(_MISSING_TOKENS)
         original = pl.select(pl.when(kept).then(text)).to_series().alias(column.name)
     present = original.is_not_null()
-    value, problem = _convert(original, column.kind, column.name, settings)
+    value, problem = _convert(original, column.kind, column.name, settings, distinct)
     if column.required:
         problem = pl.when(~present).then(pl.lit(f"empty {column.name}")).otherwise(problem)
     subnet = None
@@ -606,7 +607,7 @@ class CategoryCleaner:
     def _add(self, category: pl.Series, codes: np.ndarray, rows: np.ndarray) -> None:
         new_codes, first = np.unique(codes[rows], return_index=True)
         raw = category.gather(rows[first])
-        value, subnet, problem = _clean_rows(raw.cast(pl.Utf8), self.column, self.settings)
+        value, subnet, problem = _clean_rows(raw.cast(pl.Utf8), self.column, self.settings, distinct=True)
         value = _as_category(value)
         self._slot_of[new_codes] = np.arange(len(self._value), len(self._value) + len(new_codes))
         self._value = pl.concat([self._value, value])
@@ -648,8 +649,10 @@ def _dtype(kind: str) -> pl.DataType:
     return {"timestamp": TS_DTYPE, "int": pl.Int64, "asn": pl.Int64}.get(kind, pl.Utf8)
 
 
-def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings) -> tuple[pl.Series, pl.Expr]:
-    """(typed value, problem text or null) for one column."""
+def _convert(
+    original: pl.Series, kind: str, name: str, settings: IngestSettings, distinct: bool = False
+) -> tuple[pl.Series, pl.Expr]:
+    """(typed value, problem text or null) for one column (``distinct``: as :func:`_clean_rows`)."""
     present = original.is_not_null()
     if kind == "timestamp":
         value = parse_timestamps(original)
@@ -680,7 +683,7 @@ def _convert(original: pl.Series, kind: str, name: str, settings: IngestSettings
         return value, problem
     text = original.cast(pl.Utf8)  # (blank values are already null: see _typed_columns)
     if kind == "ip":
-        parsed = parse_ips(text)
+        parsed = parse_ips(text, distinct)
         problem = pl.when(present & parsed["ip"].is_null()).then(pl.lit(f"unparseable IP address in {name}"))
         # the subnet rides along as a struct field so that normalisation need not parse again
         return parsed.select(pl.struct("ip", "subnet")).to_series(), problem

@@ -181,6 +181,8 @@ def test_addresses_as_proxies_and_load_balancers_write_them() -> None:
         None,
     ]
     assert parsed["subnet"].to_list()[:2] == ["1.2.3.0/24", "1.2.3.0/24"]
+    # values known to be distinct are parsed as they come, to the same result
+    assert parse_ips(raw, distinct=True).equals(parsed)
 
 
 def test_timestamps_with_an_hour_only_offset_as_postgresql_writes_them() -> None:
