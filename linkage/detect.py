@@ -590,23 +590,13 @@ def project(
         ),
     )
     org = accounts["org_id"].cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
-    org_of_a = org[ca]
-    discount = np.where((org_of_a == org[cb]) & (org_of_a >= 0), settings.org_discount, 1.0)
-    del org_of_a
     timing_weight = settings.type_weights.get("ActivityWindow", 0.0)
-    # what timing would have to add for the pair to link (pairs far short of it need no exact figure),
-    # worked out in place: arrays over every candidate pair are the projection's costliest to allocate
-    needed = None
-    if timing_weight > 0:
-        needed = link_at / np.maximum(discount, 1e-9)
-        needed -= surprisal
-        needed /= timing_weight
+    # the org discount, and what timing would have to add for the pair to link (pairs far short of it
+    # need no exact figure): one compiled pass over the candidates, no temporaries over all of them
+    discount, needed = _discount_and_needed(org, ca, cb, settings.org_discount, link_at, surprisal, timing_weight)
     timing = _lockstep(accounts, ca, cb, settings, needed) if timing_weight > 0 else np.zeros(len(ca))
-    timing *= timing_weight
     shared = surprisal
-    surprisal = shared + timing
-    surprisal *= discount
-    shared_families += timing > 0
+    surprisal = _with_timing(shared, timing, timing_weight, discount, shared_families)
     # Fisher's tail never exceeds the plain sum: only pairs whose sum reaches the threshold can link
     reach = np.flatnonzero(surprisal >= link_at)
     weight = fisher_log_tail(surprisal[reach], shared_families[reach])
@@ -626,6 +616,34 @@ def project(
         },
         schema=PAIR_SCHEMA,
     )
+
+
+@numba.njit(cache=True, nogil=True)
+def _discount_and_needed(org, ca, cb, org_discount, link_at, surprisal, timing_weight):
+    """Per candidate pair: the declared-org factor (``org_discount`` for two seats of one org, else 1)
+    and ``(link_at / factor − surprisal) / timing_weight``, the lockstep that would link it (zeros
+    when timing weighs nothing)."""
+    discount = np.empty(len(ca))
+    needed = np.zeros(len(ca))
+    for p in range(len(ca)):
+        of_a = org[ca[p]]
+        discount[p] = org_discount if of_a >= 0 and of_a == org[cb[p]] else 1.0
+        if timing_weight > 0:
+            needed[p] = (link_at / max(discount[p], 1e-9) - surprisal[p]) / timing_weight
+    return discount, needed
+
+
+@numba.njit(cache=True, nogil=True)
+def _with_timing(shared, timing, timing_weight, discount, families):
+    """``(shared + timing × weight) × discount`` per pair; ``timing`` is weighted in place and a pair
+    with any lockstep counts one more evidence family (``families``, in place)."""
+    total = np.empty(len(shared))
+    for p in range(len(shared)):
+        timing[p] *= timing_weight
+        total[p] = (shared[p] + timing[p]) * discount[p]
+        if timing[p] > 0:
+            families[p] += 1
+    return total
 
 
 def _in_entity_order(evidence: pl.DataFrame) -> pl.DataFrame:
