@@ -1141,7 +1141,9 @@ def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
     nodes = np.flatnonzero(linked)  # linked accounts, numbered densely in index order
     number = np.cumsum(linked) - 1
     graph = ig.Graph(n=len(nodes), directed=False)
-    graph.add_edges(np.column_stack([number[a], number[b]]))  # (an array: a quarter faster than Python tuples)
+    # (python-igraph's limited-API build reads any edge list item by item: pairs zipped from two
+    # lists of ints are read fastest, 2.0 s for 4.7 M edges against 2.4-3.0 s from an array)
+    graph.add_edges(zip(number[a].tolist(), number[b].tolist()))
     random.seed(settings.seed)
     ig.set_random_number_generator(random)
     # CPM: a community is worth keeping only while its internal link weight beats ``resolution`` per
