@@ -1073,6 +1073,9 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
     twice = held.group_by("community", "entity_key").len().filter(pl.col("len") >= 2).drop("len")
     shared = (
         held.join(twice, on=["community", "entity_key"], how="semi")
+        # an account's index is its place in id order, and a group keeps its rows' order: the
+        # members' lists come out sorted by id without a sort of texts per group
+        .sort("idx")
         .group_by("community", "entity_key")
         .agg(
             pl.len().alias("members"),
@@ -1082,7 +1085,7 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
             # what it is worth between two members: a hub's worth is the lower of its two holders',
             # and only an owned build's workers hold it at more (detect.valued_as_owned)
             pl.col("value").sort(descending=True).get(1),  # (the second largest: top_k per group is slower)
-            pl.col("account_id").sort().alias("shared_by"),
+            pl.col("account_id").alias("shared_by"),
         )
     )
     rings = members.select("community", "ring_id").unique("community")
