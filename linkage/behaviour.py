@@ -77,8 +77,8 @@ class _Rows:
 @numba.njit(cache=True, nogil=True)
 def _dense_codes(hashes):
     """(each hash numbered densely in order of first appearance, how many distinct): one pass over an
-    open-addressing table, where ranking 4.5 M hashes (a sort) took 0.45 s. The values are hashes
-    already, so their low bits pick the slot."""
+    open-addressing table, 0.28 s for 4.5 M hashes where polars' dense rank (a sort) took 0.41-0.55 s.
+    The values are hashes already, so their low bits pick the slot."""
     size = 16
     while size < 2 * len(hashes):
         size *= 2
