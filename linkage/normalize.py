@@ -388,16 +388,27 @@ def academic_institution(domain: pl.Expr) -> pl.Expr:
 # ---------------------------------------------------------------- prompts
 # Slots that vary from one filled-in prompt to the next; the scaffold around them does not.
 # Few, cheap patterns: each pass over 16M prompts costs seconds (see PERFORMANCE_NOTES).
-_MASKS: tuple[tuple[str, str], ...] = (
-    # one alternation, one pass: code blocks, URLs and emails, quoted spans, any token with a digit
-    # (numbers, ids, hashes, uuids); the kind of slot does not matter to the scaffold, only its place
-    (
-        r"(?s)```.*?(?:```|$)|\S+://\S+|www\.\S+|\S+@\S+\.\w+|\"[^\"\n]{0,400}\"|“[^”\n]{0,400}”|«[^»\n]{0,400}»"
-        r"|'[^'\n]{2,400}'|`[^`\n]{1,200}`|[\w-]*\d[\w-]*",
-        "‹n›",
-    ),
-    (r"([a-z,;] )[A-Z][a-z]+(?: [A-Z][a-z]+)*", "${1}‹name›"),  # capitalised words mid-sentence
+# One alternation, one pass: code blocks, URLs and emails, quoted spans, any token with a digit
+# (numbers, ids, hashes, uuids); the kind of slot does not matter to the scaffold, only its place.
+_ADDRESS_SLOTS = (r"\S+://\S+", r"www\.\S+", r"\S+@\S+\.\w+")
+_OTHER_SLOTS = (
+    r"\"[^\"\n]{0,400}\"",
+    r"“[^”\n]{0,400}”",
+    r"«[^»\n]{0,400}»",
+    r"'[^'\n]{2,400}'",
+    r"`[^`\n]{1,200}`",
+    r"[\w-]*\d[\w-]*",
 )
+_CODE_SLOT = r"```.*?(?:```|$)"
+_SLOTS = "(?s)" + "|".join((_CODE_SLOT, *_ADDRESS_SLOTS, *_OTHER_SLOTS))
+# An address branch starts with a run of any non-blank characters: no literal to search for, so the
+# regex engine tries it at every position (half the pass). It can only match a text holding its
+# literal, so texts with none are masked by the same alternation without those branches: the same
+# matches, in the same order of preference.
+_SLOTS_WITHOUT_ADDRESSES = "(?s)" + "|".join((_CODE_SLOT, *_OTHER_SLOTS))
+_ADDRESS_LITERALS = ["://", "www.", "@"]
+_SLOT_MARK = "‹n›"
+_NAME = (r"([a-z,;] )[A-Z][a-z]+(?: [A-Z][a-z]+)*", "${1}‹name›")  # capitalised words mid-sentence
 _BREAKS = [". ", "? ", "! ", ": ", "; ", "。", "？", "！", "：", "\r"]
 # Phrases of prompts that harvest reasoning traces, grades or tool-use trajectories (matched
 # case-insensitively with Aho-Corasick: one cheap pass, a few languages).
@@ -440,10 +451,17 @@ REASONING_STYLE = [
 
 def mask_prompts(prompts: pl.Series, max_chars: int) -> pl.Series:
     """Prompt text with variable slots replaced by markers (numbers, quotes, code, ids, URLs, names)."""
-    masked = prompts.str.slice(0, max_chars)
-    for pattern, replacement in _MASKS:
-        masked = masked.str.replace_all(pattern, replacement)
-    return masked.str.to_lowercase()
+    masked = mask_slots(prompts.str.slice(0, max_chars))
+    return masked.str.replace_all(*_NAME).str.to_lowercase()
+
+
+def mask_slots(texts: pl.Series) -> pl.Series:
+    """``texts`` with each slot of :data:`_SLOTS` replaced by a marker (see :data:`_SLOTS_WITHOUT_ADDRESSES`)."""
+    masked = texts.str.replace_all(_SLOTS_WITHOUT_ADDRESSES, _SLOT_MARK)
+    with_address = texts.str.contains_any(_ADDRESS_LITERALS).arg_true()
+    if len(with_address):
+        masked = masked.scatter(with_address, texts.gather(with_address).str.replace_all(_SLOTS, _SLOT_MARK))
+    return masked
 
 
 def split_segments(keys: pl.Series, masked: pl.Series, max_segments: int) -> pl.DataFrame:

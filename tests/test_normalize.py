@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import polars as pl
 
-from linkage.normalize import academic_institution, canonical_emails, lowercase, parse_ips, parse_timestamps
+from linkage.normalize import (
+    _SLOT_MARK,
+    _SLOTS,
+    academic_institution,
+    canonical_emails,
+    lowercase,
+    mask_slots,
+    parse_ips,
+    parse_timestamps,
+)
 
 
 def test_ip_subnets_v4_and_v6() -> None:
@@ -197,3 +206,23 @@ def test_timestamps_with_an_hour_only_offset_as_postgresql_writes_them() -> None
     assert parse_timestamps(pl.Series("ts", ["2026-02-03 04:00:00+0030"])).dt.epoch("s").to_list() == [
         1770084000 + 5400  # 03:30 UTC: "+0030" is a half-hour offset, not "+00" and stray digits
     ]
+
+
+def test_slots_are_masked_as_by_the_whole_alternation_with_or_without_an_address() -> None:
+    # texts without an address literal skip the address branches: the matches must stay the same
+    texts = pl.Series(
+        [
+            "fix issue 42 in 'my repo' using `grep -r x`",
+            "mail bob@example.com or see https://x.org/a?b=1 and www.site.io now",
+            '"quoted https://inside.org" then a@b.cd, ids ab-12-cd and 3.14',
+            "```python\nprint(1)  # a@b\n``` after the block www.x.y",
+            "WWW.UPPER.COM and ftp://host/path, «guillemets» “curly 7”",
+            "no slot at all here",
+            "",
+            None,
+            "@ alone, :// alone, www. alone",
+        ],
+        dtype=pl.Utf8,
+    )
+    assert mask_slots(texts).to_list() == texts.str.replace_all(_SLOTS, _SLOT_MARK).to_list()
+    assert mask_slots(texts)[1] == "mail ‹n› or see ‹n› and ‹n› now"
