@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import linkage
 from linkage.cli import main
 from linkage.errors import InputError
-from linkage.explain import LINKS_FILE, explain_account, explain_pair
+from linkage.explain import LINKS_FILE, by_account_and_entity, explain_account, explain_pair
 
 from .conftest import TINY
 
@@ -123,3 +123,17 @@ def test_an_owned_build_is_explained_at_the_worth_detection_gave_it() -> None:
     assert not customer.linked
     assert customer.shared[0]["value"] == pytest.approx(worth["Device|fleet-build"])
     assert worth["Device|fleet-build"] < worth["Device|pair-build"] / 2
+
+
+def test_memberships_are_ordered_by_account_then_entity_text() -> None:
+    rows = pl.DataFrame(
+        {
+            "idx": pl.Series([2, 0, 2, 1, 0, 2], dtype=pl.UInt32),
+            "entity": ["IP|9", "Subnet|b", "Device|z", "IP|9", "IP|10", "Bin|4"],
+            "value": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        }
+    ).with_columns(pl.col("entity").hash(3).alias("entity_key"))
+    ordered = by_account_and_entity(rows)
+    assert ordered.columns == ["idx", "entity", "value"]
+    assert ordered.rows() == rows.drop("entity_key").sort("idx", "entity").rows()
+    assert ordered["entity"].to_list() == ["IP|10", "Subnet|b", "IP|9", "Bin|4", "Device|z", "IP|9"]
