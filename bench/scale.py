@@ -2,6 +2,7 @@
 the floor of merely scanning the same request log with pyarrow.
 
     python bench/scale.py [--scales 0.05,0.25,1.0] [--work /tmp/linkage-scale] [--neo4j-scales 0.05]
+    python bench/scale.py --inputs DIR[,DIR] --scales "" [--repeat 3]
 
 Each run is a separate process (peak RSS per run); the Neo4j load needs NEO4J_* in the environment
 (`make neo4j-start; set -a; . .neo4j/env`). Results are printed and appended to bench/results/scale.jsonl.
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -110,25 +112,42 @@ def main() -> None:
         default="",
         help="existing input dirs (comma-separated, e.g. another generator's worlds) instead of simulating",
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each --inputs dir, each after its own floor")
     args = parser.parse_args()
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     linkage_cli = [sys.executable, "-m", "linkage.cli"]
     print(f"{'scale':>6} {'requests':>10} {'scan s':>7} {'run s':>7} {'x scan':>7} {'s/M req':>8} {'peak MB':>8}")
     for input_dir in [Path(d) for d in args.inputs.split(",") if d]:
-        requests, floor = _count_requests(input_dir), scan_floor(input_dir)
+        requests = _count_requests(input_dir)
         out = Path(args.work) / f"out-{input_dir.parent.name}-{input_dir.name}"
-        wall, _ = timed(linkage_cli + ["run", str(input_dir), "--out", str(out)])
-        run = json.loads((out / "run.json").read_text())
-        print(
-            f"{str(input_dir):>6} {requests:>10} {floor:>7.1f} {wall:>7.1f} {wall / floor:>7.1f} "
-            f"{wall / requests * 1e6:>8.2f} {run['peak_rss_mb']:>8.0f}",
-            flush=True,
-        )
-        _print_stages(run)
-        with open(results / "scale.jsonl", "a") as fh:
-            row = {"input": str(input_dir), "requests": requests, "scan_s": round(floor, 2), "run_s": round(wall, 1)}
-            fh.write(json.dumps(row | {"x_scan": round(wall / floor, 1), "peak_rss_mb": run["peak_rss_mb"]}) + "\n")
+        ratios = []
+        # the host's speed drifts by a tenth within minutes: each run is set against a floor read just before it
+        for _ in range(args.repeat):
+            floor = scan_floor(input_dir)
+            wall, _ = timed(linkage_cli + ["run", str(input_dir), "--out", str(out)])
+            run = json.loads((out / "run.json").read_text())
+            ratios.append(wall / floor)
+            print(
+                f"{str(input_dir):>6} {requests:>10} {floor:>7.1f} {wall:>7.1f} {wall / floor:>7.1f} "
+                f"{wall / requests * 1e6:>8.2f} {run['peak_rss_mb']:>8.0f}",
+                flush=True,
+            )
+            _print_stages(run)
+            with open(results / "scale.jsonl", "a") as fh:
+                row = {
+                    "input": str(input_dir),
+                    "requests": requests,
+                    "scan_s": round(floor, 2),
+                    "run_s": round(wall, 1),
+                }
+                fh.write(json.dumps(row | {"x_scan": round(wall / floor, 1), "peak_rss_mb": run["peak_rss_mb"]}) + "\n")
+        if len(ratios) > 1:
+            print(
+                f"{str(input_dir):>6} x scan over {len(ratios)} runs: median {statistics.median(ratios):.1f}, "
+                f"{min(ratios):.1f}-{max(ratios):.1f}",
+                flush=True,
+            )
     for scale in [float(s) for s in args.scales.split(",") if s]:
         data = Path(args.work) / f"s{scale}"
         if not (data / "simulation.json").exists():
