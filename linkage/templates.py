@@ -35,6 +35,7 @@ from .normalize import REASONING_STYLE, mask_prompts, split_segments
 from .settings import TemplateSettings
 
 SLOT = 0  # segment hash standing for a run of filled slots
+_MERGE_BLOCK = 256  # sampled rows whose buffers are loaded ahead at once (see _merge_bottom_k)
 _SEED = 7
 
 
@@ -113,7 +114,7 @@ class PromptSample:
     def _merge(self, candidates: pl.DataFrame) -> None:
         codes = candidates["account_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
         self._reserve(codes)
-        accepted, self._slots, evicted = _merge_bottom_k(
+        accepted, self._slots, evicted, _ = _merge_bottom_k(
             codes,
             candidates["prompt_key"].to_numpy(),
             self._slot_of,
@@ -617,21 +618,37 @@ def _bottom_k_rows(codes, hashes, present, k):
 def _merge_bottom_k(codes, hashes, slot_of, n_slots, best_hash, best_ref, filled, frame_no):
     """Offer rows to per-account buffers of the ``k`` smallest distinct hashes (ascending). Returns
     which rows entered (their ref: ``frame_no`` << 32 | rank among the entered rows), the new number
-    of accounts and how many buffered rows were pushed out."""
+    of accounts and how many buffered rows were pushed out.
+
+    Rows come in blocks: a block's slots and buffer rows are loaded first, each load independent of
+    the others (the buffers of a run's accounts are tens of MB: many cache misses in flight at once,
+    where offering a row waits for its own), then its rows are offered in order."""
     accepted = np.zeros(len(codes), np.bool_)
     n_accepted, evicted = 0, 0
-    for row in range(len(codes)):
-        slot = slot_of[codes[row]]
-        if slot < 0:
-            slot = n_slots
-            slot_of[codes[row]] = slot
-            n_slots += 1
-        entered = _insert_smallest(best_hash, best_ref, filled, slot, hashes[row], (frame_no << 32) | n_accepted)
-        if entered:
-            accepted[row] = True
-            n_accepted += 1
-            evicted += entered == 2
-    return accepted, n_slots, evicted
+    k = best_hash.shape[1]
+    slots = np.empty(_MERGE_BLOCK, np.int64)
+    touched = np.uint64(0)
+    for begin in range(0, len(codes), _MERGE_BLOCK):
+        end = min(begin + _MERGE_BLOCK, len(codes))
+        for row in range(begin, end):  # (new accounts numbered in row order, as one row at a time would)
+            slot = slot_of[codes[row]]
+            if slot < 0:
+                slot = n_slots
+                slot_of[codes[row]] = slot
+                n_slots += 1
+            slots[row - begin] = slot
+        for row in range(begin, end):
+            slot = slots[row - begin]
+            touched += best_hash[slot, 0] + best_hash[slot, k - 1] + np.uint64(filled[slot])
+            touched += np.uint64(best_ref[slot, 0] + best_ref[slot, k - 1])
+        for row in range(begin, end):
+            ref = (frame_no << 32) | n_accepted
+            entered = _insert_smallest(best_hash, best_ref, filled, slots[row - begin], hashes[row], ref)
+            if entered:
+                accepted[row] = True
+                n_accepted += 1
+                evicted += entered == 2
+    return accepted, n_slots, evicted, touched
 
 
 @numba.njit(cache=True, nogil=True)
