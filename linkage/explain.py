@@ -83,8 +83,10 @@ def by_account_and_entity(memberships: pl.DataFrame) -> pl.DataFrame:
     """Membership rows sorted by account index, then entity text, without ``entity_key``. Each entity's
     text is ranked once, and the rows are sorted on (index, rank) as one integer: at incident scale
     360k texts instead of 5.7 M rows' (0.8-0.9 s against 1.4-1.7 s)."""
-    ranks = memberships.unique("entity_key").select(
-        "entity_key", pl.col("entity").rank("ordinal").cast(pl.UInt64).alias("_rank")
+    ranks = (
+        memberships.select("entity_key", "entity")
+        .unique("entity_key")
+        .select("entity_key", pl.col("entity").rank("ordinal").cast(pl.UInt64).alias("_rank"))
     )
     return (
         memberships.join(ranks, on="entity_key", how="left", maintain_order="left")
