@@ -27,7 +27,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from .graph import Graph
+from .graph import Graph, position_dtype
 
 _MIX_ASPECTS = {"model": "USED_MODEL", "template": "SENT_TEMPLATE", "client": "USED_DEVICE"}
 _LEVELS = 5  # fifths of the run's accounts: coarse enough that one operation's accounts share one
@@ -45,7 +45,7 @@ class Profiles:
 
     vectors: pl.DataFrame
     baseline: float | None
-    index: pl.Enum | None = None  # the account ids, in the order ``account`` numbers them
+    index: pl.DataTypeExpr | None = None  # casts an account id to its ``account`` number (graph.position_dtype)
     rows: _Rows | None = None  # ``vectors`` as each account's run of rows (the compiled sums read these)
     # rings already measured, by ring id (ids are content hashes of the members, so a ring that
     # comes back unchanged in a later round of scoring is not measured again)
@@ -130,7 +130,7 @@ def profiles(graph: Graph, without: Collection[str] = ()) -> Profiles:
     aspects = vectors["aspect"].n_unique()
     # accounts as their position in the account table and (aspect, key) as one 64-bit hash: the
     # sums below group and join on integers instead of texts
-    index = pl.Enum(accounts["account_id"])
+    index = position_dtype(accounts["account_id"])
     vectors = vectors.select(
         pl.col("account_id").cast(index, strict=False).to_physical().alias("account"),
         pl.concat_str("aspect", pl.lit("|"), "key").hash(_FEATURE_SEED).alias("feature"),

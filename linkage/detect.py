@@ -39,7 +39,15 @@ from .chance import (
     lockstep_surprisal,
     window_counts,
 )
-from .graph import ACTIVITY_SIGNATURE_SIZE, Graph, mix64, sorted_unique, sorted_values, stable_order
+from .graph import (
+    ACTIVITY_SIGNATURE_SIZE,
+    Graph,
+    mix64,
+    position_dtype,
+    sorted_unique,
+    sorted_values,
+    stable_order,
+)
 from .progress import StageClock
 from .settings import DetectSettings
 
@@ -125,7 +133,7 @@ def memberships(graph: Graph, settings: DetectSettings) -> tuple[pl.DataFrame, p
     # every part holds one row per (account, entity) and is one evidence type, so rarity and the
     # per-type cap are settled part by part, before any text is built for the survivors
     with ThreadPoolExecutor(max_workers=1) as pool:
-        network = pool.submit(_network_parts, graph, pl.Enum(accounts["account_id"]), settings)
+        network = pool.submit(_network_parts, graph, position_dtype(accounts["account_id"]), settings)
         instruments = rels["PAID_WITH"].join(graph.nodes["PaymentInstrument"], left_on="dst", right_on="instrument_id")
         parts = {
             "PaymentInstrument": rel("PAID_WITH"),
@@ -199,7 +207,7 @@ def _keyed_part(frame: pl.DataFrame | pl.LazyFrame, index: pl.LazyFrame) -> Part
     return Part(rows)
 
 
-def _network_parts(graph: Graph, account_index: pl.Enum, settings: DetectSettings) -> dict[str, Part]:
+def _network_parts(graph: Graph, account_index: pl.DataTypeExpr, settings: DetectSettings) -> dict[str, Part]:
     """IP, Subnet and ASN parts from address use, by far the largest table. Everything about an
     address (its hash, subnet, ASN, type factor) is worked out once per address on the IP table and
     gathered; several addresses of one network collapse into one (account, network) row."""
@@ -214,9 +222,10 @@ def _network_parts(graph: Graph, account_index: pl.Enum, settings: DetectSetting
     use = graph.rels["USED_IP"]
     account_runs = use.select(pl.col("src").rle()).unnest("src")
     run_of_row = np.repeat(np.arange(account_runs.height), account_runs["len"].to_numpy())
+    run_idx = account_runs.select(pl.col("value").cast(account_index, strict=False).to_physical())["value"]
     used = use.select(
-        account_runs["value"].cast(account_index, strict=False).to_physical().gather(run_of_row).alias("idx"),
-        pl.col("dst").cast(pl.Enum(ips["ip"]), strict=False).to_physical().alias("ip_row"),
+        run_idx.gather(run_of_row).alias("idx"),
+        pl.col("dst").cast(position_dtype(ips["ip"]), strict=False).to_physical().alias("ip_row"),
         "count",
     ).filter(pl.col("idx").is_not_null() & pl.col("ip_row").is_not_null())
     idx, ip_row, count = (used[c].to_numpy() for c in ("idx", "ip_row", "count"))

@@ -78,3 +78,15 @@ def test_sorted_values_and_stable_order_match_numpy() -> None:
     assert np.array_equal(stable_order(negative), np.argsort(negative, kind="stable"))
     assert stable_order(np.empty(0, np.int64)).dtype == np.int64
     assert len(sorted_values(np.empty(0, np.int64))) == 0
+
+
+def test_position_dtype_casts_ids_to_their_positions() -> None:
+    """Ids become their place in the given order, reused across casts; an id not among them is null."""
+    from linkage.graph import position_dtype
+
+    ids = pl.Series(["c-1", "a-7", "b-3"])
+    positions = position_dtype(ids)
+    frame = pl.DataFrame({"account_id": ["b-3", "zz", "c-1", None, "a-7"]})
+    for _ in range(2):
+        got = frame.select(pl.col("account_id").cast(positions, strict=False).to_physical())["account_id"]
+        assert got.to_list() == [2, None, 0, None, 1]
