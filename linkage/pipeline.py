@@ -351,7 +351,7 @@ def run(
             settings.detect.activity_window_minutes,
             inputs.parts,
         )
-        daily = daily_requests(inputs.requests)
+        daily = inputs.parts.daily if inputs.parts is not None else daily_requests(inputs.requests)
     del inputs
     detection, (rings, members, evidence, alone, cut) = analyse(graph, settings, clock)
     scores = account_scores(graph, members, alone)

@@ -90,3 +90,33 @@ def test_position_dtype_casts_ids_to_their_positions() -> None:
     for _ in range(2):
         got = frame.select(pl.col("account_id").cast(positions, strict=False).to_physical())["account_id"]
         assert got.to_list() == [2, None, 0, None, 1]
+
+
+def test_daily_requests_counts_each_account_day() -> None:
+    """Per account and UTC day the number of requests, as a group-by of the whole log gives it, in
+    account and day order; a day before 1970 is its own day, not the one after."""
+    from datetime import UTC, datetime
+
+    from linkage.graph import daily_requests
+
+    utc = UTC
+    times = [
+        datetime(2026, 2, 1, 23, 59, tzinfo=utc),
+        datetime(2026, 2, 2, 0, 1, tzinfo=utc),
+        datetime(2026, 2, 1, 8, 0, tzinfo=utc),
+        datetime(1969, 12, 31, 12, 0, tzinfo=utc),
+        datetime(2026, 2, 2, 5, 0, tzinfo=utc),
+        datetime(2026, 2, 1, 1, 0, tzinfo=utc),
+    ]
+    requests = pl.DataFrame(
+        {"account_id": ["b", "b", "a", "a", "b", "b"], "ts": times},
+        schema={"account_id": pl.Categorical, "ts": pl.Datetime("ms", "UTC")},
+    )
+    expected = (
+        requests.group_by(pl.col("account_id").cast(pl.Utf8), pl.col("ts").dt.date().alias("day"))
+        .agg(pl.len().cast(pl.UInt32).alias("requests"))
+        .sort("account_id", "day")
+    )
+    got = daily_requests(requests)
+    assert_frame_equal(got, expected)
+    assert got["requests"].to_list() == [1, 1, 2, 2]
