@@ -178,20 +178,45 @@ def _class_representatives(classes: np.ndarray, needed: np.ndarray) -> tuple[np.
     """(a pair standing for each class, each pair's class among them, the least ``needed`` of each
     class: it is summed exactly where any of its pairs needs the exact figure), or None where most
     classes hold one pair and numbering them costs more than it saves (world B's 3.1 M pairs at
-    incident scale are 3.1 M classes)."""
-    if pl.Series(classes).n_unique() > _CLASSES_WORTH_IT * len(classes):
+    incident scale are 3.1 M classes). Classes are numbered in the order of their first pairs, so
+    busy and idle accounts mix on both threads of the sum."""
+    n_classes = pl.Series(classes).n_unique()
+    if n_classes > _CLASSES_WORTH_IT * len(classes):
         return None
-    code = pl.Series(classes).rank("dense").to_numpy().astype(np.int64) - 1
-    one = np.empty(int(code.max(initial=-1)) + 1, np.int64)
-    one[code] = np.arange(len(code))  # (any pair of a class stands for it)
-    # the classes in the order of their pairs: busy and idle accounts then mix on both threads
-    in_pair_order = np.argsort(one)
-    place = np.empty_like(in_pair_order)
-    place[in_pair_order] = np.arange(len(one))
-    code = place[code]
-    neediest = np.full(len(one), np.inf)
-    np.minimum.at(neediest, code, needed)
-    return one[in_pair_order], code, neediest
+    return _classes_numbered(np.asarray(classes, np.int64), np.asarray(needed, np.float64), n_classes)
+
+
+@numba.njit(cache=True, nogil=True)
+def _classes_numbered(classes, needed, n_classes):
+    """:func:`_class_representatives` by one pass over a hash table of the ``n_classes`` distinct
+    values (open addressing, at most half full): 0.5 s against 1.2-1.8 s for a dense rank and its
+    argsorts over 5.5 M pairs in 1.2 M classes."""
+    size, bits = 2, 1
+    while size < 2 * n_classes:
+        size, bits = size << 1, bits + 1
+    mask = size - 1
+    shift = np.uint64(64 - bits)  # (the product's top bits: the best mixed)
+    key = np.empty(size, np.int64)
+    slot_class = np.full(size, -1, np.int64)
+    one = np.empty(n_classes, np.int64)
+    neediest = np.empty(n_classes)
+    code = np.empty(len(classes), np.int64)
+    k = 0
+    for p in range(len(classes)):
+        value = classes[p]
+        slot = np.int64((np.uint64(value) * np.uint64(0x9E3779B97F4A7C15)) >> shift) & mask
+        while slot_class[slot] >= 0 and key[slot] != value:
+            slot = (slot + 1) & mask
+        c = slot_class[slot]
+        if c < 0:
+            c = k
+            slot_class[slot], key[slot] = c, value
+            one[c], neediest[c] = p, needed[p]
+            k += 1
+        elif needed[p] < neediest[c]:
+            neediest[c] = needed[p]
+        code[p] = c
+    return one, code, neediest
 
 
 _JACCARD_GRID = 4096

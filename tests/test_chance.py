@@ -43,3 +43,24 @@ def test_binomial_tails_are_scipys_bit_for_bit():
     with np.errstate(divide="ignore"):
         expected = np.log(np.stack([binom.sf(x - 1, width, jaccard) for x in range(width + 1)]))
     np.testing.assert_array_equal(_log_binomial_tails(width, grid), expected)
+
+
+def test_lockstep_by_class_is_the_sum_per_pair_bit_for_bit():
+    """Pairs grouped into classes (equal agreement and window counts) get exactly what each pair
+    gets alone, whichever pair stands for its class and however much each pair needs."""
+    from linkage.chance import _class_representatives, lockstep_surprisal
+
+    rng = np.random.default_rng(5)
+    n = 4_000
+    agree = rng.integers(1, 17, 8)[rng.integers(0, 8, n)]
+    windows_a = rng.integers(1, 300, 6).astype(float)[rng.integers(0, 6, n)]
+    windows_b = rng.integers(1, 300, 6).astype(float)[rng.integers(0, 6, n)]
+    needed = rng.uniform(0, 30, n)
+    classes = agree | (windows_a.astype(np.int64) << 5) | (windows_b.astype(np.int64) << 20)
+    args = (agree / 16, windows_a, windows_b, 2_000.0, 1.1, 16, needed)
+    assert np.array_equal(lockstep_surprisal(*args), lockstep_surprisal(*args, classes))
+    one, code, neediest = _class_representatives(classes, needed)
+    assert np.array_equal(classes[one[code]], classes)  # each pair's class stands for it
+    assert len(one) == len(np.unique(classes))
+    assert np.array_equal(neediest, np.array([needed[classes == classes[p]].min() for p in one]))
+    assert _class_representatives(np.arange(n), needed) is None  # one pair a class: not worth it
