@@ -27,6 +27,7 @@ from linkage.score import (
     account_institutions,
     bystanders,
     content_risk,
+    customer_ranks,
     off_the_rings_clock,
     operated_by_behaviour_or_clock,
     org_explained_risk,
@@ -216,7 +217,7 @@ def _clean_fleet_run(lockstep: float) -> pl.DataFrame:
     assert ring_risk["score"][0] < threshold  # arriving like customers, the full reading misses it
     return _with_content_reading(
         members,
-        accounts,
+        customer_ranks(accounts),
         index.select("account_id", "org_id"),
         risk,
         ring_risk,
@@ -696,3 +697,17 @@ def test_run_json_records_the_cut_that_flagged_the_rings(tmp_path: Path) -> None
 
     linkage.run(TINY, tmp_path / "fixed", Settings.load(overrides={"score.flag_threshold": 0.123}))
     assert json.loads((tmp_path / "fixed" / "run.json").read_text())["rings"]["flag_cut"] == 0.123
+
+
+def test_background_risk_counts_an_org_once_in_customer_order() -> None:
+    """Every customer outside the excluded accounts once (an org as the mean of its seats), in the
+    customers' text order, an org's name sorting among the account ids."""
+    from linkage.score import background_risk
+
+    accounts = pl.DataFrame(
+        {"account_id": ["c", "a", "m1", "d", "m2", "b"], "org_id": [None, None, "bb-org", None, "bb-org", None]}
+    )
+    risk = pl.DataFrame({"account_id": ["a", "b", "c", "d", "m1", "m2"], "risk": [0.1, 0.2, 0.3, 0.4, 0.5, 0.9]})
+    excluded = pl.DataFrame({"account_id": ["d"]})
+    got = background_risk(risk, excluded, customer_ranks(accounts))
+    assert got.to_list() == pytest.approx([0.1, 0.2, 0.7, 0.3])  # a, b, bb-org, c
