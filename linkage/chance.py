@@ -189,7 +189,7 @@ def _class_representatives(classes: np.ndarray, needed: np.ndarray) -> tuple[np.
 @numba.njit(cache=True, nogil=True)
 def _classes_numbered(classes, needed, n_classes):
     """:func:`_class_representatives` by one pass over a hash table of the ``n_classes`` distinct
-    values (open addressing, at most half full): 0.5 s against 1.2-1.8 s for a dense rank and its
+    values (open addressing, at most half full): 0.4 s against 1.2-1.8 s for a dense rank and its
     argsorts over 5.5 M pairs in 1.2 M classes."""
     size, bits = 2, 1
     while size < 2 * n_classes:
