@@ -42,6 +42,7 @@ from .chance import (
 from .graph import (
     ACTIVITY_SIGNATURE_SIZE,
     Graph,
+    in_order,
     mix64,
     position_dtype,
     sorted_unique,
@@ -658,11 +659,7 @@ def _with_timing(shared, timing, timing_weight, discount, families):
 def _in_entity_order(evidence: pl.DataFrame) -> pl.DataFrame:
     """The memberships sorted by entity key, then account: as :func:`memberships` leaves them (checked
     in one pass, not sorted again: 6 M rows at incident scale), or sorted here."""
-    key, idx = evidence["entity_key"].to_numpy(), evidence["idx"].to_numpy()
-    same = key[1:] == key[:-1]
-    if np.all((key[1:] > key[:-1]) | (same & (idx[1:] > idx[:-1]))):
-        return evidence
-    return evidence.sort("entity_key", "idx")
+    return evidence if in_order(evidence, "entity_key", "idx") else evidence.sort("entity_key", "idx")
 
 
 PAIR_SCHEMA = {

@@ -381,6 +381,14 @@ def position_dtype(ids: pl.Series) -> pl.DataTypeExpr:
     return pl.Enum(ids).to_dtype_expr()
 
 
+def in_order(frame: pl.DataFrame, first: str, second: str) -> bool:
+    """Whether ``frame``'s rows are sorted by ``first``, then ``second``, each pair of values once: a
+    check in one pass, for tables that usually come sorted already (the projection's pairs, the
+    memberships by entity), so that millions of rows are not sorted again."""
+    a, b = frame[first].to_numpy(), frame[second].to_numpy()
+    return bool(np.all((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] > b[:-1]))))
+
+
 def sorted_values(values: np.ndarray) -> np.ndarray:
     """``np.sort(values)`` of an integer array, by polars: a third of numpy's time on tens of millions
     of int64 (27M hub candidates at incident scale: 1.9 s against 0.6 s), and off the GIL. Read-only."""

@@ -137,18 +137,3 @@ def test_memberships_are_ordered_by_account_then_entity_text() -> None:
     assert ordered.columns == ["idx", "entity", "value"]
     assert ordered.rows() == rows.drop("entity_key").sort("idx", "entity").rows()
     assert ordered["entity"].to_list() == ["IP|10", "Subnet|b", "IP|9", "Bin|4", "Device|z", "IP|9"]
-
-
-def test_pairs_are_sorted_only_when_out_of_order() -> None:
-    """Links already in (a, b) order are taken as they are; any pair out of order, or a pair twice,
-    sends them through the sort."""
-    from linkage.explain import _in_pair_order
-
-    def pairs(a: list[int], b: list[int]) -> pl.DataFrame:
-        return pl.DataFrame({"a": a, "b": b})
-
-    assert _in_pair_order(pairs([0, 0, 1, 3], [1, 5, 2, 4]))
-    assert _in_pair_order(pairs([], []))
-    assert not _in_pair_order(pairs([0, 1, 0], [1, 2, 5]))
-    assert not _in_pair_order(pairs([0, 0, 1], [5, 1, 2]))
-    assert not _in_pair_order(pairs([0, 0], [1, 1]))

@@ -120,3 +120,18 @@ def test_daily_requests_counts_each_account_day() -> None:
     got = daily_requests(requests)
     assert_frame_equal(got, expected)
     assert got["requests"].to_list() == [1, 1, 2, 2]
+
+
+def test_in_order_tells_sorted_pairs_from_others() -> None:
+    """Rows sorted by the first column, then the second, are taken as they are; a row out of order,
+    or a pair twice, is not in order."""
+    from linkage.graph import in_order
+
+    def pairs(a: list[int], b: list[int]) -> pl.DataFrame:
+        return pl.DataFrame({"a": a, "b": b}, schema={"a": pl.Int64, "b": pl.Int64})
+
+    assert in_order(pairs([0, 0, 1, 3], [1, 5, 2, 4]), "a", "b")
+    assert in_order(pairs([], []), "a", "b")
+    assert not in_order(pairs([0, 1, 0], [1, 2, 5]), "a", "b")
+    assert not in_order(pairs([0, 0, 1], [5, 1, 2]), "a", "b")
+    assert not in_order(pairs([0, 0], [1, 1]), "a", "b")
