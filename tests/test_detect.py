@@ -326,12 +326,15 @@ def _brute_force_weight(small: dict, a: dict, b: dict, rules, ends: tuple[int, i
     return total, len(per_family)
 
 
+@pytest.mark.parametrize("values", ["each holder its own", "one per hub, a few hubs not"])
 @pytest.mark.parametrize("order", ["shuffled", "in pair order"])
 @pytest.mark.parametrize("threads", ["one", "two"])
-def test_pair_weights_match_brute_force(threads, order, monkeypatch):
+def test_pair_weights_match_brute_force(threads, order, values, monkeypatch):
     """Small-entity contributions and hubs both ends hold (at the lower of the two ends' values), combined per
     type and family less the degree correction, exactly as the rule says — including pairs sharing
-    nothing, and whether the contributions come in pair order (as the projection makes them) or not."""
+    nothing, and whether the contributions come in pair order (as the projection makes them) or not.
+    A hub is usually worth the same to every holder (the kernel then reads it per hub); an owned build
+    is not (it reads the holders' own values)."""
     if threads == "two":  # the candidates cut in two halves weighed on two threads
         monkeypatch.setattr("linkage.detect.PARALLEL_MIN_PAIRS", 2)
     from linkage.detect import Held, Shared, TypeRules, pair_weights
@@ -344,6 +347,8 @@ def test_pair_weights_match_brute_force(threads, order, monkeypatch):
     member, entity = member[keep], entity[keep]
     hub_type = entity % n_types  # an entity belongs to one type
     hub_value = 3 * rng.random(len(member))
+    if values == "one per hub, a few hubs not":
+        hub_value = np.where(entity % 7 == 0, hub_value, (3 * rng.random(40))[entity])
     ca = np.sort(rng.integers(0, n_accounts, 400))
     cb = rng.integers(0, n_accounts, 400)
     position = rng.integers(0, len(ca), 300)
