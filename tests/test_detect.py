@@ -413,7 +413,7 @@ def test_relationship_tables_are_in_text_order_whatever_the_category_codes():
 
 
 def test_pair_groups_account_by_account_equal_a_hash_group_by():
-    """Grouping each account's rows on its own gives a polars group-by's groups (count, first and
+    """Counting each account's rows on its own gives a polars group-by's groups (count, first and
     last time) in (account, target) order; rows without an account or a target count nowhere."""
     from linkage.graph import NO_RANK, _pair_groups_by_account, _rows_by_account
 
@@ -425,7 +425,7 @@ def test_pair_groups_account_by_account_equal_a_hash_group_by():
         target[rng.random(n) < 0.05] = NO_RANK
         ts = rng.integers(0, 10**12, n)
         rows, starts = _rows_by_account(account, 300)
-        got = _pair_groups_by_account(starts, target[rows], ts[rows])
+        got = _pair_groups_by_account(starts, target[rows], ts[rows], 40)
         valid = (account != NO_RANK) & (target != NO_RANK)
         expected = (
             pl.DataFrame({"a": account[valid].astype(np.int64), "t": target[valid].astype(np.int64), "ts": ts[valid]})
