@@ -243,14 +243,8 @@ def attach_templates(requests: pl.DataFrame, miner: TemplateMiner):
     """Mine the sample and give every request whose text is in it the text's template and reasoning
     flag (``reasoning_style`` null: the text was not sampled)."""
     keys = miner.sampled_keys()
-    # one lookup of the key column (joining the whole chunked frame would gather every column of
-    # every request); counts and results then follow by position in the sample
-    position = requests.select("prompt_key").join(
-        pl.DataFrame({"prompt_key": keys}).with_row_index("position"),
-        on="prompt_key",
-        how="left",
-        maintain_order="left",
-    )["position"]
+    # one lookup of the key column; counts and results then follow by position in the sample
+    position = miner.positions(requests["prompt_key"])
     counts = np.bincount(position.drop_nulls().to_numpy(), minlength=len(keys))
     result = miner.finish(pl.DataFrame({"prompt_key": keys, "requests": counts}))
     return requests.with_columns(

@@ -242,6 +242,20 @@ class TemplateMiner:
         """The sample's text hashes, ascending (the order of :meth:`finish`'s assignments)."""
         return self._sample.texts()["prompt_key"]
 
+    def positions(self, prompt_keys: pl.Series) -> pl.Series:
+        """Per request (its ``prompt_key``), its text's place among :meth:`sampled_keys`; null where the
+        text was not sampled. One probe of a hash table of the sample per request, on two threads: a
+        join of the log's key column took twice as long (1.0-1.1 s against 0.4-0.5 s for 14.5 M requests)."""
+        keys = self.sampled_keys().to_numpy()
+        slot_key, slot_position = _key_table(keys, 1 << (2 * len(keys)).bit_length())  # (at most half full)
+        values, present = prompt_keys.fill_null(0).to_numpy(), prompt_keys.is_not_null().to_numpy()
+        found = np.empty(len(values), np.int64)
+        halves = [slice(0, len(values) // 2), slice(len(values) // 2, len(values))]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda h: _probe(values[h], present[h], slot_key, slot_position, found[h]), halves))
+        position = pl.Series("position", np.maximum(found, 0).astype(np.uint32))
+        return pl.select(pl.when(pl.Series(found >= 0)).then(position)).to_series()
+
     def add_batch(
         self, accounts: pl.Series, prompts: pl.Series, bound: tuple[np.ndarray, np.ndarray] | None = None
     ) -> pl.DataFrame:
@@ -649,6 +663,37 @@ def _merge_bottom_k(codes, hashes, slot_of, n_slots, best_hash, best_ref, filled
                 n_accepted += 1
                 evicted += entered == 2
     return accepted, n_slots, evicted, touched
+
+
+@numba.njit(cache=True, nogil=True)
+def _key_table(keys, size):
+    """An open-addressing table of ``size`` slots (a power of two, more than ``keys``) for distinct
+    64-bit text hashes, their low bits picking the slot: per slot its key and the key's position in
+    ``keys``, -1 for an empty slot."""
+    mask = np.uint64(size - 1)
+    slot_key, slot_position = np.zeros(size, np.uint64), np.full(size, -1, np.int64)
+    for position in range(len(keys)):
+        slot = keys[position] & mask
+        while slot_position[slot] >= 0:
+            slot = (slot + np.uint64(1)) & mask
+        slot_key[slot], slot_position[slot] = keys[position], position
+    return slot_key, slot_position
+
+
+@numba.njit(cache=True, nogil=True)
+def _probe(values, present, slot_key, slot_position, found):
+    """Per value, its position in :func:`_key_table`'s keys, or -1 (absent, or not ``present``)."""
+    mask = np.uint64(len(slot_key) - 1)
+    for row in range(len(values)):
+        found[row] = -1
+        if not present[row]:
+            continue
+        slot = values[row] & mask
+        while slot_position[slot] >= 0:
+            if slot_key[slot] == values[row]:
+                found[row] = slot_position[slot]
+                break
+            slot = (slot + np.uint64(1)) & mask
 
 
 @numba.njit(cache=True, nogil=True)

@@ -251,3 +251,24 @@ def test_a_popular_label_does_not_turn_the_instruction_beside_it_into_filler() -
     ids = _templates_of(labelled + careful)
     assert ids[400] is not None and len(set(ids[400:])) == 1
     assert ids[400] not in set(ids[:400])
+
+
+def test_positions_are_each_requests_place_in_the_sample() -> None:
+    """Each request's text found in the sample's keys by the hash table, as a join would find it:
+    sampled texts at their place, texts left out of the sample and requests without a prompt null."""
+    rng = random.Random(4)
+    miner = TemplateMiner(TemplateSettings(max_prompts_per_account=3))
+    accounts = [f"a{rng.randrange(40)}" for _ in range(2000)]
+    prompts = [None if rng.random() < 0.1 else _filler(rng, 3) for _ in range(2000)]
+    per_request = miner.add_batch(pl.Series(accounts), pl.Series(prompts, dtype=pl.Utf8))
+    keys = miner.sampled_keys()
+    expected = per_request.join(
+        pl.DataFrame({"prompt_key": keys}).with_row_index("position"),
+        on="prompt_key",
+        how="left",
+        maintain_order="left",
+    )["position"]
+    got = miner.positions(per_request["prompt_key"])
+    assert got.dtype == expected.dtype and got.equals(expected)
+    assert 0 < got.null_count() < 2000 and got.drop_nulls().n_unique() == len(keys)
+    assert got.filter(per_request["prompt_key"].is_null()).null_count() == per_request["prompt_key"].null_count() > 0
