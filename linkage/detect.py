@@ -754,7 +754,8 @@ def pair_weights(
     # (arrays of every candidate pair are the projection's largest, and fresh memory costs to touch)
     weight, families = np.empty(len(ca)), np.empty(len(ca), np.int64)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(lambda h: _weigh_pairs(ca[h], cb[h], h.start, *fixed, weight[h], families[h]), halves))
+        # (numba's stubs type a dispatcher's call with a bounded number of arguments)
+        list(pool.map(lambda h: _weigh_pairs(ca[h], cb[h], h.start, *fixed, weight[h], families[h]), halves))  # type: ignore[call-arg]
     return weight, families
 
 
