@@ -496,15 +496,35 @@ def _per_account_totals(rank, n_ranks, ts, input_tokens, output_tokens, proxy, r
 
 
 def _per_ip(requests: pl.DataFrame) -> pl.DataFrame:
-    """One row per address: subnet, its most frequent ASN and IP type (ties: the smallest), first and
-    last use. One pass over the request log by (address, ASN, type) — few rows per address — and the
-    modes from that small table: a per-group ``mode()`` over millions of requests costs three times more.
-    The small table is grouped by the address's categorical code, not its text (a million addresses at
-    incident scale: sorting and joining their texts took longer than the pass over the log)."""
+    """One row per address: subnet, its most frequent ASN and IP type (ties: the smallest; the type by
+    name), first and last use.
+
+    Nearly every address comes with one ASN and one type. One compiled pass over the log keeps each
+    address's first row and times and notes the addresses seen with more than one (ASN, type); only
+    those few addresses' requests are counted by (address, ASN, type) for their modes. A group-by of
+    the whole log by (address, ASN, type) took 2.5-2.8 s at incident scale."""
+    codes = requests["ip"].to_physical()  # (categorical codes: process-wide, an index per address)
+    asn, kind = requests["asn"], requests["ip_type"].to_physical()
+    none = np.iinfo(np.uint32).max
+    code_of = codes.fill_null(none).to_numpy()
+    first_row, first_seen, last_seen, mixed = _address_rows(
+        code_of,
+        asn.fill_null(0).to_numpy(),
+        asn.is_not_null().to_numpy(),
+        kind.fill_null(none).to_numpy(),
+        requests["ts"].to_physical().to_numpy(),
+        int(np.max(code_of, where=code_of != none, initial=0)) + 1 if codes.null_count() < len(codes) else 0,
+    )
+    alone = np.flatnonzero((first_row >= 0) & ~mixed)
+    single = requests.select("ip", "subnet", "asn", "ip_type")[first_row[alone]].with_columns(
+        pl.Series("first_seen", first_seen[alone]).cast(requests.schema["ts"]),
+        pl.Series("last_seen", last_seen[alone]).cast(requests.schema["ts"]),
+    )
+    if not mixed.any():
+        return _text(single)
+    several = requests.filter(pl.Series(mixed).gather(codes.fill_null(0)) & codes.is_not_null())
     by_variant = (
-        requests.lazy()
-        .filter(pl.col("ip").is_not_null())
-        .group_by("ip", "asn", "ip_type")
+        several.group_by("ip", "asn", "ip_type")
         .agg(
             pl.len().alias("n"),
             pl.col("subnet").first(),
@@ -513,13 +533,35 @@ def _per_ip(requests: pl.DataFrame) -> pl.DataFrame:
         )
         # (the type as text: its ties go to the smallest by name)
         .with_columns(pl.col("ip").to_physical().alias("code"), pl.col("ip_type").cast(pl.Utf8))
-        .collect(engine="streaming")
     )
     per_ip = by_variant.group_by("code").agg(
         pl.col("ip").first(), pl.col("subnet").first(), pl.col("first_seen").min(), pl.col("last_seen").max()
     )
     per_ip = per_ip.join(_modes(by_variant, "code", ["asn", "ip_type"], weight="n"), on="code", how="left")
-    return _text(per_ip).select("ip", "subnet", "asn", "ip_type", "first_seen", "last_seen")
+    return pl.concat([_text(single), _text(per_ip).select(single.columns)])
+
+
+@numba.njit(cache=True, nogil=True)
+def _address_rows(codes, asn, has_asn, kind, ts, n_codes):
+    """Per address code: its first row (-1: no request), first and last time, and whether its rows
+    differ in ASN (or its presence) or type."""
+    first_row = np.full(n_codes, -1, np.int64)
+    first_seen, last_seen = np.empty(n_codes, ts.dtype), np.empty(n_codes, ts.dtype)
+    mixed = np.zeros(n_codes, np.bool_)
+    for row in range(len(codes)):
+        code = codes[row]
+        if code >= n_codes:
+            continue
+        seen = first_row[code]
+        if seen < 0:
+            first_row[code] = row
+            first_seen[code], last_seen[code] = ts[row], ts[row]
+            continue
+        first_seen[code] = min(first_seen[code], ts[row])
+        last_seen[code] = max(last_seen[code], ts[row])
+        if has_asn[row] != has_asn[seen] or (has_asn[row] and asn[row] != asn[seen]) or kind[row] != kind[seen]:
+            mixed[code] = True
+    return first_row, first_seen, last_seen, mixed
 
 
 def _modes(frame: pl.DataFrame, key: str, columns: list[str], weight: str | None = None) -> pl.DataFrame:

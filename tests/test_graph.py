@@ -135,3 +135,50 @@ def test_in_order_tells_sorted_pairs_from_others() -> None:
     assert not in_order(pairs([0, 1, 0], [1, 2, 5]), "a", "b")
     assert not in_order(pairs([0, 0, 1], [5, 1, 2]), "a", "b")
     assert not in_order(pairs([0, 0], [1, 1]), "a", "b")
+
+
+def test_per_address_modes_equal_a_plain_group_by() -> None:
+    """One row per address with its most frequent ASN and type (ties: the smallest, the type by name;
+    nulls not counted), subnet and first and last use, whether an address came with one (ASN, type)
+    or several: the same as a per-address group-by of the whole log."""
+    from datetime import UTC, datetime, timedelta
+
+    from linkage.graph import _per_ip
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [  # (ip, asn, type)
+        *[("10.0.0.1", 7, "residential")] * 3,  # one variant
+        ("10.0.0.2", 7, "datacenter"),  # ASN tie 7/9 (smallest), type 2 × mobile against 1 × datacenter
+        ("10.0.0.2", 9, "mobile"),
+        ("10.0.0.2", None, "mobile"),
+        ("10.0.0.3", None, None),  # nothing known
+        ("10.0.0.4", None, "vpn"),  # an ASN only sometimes: the known one is the mode
+        ("10.0.0.4", 5, "vpn"),
+        ("10.0.0.5", 3, "mobile"),  # a type tie: by name
+        ("10.0.0.5", 3, "datacenter"),
+        (None, 1, "mobile"),  # no address: no row
+    ]
+    requests = pl.DataFrame(
+        {
+            "ip": [r[0] for r in rows],
+            "subnet": [r[0] and r[0].rsplit(".", 1)[0] + ".0/24" for r in rows],
+            "asn": [r[1] for r in rows],
+            "ip_type": [r[2] for r in rows],
+            "ts": [start + timedelta(hours=h) for h in (5, 1, 9, 2, 3, 4, 6, 7, 8, 0, 11, 10)],
+        },
+        schema_overrides={"asn": pl.Int64},
+    ).with_columns(pl.col("ip", "subnet", "ip_type").cast(pl.Categorical), pl.col("ts").dt.cast_time_unit("ms"))
+
+    got = _per_ip(requests).sort("ip")
+    assert got.columns == ["ip", "subnet", "asn", "ip_type", "first_seen", "last_seen"]
+    assert got["ip"].to_list() == [f"10.0.0.{i}" for i in range(1, 6)]
+    assert got["asn"].to_list() == [7, 7, None, 5, 3]
+    assert got["ip_type"].to_list() == ["residential", "mobile", None, "vpn", "datacenter"]
+    assert got["subnet"].to_list() == ["10.0.0.0/24"] * 5
+    expected_times = (
+        requests.filter(pl.col("ip").is_not_null())
+        .group_by(pl.col("ip").cast(pl.Utf8))
+        .agg(pl.col("ts").min().alias("first_seen"), pl.col("ts").max().alias("last_seen"))
+        .sort("ip")
+    )
+    assert_frame_equal(got.select("ip", "first_seen", "last_seen"), expected_times)
