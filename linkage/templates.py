@@ -157,7 +157,10 @@ class PromptSample:
             grown = np.full(max(int(codes.max()) + 1, 2 * len(self._slot_of)), -1, np.int64)
             grown[: len(self._slot_of)] = self._slot_of
             self._slot_of = grown
-        needed = self._slots + len(np.unique(codes[self._slot_of[codes] < 0]))
+        # (accounts not seen before, each once: marked, not sorted; codes index the categorical pool)
+        unseen = np.zeros(len(self._slot_of), bool)
+        unseen[codes[self._slot_of[codes] < 0]] = True
+        needed = self._slots + int(np.count_nonzero(unseen))
         if needed > len(self._filled):
             size = max(needed, 2 * len(self._filled))
             for name in ("_hash", "_ref", "_filled"):
