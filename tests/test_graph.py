@@ -169,7 +169,7 @@ def test_per_address_modes_equal_a_plain_group_by() -> None:
         schema_overrides={"asn": pl.Int64},
     ).with_columns(pl.col("ip", "subnet", "ip_type").cast(pl.Categorical), pl.col("ts").dt.cast_time_unit("ms"))
 
-    got = _per_ip(requests).sort("ip")
+    got = _per_ip(requests, requests["ts"].to_physical().to_numpy()).sort("ip")
     assert got.columns == ["ip", "subnet", "asn", "ip_type", "first_seen", "last_seen"]
     assert got["ip"].to_list() == [f"10.0.0.{i}" for i in range(1, 6)]
     assert got["asn"].to_list() == [7, 7, None, 5, 3]
