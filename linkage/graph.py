@@ -674,7 +674,8 @@ def build_graph(
         pl.col("first_seen").min(),
         pl.col("last_seen").max(),
     )
-    graph.nodes["IP"] = ips.select("ip", "subnet", "asn", "ip_type").sort("ip")
+    ips = ips.sort("ip")  # (one row per address: the address relationships below come in (src, dst) order)
+    graph.nodes["IP"] = ips.select("ip", "subnet", "asn", "ip_type")
     graph.nodes["Subnet"] = graph.nodes["IP"].select("subnet").drop_nulls().unique().sort("subnet")
     graph.nodes["ASN"] = graph.nodes["IP"].select("asn").drop_nulls().unique().sort("asn")
     graph.nodes["Device"] = pl.DataFrame({"device_id": devices})  # (every device and model used, in text order)
@@ -699,15 +700,9 @@ def build_graph(
     graph.rels["USED_MODEL"] = used_model
     structural = ips.select(pl.col("ip").alias("src"), pl.lit(1, pl.Int64).alias("count"), "first_seen", "last_seen")
     graph.rels["IN_SUBNET"] = (
-        structural.with_columns(ips["subnet"].alias("dst"))
-        .filter(pl.col("dst").is_not_null())
-        .select(REL_COLUMNS)
-        .sort("src", "dst")
+        structural.with_columns(ips["subnet"].alias("dst")).filter(pl.col("dst").is_not_null()).select(REL_COLUMNS)
     )
     graph.rels["ROUTED_BY"] = (
-        structural.with_columns(ips["asn"].alias("dst"))
-        .filter(pl.col("dst").is_not_null())
-        .select(REL_COLUMNS)
-        .sort("src", "dst")
+        structural.with_columns(ips["asn"].alias("dst")).filter(pl.col("dst").is_not_null()).select(REL_COLUMNS)
     )
     return graph
