@@ -759,7 +759,9 @@ def pair_weights(
     return weight, families
 
 
-def _per_hub(row_hub: np.ndarray, row_type: np.ndarray, row_value: np.ndarray, n_hubs: int):
+def _per_hub(
+    row_hub: np.ndarray, row_type: np.ndarray, row_value: np.ndarray, n_hubs: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per hub: its type, its value, and whether its holders' values differ (an owned build is worth
     more between its workers than to the others holding it; every other hub is worth the same to
     all). The kernel then reads a shared hub's worth from these few thousand entries, held in a
