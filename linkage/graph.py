@@ -280,8 +280,8 @@ def _pair_groups_by_account(account_starts, target, ts, n_targets):
     other targets (:data:`NO_RANK`: no value, or a text not sampled) are left out.
 
     Each account's rows are counted into dense per-target arrays, reset through the targets the
-    account touched, and only those few are sorted: sorting every row of an account on its own
-    cost 3-6 times more (14.5 M requests: 0.56 → 0.10 s for clients, 0.69 → 0.12 s for models)."""
+    account touched, and only those few are sorted, instead of sorting every row of an account on
+    its own (14.5 M requests: clients 0.56 → 0.10 s, models 0.69 → 0.12 s, addresses 1.33 → 1.04 s)."""
     count_of = np.zeros(n_targets, np.int64)
     first_of, last_of = np.empty(n_targets, ts.dtype), np.empty(n_targets, ts.dtype)
     touched = np.empty(n_targets, np.int64)
