@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import igraph as ig
 import numba
 import numpy as np
 import polars as pl
@@ -49,6 +48,7 @@ from .graph import (
     sorted_values,
     stable_order,
 )
+from .partition import LeidenGraph, LeidenProcess
 from .progress import StageClock
 from .settings import DetectSettings
 
@@ -541,7 +541,7 @@ def project(
     n = accounts.height
     type_names = sorted(settings.type_weights)
     type_code = {t: i for i, t in enumerate(type_names)}
-    ev = _in_entity_order(evidence).with_columns(
+    ev = in_entity_order(evidence).with_columns(
         pl.col("type").replace_strict(type_code, return_dtype=pl.Int32).alias("type_code")
     )
     idx = ev["idx"].to_numpy().astype(np.int64)
@@ -656,7 +656,7 @@ def _with_timing(shared, timing, timing_weight, discount, families):
     return total
 
 
-def _in_entity_order(evidence: pl.DataFrame) -> pl.DataFrame:
+def in_entity_order(evidence: pl.DataFrame) -> pl.DataFrame:
     """The memberships sorted by entity key, then account: as :func:`memberships` leaves them (checked
     in one pass, not sorted again: 6 M rows at incident scale), or sorted here."""
     return evidence if in_order(evidence, "entity_key", "idx") else evidence.sort("entity_key", "idx")
@@ -1161,35 +1161,40 @@ def _carried_by_a_client(evidence: pl.DataFrame, owned_builds: pl.DataFrame | No
 
 
 # ---------------------------------------------------------------- communities
-def leiden(n: int, pairs: pl.DataFrame, settings: DetectSettings) -> np.ndarray:
-    """Community per account index (-1 for accounts with no kept link). Seeded: same input, same output."""
+def leiden(
+    n: int,
+    pairs: pl.DataFrame,
+    settings: DetectSettings,
+    worker: LeidenProcess | None = None,
+    meanwhile: Callable[[], object] | None = None,
+) -> np.ndarray:
+    """Community per account index (-1 for accounts with no kept link). Seeded: same input, same output.
+
+    ``worker``: where the partition is computed (:class:`~linkage.partition.LeidenProcess`; by
+    default in this process); ``meanwhile`` is called while it is."""
     membership = np.full(n, -1, dtype=np.int64)
     if pairs.height == 0:
+        if meanwhile is not None:
+            meanwhile()
         return membership
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     linked = np.zeros(n, bool)
     linked[a] = linked[b] = True
     nodes = np.flatnonzero(linked)  # linked accounts, numbered densely in index order
     number = np.cumsum(linked) - 1
-    graph = ig.Graph(n=len(nodes), directed=False)
-    # (python-igraph's limited-API build reads any edge list item by item: pairs zipped from two
-    # lists of ints are read fastest, 2.0 s for 4.7 M edges against 2.4-3.0 s from an array)
-    graph.add_edges(zip(number[a].tolist(), number[b].tolist()))
-    random.seed(settings.seed)
-    ig.set_random_number_generator(random)
     # CPM: a community is worth keeping only while its internal link weight beats ``resolution`` per
     # pair of members; weights are in units of the link threshold, so the resolution reads as the
     # least density of minimally significant links a ring must have. Unlike modularity it has no
     # resolution limit (small dense rings are not merged into big sparse ones) and no pull from the
     # graph's total size (a ring does not grow because the run is large)
     weight = pairs["weight"].to_numpy() / link_threshold(n, settings.chance_links_per_account)
-    partition = graph.community_leiden(
-        objective_function="CPM",
-        weights=weight,
-        resolution=settings.resolution,
-        n_iterations=settings.leiden_iterations,
+    graph = LeidenGraph(len(nodes), number[a], number[b], weight)
+    partitioned = (worker or LeidenProcess(start=False)).run(
+        graph, settings.resolution, settings.leiden_iterations, settings.seed
     )
-    membership[nodes] = np.asarray(partition.membership)
+    if meanwhile is not None:
+        meanwhile()
+    membership[nodes] = partitioned()
     return membership
 
 
@@ -1257,17 +1262,27 @@ def prune_weak_members(communities: pl.DataFrame, pairs: pl.DataFrame, min_attac
     return scored.filter(keep).drop("strength")
 
 
-def detect(graph: Graph, settings: DetectSettings, clock: StageClock | None = None) -> Detection:
-    """Memberships → projection → Leiden → clean-up; ``clock`` times each as ``detect/…``."""
+def detect(
+    graph: Graph,
+    settings: DetectSettings,
+    clock: StageClock | None = None,
+    meanwhile: Callable[[], object] | None = None,
+) -> Detection:
+    """Memberships → projection → Leiden → clean-up; ``clock`` times each as ``detect/…``.
+
+    ``meanwhile`` is called while Leiden runs: on a large run (``leiden_process_min_accounts``)
+    Leiden has a process of its own, started here so that it has booted by the time it is needed."""
     clock = clock or StageClock()
-    with clock.stage("detect/memberships"):
-        accounts, evidence = memberships(graph, settings)
-    with clock.stage("detect/projection"):
-        owned = _owned_tools_of(graph, accounts, evidence, settings)
-        evidence = valued_as_owned(evidence, owned)
-        pairs = project(accounts, evidence, settings)
-    with clock.stage("detect/leiden"):
-        community = leiden(accounts.height, pairs, settings)
+    large = graph.nodes["Account"].height >= settings.leiden_process_min_accounts
+    with LeidenProcess(start=large) as worker:
+        with clock.stage("detect/memberships"):
+            accounts, evidence = memberships(graph, settings)
+        with clock.stage("detect/projection"):
+            owned = _owned_tools_of(graph, accounts, evidence, settings)
+            evidence = valued_as_owned(evidence, owned)
+            pairs = project(accounts, evidence, settings)
+        with clock.stage("detect/leiden"):
+            community = leiden(accounts.height, pairs, settings, worker, meanwhile)
     with clock.stage("detect/clean_up"):
         community = merge_close_communities(community, pairs, settings.merge_ratio)
         frame = accounts.select("idx", "account_id").with_columns(pl.Series("community", community))

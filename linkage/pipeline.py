@@ -7,6 +7,7 @@ module only wires them together, timing each one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import time
@@ -31,7 +32,7 @@ from .normalize import normalize_accounts, normalize_payments, normalize_request
 from .progress import StageClock, peak_rss_mb, progress
 from .report import ACTIVITY_FILE, TEMPLATES_FILE, ReportData, report_tables, write_report
 from .schema import ACCOUNTS, PAYMENTS, REQUESTS
-from .score import ScoredRings, score_rings
+from .score import AccountReading, ScoredRings, read_accounts, score_rings
 from .settings import Settings
 from .templates import TemplateMiner
 
@@ -294,8 +295,11 @@ def _empty_compact() -> pl.DataFrame:
 
 def analyse(graph: Graph, settings: Settings, clock: StageClock) -> tuple[Detection, ScoredRings]:
     """Detection and scoring over a graph, whichever store it came from."""
+    # what scoring reads of the accounts alone needs no ring: read while Leiden runs, where it runs
+    # in a process of its own, else when scoring starts
+    reading = functools.cache(lambda: _read_accounts(graph, clock))
     with clock.stage("detect"):
-        detection = detect(graph, settings.detect, clock)
+        detection = detect(graph, settings.detect, clock, meanwhile=reading)
     with clock.stage("score"):
         scored = score_rings(
             detection,
@@ -303,8 +307,14 @@ def analyse(graph: Graph, settings: Settings, clock: StageClock) -> tuple[Detect
             settings.score,
             labels=lambda found: entity_labels(graph, found, settings.detect),
             min_ring_size=settings.detect.min_ring_size,
+            reading=reading(),
         )
     return detection, scored
+
+
+def _read_accounts(graph: Graph, clock: StageClock) -> AccountReading:
+    with clock.stage("score/accounts"):
+        return read_accounts(graph)
 
 
 def account_scores(graph: Graph, members: pl.DataFrame, alone: pl.DataFrame) -> pl.DataFrame:

@@ -60,11 +60,12 @@ from typing import NamedTuple
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from .behaviour import Profiles, alike, alike_against_crowd, profiles
 from .chance import mann_whitney_less
-from .detect import Detection
-from .graph import Graph
+from .detect import Detection, in_entity_order
+from .graph import Graph, stable_order
 from .normalize import academic_institution
 from .settings import ScoreSettings
 
@@ -118,6 +119,23 @@ def ring_ids(communities: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame({"community": members["community"], "ring_id": ids})
 
 
+class AccountReading(NamedTuple):
+    """What scoring reads of the accounts alone, before any ring forms: the same in every round."""
+
+    risk: pl.DataFrame  # account_risk
+    behaviour: Profiles  # behaviour.profiles
+    institutions: pl.DataFrame  # account_institutions
+    customers: pl.DataFrame  # customer_ranks
+
+
+def read_accounts(graph: Graph) -> AccountReading:
+    """:class:`AccountReading` of the graph's accounts."""
+    accounts = graph.nodes["Account"]
+    return AccountReading(
+        account_risk(graph), profiles(graph), account_institutions(accounts), customer_ranks(accounts)
+    )
+
+
 class ScoredRings(NamedTuple):
     """What scoring gives: the rings, highest score first; their members; the entities they share;
     every account's risk and its score outside any ring; and the score at which rings are flagged."""
@@ -137,8 +155,7 @@ def score_rings(
     labels: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     min_ring_size: int = 3,
     detached: pl.DataFrame | None = None,
-    risk: pl.DataFrame | None = None,
-    behaviour: Profiles | None = None,
+    reading: AccountReading | None = None,
 ) -> ScoredRings:
     """Rings, ring_members, ring_evidence and ``alone`` (:class:`ScoredRings`) — rings sorted by score,
     highest first; ``alone``: every account's risk and the score it has outside any ring (as if in a
@@ -149,13 +166,13 @@ def score_rings(
     :func:`linkage.labels.entity_labels`); without it an entity is labelled by its key.
     ``min_ring_size``: a ring left smaller by moving its bystanders apart (:func:`bystanders`) dissolves;
     ``detached``: the bystanders already moved apart (``account_id, community, bystander_community``):
-    counted per ring, and their rings point back to the ring they left (``bystanders_of``); ``risk``:
-    :func:`account_risk` of the graph, when already known (the rounds of moving bystanders apart), and
-    ``behaviour`` likewise (:func:`~linkage.behaviour.profiles`)."""
+    counted per ring, and their rings point back to the ring they left (``bystanders_of``);
+    ``reading``: :func:`read_accounts` of the graph, when already known (the rounds of moving
+    bystanders apart; a large run reads it while Leiden runs)."""
     accounts = graph.nodes["Account"]
     billed = detection.accounts.select("account_id", "org_id")  # (orgs billed as one: see detect.memberships)
-    risk = account_risk(graph) if risk is None else risk
-    behaviour = profiles(graph) if behaviour is None else behaviour
+    reading = read_accounts(graph) if reading is None else reading
+    risk, behaviour, customers = reading.risk, reading.behaviour, reading.customers
     flag_threshold = settings.flag_threshold if flag_threshold is None else flag_threshold
     members = detection.communities.join(ring_ids(detection.communities), on="community")
     if members.height == 0:
@@ -177,7 +194,6 @@ def score_rings(
     ring_of = members.select("account_id", "ring_id")
     links = _in_ring_links(detection, members)
     strength = _internal_strength(detection, members, links)
-    customers = customer_ranks(accounts)
     background = background_risk(risk, members.select("account_id"), customers)
     prior = float(background.mean()) if background.len() else 0.5
     available = [f for f in RISK_FEATURES if f in risk.columns]
@@ -189,7 +205,7 @@ def score_rings(
     )
     lockstep = _lockstep(detection, members, links)
     size_and_org = _size_and_org(members, accounts)
-    institutions = _institutions(members, accounts)
+    institutions = _institutions(members, reading.institutions)
     # what members' academic institutions explain (a class on its course) is taken out before the
     # ring is read, by both readings
     scored_risk = vouched_risk(members, risk, institutions, lockstep) if settings.academic_institutions else risk
@@ -263,13 +279,13 @@ def score_rings(
             # each round moves tame members into rings of tame members, which are never tested
             # again (no core over the cut), so the rounds end
             trimmed = _bystanders_apart(detection, detached, min_ring_size)
-            return score_rings(trimmed, graph, settings, threshold, labels, min_ring_size, detached, risk, behaviour)
+            return score_rings(trimmed, graph, settings, threshold, labels, min_ring_size, detached, reading)
     paid = paid_by_the_ring(detection, members) if settings.paid_by_the_ring else members.clear()
     if paid.height:
         members = pl.concat([members, paid], how="diagonal_relaxed")
         ring_of = members.select("account_id", "ring_id")
         size_and_org = _size_and_org(members, accounts)
-        institutions = _institutions(members, accounts)
+        institutions = _institutions(members, reading.institutions)
     evidence = _shared_entities(detection, members)
     named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
     evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
@@ -1070,40 +1086,70 @@ def _coordination(strength: pl.DataFrame) -> pl.DataFrame:
 def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
     """Entities shared by at least two members of a ring, with how many members and accounts share each.
 
-    Grouped by the integer community and entity hash (unique across types), not by their texts:
-    at incident scale this is millions of memberships."""
-    held = detection.memberships.join(members.select("idx", "community"), on="idx")
-    # most of a ring's entities are held by one member: those are counted on the integer keys
-    # alone and left out before the texts are gathered
-    twice = held.group_by("community", "entity_key").len().filter(pl.col("len") >= 2).drop("len")
-    shared = (
-        held.join(twice, on=["community", "entity_key"], how="semi")
-        # an account's index is its place in id order, and a group keeps its rows' order: the
-        # members' lists come out sorted by id without a sort of texts per group
-        .sort("idx")
-        .group_by("community", "entity_key")
-        .agg(
-            pl.len().alias("members"),
-            pl.col("entity").first(),
-            pl.col("type").first(),
-            pl.col("degree").first(),
+    Worked on arrays: the memberships come in entity order, members by account id within an entity
+    (:func:`~linkage.detect.memberships`), so one stable sort by (ring, entity) lays each ring's holders
+    of an entity side by side in id order, and only the entities that two members share have their
+    texts gathered. At incident scale this is 6 M memberships: polars' two-key group-bys took 2.1-2.5 s."""
+    held = in_entity_order(detection.memberships)
+    idx = held["idx"].to_numpy()
+    # an account is in one ring at most (rings partition; paid members come from outside every ring)
+    ring_of = np.full(detection.accounts.height, -1, np.int64)
+    ring_of[members["idx"].to_numpy()] = members["community"].to_numpy()
+    community = ring_of[idx]
+    rows = np.flatnonzero(community >= 0)
+    key = held["entity_key"].to_numpy()
+    entity = np.cumsum(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+    n_entities = int(entity[-1]) + 1 if len(entity) else 1
+    group = community[rows] * n_entities + entity[rows]
+    order = stable_order(group)
+    rows, group = rows[order], group[order]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(rows) else np.zeros(0, np.int64)
+    sizes = np.diff(np.append(starts, len(rows)))
+    shared = sizes >= 2
+    starts, sizes = starts[shared], sizes[shared]
+    in_shared = np.repeat(starts, sizes) + _ranks_within(sizes)
+    first = rows[starts]
+    ring_id = members.select("community", "ring_id").unique("community").sort("community")
+    ring_code = np.searchsorted(ring_id["community"].to_numpy(), community[first])
+    value = held["value"].to_numpy()[rows[in_shared]]
+    offsets = np.r_[0, np.cumsum(sizes)]
+    shared_by = pa.LargeListArray.from_arrays(
+        pa.array(offsets, pa.int64()), held["account_id"].gather(rows[in_shared]).to_arrow()
+    )
+    return pl.DataFrame(
+        {
+            "ring_id": ring_id["ring_id"].gather(ring_code),
+            "entity": held["entity"].gather(first),
+            "type": held["type"].gather(first),
+            "members": pl.Series(sizes, dtype=pl.UInt32),
+            "degree": held["degree"].gather(first),
             # what it is worth between two members: a hub's worth is the lower of its two holders',
             # and only an owned build's workers hold it at more (detect.valued_as_owned)
-            pl.col("value").sort(descending=True).get(1),  # (the second largest: top_k per group is slower)
-            pl.col("account_id").alias("shared_by"),
-        )
-    )
-    rings = members.select("community", "ring_id").unique("community")
-    return shared.join(rings, on="community").select(
-        "ring_id",
-        "entity",
-        "type",
-        "members",
-        "degree",
-        "value",
-        "shared_by",
-        (pl.col("value") * (pl.col("members") - 1)).alias("value_total"),
-    )
+            "value": _second_largest(value, offsets),
+            "shared_by": pl.from_arrow(shared_by),
+        }
+    ).with_columns((pl.col("value") * (pl.col("members") - 1)).alias("value_total"))
+
+
+def _ranks_within(sizes: np.ndarray) -> np.ndarray:
+    """0, 1, … size-1 for each group in turn."""
+    ends = np.cumsum(sizes)
+    return np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - sizes, sizes)
+
+
+def _second_largest(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per group of ``values`` (``offsets[i]:offsets[i+1]``, each at least two long) its second-largest
+    value, a tie with the largest counting twice."""
+    if len(offsets) < 2:
+        return np.zeros(0, np.float64)
+    sizes = np.diff(offsets)
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    largest = np.maximum.reduceat(values, offsets[:-1])
+    at_largest = np.flatnonzero(values == largest[group])
+    first_largest = at_largest[np.r_[True, group[at_largest[1:]] != group[at_largest[:-1]]]]
+    rest = values.copy()
+    rest[first_largest] = -np.inf
+    return np.maximum.reduceat(rest, offsets[:-1])
 
 
 def alike_with_crowd(
@@ -1192,11 +1238,11 @@ def account_institutions(accounts: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _institutions(members: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
+def _institutions(members: pl.DataFrame, institutions: pl.DataFrame) -> pl.DataFrame:
     """``ring_id, institution, institution_share``: the academic institution most of a ring's members
-    belong to, and the share of members that belong to any (:func:`account_institutions`); rings
-    with none are left out."""
-    on_any = members.join(account_institutions(accounts), on="account_id")
+    belong to, and the share of members that belong to any (``institutions``: of each account, by
+    :func:`account_institutions`); rings with none are left out."""
+    on_any = members.join(institutions, on="account_id")
     sizes = members.group_by("ring_id").len("size")
     return (
         _most_common(on_any, "institution")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -19,6 +20,7 @@ from linkage.score import (
     _institutions,
     _internal_strength,
     _lockstep,
+    _shared_entities,
     _test_under_cut,
     _ties_outside,
     _weigh_by_timing,
@@ -505,7 +507,7 @@ def test_rings_read_their_members_academic_institutions_from_mail_domains() -> N
     graph = graph_of(20, {}, domains=domains)
     ring_of = ["course"] * 10 + ["fleet"] * 3
     members = pl.DataFrame({"ring_id": ring_of, "account_id": [f"a{i:04d}" for i in range(13)]})
-    found = _institutions(members, graph.nodes["Account"])
+    found = _institutions(members, account_institutions(graph.nodes["Account"]))
     assert found.rows() == [("course", "college.edu", 0.7)]  # the fleet's own domain vouches for nothing
 
 
@@ -525,7 +527,9 @@ def test_an_account_on_personal_mail_belongs_to_the_campus_it_signed_up_from() -
     found = dict(account_institutions(graph.nodes["Account"]).iter_rows())
     assert found == dict.fromkeys(["a0000", "a0001", "a0002", "a0003", "a0012", "a0013"], "college.edu")
     members = pl.DataFrame({"ring_id": ["class"] * 6, "account_id": [f"a{i:04d}" for i in range(6)]})
-    assert _institutions(members, graph.nodes["Account"]).rows() == [("class", "college.edu", 4 / 6)]
+    assert _institutions(members, account_institutions(graph.nodes["Account"])).rows() == [
+        ("class", "college.edu", 4 / 6)
+    ]
 
 
 def test_what_a_course_explains_counts_only_as_far_as_the_ring_keeps_a_clock_beyond_chance() -> None:
@@ -711,3 +715,73 @@ def test_background_risk_counts_an_org_once_in_customer_order() -> None:
     excluded = pl.DataFrame({"account_id": ["d"]})
     got = background_risk(risk, excluded, customer_ranks(accounts))
     assert got.to_list() == pytest.approx([0.1, 0.2, 0.7, 0.3])  # a, b, bb-org, c
+
+
+def _shared_entities_by_group_by(memberships: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:
+    """What ``_shared_entities`` gives, by polars' group-by (how it was first written)."""
+    held = memberships.join(members.select("idx", "community"), on="idx")
+    return (
+        held.sort("idx")
+        .group_by("community", "entity_key")
+        .agg(
+            pl.len().alias("members"),
+            pl.col("entity").first(),
+            pl.col("type").first(),
+            pl.col("degree").first(),
+            pl.col("value").sort(descending=True).get(1, null_on_oob=True),
+            pl.col("account_id").alias("shared_by"),
+        )
+        .filter(pl.col("members") >= 2)
+        .join(members.select("community", "ring_id").unique("community"), on="community")
+        .select(
+            "ring_id",
+            "entity",
+            "type",
+            "members",
+            "degree",
+            "value",
+            "shared_by",
+            (pl.col("value") * (pl.col("members") - 1)).alias("value_total"),
+        )
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_shared_entities_are_those_two_members_of_a_ring_hold_worth_their_second_highest_value(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_accounts, n_entities, n_rows = 60, 25, 400
+    pairs = np.unique(np.c_[rng.integers(0, n_entities, n_rows), rng.integers(0, n_accounts, n_rows)], axis=0)
+    entity, idx = pairs[:, 0], pairs[:, 1]  # in entity order, then account: as detect.memberships leaves them
+    memberships = pl.DataFrame(
+        {
+            "idx": idx.astype(np.uint32),
+            "account_id": [f"a{i:03d}" for i in idx],
+            "entity": [f"E{e}" for e in entity],
+            "entity_key": (entity * 7919 + 11).astype(np.uint64),
+            "type": np.where(entity % 2 == 0, "IP", "Device"),
+            # few distinct values: ties for the highest are common
+            "value": rng.integers(1, 4, len(idx)).astype(np.float64),
+            "degree": np.bincount(entity, minlength=n_entities)[entity].astype(np.uint32),
+        }
+    )
+    in_ring = rng.random(n_accounts) < 0.7  # some accounts in no ring
+    ringed = np.flatnonzero(in_ring)
+    community = rng.integers(0, 5, len(ringed)) * 3  # communities numbered with gaps
+    members = pl.DataFrame(
+        {
+            "account_id": [f"a{i:03d}" for i in ringed],
+            "idx": ringed.astype(np.uint32),
+            "community": community,
+            "ring_id": [f"R{c}" for c in community],
+        }
+    )
+    accounts = pl.DataFrame({"idx": np.arange(n_accounts, dtype=np.uint32)})
+    detection = Detection(accounts, memberships, pl.DataFrame(), members.drop("ring_id"))
+    found = _shared_entities(detection, members)
+    expected = _shared_entities_by_group_by(memberships, members)
+    assert found.height > 0 and found["value"].n_unique() > 1
+    assert found.schema == expected.schema
+    assert found.sort("ring_id", "entity").equals(expected.sort("ring_id", "entity"))
+    # shuffled memberships are put in entity order first: the same entities
+    shuffled = Detection(accounts, memberships.sample(fraction=1.0, shuffle=True, seed=seed), pl.DataFrame(), members)
+    assert _shared_entities(shuffled, members).sort("ring_id", "entity").equals(found.sort("ring_id", "entity"))

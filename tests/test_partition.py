@@ -1,0 +1,97 @@
+"""Leiden's partition, in this process and in a worker process of its own (a real process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import linkage
+from linkage.partition import LeidenGraph, LeidenProcess, leiden
+from linkage.settings import Settings
+
+from .conftest import TINY
+
+
+def _cliques(sizes: list[int], bridge_weight: float) -> LeidenGraph:
+    """Cliques of weight-1 links, consecutive ones joined by one link of ``bridge_weight``."""
+    a, b, w, first = [], [], [], 0
+    for size in sizes:
+        for i in range(first, first + size):
+            for j in range(i + 1, first + size):
+                a.append(i), b.append(j), w.append(1.0)
+        if first:
+            a.append(first - 1), b.append(first), w.append(bridge_weight)
+        first += size
+    return LeidenGraph(first, np.array(a), np.array(b), np.array(w))
+
+
+def _random_graph(seed: int, nodes: int = 400, edges: int = 3000) -> LeidenGraph:
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, nodes, edges), rng.integers(0, nodes, edges)
+    keep = a != b
+    return LeidenGraph(nodes, a[keep], b[keep], rng.exponential(1.0, int(keep.sum())))
+
+
+def test_cliques_joined_by_weak_links_are_communities_of_their_own() -> None:
+    membership = leiden(_cliques([5, 6, 7], bridge_weight=0.1), resolution=0.5, iterations=2, seed=1)
+    assert [len(set(membership[s : s + n])) for s, n in ((0, 5), (5, 6), (11, 7))] == [1, 1, 1]
+    assert len(set(membership)) == 3
+
+
+def test_the_worker_process_gives_the_partition_this_process_gives() -> None:
+    graph = _random_graph(3)
+    here = leiden(graph, resolution=0.02, iterations=2, seed=7)
+    with LeidenProcess() as worker:
+        assert worker._process is not None and worker._process.pid is not None  # a process of its own
+        elsewhere = worker.run(graph, resolution=0.02, iterations=2, seed=7)()
+    np.testing.assert_array_equal(here, elsewhere)
+    assert len(set(here)) > 1
+    # another seed, another partition: the seed reaches the worker's generator
+    assert not np.array_equal(here, leiden(graph, resolution=0.02, iterations=2, seed=8))
+
+
+def test_without_a_worker_the_partition_is_computed_here_when_asked() -> None:
+    graph = _random_graph(4)
+    worker = LeidenProcess(start=False)
+    assert worker._process is None
+    np.testing.assert_array_equal(
+        worker.run(graph, resolution=0.02, iterations=2, seed=7)(), leiden(graph, resolution=0.02, iterations=2, seed=7)
+    )
+
+
+def test_a_failure_in_the_worker_is_raised_here_with_its_traceback() -> None:
+    graph = _random_graph(5)
+    broken = LeidenGraph(graph.n_nodes, graph.a, graph.b, graph.weight[:-1])  # one weight short
+    with LeidenProcess() as worker:
+        partitioned = worker.run(broken, resolution=0.02, iterations=2, seed=7)
+        with pytest.raises(RuntimeError, match="Leiden failed in its worker process") as failure:
+            partitioned()
+    assert "Traceback" in str(failure.value)
+
+
+def test_a_worker_still_partitioning_is_ended_when_its_answer_is_no_longer_wanted() -> None:
+    worker = LeidenProcess()
+    process = worker._process
+    worker.run(_random_graph(6, nodes=20_000, edges=400_000), resolution=0.02, iterations=-1, seed=7)
+    worker.close()  # (the main process failed meanwhile): no wait for the partition
+    assert not process.is_alive()
+    assert worker._process is None
+
+
+def test_a_worker_given_nothing_leaves_when_closed() -> None:
+    worker = LeidenProcess()
+    process = worker._process
+    worker.close()
+    assert process.exitcode == 0
+
+
+def test_a_run_partitioned_in_a_worker_process_has_the_same_rings_byte_for_byte(tmp_path: Path) -> None:
+    here = linkage.run(TINY, tmp_path / "here")
+    settings = Settings.load(overrides={"detect.leiden_process_min_accounts": 0})
+    elsewhere = linkage.run(TINY, tmp_path / "elsewhere", settings)
+    assert here.rings.height > 0
+    for name in ("rings.csv", "ring_members.csv", "ring_evidence.csv", "accounts.csv"):
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "elsewhere" / name).read_bytes(), name
+    assert "score/accounts" in elsewhere.summary["timings_s"]
