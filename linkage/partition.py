@@ -11,16 +11,22 @@ own generator exactly as the main process would).
 
 from __future__ import annotations
 
-import multiprocessing
+import logging
+import os
+import pickle
 import random
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import igraph as ig
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,68 +76,83 @@ class LeidenProcess:
 
     ``with LeidenProcess(start=big) as worker: … result = worker.run(graph, …); …; result()``:
     ``run`` hands the graph over and returns at once; calling what it returns waits for the
-    partition. Without a worker (``start=False``), or when the worker cannot be started, the
-    partition is computed in this process when it is asked for."""
+    partition. Without a worker (``start=False``), the partition is computed in this process when
+    it is asked for, and so it is, with a warning, when the worker cannot be started or dies
+    (killed for memory, say): the worker saves time, it is never a reason for a run to fail. An
+    error inside Leiden is raised here with the worker's traceback.
+
+    The worker is ``python -P -m linkage.partition`` on this interpreter, importing this very copy
+    of linkage, and not multiprocessing's spawn: that re-runs the caller's main script in the child
+    when it has no ``if __name__ == "__main__"`` guard (a user's script calling ``linkage.run``)."""
 
     def __init__(self, start: bool = True) -> None:
-        self._process: Any = None
-        self._connection: Connection | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._waiting = False  # a graph was handed over and its partition not yet received
         if start:
             self._start()
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")  # (no fork of a process running polars' threads)
+        package_root = str(Path(__file__).resolve().parent.parent)
+        paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        environment = os.environ | {"PYTHONPATH": os.pathsep.join(paths)}
         try:
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs,), name="linkage-leiden", daemon=True)
-            process.start()
-        except OSError:  # no processes here (a restricted sandbox): Leiden runs in this one
-            return
-        theirs.close()
-        self._process, self._connection = process, ours
+            self._process = subprocess.Popen(
+                [sys.executable, "-P", "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment
+            )
+        except OSError as exc:  # no processes here (a restricted sandbox): Leiden runs in this one
+            log.warning("Leiden's worker process could not start (%s): partitioning in this process", exc)
 
     def run(self, graph: LeidenGraph, resolution: float, iterations: int, seed: int) -> Callable[[], np.ndarray]:
         """Start :func:`leiden` on the worker (or defer it to this process); returns what waits for it."""
         arguments = (graph, resolution, iterations, seed)
-        if self._connection is None:
-            return lambda: leiden(*arguments)
+        here: Callable[[], np.ndarray] = lambda: leiden(*arguments)  # noqa: E731
+        if self._process is None:
+            return here
         try:
-            self._connection.send(arguments)
+            pickle.dump(arguments, self._pipe("stdin"), protocol=pickle.HIGHEST_PROTOCOL)
+            self._pipe("stdin").close()
         except OSError:
-            raise RuntimeError(f"Leiden's worker process ended early (exit code {self._exit_code()})") from None
+            self._abandon("ended before it was given the graph")
+            return here
         self._waiting = True
-        return self._received
+        return lambda: self._received(here)
 
-    def _received(self) -> np.ndarray:
-        assert self._connection is not None
+    def _received(self, here: Callable[[], np.ndarray]) -> np.ndarray:
         try:
-            kind, value = self._connection.recv()
-        except (EOFError, OSError):
-            raise RuntimeError(
-                f"Leiden's worker process ended without a partition (exit code {self._exit_code()})"
-            ) from None
+            kind, value = pickle.load(self._pipe("stdout"))
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self._abandon("ended without a partition")
+            return here()
         finally:
             self._waiting = False
         if kind == "error":
             raise RuntimeError(f"Leiden failed in its worker process:\n{value}")
-        return value
+        return np.asarray(value)
 
-    def _exit_code(self) -> int | None:
-        self._process.join(timeout=1)
-        return self._process.exitcode
+    def _abandon(self, what: str) -> None:
+        assert self._process is not None
+        self._process.kill()
+        self.close()
+        log.warning("Leiden's worker process %s: partitioning in this process", what)
+
+    def _pipe(self, name: str) -> IO[bytes]:
+        assert self._process is not None
+        pipe = getattr(self._process, name)
+        assert pipe is not None
+        return pipe
 
     def close(self) -> None:
         """End the worker: it has answered, or its answer is no longer wanted."""
         if self._process is None:
             return
-        assert self._connection is not None
         if self._waiting:  # still partitioning, and the main process failed meanwhile
-            self._process.terminate()
-        self._connection.close()  # (an idle worker reads the end of its input and leaves)
-        self._process.join()
-        self._process = self._connection = None
-        self._waiting = False
+            self._process.kill()
+            self._waiting = False
+        for pipe in (self._process.stdin, self._process.stdout):
+            if pipe is not None and not pipe.closed:
+                pipe.close()  # (an idle worker reads the end of its input and leaves)
+        self._process.wait()
+        self._process = None
 
     def __enter__(self) -> LeidenProcess:
         return self
@@ -140,15 +161,21 @@ class LeidenProcess:
         self.close()
 
 
-def _serve(connection: Connection) -> None:
-    """The worker: one graph in, one partition (or the error's traceback) out."""
+def _serve() -> None:
+    """The worker: one graph in on stdin, one partition (or the error's traceback) out on stdout."""
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # (anything printed goes to stderr, not into the answer)
     try:
-        arguments = connection.recv()
+        arguments = pickle.load(sys.stdin.buffer)
     except EOFError:  # the main process had no graph for it
         return
     try:
         answer: tuple[str, Any] = ("membership", leiden(*arguments))
     except Exception:
         answer = ("error", traceback.format_exc())
-    connection.send(answer)
-    connection.close()
+    pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+    answers.close()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +80,7 @@ def test_a_worker_still_partitioning_is_ended_when_its_answer_is_no_longer_wante
     process = worker._process
     worker.run(_random_graph(6, nodes=20_000, edges=400_000), resolution=0.02, iterations=-1, seed=7)
     worker.close()  # (the main process failed meanwhile): no wait for the partition
-    assert not process.is_alive()
+    assert process is not None and process.poll() is not None
     assert worker._process is None
 
 
@@ -84,7 +88,47 @@ def test_a_worker_given_nothing_leaves_when_closed() -> None:
     worker = LeidenProcess()
     process = worker._process
     worker.close()
-    assert process.exitcode == 0
+    assert process is not None and process.returncode == 0
+
+
+@pytest.mark.parametrize("dies", ["before it is given the graph", "while partitioning"])
+def test_a_worker_that_dies_leaves_the_partition_to_this_process(dies: str, caplog: pytest.LogCaptureFixture) -> None:
+    graph = _random_graph(8)
+    expected = leiden(graph, resolution=0.02, iterations=2, seed=7)
+    with caplog.at_level(logging.WARNING, logger="linkage.partition"), LeidenProcess() as worker:
+        assert worker._process is not None
+        if dies == "before it is given the graph":
+            worker._process.kill()
+            worker._process.wait()
+        partitioned = worker.run(graph, resolution=0.02, iterations=2, seed=7)
+        if dies == "while partitioning":
+            worker._process.kill()  # (killed for memory, say)
+        np.testing.assert_array_equal(partitioned(), expected)
+    assert "partitioning in this process" in caplog.text
+
+
+def test_the_worker_does_not_run_the_callers_script_again(tmp_path: Path) -> None:
+    """multiprocessing's spawn would re-run a main script that has no ``__main__`` guard in the child."""
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import numpy as np
+            from linkage.partition import LeidenGraph, LeidenProcess
+            with open({str(runs)!r}, "a") as runs:
+                runs.write("ran\\n")
+            graph = LeidenGraph(4, np.array([0, 2]), np.array([1, 3]), np.array([1.0, 1.0]))
+            with LeidenProcess() as worker:
+                print(sorted(worker.run(graph, 0.1, 2, 1)().tolist()))
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 0, 1, 1]"
+    assert runs.read_text() == "ran\n"
+    assert "partitioning in this process" not in done.stderr
 
 
 def test_a_run_partitioned_in_a_worker_process_has_the_same_rings_byte_for_byte(tmp_path: Path) -> None:
