@@ -81,9 +81,9 @@ class LeidenProcess:
     (killed for memory, say): the worker saves time, it is never a reason for a run to fail. An
     error inside Leiden is raised here with the worker's traceback.
 
-    The worker is ``python -P -m linkage.partition`` on this interpreter, importing this very copy
-    of linkage, and not multiprocessing's spawn: that re-runs the caller's main script in the child
-    when it has no ``if __name__ == "__main__"`` guard (a user's script calling ``linkage.run``)."""
+    The worker is this interpreter running :func:`_serve` (``python -P -c …``: no current folder on
+    its path), not multiprocessing's spawn: that re-runs the caller's main script in the child when
+    it has no ``if __name__ == "__main__"`` guard (a user's script calling ``linkage.run``)."""
 
     def __init__(self, start: bool = True) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -92,12 +92,13 @@ class LeidenProcess:
             self._start()
 
     def _start(self) -> None:
+        # the interpreter's own path first (so that nothing shadows its standard library), then the
+        # folder this copy of linkage came from, in case the caller put it on sys.path by hand
         package_root = str(Path(__file__).resolve().parent.parent)
-        paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        environment = os.environ | {"PYTHONPATH": os.pathsep.join(paths)}
+        serve = f"import sys; sys.path.append({package_root!r}); from linkage.partition import _serve; _serve()"
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-P", "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment
+                [sys.executable, "-P", "-c", serve], stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
         except OSError as exc:  # no processes here (a restricted sandbox): Leiden runs in this one
             log.warning("Leiden's worker process could not start (%s): partitioning in this process", exc)
@@ -175,7 +176,3 @@ def _serve() -> None:
         answer = ("error", traceback.format_exc())
     pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
     answers.close()
-
-
-if __name__ == "__main__":
-    _serve()
