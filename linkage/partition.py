@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import random
+import signal
 import subprocess
 import sys
 import traceback
@@ -102,6 +103,8 @@ class LeidenProcess:
             )
         except OSError as exc:  # no processes here (a restricted sandbox): Leiden runs in this one
             log.warning("Leiden's worker process could not start (%s): partitioning in this process", exc)
+            return
+        log.info("Leiden's worker process started (pid %d)", self._process.pid)
 
     def run(self, graph: LeidenGraph, resolution: float, iterations: int, seed: int) -> Callable[[], np.ndarray]:
         """Start :func:`leiden` on the worker (or defer it to this process); returns what waits for it."""
@@ -164,6 +167,8 @@ class LeidenProcess:
 
 def _serve() -> None:
     """The worker: one graph in on stdin, one partition (or the error's traceback) out on stdout."""
+    # Ctrl-C reaches the whole process group: the main process decides, and ends the worker itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # (anything printed goes to stderr, not into the answer)
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -105,6 +107,18 @@ def test_a_worker_that_dies_leaves_the_partition_to_this_process(dies: str, capl
             worker._process.kill()  # (killed for memory, say)
         np.testing.assert_array_equal(partitioned(), expected)
     assert "partitioning in this process" in caplog.text
+
+
+def test_the_worker_leaves_ctrl_c_to_the_main_process(caplog: pytest.LogCaptureFixture) -> None:
+    # a graph larger than a pipe's buffer: once it is handed over, the worker is reading it in _serve
+    graph = _random_graph(9, nodes=20_000, edges=200_000)
+    with caplog.at_level(logging.WARNING, logger="linkage.partition"), LeidenProcess() as worker:
+        assert worker._process is not None
+        partitioned = worker.run(graph, resolution=0.02, iterations=2, seed=7)
+        os.kill(worker._process.pid, signal.SIGINT)
+        membership = partitioned()
+    assert "partitioning in this process" not in caplog.text  # the worker answered
+    np.testing.assert_array_equal(membership, leiden(graph, resolution=0.02, iterations=2, seed=7))
 
 
 def test_the_worker_does_not_run_the_callers_script_again(tmp_path: Path) -> None:
