@@ -2,7 +2,7 @@
 
 python-igraph holds the GIL while it builds the graph and for the whole of Leiden, so run in the
 main process it leaves the second core idle: at incident scale the stage kept 1.06-1.14 cores busy
-for 7.5-8.6 s. :class:`LeidenProcess` starts a worker process early (it boots and imports igraph
+for 8.2-8.6 s (two runs). :class:`LeidenProcess` starts a worker process early (it boots and imports igraph
 while the projection runs), hands it the links when they are ready, and lets the main process read
 the accounts for scoring meanwhile. Small graphs are partitioned in the main process: a process
 costs about 0.3 s to start. Same input, same seed, same partition either way (the worker seeds its

@@ -1089,7 +1089,7 @@ def _shared_entities(detection: Detection, members: pl.DataFrame) -> pl.DataFram
     Worked on arrays: the memberships come in entity order, members by account id within an entity
     (:func:`~linkage.detect.memberships`), so one stable sort by (ring, entity) lays each ring's holders
     of an entity side by side in id order, and only the entities that two members share have their
-    texts gathered. At incident scale this is 6 M memberships: polars' two-key group-bys took 2.1-2.5 s."""
+    texts gathered. At incident scale this is 6 M memberships: 1.2-1.6 s, where polars' two-key group-bys took 2.0-2.9 s."""
     held = in_entity_order(detection.memberships)
     idx = held["idx"].to_numpy()
     # an account is in one ring at most (rings partition; paid members come from outside every ring)
