@@ -1122,9 +1122,12 @@ def _owned_tools_of(
     links, :func:`_carried_by_a_client`), or None when the settings are off or the run has no hub of
     either (the profiles are not built then)."""
     billed = accounts.select("account_id", "org_id")
-    builds = _owned_of_type(graph, evidence, billed, settings, "Device", settings.owned_build_alike)
     scaffold_mark = None if settings.owned_scaffolds is False else settings.owned_scaffold_alike
-    scaffolds = _owned_of_type(graph, evidence, billed, settings, "PromptTemplate", scaffold_mark)
+    # the two readings are independent: one on a second thread (their polars work releases the GIL)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        of_scaffolds = pool.submit(_owned_of_type, graph, evidence, billed, settings, "PromptTemplate", scaffold_mark)
+        builds = _owned_of_type(graph, evidence, billed, settings, "Device", settings.owned_build_alike)
+        scaffolds = of_scaffolds.result()
     if scaffolds is not None and settings.owned_scaffolds is None:
         scaffolds = scaffolds.join(
             _carried_by_a_client(evidence, builds, settings.hub_size), on="account_id", how="anti"

@@ -56,6 +56,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -286,23 +287,31 @@ def score_rings(
         ring_of = members.select("account_id", "ring_id")
         size_and_org = _size_and_org(members, accounts)
         institutions = _institutions(members, reading.institutions)
-    evidence = _shared_entities(detection, members)
-    named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
-    evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
-        pl.col("label").fill_null(pl.col("entity"))
-    )
-    evidence = _owned_tools_named(detection, evidence)
-    features = (
-        size_and_org.join(_coordination(strength), on="ring_id", how="left")
-        .join(institutions, on="ring_id", how="left")
-        .join(_owned_infrastructure(evidence), on="ring_id", how="left")
-        .join(_traffic_features(accounts, ring_of), on="ring_id", how="left")
-        .join(_owned_templates(graph, ring_of), on="ring_id", how="left")
-        .join(_signup_burst(members, accounts), on="ring_id", how="left")
-        .join(lockstep, on="ring_id", how="left")
-        .with_columns(pl.col(pl.Float64).fill_null(0.0))
-        .join(crowd_alike, on="ring_id", how="left")
-    )
+    # the members are settled: the rings' joins over the graph run on a second thread (polars releases
+    # the GIL) while the entities they share are sorted out on this one
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        traffic = pool.submit(_traffic_features, accounts, ring_of)
+        owned_templates = pool.submit(_owned_templates, graph, ring_of)
+        signup_burst = pool.submit(_signup_burst, members, accounts)
+        into = pool.submit(_links_into_rings, detection, members)
+        evidence = _shared_entities(detection, members)
+        named = labels(evidence) if labels is not None else evidence.select("entity", pl.col("entity").alias("label"))
+        evidence = evidence.join(named.unique("entity"), on="entity", how="left").with_columns(
+            pl.col("label").fill_null(pl.col("entity"))
+        )
+        evidence = _owned_tools_named(detection, evidence)
+        features = (
+            size_and_org.join(_coordination(strength), on="ring_id", how="left")
+            .join(institutions, on="ring_id", how="left")
+            .join(_owned_infrastructure(evidence), on="ring_id", how="left")
+            .join(traffic.result(), on="ring_id", how="left")
+            .join(owned_templates.result(), on="ring_id", how="left")
+            .join(signup_burst.result(), on="ring_id", how="left")
+            .join(lockstep, on="ring_id", how="left")
+            .with_columns(pl.col(pl.Float64).fill_null(0.0))
+            .join(crowd_alike, on="ring_id", how="left")
+        )
+        links_into_rings = into.result()
     rings = (
         features.join(ring_risk, on="ring_id", how="left")
         .join(ring_features, on="ring_id", how="left")
@@ -432,7 +441,7 @@ def score_rings(
         evidence.join(rings.select("ring_id"), on="ring_id")
         .sort("ring_id", "value_total", "entity", descending=[False, True, False])
         .select("ring_id", "entity", "type", "label", "members", "degree", "value", "value_total", "shared_by"),
-        _alone(risk, prior, _ties_outside(detection, members, strength, rings)),
+        _alone(risk, prior, _ties_outside(detection, members, strength, rings, links_into_rings)),
         threshold,
     )
 
@@ -852,23 +861,16 @@ def _alone(risk: pl.DataFrame, background_mean: float | None, ties: pl.DataFrame
 
 
 def _ties_outside(
-    detection: Detection, members: pl.DataFrame, strength: pl.DataFrame, rings: pl.DataFrame
+    detection: Detection,
+    members: pl.DataFrame,
+    strength: pl.DataFrame,
+    rings: pl.DataFrame,
+    into: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """``account_id, ring_id, ring_score, tie``: accounts in no ring with kept links into a ring, their
-    summed link weight into it as a share of its median member's strength (at most 1)."""
-    ring_of = members.select("idx", "ring_id")
-    ends = pl.concat(
-        [
-            detection.pairs.select(pl.col("a").alias("outside"), pl.col("b").alias("idx"), "weight"),
-            detection.pairs.select(pl.col("b").alias("outside"), pl.col("a").alias("idx"), "weight"),
-        ]
-    )
-    into = (
-        ends.join(ring_of, on="idx")
-        .join(ring_of.select(pl.col("idx").alias("outside")), on="outside", how="anti")
-        .group_by("outside", "ring_id")
-        .agg(pl.col("weight").sum().alias("weight"))
-    )
+    summed link weight into it as a share of its median member's strength (at most 1). ``into``:
+    :func:`_links_into_rings`, when already known."""
+    into = _links_into_rings(detection, members) if into is None else into
     median = strength.group_by("ring_id").agg(pl.col("strength").median().alias("median"))
     return (
         into.join(median, on="ring_id")
@@ -880,6 +882,24 @@ def _ties_outside(
             "ring_score",
             (pl.col("weight") / pl.col("median")).clip(0, 1).fill_nan(0.0).alias("tie"),
         )
+    )
+
+
+def _links_into_rings(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
+    """``outside, ring_id, weight``: per account in no ring (its index) and ring, the summed weight of
+    its kept links into the ring."""
+    ring_of = members.select("idx", "ring_id")
+    ends = pl.concat(
+        [
+            detection.pairs.select(pl.col("a").alias("outside"), pl.col("b").alias("idx"), "weight"),
+            detection.pairs.select(pl.col("b").alias("outside"), pl.col("a").alias("idx"), "weight"),
+        ]
+    )
+    return (
+        ends.join(ring_of, on="idx")
+        .join(ring_of.select(pl.col("idx").alias("outside")), on="outside", how="anti")
+        .group_by("outside", "ring_id")
+        .agg(pl.col("weight").sum().alias("weight"))
     )
 
 
