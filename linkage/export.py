@@ -108,7 +108,9 @@ def _for_csv(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    atomic_write(path, lambda tmp: frame.write_parquet(tmp, statistics=False))
+    # zstd's fastest level: at incident scale the links file (4.8 M rows) is written in 0.8 s instead
+    # of 1.2 s at polars' default level, and is 0.5 % larger
+    atomic_write(path, lambda tmp: frame.write_parquet(tmp, statistics=False, compression="zstd", compression_level=1))
 
 
 def write_json(data: Any, path: Path) -> None:
