@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 import polars as pl
 
 from .graph import Graph, position_dtype
+from .kernels import kernel
 
 _MIX_ASPECTS = {"model": "USED_MODEL", "template": "SENT_TEMPLATE", "client": "USED_DEVICE"}
 _LEVELS = 5  # fifths of the run's accounts: coarse enough that one operation's accounts share one
@@ -74,7 +74,7 @@ class _Rows:
         return cls(np.r_[0, np.cumsum(counts)].astype(np.int64), feature, ordered["u"].to_numpy(), n_features)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _dense_codes(hashes):
     """(each hash numbered densely in order of first appearance, how many distinct): one pass over an
     open-addressing table, 0.28 s for 4.5 M hashes where polars' dense rank (a sort) took 0.41-0.55 s.
@@ -265,7 +265,7 @@ class _Grouped:
         return pairs, in_rows, dot
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _group_sums(starts, members, crowd_starts, crowd, start, feature, u, n_features):
     """Compiled loop behind :meth:`_Grouped.sums`: each group's members summed into one dense vector
     (reset through the features it touched), then read against each member and the group's crowd.

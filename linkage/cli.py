@@ -363,6 +363,16 @@ def report(run_dir: str) -> None:
     click.echo(str(write_report(run_dir)))
 
 
+@main.command(name="warm-up")
+def warm_up() -> None:
+    """Compile linkage's loops once, after installing or upgrading (make install does): without it the
+    first run compiles them, about 25 s."""
+    from .kernels import warm_up as compile_kernels
+
+    found = compile_kernels()
+    click.echo(f"{sum(1 for n in found.values() if n)} of {len(found)} compiled loops ready")
+
+
 @main.group()
 def config() -> None:
     """Inspect settings."""

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import polars as pl
 
@@ -48,6 +47,7 @@ from .graph import (
     sorted_values,
     stable_order,
 )
+from .kernels import kernel
 from .partition import LeidenGraph, LeidenProcess
 from .progress import StageClock
 from .settings import DetectSettings
@@ -243,7 +243,11 @@ def _network_parts(graph: Graph, account_index: pl.DataTypeExpr, settings: Detec
         if not known.all():  # addresses without a subnet or ASN
             columns = tuple(column[known] for column in columns)
         if level != "ip":  # several addresses of one network: one (account, network) row
-            columns = _collapse_runs(*columns, max(int(keys["entity"].max() or 0), 0) + 1)
+            # (indices widened for the loop, whose one compiled version then serves runs of any size)
+            run, *rest = _collapse_runs(
+                columns[0].astype(np.int64), *columns[1:], max(int(keys["entity"].max() or 0), 0) + 1
+            )
+            columns = (run.astype(columns[0].dtype), *rest)
         rows = pl.DataFrame(dict(zip(("idx", "entity", "factor", "count"), columns)))
         parts[name] = Part(rows, keys.filter(pl.col("entity") >= 0).unique("entity"))
     return parts
@@ -299,6 +303,7 @@ def _shared_entities(part: Part, type_name: str, types: pl.Enum, settings: Detec
 def _top_per_account(account: np.ndarray, count: np.ndarray, entity: np.ndarray, cap: int) -> np.ndarray:
     """Positions (ascending) of the rows kept: per account its ``cap`` most used entities (ties: lowest
     entity rank, i.e. smallest key hash); an account at or under the cap keeps everything."""
+    account = account.astype(np.int64, copy=False)  # (one compiled version for runs of any size)
     if _in_runs(account):  # (tables from this build are in account order)
         return np.flatnonzero(_top_of_runs(account, count, entity, cap))
     order = np.argsort(account, kind="stable")
@@ -312,7 +317,7 @@ def _in_runs(values: np.ndarray) -> bool:
     return len(values) < 2 or bool(np.all(values[1:] >= values[:-1]))
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _top_of_runs(account, count, entity, cap):
     """Mask of the rows kept by :func:`_top_per_account`, in one pass over runs of equal ``account``: a
     run of at most ``cap`` rows is kept whole, a longer one (an account's many exit addresses) keeps
@@ -348,7 +353,7 @@ def _top_of_runs(account, count, entity, cap):
     return keep
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _collapse_runs(run_ids, entity, factor, count, n_entities):
     """Within each run of equal ``run_ids`` (an account's rows), one row per entity: the largest factor
     and the summed count. Rows out in order of first appearance; no sort, no hash table."""
@@ -445,7 +450,7 @@ def _model_switches(graph: Graph, settings: DetectSettings) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------- candidates
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _clique_contributions(starts, sizes, rows, idx, n):
     """Every pair within each small group of membership rows (``starts``, ``sizes``: the groups'
     positions in ``rows``), as (pair code ``a·n + b`` with ``a < b`` the two accounts, the row of the
@@ -492,7 +497,7 @@ def _hub_cycles(
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _cycle_pairs(starts, key, members, n):
     """Per group of rows (``starts``), its members in ascending ``key`` (ties in row order) joined
     each to the next and the last to the first, as pair codes ``a·n + b``, ``a < b``."""
@@ -628,7 +633,7 @@ def project(
     )
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _discount_and_needed(org, ca, cb, org_discount, link_at, surprisal, timing_weight):
     """Per candidate pair: the declared-org factor (``org_discount`` for two seats of one org, else 1)
     and ``(link_at / factor − surprisal) / timing_weight``, the lockstep that would link it (zeros
@@ -643,7 +648,7 @@ def _discount_and_needed(org, ca, cb, org_discount, link_at, surprisal, timing_w
     return discount, needed
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(writes=("timing", "families"))
 def _with_timing(shared, timing, timing_weight, discount, families):
     """``(shared + timing × weight) × discount`` per pair; ``timing`` is weighted in place and a pair
     with any lockstep counts one more evidence family (``families``, in place)."""
@@ -777,7 +782,7 @@ def _per_hub(
     return hub_type, hub_value, varies, n_hubs
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _merge_distinct(a, b):
     """(the distinct values of two ascending arrays, ascending; per value of ``a``, its position
     among them). One pass: at incident scale 29 M candidates from 7.6 M + 25 M values, where a
@@ -808,7 +813,7 @@ def _order_by(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return stable_order((first.astype(np.uint64) << np.uint64(bits[1])) | second.astype(np.uint64))
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(writes=("weight", "families"))
 def _weigh_pairs(
     ca,
     cb,
@@ -974,7 +979,7 @@ def _lockstep_classes(
     return agree | (window_code[a] << agree_bits) | (window_code[b] << (agree_bits + code_bits))
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(writes=("agreement",))
 def _signature_agreement(matrix, has, ca, cb, agreement=None):
     """Per pair, the share of signature positions on which both accounts agree (0 unless both have
     a signature): one pass, no gathered copies of the signature rows. Written into ``agreement``

@@ -14,6 +14,7 @@ import numba
 import numpy as np
 import polars as pl
 
+from .kernels import kernel
 from .schema import PROXY_IP_TYPES
 from .templates import TemplateResult
 
@@ -232,7 +233,7 @@ class RequestKeys:
         return cls(accounts, rank, ts, by_account, starts, ts[by_account])
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _rows_by_account(rank, n_accounts):
     """A counting sort of the rows by account rank (rows without one left out): the rows in account
     order, row order within an account, and where each account's rows start."""
@@ -273,7 +274,7 @@ def _request_rel(requests: pl.DataFrame, keys: RequestKeys, dst: str) -> tuple[p
     return rel, targets.text.alias(dst)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _pair_groups_by_account(account_starts, target, ts, n_targets):
     """Per distinct (account, target) pair, in pair order: count and first and last time.
     ``target`` (``0 … n_targets − 1``) and ``ts`` per row in account order (:class:`RequestKeys`);
@@ -408,7 +409,7 @@ def activity_signatures(keys: RequestKeys, window_minutes: int) -> pl.DataFrame:
     ).with_columns(pl.col("activity_signature").cast(pl.List(pl.Int64)))
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _window_minhash(codes, windows, valid, n_codes, size):
     """Per account code, ``size`` minima of splitmix64 hashes of its windows (31-bit values: exact in
     Neo4j integers and half the memory of pair comparisons downstream); and a row of each account."""
@@ -469,7 +470,7 @@ def _account_activity(requests: pl.DataFrame, keys: RequestKeys) -> pl.DataFrame
     )
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _per_account_totals(rank, n_ranks, ts, input_tokens, output_tokens, proxy, reasoning, sampled):
     requests = np.zeros(n_ranks, np.int64)
     first = np.full(n_ranks, np.iinfo(np.int64).max)
@@ -542,7 +543,7 @@ def _per_ip(requests: pl.DataFrame, ts: np.ndarray) -> pl.DataFrame:
     return pl.concat([_text(single), _text(per_ip).select(single.columns)])
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _address_rows(codes, asn, has_asn, kind, ts, n_codes):
     """Per address code: its first row (-1: no request), first and last time, and whether its rows
     differ in ASN (or its presence) or type."""

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from .kernels import kernel
 from .schema import IP_TYPE_SYNONYMS
 
 TS_DTYPE = pl.Datetime("ms", "UTC")
@@ -213,7 +214,7 @@ def _strings(offsets: np.ndarray, data: np.ndarray) -> pl.Series:
 _V6_INVALID, _V6_PARSED, _V6_STANDARD_LIBRARY = 0, 1, 2
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _v6_kernel(offsets, data):
     """Per value: status, and the canonical address and its /64 as string buffers (offsets, bytes)."""
     n = len(offsets) - 1

@@ -31,6 +31,7 @@ import numba
 import numpy as np
 import polars as pl
 
+from .kernels import kernel
 from .normalize import REASONING_STYLE, mask_prompts, split_segments
 from .settings import TemplateSettings
 
@@ -599,7 +600,7 @@ def _insert_smallest(best_hash, best_ref, filled, slot, value, ref):
     return entered
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _bottom_k_rows(codes, hashes, present, k):
     """Rows (ascending) of the ``k`` smallest distinct hashes per code among present rows (a repeated
     hash: its first row): one pass keeping a sorted buffer of ``k`` per code, after one pass that
@@ -625,7 +626,7 @@ def _bottom_k_rows(codes, hashes, present, k):
     return np.sort(chosen)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(writes=("slot_of", "best_hash", "best_ref", "filled"))
 def _merge_bottom_k(codes, hashes, slot_of, n_slots, best_hash, best_ref, filled, frame_no):
     """Offer rows to per-account buffers of the ``k`` smallest distinct hashes (ascending). Returns
     which rows entered (their ref: ``frame_no`` << 32 | rank among the entered rows), the new number
@@ -674,7 +675,7 @@ def _found_positions(keys: np.ndarray, prompt_keys: pl.Series) -> np.ndarray:
     return found
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _key_table(keys, size):
     """An open-addressing table of ``size`` slots (a power of two, more than ``keys``) for distinct
     64-bit text hashes, their low bits picking the slot: per slot its key and the key's position in
@@ -689,7 +690,7 @@ def _key_table(keys, size):
     return slot_key, slot_position
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(writes=("found",))
 def _probe(values, present, slot_key, slot_position, found):
     """Per value, its position in :func:`_key_table`'s keys, or -1 (absent, or not ``present``)."""
     mask = np.uint64(len(slot_key) - 1)
@@ -705,7 +706,7 @@ def _probe(values, present, slot_key, slot_position, found):
             slot = (slot + np.uint64(1)) & mask
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _hash_runs(run_starts, tokens, scaffold):
     """Per run of rows (one prompt's kept tokens, in order): a 64-bit hash of the token sequence
     (splitmix64 over length and tokens; order matters) and the number of scaffold tokens."""
@@ -804,7 +805,7 @@ def _minhash_signatures(shingles: list[bytes], shingle_of: np.ndarray, lengths: 
     return _least_rows(permuted, shingle_of, np.r_[0, np.cumsum(lengths)])
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _least_rows(values, row_of, starts):
     """Per segment ``starts[i]:starts[i + 1]`` of ``row_of``, the column-wise least of those rows of
     ``values``: a reduceat of a gather without the gathered array."""
