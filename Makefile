@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m compileall -q linkage  # bytecode read, not compiled, by every run (also where PYTHONDONTWRITEBYTECODE is set)
 	$(VENV)/bin/linkage warm-up  # compiles the loops once (~25 s), not in the first run
 	touch $@
 
