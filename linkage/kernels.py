@@ -54,7 +54,7 @@ def kernel(*, writes: tuple[str, ...] = (), nogil: bool = True) -> Callable[[Cal
 
         @functools.wraps(function)
         def call(*args: Any, **kwargs: Any) -> Any:
-            args = tuple(_read_only(value) if read_only[i] else value for i, value in enumerate(args))
+            args = tuple(_read_only(v) if i < len(read_only) and read_only[i] else v for i, v in enumerate(args))
             kwargs = {name: value if name in writes else _read_only(value) for name, value in kwargs.items()}
             return compiled(*args, **kwargs)
 
