@@ -5,6 +5,8 @@ ring ids that survive a full rebuild (issue 18)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -127,3 +129,20 @@ def test_full_rebuild_keeps_ring_ids_unless_history_is_reset(tiny: Path, tmp_pat
     assert reset.exit_code == 0
     assert json.loads(reset.stdout.strip().splitlines()[-1])["ring_changes"].get("unchanged", 0) == 0
     assert not set(read_csv(out / "rings.csv")["ring_id"]) & first  # new ids, new history
+
+
+def test_python_dash_m_linkage_is_the_command_line(tmp_path: Path) -> None:
+    # `python -m linkage run …`, as the benchmark's driver may call it, runs the same pipeline
+    tiny = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
+    done = subprocess.run(
+        [sys.executable, "-m", "linkage", "run", str(tiny), "--out", str(tmp_path / "out"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "rings.csv").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "linkage", "run", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]
+    )
+    assert bad.returncode != 0
