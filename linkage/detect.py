@@ -69,6 +69,9 @@ class Detection:
     owned: pl.DataFrame | None = None  # entity_key, account_id: owned tools and their workers (owned_tools)
 
 
+_NO_COMMUNITIES = pl.DataFrame(schema={"account_id": pl.Utf8, "idx": pl.UInt32, "community": pl.Int64})
+
+
 def one_customer_orgs(graph: Graph) -> pl.DataFrame:
     """``account_id, org_id``: the declared org where its seats are billed as one customer, null for a
     seat paying with an instrument no other seat of its org holds, and for a seat that pays nothing
@@ -1274,12 +1277,13 @@ def detect(
     graph: Graph,
     settings: DetectSettings,
     clock: StageClock | None = None,
-    meanwhile: Callable[[], object] | None = None,
+    meanwhile: Callable[[Detection], object] | None = None,
 ) -> Detection:
     """Memberships → projection → Leiden → clean-up; ``clock`` times each as ``detect/…``.
 
-    ``meanwhile`` is called while Leiden runs: on a large run (``leiden_process_min_accounts``)
-    Leiden has a process of its own, started here so that it has booted by the time it is needed."""
+    ``meanwhile`` is called while Leiden runs, with the detection so far (no communities yet): on a
+    large run (``leiden_process_min_accounts``) Leiden has a process of its own, started here so
+    that it has booted by the time it is needed."""
     clock = clock or StageClock()
     large = graph.nodes["Account"].height >= settings.leiden_process_min_accounts
     with LeidenProcess(start=large) as worker:
@@ -1289,8 +1293,11 @@ def detect(
             owned = _owned_tools_of(graph, accounts, evidence, settings)
             evidence = valued_as_owned(evidence, owned)
             pairs = project(accounts, evidence, settings)
+        so_far = Detection(accounts, evidence, pairs, _NO_COMMUNITIES, owned)
         with clock.stage("detect/leiden"):
-            community = leiden(accounts.height, pairs, settings, worker, meanwhile)
+            community = leiden(
+                accounts.height, pairs, settings, worker, None if meanwhile is None else lambda: meanwhile(so_far)
+            )
     with clock.stage("detect/clean_up"):
         community = merge_close_communities(community, pairs, settings.merge_ratio)
         frame = accounts.select("idx", "account_id").with_columns(pl.Series("community", community))

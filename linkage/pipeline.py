@@ -23,7 +23,14 @@ import polars as pl
 from . import __version__
 from .detect import Detection, detect
 from .errors import InputError
-from .explain import LINKS_FILE, MEMBERSHIPS_FILE, explanation_for_store, explanation_tables
+from .explain import (
+    LINKS_FILE,
+    MEMBERSHIPS_FILE,
+    LinkTables,
+    explanation_for_store,
+    explanation_tables,
+    link_tables,
+)
 from .export import begin_export, ensure_writable, write_json, write_parquet, write_quarantine, write_rings
 from .graph import Graph, RequestParts, build_graph, daily_requests, request_parts
 from .ingest import FIELD_COL, FILE_COL, REASON_COL, ROW_COL, Quarantine, read_table, record_json, table_files
@@ -60,6 +67,7 @@ class RunResult:
     detection: Detection
     summary: dict[str, Any] = field(default_factory=dict)
     daily: pl.DataFrame | None = None  # requests per account and day (report timelines); None without the log
+    link_tables: LinkTables | None = None  # every kept link and membership, drawn while Leiden ran
 
     def to_pandas(self) -> tuple[Any, Any]:
         """(rings, ring_members) as pandas DataFrames, for notebooks."""
@@ -293,13 +301,24 @@ def _empty_compact() -> pl.DataFrame:
     )
 
 
-def analyse(graph: Graph, settings: Settings, clock: StageClock) -> tuple[Detection, ScoredRings]:
-    """Detection and scoring over a graph, whichever store it came from."""
-    # what scoring reads of the accounts alone needs no ring: read while Leiden runs, where it runs
-    # in a process of its own, else when scoring starts
+def analyse(
+    graph: Graph, settings: Settings, clock: StageClock, explained: bool = True
+) -> tuple[Detection, ScoredRings, LinkTables | None]:
+    """Detection and scoring over a graph, whichever store it came from; and, when ``explained``, the
+    tables `linkage explain` is written from (:func:`~linkage.explain.link_tables`)."""
+    # what scoring reads of the accounts alone, and the explanation's tables, need no ring: drawn
+    # while Leiden runs (where it runs in a process of its own, on the core it leaves idle)
     reading = functools.cache(lambda: _read_accounts(graph, clock))
+    tables: list[LinkTables] = []
+
+    def meanwhile(so_far: Detection) -> None:
+        reading()
+        if explained:
+            with clock.stage("explain/tables"):
+                tables.append(link_tables(so_far.accounts, so_far.pairs, so_far.memberships))
+
     with clock.stage("detect"):
-        detection = detect(graph, settings.detect, clock, meanwhile=reading)
+        detection = detect(graph, settings.detect, clock, meanwhile=meanwhile)
     with clock.stage("score"):
         scored = score_rings(
             detection,
@@ -309,7 +328,7 @@ def analyse(graph: Graph, settings: Settings, clock: StageClock) -> tuple[Detect
             min_ring_size=settings.detect.min_ring_size,
             reading=reading(),
         )
-    return detection, scored
+    return detection, scored, tables[0] if tables else None
 
 
 def _read_accounts(graph: Graph, clock: StageClock) -> AccountReading:
@@ -357,9 +376,10 @@ def run(
         )
         daily = inputs.parts.daily if inputs.parts is not None else daily_requests(inputs.requests)
     del inputs
-    detection, (rings, members, evidence, alone, cut) = analyse(graph, settings, clock)
+    explained = out_dir is not None or store is not None
+    detection, (rings, members, evidence, alone, cut), tables = analyse(graph, settings, clock, explained)
     scores = account_scores(graph, members, alone)
-    result = RunResult(rings, members, evidence, scores, graph, detection, daily=daily)
+    result = RunResult(rings, members, evidence, scores, graph, detection, daily=daily, link_tables=tables)
     for target in store if isinstance(store, list) else [store] if store is not None else []:
         with clock.stage("store"):
             target.write_graph(graph)
@@ -383,8 +403,10 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
     clock = StageClock()
     with clock.stage("read_store"):
         graph = store.read_graph()
-    detection, (rings, members, evidence, alone, cut) = analyse(graph, settings, clock)
-    result = RunResult(rings, members, evidence, account_scores(graph, members, alone), graph, detection)
+    explained = out_dir is not None or write_back
+    detection, (rings, members, evidence, alone, cut), tables = analyse(graph, settings, clock, explained)
+    scores = account_scores(graph, members, alone)
+    result = RunResult(rings, members, evidence, scores, graph, detection, link_tables=tables)
     if write_back:
         with clock.stage("store"):
             store.write_rings(rings, members, run_id=_run_id(started), run_props={"flag_cut": cut})
@@ -400,7 +422,9 @@ def detect_from_store(store: Any, out_dir: Path | None, settings: Settings, writ
 
 def store_explanation(store: Any, result: RunResult, settings: Settings, run_id: str) -> None:
     """What `linkage explain` reads, into a store beside its rings (the members of flagged rings)."""
-    links, holdings = explanation_for_store(result.detection, result.members, result.rings, result.evidence)
+    links, holdings = explanation_for_store(
+        result.detection, result.members, result.rings, result.evidence, result.link_tables
+    )
     store.write_explanation(links, holdings, settings.detect.model_dump_json(), run_id)
 
 
@@ -421,7 +445,7 @@ def export(out_dir: Path, result: RunResult, quarantine: Quarantine) -> ReportDa
 
 
 def _write_explanation(out_dir: Path, result: RunResult) -> None:
-    links, kept = explanation_tables(result.detection, result.members)
+    links, kept = explanation_tables(result.detection, result.members, result.link_tables)
     write_parquet(links, out_dir / LINKS_FILE)
     write_parquet(kept, out_dir / MEMBERSHIPS_FILE)
 

@@ -457,7 +457,7 @@ def rebuild(
             graph = build_graph(accounts, payments, requests, templates, settings.detect.activity_window_minutes)
             daily = daily_requests(requests)
         del requests
-        detection, (rings, members, evidence, alone, cut) = analyse(graph, settings, clock)
+        detection, (rings, members, evidence, alone, cut), tables = analyse(graph, settings, clock)
         previous_path = state.root / "rings.parquet"
         previous = (
             pl.read_parquet(previous_path)
@@ -471,9 +471,8 @@ def rebuild(
         )
         members = members.with_columns(rename)
         evidence = evidence.with_columns(rename)
-        result = RunResult(
-            rings, members, evidence, account_scores(graph, members, alone), graph, detection, daily=daily
-        )
+        scores = account_scores(graph, members, alone)
+        result = RunResult(rings, members, evidence, scores, graph, detection, daily=daily, link_tables=tables)
         loaded = None
         if store is not None:
             with clock.stage("store"):

@@ -11,7 +11,14 @@ from click.testing import CliRunner
 import linkage
 from linkage.cli import main
 from linkage.errors import InputError
-from linkage.explain import LINKS_FILE, by_account_and_entity, explain_account, explain_pair
+from linkage.explain import (
+    LINKS_FILE,
+    MEMBERSHIPS_FILE,
+    by_account_and_entity,
+    explain_account,
+    explain_pair,
+    explanation_tables,
+)
 
 from .conftest import TINY
 
@@ -30,6 +37,22 @@ def test_a_members_links_sum_to_its_attachment(demo) -> None:
         assert explained.strength == pytest.approx(member["strength"], abs=1e-6)
         median = result.members.filter(pl.col("ring_id") == member["ring_id"])["strength"].median()
         assert min(1.0, explained.strength / median) == pytest.approx(member["attachment"], abs=1e-4)
+
+
+def test_tables_drawn_while_leiden_runs_narrow_to_what_the_rings_alone_give(demo) -> None:
+    """The run draws every link and membership before any ring exists, then keeps what its rings
+    touch: the same rows, in the same order, as tables drawn for the rings' members alone."""
+    out, result = demo
+    drawn = result.link_tables
+    assert drawn is not None and drawn.links.height == result.detection.pairs.height
+    one_ring = result.members.filter(pl.col("ring_id") == result.members["ring_id"][0])
+    for members in (result.members, one_ring):
+        alone = explanation_tables(result.detection, members)
+        narrowed = explanation_tables(result.detection, members, drawn)
+        assert narrowed[0].equals(alone[0]) and narrowed[1].equals(alone[1])
+    assert explanation_tables(result.detection, one_ring, drawn)[0].height < drawn.links.height
+    assert pl.read_parquet(out / LINKS_FILE).equals(explanation_tables(result.detection, result.members)[0])
+    assert pl.read_parquet(out / MEMBERSHIPS_FILE).equals(explanation_tables(result.detection, result.members)[1])
 
 
 def test_every_pair_waterfall_sums_to_the_weight_detection_used(demo) -> None:
