@@ -102,14 +102,16 @@ def explanation_tables(
         ends = pl.concat([in_rings["idx"].cast(pl.Int64), links["a"], links["b"]]).unique()
         return pl.col("idx").cast(pl.Int64).is_in(ends.implode())
 
-    if tables is None:
+    if tables is None:  # drawn for these members alone
         pairs = detection.pairs.filter(touching)
-        tables = link_tables(detection.accounts, pairs, detection.memberships.filter(ends_of(pairs)))
-    # a filter keeps the order: the same rows as tables drawn for these members alone
-    links = tables.links.filter(touching)
+        drawn = link_tables(detection.accounts, pairs, detection.memberships.filter(ends_of(pairs)))
+        links, kept = drawn.links, drawn.memberships
+    else:  # narrowed: a filter keeps the order, so the rows are those drawn for these members alone
+        links = tables.links.filter(touching)
+        kept = tables.memberships.filter(ends_of(links))
     # (rounded here, not when drawn: the pairs' own columns are then shared, not copied, while
     # scoring runs, at the run's peak memory)
-    return links.with_columns(pl.col(pl.Float64).round(9)), tables.memberships.filter(ends_of(links))
+    return links.with_columns(pl.col(pl.Float64).round(9)), kept
 
 
 def by_account_and_entity(memberships: pl.DataFrame) -> pl.DataFrame:

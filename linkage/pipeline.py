@@ -309,13 +309,14 @@ def analyse(
     # what scoring reads of the accounts alone, and the explanation's tables, need no ring: drawn
     # while Leiden runs (where it runs in a process of its own, on the core it leaves idle)
     reading = functools.cache(lambda: _read_accounts(graph, clock))
-    tables: list[LinkTables] = []
+    tables: LinkTables | None = None
 
     def meanwhile(so_far: Detection) -> None:
+        nonlocal tables
         reading()
         if explained:
             with clock.stage("explain/tables"):
-                tables.append(link_tables(so_far.accounts, so_far.pairs, so_far.memberships))
+                tables = link_tables(so_far.accounts, so_far.pairs, so_far.memberships)
 
     with clock.stage("detect"):
         detection = detect(graph, settings.detect, clock, meanwhile=meanwhile)
@@ -328,7 +329,7 @@ def analyse(
             min_ring_size=settings.detect.min_ring_size,
             reading=reading(),
         )
-    return detection, scored, tables[0] if tables else None
+    return detection, scored, tables
 
 
 def _read_accounts(graph: Graph, clock: StageClock) -> AccountReading:
