@@ -25,6 +25,8 @@ rewrites only what the campaign accounts send or declare. Probes:
 - ``declared_org_own_clock``: ``declared_org`` and ``own_clock``, cheap both: what a declared org
   explains counts only where its seats keep one clock (``score.declared_org_clock``), so this is
   what that rule must survive.
+- ``declared_org_separate``: ``separate_everything``, and each campaign's accounts declare one org
+  of their own, paying seat by seat: a benign org's seats to the content reading;
 - ``academic_mail``: every campaign account signs up on one college's mail domain, one college per
   campaign (bought student mailboxes: not cheap, but what ``score.academic_institutions`` reads);
 - ``academic_mail_own_clock``: ``academic_mail`` and ``own_clock``: what an academic institution
@@ -101,11 +103,15 @@ def _set_on_accounts(inputs: Path, values: pl.DataFrame, column: str, new: pl.Ex
 
 
 def declared_org(inputs: Path, truth: pl.DataFrame) -> None:
+    _declare_one_org_per_campaign(inputs, truth)
+    rewrite_parquet(inputs, "payments", lambda t: t.filter(~_is_campaign(truth)))
+
+
+def _declare_one_org_per_campaign(inputs: Path, truth: pl.DataFrame) -> None:
     org = truth.filter(pl.col("label") != "benign").select(
         "account_id", pl.concat_str([pl.lit("probe-org-"), pl.col("label")]).alias("probe")
     )
     _set_on_accounts(inputs, org, "org_id", pl.col("probe"))
-    rewrite_parquet(inputs, "payments", lambda t: t.filter(~_is_campaign(truth)))
 
 
 def thin_volume(inputs: Path, truth: pl.DataFrame) -> None:
@@ -200,6 +206,14 @@ def declared_org_own_clock(inputs: Path, truth: pl.DataFrame) -> None:
     own_clock(inputs, truth)
 
 
+def declared_org_separate(inputs: Path, truth: pl.DataFrame) -> None:
+    """``separate_everything``, and each campaign's accounts declare one org of their own: seats of an
+    org that pay one by one, each on an exit, a client and a card of its own (how a benign org's
+    seats look to the content reading, which leaves out what a declared org explains)."""
+    separate_everything(inputs, truth)
+    _declare_one_org_per_campaign(inputs, truth)
+
+
 def academic_mail(inputs: Path, truth: pl.DataFrame) -> None:
     """Every campaign account's address moved to one college's mail domain per campaign
     (``student.probe-<campaign>.edu``), its local part kept."""
@@ -225,6 +239,7 @@ PROBES: dict[str, Probe] = {
     "own_clock": own_clock,
     "separate_own_clock": separate_own_clock,
     "declared_org_own_clock": declared_org_own_clock,
+    "declared_org_separate": declared_org_separate,
     "academic_mail": academic_mail,
     "academic_mail_own_clock": academic_mail_own_clock,
 }

@@ -116,6 +116,23 @@ def test_declared_org_own_clock_declares_one_org_per_campaign_pays_nothing_and_s
     assert moved
 
 
+def test_declared_org_separate_declares_one_org_per_campaign_and_keeps_a_card_per_seat(
+    world: Path, tmp_path: Path
+) -> None:
+    before, after, campaign = _probed(world, tmp_path, "declared_org_separate")
+    truth = pl.read_parquet(world / "labels.parquet").select("account_id", "label")
+    orgs = _campaign(after["accounts"], campaign).join(truth, on="account_id")
+    assert (orgs.group_by("label").agg(pl.col("org_id").n_unique())["org_id"] == 1).all()
+    assert orgs["org_id"].n_unique() == orgs["label"].n_unique()  # one org per campaign, none shared
+    # seats that pay one by one, each with a card of its own (unlike `declared_org`, which pays nothing)
+    paid = _campaign(after["payments"], campaign)
+    assert paid.height and paid["instrument_id"].n_unique() == paid["account_id"].n_unique()
+    assert paid["account_id"].n_unique() == _campaign(before["payments"], campaign)["account_id"].n_unique()
+    devices = after["requests"].group_by("device_id").agg(pl.col("account_id").n_unique().alias("n"))
+    mine = _campaign(after["requests"], campaign)
+    assert devices.join(mine.select("device_id").unique(), on="device_id")["n"].max() == 1
+
+
 def test_academic_mail_puts_each_campaign_on_one_colleges_domain(world: Path, tmp_path: Path) -> None:
     before, after, campaign = _probed(world, tmp_path, "academic_mail_own_clock")
     truth = pl.read_parquet(world / "labels.parquet").select("account_id", "label")
