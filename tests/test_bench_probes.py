@@ -100,14 +100,18 @@ def test_thin_volume_keeps_one_request_in_four(world: Path, tmp_path: Path) -> N
     assert had / 4 <= kept <= had / 4 + len(campaign) * 30  # (rounded up per account and file)
 
 
-def test_declared_org_own_clock_declares_one_org_per_campaign_pays_nothing_and_shifts_clocks(
-    world: Path, tmp_path: Path
-) -> None:
-    before, after, campaign = _probed(world, tmp_path, "declared_org_own_clock")
+def _assert_one_org_per_campaign(world: Path, after: dict, campaign: set[str]) -> None:
     truth = pl.read_parquet(world / "labels.parquet").select("account_id", "label")
     orgs = _campaign(after["accounts"], campaign).join(truth, on="account_id")
     assert (orgs.group_by("label").agg(pl.col("org_id").n_unique())["org_id"] == 1).all()
     assert orgs["org_id"].n_unique() == orgs["label"].n_unique()  # one org per campaign, none shared
+
+
+def test_declared_org_own_clock_declares_one_org_per_campaign_pays_nothing_and_shifts_clocks(
+    world: Path, tmp_path: Path
+) -> None:
+    before, after, campaign = _probed(world, tmp_path, "declared_org_own_clock")
+    _assert_one_org_per_campaign(world, after, campaign)
     assert _campaign(after["payments"], campaign).height == 0
     moved = (
         _campaign(after["requests"], campaign)["ts"].to_list()
@@ -120,10 +124,7 @@ def test_declared_org_separate_declares_one_org_per_campaign_and_keeps_a_card_pe
     world: Path, tmp_path: Path
 ) -> None:
     before, after, campaign = _probed(world, tmp_path, "declared_org_separate")
-    truth = pl.read_parquet(world / "labels.parquet").select("account_id", "label")
-    orgs = _campaign(after["accounts"], campaign).join(truth, on="account_id")
-    assert (orgs.group_by("label").agg(pl.col("org_id").n_unique())["org_id"] == 1).all()
-    assert orgs["org_id"].n_unique() == orgs["label"].n_unique()  # one org per campaign, none shared
+    _assert_one_org_per_campaign(world, after, campaign)
     # seats that pay one by one, each with a card of its own (unlike `declared_org`, which pays nothing)
     paid = _campaign(after["payments"], campaign)
     assert paid.height and paid["instrument_id"].n_unique() == paid["account_id"].n_unique()
