@@ -1034,19 +1034,17 @@ def _internal_strength(detection: Detection, members: pl.DataFrame, links: pl.Da
     surprisal of those links (``timing``, nats per link), and attachment relative to the ring median.
     ``links``: the rings' links (:func:`_in_ring_links`), when already known."""
     edges = _in_ring_links(detection, members) if links is None else links
-    ends = pl.concat(
-        [
-            edges.select(pl.col("a").alias("idx"), "weight", "activity"),
-            edges.select(pl.col("b").alias("idx"), "weight", "activity"),
-        ]
-    )
-    strength = ends.group_by("idx").agg(
-        pl.col("weight").sum().alias("strength"), pl.col("activity").mean().alias("timing")
-    )
-    out = (
-        members.select("idx", "account_id", "ring_id")
-        .join(strength, on="idx", how="left")
-        .with_columns(pl.col("strength").fill_null(0.0), pl.col("timing").fill_null(0.0))
+    # summed per account index by bincount: one pass over the links' two ends, where a group-by of
+    # both ends stacked (twice the rings' links, millions at scale) took 0.4-0.5 s a round
+    idx = members["idx"].to_numpy().astype(np.int64)
+    ends = np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]).astype(np.int64)
+    size = int(max(ends.max(initial=-1), idx.max(initial=-1))) + 1
+    weight, activity = (np.tile(edges[c].to_numpy(), 2) for c in ("weight", "activity"))
+    links = np.bincount(ends, minlength=size)[idx]
+    strength = np.bincount(ends, weights=weight, minlength=size)[idx]
+    timing = np.bincount(ends, weights=activity, minlength=size)[idx] / np.maximum(links, 1)
+    out = members.select("idx", "account_id", "ring_id").with_columns(
+        pl.Series("strength", strength), pl.Series("timing", timing)
     )
     return out.with_columns(
         (pl.col("strength") / pl.col("strength").median().over("ring_id"))

@@ -644,6 +644,44 @@ def test_an_account_in_no_ring_paying_with_a_card_mostly_held_by_ring_members_jo
     assert dict(joined.schema) == dict(members.schema)
 
 
+def test_internal_strength_sums_each_members_links_inside_its_ring() -> None:
+    """Strength: the summed weight of a member's links inside its own ring; timing: their mean lockstep;
+    attachment: strength over the ring's median, at most 1. A link between two rings counts for
+    neither, and a member with no link inside has all three at 0."""
+    members = pl.DataFrame(
+        {
+            "account_id": ["a", "b", "c", "d", "x", "y", "z"],
+            "idx": [0, 1, 2, 7, 3, 4, 5],
+            "community": [0, 0, 0, 0, 1, 1, 1],
+            "ring_id": ["R0"] * 4 + ["R1"] * 3,
+        }
+    )
+    pairs = pl.DataFrame(
+        {
+            "a": [0, 0, 1, 2, 3, 4, 6],
+            "b": [1, 2, 2, 3, 4, 5, 7],  # 2-3 joins two rings; 6 is in no ring
+            "weight": [20.0, 10.0, 30.0, 99.0, 16.0, 24.0, 50.0],
+            "activity": [2.0, 4.0, 6.0, 9.0, 1.0, 3.0, 7.0],
+        }
+    )
+    detection = Detection(pl.DataFrame(), pl.DataFrame(), pairs, members.select("account_id", "community"))
+    rows = {r["account_id"]: r for r in _internal_strength(detection, members).iter_rows(named=True)}
+    assert {k: rows[k]["strength"] for k in rows} == {
+        "a": 30.0,
+        "b": 50.0,
+        "c": 40.0,
+        "d": 0.0,
+        "x": 16.0,
+        "y": 40.0,
+        "z": 24.0,
+    }
+    assert rows["a"]["timing"] == pytest.approx(3.0) and rows["c"]["timing"] == pytest.approx(5.0)
+    assert rows["d"]["timing"] == 0.0 and rows["d"]["attachment"] == 0.0
+    # R0's median strength is 35 (a 30, b 50, c 40, d 0); R1's is 24
+    assert rows["a"]["attachment"] == pytest.approx(30 / 35, abs=1e-4) and rows["b"]["attachment"] == 1.0
+    assert rows["x"]["attachment"] == pytest.approx(16 / 24, abs=1e-4)
+
+
 def test_a_tame_members_clock_is_read_on_its_links_to_the_risky_core_only() -> None:
     # an org's seats on their nightly batch share a clock with each other, not with the operation
     members = pl.DataFrame(
