@@ -665,17 +665,27 @@ def _with_core_timing(
     core = (
         members.select("idx", "account_id")
         .join(risk.select("account_id", "risk"), on="account_id")
-        .filter(pl.col("risk") >= threshold)
-        .select(pl.col("idx").alias("other"))
+        .filter(pl.col("risk") >= threshold)["idx"]
+        .to_numpy()
+        .astype(np.int64)
     )
     links = _in_ring_links(detection, members) if links is None else links
-    edges = pl.concat(
-        [
-            links.select(pl.col("a").alias("idx"), pl.col("b").alias("other"), "activity"),
-            links.select(pl.col("b").alias("idx"), pl.col("a").alias("other"), "activity"),
-        ]
+    a, b = links["a"].to_numpy().astype(np.int64), links["b"].to_numpy().astype(np.int64)
+    activity = links["activity"].to_numpy()
+    size = int(max(a.max(initial=-1), b.max(initial=-1), core.max(initial=-1))) + 1
+    is_core = np.zeros(size, bool)
+    is_core[core] = True
+    # each end's links to the core, by bincount (a join and group-by of both ends stacked took 0.3-0.4 s a round)
+    ends = np.concatenate([a[is_core[b]], b[is_core[a]]])
+    per_link = np.concatenate([activity[is_core[b]], activity[is_core[a]]])
+    count = np.bincount(ends, minlength=size)
+    timed = np.flatnonzero(count)
+    to_core = pl.DataFrame(
+        {
+            "idx": pl.Series(timed).cast(members["idx"].dtype),
+            "core_timing": np.bincount(ends, weights=per_link, minlength=size)[timed] / count[timed],
+        }
     )
-    to_core = edges.join(core, on="other").group_by("idx").agg(pl.col("activity").mean().alias("core_timing"))
     with_idx = strength.join(members.select("account_id", "idx"), on="account_id", how="left")
     return with_idx.join(to_core, on="idx", how="left").with_columns(pl.col("core_timing").fill_null(0.0)).drop("idx")
 
