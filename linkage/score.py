@@ -675,16 +675,15 @@ def _with_core_timing(
     size = int(max(a.max(initial=-1), b.max(initial=-1), core.max(initial=-1))) + 1
     is_core = np.zeros(size, bool)
     is_core[core] = True
-    # each end's links to the core, by bincount (a join and group-by of both ends stacked took 0.3-0.4 s a round)
-    ends = np.concatenate([a[is_core[b]], b[is_core[a]]])
-    per_link = np.concatenate([activity[is_core[b]], activity[is_core[a]]])
-    count = np.bincount(ends, minlength=size)
+    # each end's links whose other end is in the core
+    count, summed = _sums_by_account(
+        np.concatenate([a[is_core[b]], b[is_core[a]]]),
+        size,
+        np.concatenate([activity[is_core[b]], activity[is_core[a]]]),
+    )
     timed = np.flatnonzero(count)
     to_core = pl.DataFrame(
-        {
-            "idx": pl.Series(timed).cast(members["idx"].dtype),
-            "core_timing": np.bincount(ends, weights=per_link, minlength=size)[timed] / count[timed],
-        }
+        {"idx": pl.Series(timed).cast(members["idx"].dtype), "core_timing": summed[timed] / count[timed]}
     )
     with_idx = strength.join(members.select("account_id", "idx"), on="account_id", how="left")
     return with_idx.join(to_core, on="idx", how="left").with_columns(pl.col("core_timing").fill_null(0.0)).drop("idx")
@@ -1039,22 +1038,26 @@ def _empty_evidence() -> pl.DataFrame:
     )
 
 
+def _sums_by_account(ends: np.ndarray, size: int, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per account index ``0..size-1``: how often it is among ``ends`` (link ends), then the sum of each
+    of ``values`` (one per end) over those ends. One bincount pass each, where stacking both ends of
+    millions of links and grouping them took 0.3-0.5 s a round of scoring."""
+    return np.bincount(ends, minlength=size), *(np.bincount(ends, weights=v, minlength=size) for v in values)
+
+
 def _internal_strength(detection: Detection, members: pl.DataFrame, links: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per member: summed weight of kept links inside its ring (``strength``), the mean lockstep
     surprisal of those links (``timing``, nats per link), and attachment relative to the ring median.
     ``links``: the rings' links (:func:`_in_ring_links`), when already known."""
     edges = _in_ring_links(detection, members) if links is None else links
-    # summed per account index by bincount: one pass over the links' two ends, where a group-by of
-    # both ends stacked (twice the rings' links, millions at scale) took 0.4-0.5 s a round
     idx = members["idx"].to_numpy().astype(np.int64)
     ends = np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]).astype(np.int64)
     size = int(max(ends.max(initial=-1), idx.max(initial=-1))) + 1
-    weight, activity = (np.tile(edges[c].to_numpy(), 2) for c in ("weight", "activity"))
-    links = np.bincount(ends, minlength=size)[idx]
-    strength = np.bincount(ends, weights=weight, minlength=size)[idx]
-    timing = np.bincount(ends, weights=activity, minlength=size)[idx] / np.maximum(links, 1)
+    count, weight, activity = _sums_by_account(
+        ends, size, *(np.tile(edges[c].to_numpy(), 2) for c in ("weight", "activity"))
+    )
     out = members.select("idx", "account_id", "ring_id").with_columns(
-        pl.Series("strength", strength), pl.Series("timing", timing)
+        pl.Series("strength", weight[idx]), pl.Series("timing", activity[idx] / np.maximum(count[idx], 1))
     )
     return out.with_columns(
         (pl.col("strength") / pl.col("strength").median().over("ring_id"))
