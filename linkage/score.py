@@ -685,7 +685,12 @@ def _with_core_timing(
     to_core = pl.DataFrame(
         {"idx": pl.Series(timed).cast(members["idx"].dtype), "core_timing": summed[timed] / count[timed]}
     )
-    with_idx = strength.join(members.select("account_id", "idx"), on="account_id", how="left")
+    # (strength from _internal_strength carries each member's idx already: joined again, it came back as idx_right)
+    with_idx = (
+        strength
+        if "idx" in strength.columns
+        else strength.join(members.select("account_id", "idx"), on="account_id", how="left")
+    )
     return with_idx.join(to_core, on="idx", how="left").with_columns(pl.col("core_timing").fill_null(0.0)).drop("idx")
 
 

@@ -698,9 +698,9 @@ def test_a_tame_members_clock_is_read_on_its_links_to_the_risky_core_only() -> N
     detection = Detection(pl.DataFrame(), pl.DataFrame(), pairs, members.select("account_id", "community"))
     risk = pl.DataFrame({"account_id": ["a1", "a2", "a3", "v1", "v2"], "risk": [0.9, 0.9, 0.9, 0.3, 0.3]})
     strength = _internal_strength(detection, members)
-    timed = dict(
-        _with_core_timing(detection, members, strength, risk, 0.7).select("account_id", "core_timing").iter_rows()
-    )
+    with_core = _with_core_timing(detection, members, strength, risk, 0.7)
+    assert with_core.columns == [*strength.drop("idx").columns, "core_timing"]
+    timed = dict(with_core.select("account_id", "core_timing").iter_rows())
     assert timed == {"a1": 8.0, "a2": 8.0, "a3": 0.0, "v1": pytest.approx(0.1), "v2": pytest.approx(0.3)}
     # inside the ring v1 and v2 average 7.55 and 7.65 nats a link, mostly with each other
     inside = dict(strength.select("account_id", "timing").iter_rows())
