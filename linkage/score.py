@@ -659,9 +659,10 @@ def _with_core_timing(
     threshold: float,
     links: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """``strength`` with ``core_timing``: each member's mean lockstep per link over its kept links to
-    members of its ring at or over ``threshold`` on their own (0 where it has none). ``links``: the
-    rings' links (:func:`_in_ring_links`), when already known."""
+    """``strength`` (:func:`_internal_strength`'s, which carries each member's ``idx``) with
+    ``core_timing``: each member's mean lockstep per link over its kept links to members of its ring
+    at or over ``threshold`` on their own (0 where it has none). ``links``: the rings' links
+    (:func:`_in_ring_links`), when already known."""
     core = (
         members.select("idx", "account_id")
         .join(risk.select("account_id", "risk"), on="account_id")
@@ -685,13 +686,7 @@ def _with_core_timing(
     to_core = pl.DataFrame(
         {"idx": pl.Series(timed).cast(members["idx"].dtype), "core_timing": summed[timed] / count[timed]}
     )
-    # (strength from _internal_strength carries each member's idx already: joined again, it came back as idx_right)
-    with_idx = (
-        strength
-        if "idx" in strength.columns
-        else strength.join(members.select("account_id", "idx"), on="account_id", how="left")
-    )
-    return with_idx.join(to_core, on="idx", how="left").with_columns(pl.col("core_timing").fill_null(0.0)).drop("idx")
+    return strength.join(to_core, on="idx", how="left").with_columns(pl.col("core_timing").fill_null(0.0)).drop("idx")
 
 
 def _tame_and_risky(members: pl.DataFrame, threshold: float, values: dict[str, pl.Expr]) -> pl.DataFrame:
