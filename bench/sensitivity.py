@@ -14,6 +14,7 @@ from pathlib import Path
 
 from quality import BENCHMARK, benchmark_world, measure, seeds, simulated_world
 
+from linkage.errors import ConfigError
 from linkage.settings import Settings
 
 # dotted setting → why it has the value it has (README's sensitivity table repeats these)
@@ -28,6 +29,13 @@ KEY_CONSTANTS = {
     "detect.owned_build_alike": "how alike beyond the client a hub build's holders act for it to be one operation's",
     "detect.owned_scaffold_alike": "the same for a hub scaffold, read beyond templates, clients and input lengths",
     "detect.template_repeated_by": "accounts that must fill a template twice for it to link anyone (x0.5: 0, off)",
+    "detect.hub_partners": "random cycles a proposing hub lays through its members (each meets 2 per cycle)",
+    "detect.activity_window_minutes": "the time slot lockstep compares accounts in (schedulers fill whole hours)",
+    "detect.signup_window_minutes": "the time slot sign-up bursts are counted in",
+    "detect.burst_min_excess": "how many times its expected count a sign-up window must hold to be a burst",
+    "detect.min_ring_size": "fewest members a ring keeps (x0.5: 1, not valid)",
+    "detect.min_attachment": "share of its ring's median member's ties below which a member is dropped",
+    "detect.seed": "the seed of the hub cycles and Leiden (x0.5, x2: two other seeds, the spread a seed makes)",
     "templates.min_scaffold_chars": "fixed text a scaffold needs around its slots",
     "score.flag_background_share": "share of ordinary customers a flagged ring's members out-risk",
     "score.prior_members": "pseudo-customers of background risk a ring's mean is shrunk by",
@@ -44,14 +52,19 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.01)
     parser.add_argument("--bench-scale", type=float, default=0.02)
     parser.add_argument("--work", default="/tmp/linkage-quality")
+    parser.add_argument("--constants", help="comma-separated dotted names: only these rows (and the defaults)")
     args = parser.parse_args()
+    chosen = args.constants.split(",") if args.constants else list(KEY_CONSTANTS)
+    unknown = set(chosen) - set(KEY_CONSTANTS)
+    if unknown:
+        parser.error(f"--constants: not key constants: {sorted(unknown)}")
     work = Path(args.work)
     worlds = [("sim", simulated_world(work, args.scale, s, "random")) for s in seeds(args.sim_seeds)]
     if BENCHMARK.exists():
         worlds += [("benchmark", benchmark_world(work, args.bench_scale, s)) for s in seeds(args.bench_seeds)]
     defaults = Settings()
     print(f"{'constant':>34} {'value':>8} " + " ".join(f"{g:>20}" for g in sorted({g for g, _ in worlds})))
-    for key in [None, *KEY_CONSTANTS]:
+    for key in [None, *chosen]:
         for factor in [1.0] if key is None else [0.5, 2.0]:
             overrides = {}
             if key is not None:
@@ -61,7 +74,7 @@ def main() -> None:
                 overrides = {key: value}
             try:
                 settings = Settings.load(overrides=overrides)
-            except ValueError as error:  # e.g. a share doubled past 1
+            except (ValueError, ConfigError) as error:  # e.g. a share doubled past 1
                 print(f"{key:>34} ×{factor:<6} not valid: {str(error).splitlines()[0]}")
                 continue
             by_generator: dict[str, list[float]] = {}

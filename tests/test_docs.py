@@ -27,3 +27,20 @@ def test_readme_cites_no_file_outside_the_repository() -> None:
         # the one sibling README names is the optional benchmark, and it says so
         assert cited.startswith("../shared/benchmark"), cited
     assert "PERFORMANCE_NOTES" not in text and "DATA_CONTRACT" not in text
+
+
+def test_every_key_constant_is_a_setting_with_a_sensitivity_row() -> None:
+    import sys
+
+    from linkage.settings import Settings
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from sensitivity import KEY_CONSTANTS
+
+    defaults = Settings()
+    table = (ROOT / "README.md").read_text().split("### Sensitivity", 1)[1]
+    for dotted in KEY_CONSTANTS:
+        section, name = dotted.split(".")
+        value = getattr(getattr(defaults, section), name)
+        assert isinstance(value, int | float) and not isinstance(value, bool), dotted
+        assert f"| `{dotted}`" in table, f"README's sensitivity table has no row for {dotted}"
