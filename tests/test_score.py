@@ -129,6 +129,37 @@ def test_timing_at_chance_level_supports_nothing_when_only_the_lockstep_beyond_c
     assert weighed["beyond_chance"] == pytest.approx(0.5 + 0.3 * (1 - math.exp(-2.0)))
 
 
+def test_a_rings_crowd_is_the_unringed_holders_of_what_two_of_its_members_share(monkeypatch) -> None:
+    """The crowd ``_against_crowd`` reads a ring against: for each ring read, every account in no ring
+    that holds an address two or more of its members share, once, in one order; holders of what one
+    member alone holds, members of other rings and other kinds of entity are not in it."""
+    from types import SimpleNamespace
+
+    import linkage.score as score
+
+    held = {  # entity key → (type, holders)
+        1: ("IP", [0, 1, 5, 6, 2]),  # shared by r1's 0 and 1; 5, 6 in no ring; 2 in r2
+        2: ("IP", [0, 7]),  # only one member of r1: 7 is not r1's crowd
+        3: ("Subnet", [0, 1, 6, 8]),  # shared again: 6 counted once, 8 added
+        4: ("Device", [0, 1, 9]),  # not an address
+        5: ("SignupIP", [2, 3, 9]),  # r2's 2 and 3 share it: 9 is r2's crowd
+    }
+    memberships = pl.DataFrame(
+        [(idx, key, kind) for key, (kind, holders) in held.items() for idx in holders],
+        schema={"idx": pl.UInt32, "entity_key": pl.UInt64, "type": pl.Utf8},
+        orient="row",
+    )
+    accounts = pl.DataFrame({"idx": pl.Series(range(10), dtype=pl.UInt32), "account_id": [f"a{i}" for i in range(10)]})
+    members = pl.DataFrame({"idx": pl.Series([0, 1, 2, 3], dtype=pl.UInt32), "ring_id": ["r1", "r1", "r2", "r2"]}).join(
+        accounts, on="idx"
+    )
+    captured: dict[str, pl.DataFrame] = {}
+    monkeypatch.setattr(score, "alike_against_crowd", lambda _b, read, crowd: captured.setdefault("crowd", crowd))
+    detection = SimpleNamespace(memberships=memberships, accounts=accounts)
+    score._against_crowd(detection, members, None, pl.DataFrame({"ring_id": ["r2", "r1"]}))
+    assert captured["crowd"].rows() == [("r2", "a9"), ("r1", "a5"), ("r1", "a6"), ("r1", "a8")]
+
+
 def test_excess_risk_counts_by_how_alike_members_act_against_the_runs_reference_ring() -> None:
     names = ["strangers", "reference", "peer", "operated", "tame", "unknown"]
     rings = pl.DataFrame({"ring_id": names, "score": [0.7, 0.7, 0.7, 0.7, 0.4, 0.7]})
