@@ -1222,13 +1222,14 @@ def _against_crowd(
     unlinked = held.join(shared.select("entity_key").unique(), on="entity_key", how="semi").join(
         in_rings, on="idx", how="anti"
     )
-    # each (ring, holder) once, as one sorted 64-bit key: the crowd comes in one order, run after run
+    # each (ring, holder) once, as one 64-bit key sorted and kept where it changes (a hashed unique of
+    # those 32 M keys took 2.4 s, the sort 1.0 s): the crowd comes in one order, run after run
     key = pl.col("ring").cast(pl.UInt64) * (1 << 32) + pl.col("idx").cast(pl.UInt64)
     crowd = (
         shared.join(unlinked, on="entity_key")
         .select(key.alias("key"))
-        .unique()
         .sort("key")
+        .filter((pl.col("key") != pl.col("key").shift(1)).fill_null(True))
         .select((pl.col("key") // (1 << 32)).alias("ring"), (pl.col("key") % (1 << 32)).alias("idx"))
         .join(numbered.select(pl.col("ring").cast(pl.UInt64), "ring_id"), on="ring", maintain_order="left")
         .join(
