@@ -149,7 +149,7 @@ class DetectSettings(_Section):
     # (held-out 0.02 mean 0.983 -> 0.981, one Leiden merge); without them it found campaign c again
     owned_scaffolds: bool | None = Field(
         None,
-        description="read hub scaffolds as owned (owned_scaffold_alike) for all their workers (None: for the workers no client build links: none, or one of their own)",
+        description="read hub scaffolds as owned (owned_scaffold_alike) for all their workers (None: for the workers no client build links: none, one of their own, or one they share mostly with strangers)",
     )
     max_entity_accounts: int = Field(200_000, ge=10, description="entities above this are ignored (ubiquitous)")
     within_type_extra: float = Field(

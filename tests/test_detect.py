@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 import linkage
-from linkage.detect import _hub_cycles, _merge_distinct, memberships, one_customer_orgs, project
+from linkage.detect import _carried_by_a_client, _hub_cycles, _merge_distinct, memberships, one_customer_orgs, project
 from linkage.graph import Graph
 from linkage.settings import DetectSettings, Settings
 
@@ -808,3 +808,21 @@ def test_clique_contributions_are_every_pair_of_each_group_by_size_then_row_majo
     # the pair group (rows 5, 1: accounts 2, 3) before the triple (rows 4, 0, 2: accounts 6, 7, 9)
     assert code.tolist() == [2 * 10 + 3, 6 * 10 + 7, 6 * 10 + 9, 7 * 10 + 9]
     assert first.tolist() == [5, 4, 4, 0]
+
+
+def test_a_client_build_carries_the_workers_of_a_scaffold_only_where_they_are_most_of_its_holders():
+    """A scaffold's workers are left to the owned-scaffold reading unless a client build links them to
+    each other: a few-holder build most of whose holders share one of their hub scaffolds, or an owned
+    build. A build shared with strangers links no worker (fingerprints that many unrelated accounts
+    happen to share would otherwise switch the reading off for everyone)."""
+    rows = [
+        *[(a, 1, "Device", 3) for a in ("w1", "w2", "x1")],  # two of its three holders work scaffold 9
+        *[(a, 2, "Device", 30) for a in ("w3", "w4")],  # two of thirty: shared with strangers
+        *[(f"s{i}", 2, "Device", 30) for i in range(28)],
+        *[(a, 9, "PromptTemplate", 60) for a in ("w1", "w2", "w3", "w4", "w5", "w6")],
+    ]
+    evidence = pl.DataFrame(rows, schema=["account_id", "entity_key", "type", "degree"], orient="row")
+    owned = pl.DataFrame({"account_id": ["w6"]})
+    carried = set(_carried_by_a_client(evidence, owned, hub_size=48)["account_id"])
+    assert carried == {"w1", "w2", "w6"}
+    assert set(_carried_by_a_client(evidence, None, hub_size=48)["account_id"]) == {"w1", "w2"}
