@@ -1161,14 +1161,15 @@ def _owned_of_type(
 
 
 def _carried_by_a_client(evidence: pl.DataFrame, owned_builds: pl.DataFrame | None, hub_size: int) -> pl.DataFrame:
-    """``account_id`` of the accounts a client build can link to their scaffolds' other workers: one
-    held by a few accounts (not a hub) that another holder of one of their hub scaffolds holds too,
-    or an owned build they work. A scaffold is read for the others only (``detect.owned_scaffolds``
-    unset): an operation whose accounts each have a client of their own, or none, shares nothing
-    rarer than its scaffolds; one that shares its build is linked by it, and reading its scaffolds
-    as well moved world B by noise only. A build shared only with strangers links no worker: where
-    every client fingerprint was one of a few shared by ~35 random accounts, campaign c of world B
-    104 lost its owned scaffolds (recall 0.67 in 82 rings, against 0.96 with no fingerprints)."""
+    """``account_id`` of the accounts a client build links to their scaffolds' other workers: a build
+    held by a few accounts (not a hub), two or more and at least half of whose holders work one hub
+    scaffold with them, or an owned build they work. A scaffold is read for the others only
+    (``detect.owned_scaffolds`` unset): an operation whose accounts each have a client of their own,
+    or none, shares nothing rarer than its scaffolds; one that shares its build is linked by it, and
+    reading its scaffolds as well moved world B by noise only. A build shared mostly with strangers
+    links no worker: where every client fingerprint was one of a few shared by ~35 random accounts,
+    campaign c of world B 104 lost its owned scaffolds (recall 0.67 in 82 rings, against 0.96 with
+    no fingerprints)."""
     rare = evidence.filter((pl.col("type") == "Device") & (pl.col("degree") <= hub_size)).select(
         "account_id", pl.col("entity_key").alias("build"), "degree"
     )

@@ -29,12 +29,10 @@ def test_readme_cites_no_file_outside_the_repository() -> None:
     assert "PERFORMANCE_NOTES" not in text and "DATA_CONTRACT" not in text
 
 
-def test_every_key_constant_is_a_setting_with_a_sensitivity_row() -> None:
-    import sys
-
+def test_every_key_constant_is_a_setting_with_a_sensitivity_row(monkeypatch: pytest.MonkeyPatch) -> None:
     from linkage.settings import Settings
 
-    sys.path.insert(0, str(ROOT / "bench"))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     from sensitivity import KEY_CONSTANTS
 
     defaults = Settings()
