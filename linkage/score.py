@@ -264,7 +264,11 @@ def score_rings(
             settings.bystander_clock_share,
             clocked_cores_only=not every_ring_under_cut,
             off_clock=settings.off_clock_visitors,
+            loose_off_clock=settings.loose_off_clock_visitors,
+            declared=accounts.select("account_id", "org_id"),
         )
+        if detached is not None:  # an account leaves one ring once: the rounds end
+            loose = loose.join(detached.select("account_id"), on="account_id", how="anti")
         if loose.height:
             moving = loose.join(detection.communities.select("account_id", "community"), on="account_id")
             if detached is None:
@@ -552,6 +556,8 @@ def bystanders(
     clock_share: float | None = ScoreSettings.model_fields["bystander_clock_share"].default,
     clocked_cores_only: bool = False,
     off_clock: bool = False,
+    loose_off_clock: bool = False,
+    declared: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Members of flagged rings that are there by what they share, not by what they do: tied to the
     ring more loosely than its median member, and by their own behaviour not risky enough to be
@@ -609,7 +615,73 @@ def bystanders(
     movers = members.join(mixed, on="ring_id").filter(loose_and_tame).select("account_id")
     if clock_share is not None and off_clock and "timing" in members.columns:
         movers = pl.concat([movers, off_the_rings_clock(in_flagged, threshold, level, clock_share)]).unique()
+    if clock_share is not None and loose_off_clock and "timing" in strength.columns:
+        under_cut = (
+            strength.join(flagged, on="ring_id", how="anti")
+            .join(risk.select("account_id", "risk"), on="account_id", how="left")
+            .with_columns(pl.col("risk").fill_null(0.0))
+        )
+        if declared is not None:
+            under_cut = under_cut.join(declared.select("account_id", "org_id"), on="account_id", how="left")
+        movers = pl.concat([movers, loose_off_the_rings_clock(under_cut, threshold, level, clock_share)]).unique()
     return movers
+
+
+def loose_off_the_rings_clock(members: pl.DataFrame, threshold: float, level: float, share: float) -> pl.DataFrame:
+    """``account_id`` of the members, risky or tame, of the rings given whose core (the members
+    over ``threshold``) keeps one clock beyond chance, who keep their own hours (under ``share`` of
+    the core's median lockstep, :func:`_clock_of`) and are tied to the ring more loosely than the
+    median member on its clock, where the ring's members off its clock are tied to it more loosely
+    than those on it (one-sided Mann–Whitney on ``strength``, at ``level`` divided by the number of
+    rings tested). Not the ring's median member: visitors can be half a ring.
+
+    Individuals on the datacenter network an operation rents from can be as risky as its accounts by
+    their own readings (datacenter egress, volume), so a split by risk keeps them; but they neither
+    keep the operation's clock nor share what its accounts share (world B 1352: nine visitors at
+    attachment 0.03–0.23 and 0–2.4 nats of lockstep a link, the operation's twelve at 0.94–1.00 and
+    10.6–20.1 nats, the ring 0.617 under a cut of 0.619). Two readings, hours and ties, must agree.
+    Nor where half the clock's keepers declared one org (``org_id``, when given; billed as one or
+    not): an org's seats on its nightly batch keep their own clock, and its other seats and
+    neighbours are no operation's visitors (world B 104 and 4004: with them gone, an org's five and
+    seven seats, paying seat by seat, came over the cut). An operation that declares one org for
+    its accounts only keeps the rules that held before this one."""
+    clock = _clock_of(members, threshold)
+    cores = (
+        members.filter(pl.col("risk") >= threshold)
+        .group_by("ring_id")
+        .agg(clock.median().alias("core"))
+        .filter(pl.col("core") >= _clock_beyond_chance(level))
+    )
+    timed = members.join(cores, on="ring_id").with_columns((clock < share * pl.col("core")).alias("off"))
+    customer = pl.coalesce("org_id", "account_id") if "org_id" in members.columns else pl.col("account_id")
+    grouped = (
+        timed.group_by("ring_id")
+        .agg(
+            pl.col("strength").filter(pl.col("off")).alias("off_clock"),
+            pl.col("strength").filter(~pl.col("off")).alias("on_clock"),
+            # the share of the clock's keepers that its largest customer holds
+            (customer.filter(~pl.col("off")).unique_counts().max() / (~pl.col("off")).sum()).alias("one_customer"),
+        )
+        .filter(
+            (pl.col("off_clock").list.len() > 0) & (pl.col("on_clock").list.len() > 0) & (pl.col("one_customer") < 0.5)
+        )
+        .sort("ring_id")
+    )
+    if grouped.height == 0:
+        return pl.DataFrame(schema={"account_id": pl.Utf8})
+    each = level / grouped.height
+    apart = [
+        _decidable(len(off), len(on), each) and mann_whitney_less(np.array(off), np.array(on)) <= each
+        for off, on in zip(grouped["off_clock"].to_list(), grouped["on_clock"].to_list())
+    ]
+    rings = grouped.filter(pl.Series(apart, dtype=pl.Boolean)).select(
+        "ring_id", pl.col("on_clock").list.median().alias("on_clock_median")
+    )
+    return (
+        timed.join(rings, on="ring_id")
+        .filter(pl.col("off") & (pl.col("strength") < pl.col("on_clock_median")))
+        .select("account_id")
+    )
 
 
 def off_the_rings_clock(members: pl.DataFrame, threshold: float, level: float, share: float) -> pl.DataFrame:

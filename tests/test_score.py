@@ -30,6 +30,7 @@ from linkage.score import (
     bystanders,
     content_risk,
     customer_ranks,
+    loose_off_the_rings_clock,
     off_the_rings_clock,
     operated_by_behaviour_or_clock,
     org_explained_risk,
@@ -638,6 +639,47 @@ def test_tame_members_off_a_clocked_cores_hours_are_visitors_however_tightly_tie
     assert bystanders(strength, risk, rings, threshold=0.7).height == 0
     found = bystanders(strength, risk, rings, threshold=0.7, off_clock=True)["account_id"].to_list()
     assert sorted(found) == sorted(leaving)
+
+
+def test_loose_members_off_a_clocked_cores_hours_leave_a_ring_under_the_cut_however_risky() -> None:
+    # an operation diluted under the cut by individuals on the network it rents from: the visitors are
+    # as risky as its accounts, but tied loosely and on their own hours
+    ties = [440.0, 450.0, 460.0, 470.0, 480.0, 490.0, 500.0, 510.0, 14.0, 53.0, 58.0, 65.0, 80.0, 96.0]
+    risks = [0.72] * 8 + [0.75, 0.63, 0.67, 0.47, 0.52, 0.61]
+    clocks = [11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 18.0, 0.0, 0.0, 2.4, 0.0, 0.6, 1.4]
+    diluted, diluted_risk = _ring("diluted", ties, risks)
+    diluted = diluted.with_columns(pl.Series("timing", clocks), pl.Series("core_timing", clocks))
+    # an operation whose loose accounts keep its clock: they stay
+    kept, kept_risk = _ring("kept", ties, risks)
+    on_clock = clocks[:8] + [9.0, 10.0, 11.0, 9.5, 10.5, 12.0]
+    kept = kept.with_columns(pl.Series("timing", on_clock), pl.Series("core_timing", on_clock))
+    # a core on no clock (a class of students): timing says nothing of who belongs
+    unclocked, unclocked_risk = _ring("unclocked", ties, risks)
+    calm = [0.8] * 8 + [0.0] * 6
+    unclocked = unclocked.with_columns(pl.Series("timing", calm), pl.Series("core_timing", calm))
+    strength = pl.concat([diluted, kept, unclocked])
+    risk = pl.concat([diluted_risk, kept_risk, unclocked_risk])
+    members = strength.join(risk, on="account_id")
+    leaving = loose_off_the_rings_clock(members, threshold=0.6, level=0.05, share=0.5)["account_id"].to_list()
+    assert sorted(leaving) == sorted(f"diluted{i}" for i in range(8, 14))
+    # off-clock members tied like the rest are not told apart by their ties: nobody leaves
+    even = diluted.with_columns(pl.Series("strength", [450.0] * 14), pl.Series("attachment", [1.0] * 14))
+    assert loose_off_the_rings_clock(even.join(diluted_risk, on="account_id"), 0.6, 0.05, 0.5).height == 0
+    # an org's seats on its nightly batch keep their own clock: its neighbours are no one's visitors
+    seats = members.filter(pl.col("ring_id") == "diluted").with_columns(
+        pl.when(pl.col("account_id").str.strip_prefix("diluted").cast(pl.Int64) < 8)
+        .then(pl.lit("org-a"))
+        .otherwise(None)
+        .alias("org_id")
+    )
+    assert loose_off_the_rings_clock(seats, threshold=0.6, level=0.05, share=0.5).height == 0
+    # through bystanders(): only with the rule on, and only in rings under the cut
+    under = pl.DataFrame({"ring_id": ["diluted", "kept", "unclocked"], "score": [0.58, 0.58, 0.58]})
+    assert bystanders(diluted, diluted_risk, under, threshold=0.6).height == 0
+    found = bystanders(strength, risk, under, threshold=0.6, loose_off_clock=True)["account_id"].to_list()
+    assert sorted(found) == sorted(leaving)
+    flagged = under.with_columns(pl.lit(0.65).alias("score"))
+    assert bystanders(strength, risk, flagged, threshold=0.6, loose_off_clock=True).height == 0
 
 
 def test_an_account_in_no_ring_paying_with_a_card_mostly_held_by_ring_members_joins_them() -> None:
