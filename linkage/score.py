@@ -584,7 +584,10 @@ def bystanders(
     under the cut flagged on world B keep none (0–0.8 nats a link on seeds 7, 115, 165, 170), nor do
     classes of students (0.6–1.1) or an org's nightly batch (0.96). ``off_clock``: in flagged rings,
     also the tame members who keep their own hours while the core keeps one clock, however tightly
-    tied (:func:`off_the_rings_clock`; needs ``clock_share``).
+    tied (:func:`off_the_rings_clock`; needs ``clock_share``). ``loose_off_clock``: in rings under
+    the cut whose core keeps one clock, also the members off it and tied more loosely than those on
+    it, however risky (:func:`loose_off_the_rings_clock`; needs ``clock_share``); ``declared``:
+    ``account_id, org_id`` as declared, so that an org's own clock is left alone.
 
     Returns ``account_id`` of each."""
     flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")

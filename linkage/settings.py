@@ -309,15 +309,17 @@ class ScoreSettings(_Section):
     # Individuals on the datacenter network an operation rents from are as risky as its accounts by
     # their own readings, so the split by risk keeps them and they drag its ring under the cut; they
     # neither keep its clock nor share what it shares (world B 1352: campaign a, 12 accounts, lost whole
-    # at 0.617 against a 0.619 cut). Against the code without it on 136 worlds (the 58 held-out world-B
-    # seeds kept here, 18 of them fresh, the tuning worlds, 52 simulator worlds): 1352 0.975 -> 0.998,
-    # fresh 4212 0.989 -> 0.991, 133 identical; without the one-org guard 104 and 4004 flagged an org's seats
+    # at 0.617 against a 0.619 cut). Against the code without it on 136 worlds (76 world-B seeds kept
+    # here, 18 of them fresh; world B 101-104, 7, 13, 41, 42; 52 simulator worlds): 1352 0.975 -> 0.998,
+    # fresh 4212 0.989 -> 0.991, 133 identical; without the one-org guard 104 and 4004 flagged an org's
+    # seats; read in flagged rings too it cost recall (20 worlds worse, 12 better)
     loose_off_clock_visitors: bool = Field(
         True,
-        description="members of any ring whose core keeps one clock beyond chance, who keep their own hours (under "
-        "bystander_clock_share of the core's median) and are tied more loosely than its median member, are visitors "
-        "however risky, where its off-clock members are tied more loosely than its on-clock ones (one-sided "
-        "Mann-Whitney at the level divided by the rings tested)",
+        description="members of a ring under the cut whose core keeps one clock beyond chance, who keep their own "
+        "hours (under bystander_clock_share of the core's median) and are tied more loosely than the median member "
+        "on the clock, are visitors however risky, where its off-clock members are tied more loosely than its "
+        "on-clock ones (one-sided Mann-Whitney at the level divided by the rings tested) and no declared org holds "
+        "half the clock's keepers",
     )
     # On: an operation that buys clean infrastructure per account loses the risk of how its traffic
     # arrives. World B with every campaign account on a static residential address of its own, its own
