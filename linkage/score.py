@@ -591,10 +591,10 @@ def bystanders(
 
     Returns ``account_id`` of each."""
     flagged = ring_risk.filter(pl.col("score") >= threshold).select("ring_id")
-    tested = strength if core_size is not None else strength.join(flagged, on="ring_id")
-    members = tested.join(risk.select("account_id", "risk"), on="account_id", how="left").with_columns(
+    every_ring = strength.join(risk.select("account_id", "risk"), on="account_id", how="left").with_columns(
         pl.col("risk").fill_null(0.0)
     )
+    members = every_ring if core_size is not None else every_ring.join(flagged, on="ring_id")
     loose_and_tame = (pl.col("attachment") < 1.0) & (pl.col("risk") < threshold)
     in_flagged = members.join(flagged, on="ring_id")
     # only rings with someone to move are tested (at incident scale most flagged rings have no one)
@@ -619,11 +619,7 @@ def bystanders(
     if clock_share is not None and off_clock and "timing" in members.columns:
         movers = pl.concat([movers, off_the_rings_clock(in_flagged, threshold, level, clock_share)]).unique()
     if clock_share is not None and loose_off_clock and "timing" in strength.columns:
-        under_cut = (
-            strength.join(flagged, on="ring_id", how="anti")
-            .join(risk.select("account_id", "risk"), on="account_id", how="left")
-            .with_columns(pl.col("risk").fill_null(0.0))
-        )
+        under_cut = every_ring.join(flagged, on="ring_id", how="anti")
         if declared is not None:
             under_cut = under_cut.join(declared.select("account_id", "org_id"), on="account_id", how="left")
         movers = pl.concat([movers, loose_off_the_rings_clock(under_cut, threshold, level, clock_share)]).unique()
