@@ -33,7 +33,17 @@ from .explain import (
 )
 from .export import begin_export, ensure_writable, write_json, write_parquet, write_quarantine, write_rings
 from .graph import Graph, RequestParts, build_graph, daily_requests, request_parts
-from .ingest import FIELD_COL, FILE_COL, REASON_COL, ROW_COL, Quarantine, read_table, record_json, table_files
+from .ingest import (
+    FIELD_COL,
+    FILE_COL,
+    REASON_COL,
+    ROW_COL,
+    Quarantine,
+    file_groups,
+    read_table,
+    record_json,
+    table_files,
+)
 from .labels import entity_labels
 from .normalize import normalize_accounts, normalize_payments, normalize_requests
 from .progress import StageClock, peak_rss_mb, progress
@@ -125,11 +135,18 @@ def ingest_request_file(
 ) -> RequestFile:
     """``bound``: the run's prompt sample so far (:attr:`TemplateMiner.bound`), or None for a
     self-contained sample of this file (staging)."""
+    return ingest_request_files([path], settings, bound)
+
+
+def ingest_request_files(
+    paths: list[Path], settings: Settings, bound: tuple[np.ndarray, np.ndarray] | None = None
+) -> RequestFile:
+    """:func:`ingest_request_file` of consecutive files at once (small files are validated together)."""
     quarantine = Quarantine()
     miner = TemplateMiner(settings.templates)
     rows = [
         normalize_requests(batch, miner, bound)
-        for _, batch in read_table(path.parent, REQUESTS, settings.ingest, quarantine, [path])
+        for _, batch in read_table(paths[0].parent, REQUESTS, settings.ingest, quarantine, paths)
     ]
     frame = pl.concat(rows, how="vertical_relaxed") if rows else _empty_compact()
     return RequestFile(frame, miner.state(), quarantine)
@@ -138,17 +155,18 @@ def ingest_request_file(
 def ingest_requests(
     input_dir: Path, settings: Settings, quarantine: Quarantine, files: list[Path] | None = None
 ) -> tuple[pl.DataFrame, TemplateMiner]:
-    """Stream the request log file by file (several at once: polars releases the GIL); only
-    compact columns survive each file. Results are combined in file order, so the outcome does
-    not depend on which file finished first."""
+    """Stream the request log file by file (several at once: polars releases the GIL; small files
+    in groups, see :func:`~linkage.ingest.file_groups`); only compact columns survive each file.
+    Results are combined in file order, so the outcome does not depend on which file finished first."""
     paths = table_files(input_dir, REQUESTS) if files is None else files
+    groups = file_groups(paths, settings.ingest.coalesce_rows, settings.ingest.workers)
     compact: list[pl.DataFrame] = []
     miner = TemplateMiner(settings.templates)
     with ThreadPoolExecutor(max_workers=settings.ingest.workers) as pool:
-        # each file reads the sample's bound when it starts: the later the file, the fewer texts it keeps
-        done = pool.map(lambda path: ingest_request_file(path, settings, miner.bound), paths)
+        # each group reads the sample's bound when it starts: the later the file, the fewer texts it keeps
+        done = pool.map(lambda group: ingest_request_files(group, settings, miner.bound), groups)
         try:
-            for part in progress(done, "requests", total=len(paths)):
+            for part in progress(done, "requests", total=len(groups)):
                 compact.append(part.rows)
                 miner.absorb(part.miner_state)  # as files arrive: only the sample so far is held
                 quarantine.merge(part.quarantine)

@@ -43,6 +43,12 @@ class _Section(BaseModel):
 
 class IngestSettings(_Section):
     batch_rows: int = Field(1_000_000, gt=0, description="rows per streamed batch of a large file")
+    coalesce_rows: int = Field(
+        100_000,
+        ge=0,
+        description="consecutive small files of a table are validated together up to this many rows "
+        "(a batch costs ~40 ms whatever its size); 0: file by file",
+    )
     max_id_chars: int = Field(256, gt=0, description="longer ids, ips, emails are quarantined")
     max_text_chars: int = Field(1_000_000, gt=0, description="longer prompts / user agents are quarantined")
     max_tokens: int = Field(10_000_000, gt=0, description="token counts above this are quarantined")

@@ -12,6 +12,7 @@ import polars as pl
 import polars.selectors  # noqa: F401  (pl.selectors)
 import pytest
 from click.testing import CliRunner
+from polars.testing import assert_frame_equal
 
 import linkage
 from linkage.cli import main
@@ -333,3 +334,65 @@ def test_asn_numbers_are_read_with_or_without_an_as_prefix() -> None:
         "negative asn",
         "asn above 4294967295",
     ]
+
+
+def _small_daily_files(tiny: Path, target: Path) -> list[Path]:
+    """The tiny fixture's requests in six daily files: Parquet and CSV, one without ``device_id``,
+    and a bad row (an unparseable time, an unparseable address) in two of them."""
+    frame = read_csv(tiny / "requests.csv")
+    paths = []
+    for day, part in enumerate(frame[i::6] for i in range(6)):
+        if day in (1, 4):
+            broken = {1: ("ts", "yesterday"), 4: ("ip", "10.0.0")}[day]
+            part = part.with_columns(
+                pl.when(pl.int_range(pl.len()) == 2)
+                .then(pl.lit(broken[1]))
+                .otherwise(pl.col(broken[0]))
+                .alias(broken[0])
+            )
+        if day == 3:
+            part = part.drop("device_id")
+        stem = target / "requests" / f"date=2026-02-0{day + 1}" / "part-0"
+        _write(part, stem, "csv" if day == 5 else "parquet")
+        paths.append(stem.with_suffix(".csv" if day == 5 else ".parquet"))
+    for table in ("accounts", "payments"):
+        _write(read_csv(tiny / f"{table}.csv"), target / table, "parquet")
+    return paths
+
+
+def test_small_files_validated_together_keep_every_row_and_its_file(tiny: Path, tmp_path: Path) -> None:
+    from linkage.ingest import Quarantine, read_table
+    from linkage.schema import REQUESTS
+
+    paths = _small_daily_files(tiny, tmp_path / "in")
+
+    def read(coalesce_rows: int) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+        quarantine, settings = Quarantine(), IngestSettings(coalesce_rows=coalesce_rows)
+        batches = [batch for _, batch in read_table(tmp_path / "in", REQUESTS, settings, quarantine, paths)]
+        rows = pl.concat(batches, how="diagonal_relaxed").with_columns(pl.col("_file").cast(pl.Utf8))
+        return rows, quarantine.rows("requests"), len(batches)
+
+    alone, alone_bad, files = read(0)
+    together, together_bad, batches = read(1_000_000)
+    assert files == 6 and batches < files  # the two Parquet files with device_id either side of the gap join
+    assert_frame_equal(together.select(sorted(together.columns)), alone.select(sorted(alone.columns)))
+    assert_frame_equal(together_bad, alone_bad)
+    assert sorted(Path(f).parent.name for f in together_bad["source_file"]) == ["date=2026-02-02", "date=2026-02-05"]
+    assert together_bad["row"].to_list() == [3, 3]  # each file's own third record
+
+
+def test_small_files_are_grouped_for_the_workers_and_large_ones_stand_alone(tmp_path: Path) -> None:
+    from linkage.ingest import file_groups
+
+    def parquet(name: str, rows: int) -> Path:
+        path = tmp_path / f"{name}.parquet"
+        pl.DataFrame({"account_id": [f"a{i}" for i in range(rows)]}).write_parquet(path)
+        return path
+
+    small = [parquet(f"s{i}", 100) for i in range(8)]
+    large = parquet("large", 5_000)
+    # groups of at most 1_000 rows (a quarter of the table, 1_450, is more), in order
+    assert file_groups([*small[:4], large, *small[4:]], 1_000, 2) == [small[:4], [large], small[4:]]
+    # at most a quarter of the table (200 rows): two workers get two groups each
+    assert file_groups(small, 250, 2) == [small[0:2], small[2:4], small[4:6], small[6:8]]
+    assert file_groups(small, 0, 2) == [[path] for path in small]
