@@ -69,23 +69,33 @@ def table_files(input_dir: Path, spec: TableSpec) -> list[Path]:
     return files
 
 
-def file_groups(paths: list[Path], coalesce_rows: int, workers: int) -> list[list[Path]]:
-    """Consecutive files in groups of about ``coalesce_rows`` rows, and of no more than a share of
-    the table that keeps ``workers`` threads busy; a larger file is a group of its own. Rows are
-    counted from a Parquet file's footer and guessed from a text file's size (grouping changes how
-    the work is cut, never what it finds: see :func:`read_table`)."""
-    rows = [_estimated_rows(path) for path in paths]
-    share = max(1, sum(rows) // max(2 * workers, 1))
-    limit = min(coalesce_rows, share)
-    groups: list[list[Path]] = []
+def work_units(paths: list[Path], settings: IngestSettings) -> list[list[FilePart]]:
+    """The table's files cut into units of work for ``settings.workers`` threads, in file order: a
+    large Parquet file one unit per batch of its row groups (:func:`parquet_slices`), so that a
+    table in one file still keeps every worker busy; consecutive small files together, in units of
+    about ``settings.coalesce_rows`` rows and of no more than a share of the table that keeps every
+    worker busy. Rows are counted from a Parquet file's footer and guessed from a text file's size
+    (how the work is cut changes nothing it finds: see :func:`read_table`)."""
+    parts: list[tuple[FilePart, int]] = []
+    for path in paths:
+        slices = _parquet_slices_of(path, settings.batch_rows)
+        if slices is None:
+            parts.append((FilePart(path), _text_rows(path)))
+        elif len(slices) > 1:
+            parts.extend((FilePart(path, (first, end)), stop - start) for first, end, start, stop in slices)
+        else:
+            parts.append((FilePart(path), sum(stop - start for *_, start, stop in slices)))
+    share = max(1, sum(rows for _, rows in parts) // max(2 * settings.workers, 1))
+    limit = min(settings.coalesce_rows, share)
+    units: list[list[FilePart]] = []
     held = 0
-    for path, count in zip(paths, rows):
-        if not groups or held + count > limit:
-            groups.append([])
+    for part, rows in parts:
+        if not units or held + rows > limit:
+            units.append([])
             held = 0
-        groups[-1].append(path)
-        held += count
-    return groups
+        units[-1].append(part)
+        held += rows
+    return units
 
 
 # bytes of a text file taken for one row when grouping (on the small side: too small a guess only
@@ -93,12 +103,17 @@ def file_groups(paths: list[Path], coalesce_rows: int, workers: int) -> list[lis
 _TEXT_BYTES_PER_ROW = 100
 
 
-def _estimated_rows(path: Path) -> int:
-    if path.name.endswith(".parquet"):
-        try:
-            return pq.ParquetFile(path).metadata.num_rows
-        except (OSError, pa.ArrowInvalid):
-            return 1 << 40  # unreadable: on its own (reading it reports the error)
+def _parquet_slices_of(path: Path, batch_rows: int) -> list[tuple[int, int, int, int]] | None:
+    """:func:`parquet_slices` of a Parquet file; None for other files."""
+    if not path.name.endswith(".parquet"):
+        return None
+    try:
+        return parquet_slices(pq.ParquetFile(path).metadata, batch_rows)
+    except (OSError, pa.ArrowInvalid):
+        return [(0, 1, 0, 1 << 40)]  # unreadable: a unit of its own (reading it reports the error)
+
+
+def _text_rows(path: Path) -> int:
     size = path.stat().st_size
     return size * 5 // _TEXT_BYTES_PER_ROW if path.name.endswith(".gz") else size // _TEXT_BYTES_PER_ROW
 
@@ -173,14 +188,30 @@ def check_file_columns(path: Path, spec: TableSpec) -> None:
 
 
 # ---------------------------------------------------------------- reading
-def read_file(path: Path, batch_rows: int, categorical: frozenset[str] = frozenset()) -> Iterator[pl.DataFrame]:
+@dataclass(frozen=True)
+class FilePart:
+    """A table file, or a slice of a large Parquet file's row groups (``row_groups``: first, end),
+    read apart from the rest of the file so that two workers share one large file."""
+
+    path: Path
+    row_groups: tuple[int, int] | None = None
+
+    @property
+    def opens_file(self) -> bool:
+        return self.row_groups is None or self.row_groups[0] == 0
+
+
+def read_file(
+    path: Path, batch_rows: int, categorical: frozenset[str] = frozenset(), row_groups: tuple[int, int] | None = None
+) -> Iterator[pl.DataFrame]:
     """Raw batches of one file with ``_row`` (1-based record number). Corrupt files raise InputError.
 
-    ``categorical``: columns wanted as categoricals (see :func:`_read_parquet`)."""
+    ``categorical``: columns wanted as categoricals (see :func:`_read_parquet`); ``row_groups``: of a
+    Parquet file, only the batches of these row groups (:func:`parquet_slices`)."""
     name = path.name
     try:
         if name.endswith(".parquet"):
-            yield from _read_parquet(path, batch_rows, categorical)
+            yield from _read_parquet(path, batch_rows, categorical, row_groups)
         elif name.endswith((".csv", ".csv.gz")):
             yield from _read_csv(path, batch_rows)
         else:
@@ -200,7 +231,21 @@ def _numbered(table: pa.Table | pl.DataFrame, first_row: int) -> pl.DataFrame:
     return frame.with_row_index(ROW_COL, offset=first_row).with_columns(pl.col(ROW_COL).cast(pl.Int64))
 
 
-def _read_parquet(path: Path, batch_rows: int, categorical: frozenset[str] = frozenset()) -> Iterator[pl.DataFrame]:
+def parquet_slices(meta: pq.FileMetaData, batch_rows: int) -> list[tuple[int, int, int, int]]:
+    """A Parquet file's batches: (first row group, end row group, first row, end row), each of about
+    ``batch_rows`` rows, cut at row-group boundaries so that no row group is decoded twice."""
+    slices, first_group, start, rows_so_far = [], 0, 0, 0
+    for group in range(meta.num_row_groups):
+        rows_so_far += meta.row_group(group).num_rows
+        if rows_so_far - start >= batch_rows or group == meta.num_row_groups - 1:
+            slices.append((first_group, group + 1, start, rows_so_far))
+            first_group, start = group + 1, rows_so_far
+    return slices
+
+
+def _read_parquet(
+    path: Path, batch_rows: int, categorical: frozenset[str] = frozenset(), row_groups: tuple[int, int] | None = None
+) -> Iterator[pl.DataFrame]:
     """polars' native reader (straight into its string layout); a large file is sliced so that only
     the row groups of the slice in hand are decoded.
 
@@ -219,13 +264,9 @@ def _read_parquet(path: Path, batch_rows: int, categorical: frozenset[str] = fro
     if as_dictionary:
         source = pq.ParquetFile(path, read_dictionary=as_dictionary)
     others = [name for name in schema.names if name not in as_dictionary]
-    # slices follow row-group boundaries, so no row group is decoded twice
-    bounds, rows_so_far = [(0, 0)], 0
-    for group in range(meta.num_row_groups):
-        rows_so_far += meta.row_group(group).num_rows
-        if rows_so_far - bounds[-1][1] >= batch_rows or group == meta.num_row_groups - 1:
-            bounds.append((group + 1, rows_so_far))
-    for (first_group, start), (end_group, end) in zip(bounds[:-1], bounds[1:]):
+    for first_group, end_group, start, end in parquet_slices(meta, batch_rows):
+        if row_groups is not None and not row_groups[0] <= first_group < row_groups[1]:
+            continue
         frame = pl.scan_parquet(path).select(others).slice(start, end - start).collect() if others else None
         if as_dictionary:
             coded = pl.from_arrow(source.read_row_groups(range(first_group, end_group), columns=as_dictionary))
@@ -735,9 +776,15 @@ def _convert(
 
 
 def read_table(
-    input_dir: Path, spec: TableSpec, settings: IngestSettings, quarantine: Quarantine, files: list[Path] | None = None
+    input_dir: Path,
+    spec: TableSpec,
+    settings: IngestSettings,
+    quarantine: Quarantine,
+    files: list[Path] | None = None,
+    parts: list[FilePart] | None = None,
 ) -> Iterator[tuple[Path, pl.DataFrame]]:
-    """Typed, validated batches of a table, in file and row order, each with the last file it holds.
+    """Typed, validated batches of a table, in file and row order, each with the last file it holds:
+    of ``parts`` (:func:`work_units`) when given, else of ``files``, else of every file of the table.
 
     Consecutive small batches of one layout (the same columns and types) are validated together, up
     to ``settings.coalesce_rows`` rows: validation costs about 40 ms a batch whatever its size, so a
@@ -758,9 +805,13 @@ def read_table(
         if good.height:
             yield last, good
 
-    for path in table_files(input_dir, spec) if files is None else files:
-        quarantine.table_counts(spec.name).files += 1
-        for raw in read_file(path, settings.batch_rows, spec.categorical_columns):
+    if parts is None:
+        parts = [FilePart(path) for path in (table_files(input_dir, spec) if files is None else files)]
+    for part in parts:
+        path = part.path
+        if part.opens_file:
+            quarantine.table_counts(spec.name).files += 1
+        for raw in read_file(path, settings.batch_rows, spec.categorical_columns, part.row_groups):
             joins = _joins_others(raw, spec, settings)
             held = sum(frame.height for _, frame in pending)
             if pending and (

@@ -38,11 +38,12 @@ from .ingest import (
     FILE_COL,
     REASON_COL,
     ROW_COL,
+    FilePart,
     Quarantine,
-    file_groups,
     read_table,
     record_json,
     table_files,
+    work_units,
 )
 from .labels import entity_labels
 from .normalize import normalize_accounts, normalize_payments, normalize_requests
@@ -135,18 +136,19 @@ def ingest_request_file(
 ) -> RequestFile:
     """``bound``: the run's prompt sample so far (:attr:`TemplateMiner.bound`), or None for a
     self-contained sample of this file (staging)."""
-    return ingest_request_files([path], settings, bound)
+    return ingest_request_parts([FilePart(path)], settings, bound)
 
 
-def ingest_request_files(
-    paths: list[Path], settings: Settings, bound: tuple[np.ndarray, np.ndarray] | None = None
+def ingest_request_parts(
+    parts: list[FilePart], settings: Settings, bound: tuple[np.ndarray, np.ndarray] | None = None
 ) -> RequestFile:
-    """:func:`ingest_request_file` of consecutive files at once (small files are validated together)."""
+    """:func:`ingest_request_file` of one unit of work (:func:`~linkage.ingest.work_units`): consecutive
+    small files, validated together, or a slice of a large file."""
     quarantine = Quarantine()
     miner = TemplateMiner(settings.templates)
     rows = [
         normalize_requests(batch, miner, bound)
-        for _, batch in read_table(paths[0].parent, REQUESTS, settings.ingest, quarantine, paths)
+        for _, batch in read_table(parts[0].path.parent, REQUESTS, settings.ingest, quarantine, parts=parts)
     ]
     frame = pl.concat(rows, how="vertical_relaxed") if rows else _empty_compact()
     return RequestFile(frame, miner.state(), quarantine)
@@ -155,16 +157,17 @@ def ingest_request_files(
 def ingest_requests(
     input_dir: Path, settings: Settings, quarantine: Quarantine, files: list[Path] | None = None
 ) -> tuple[pl.DataFrame, TemplateMiner]:
-    """Stream the request log file by file (several at once: polars releases the GIL; small files
-    in groups, see :func:`~linkage.ingest.file_groups`); only compact columns survive each file.
-    Results are combined in file order, so the outcome does not depend on which file finished first."""
+    """Stream the request log unit by unit (:func:`~linkage.ingest.work_units`: a file, small files
+    together, or a slice of a large file; several at once: polars releases the GIL); only compact
+    columns survive each unit. Results are combined in file order, so the outcome does not depend on
+    which unit finished first."""
     paths = table_files(input_dir, REQUESTS) if files is None else files
-    groups = file_groups(paths, settings.ingest.coalesce_rows, settings.ingest.workers)
+    groups = work_units(paths, settings.ingest)
     compact: list[pl.DataFrame] = []
     miner = TemplateMiner(settings.templates)
     with ThreadPoolExecutor(max_workers=settings.ingest.workers) as pool:
         # each group reads the sample's bound when it starts: the later the file, the fewer texts it keeps
-        done = pool.map(lambda group: ingest_request_files(group, settings, miner.bound), groups)
+        done = pool.map(lambda group: ingest_request_parts(group, settings, miner.bound), groups)
         try:
             for part in progress(done, "requests", total=len(groups)):
                 compact.append(part.rows)

@@ -381,18 +381,50 @@ def test_small_files_validated_together_keep_every_row_and_its_file(tiny: Path, 
     assert together_bad["row"].to_list() == [3, 3]  # each file's own third record
 
 
-def test_small_files_are_grouped_for_the_workers_and_large_ones_stand_alone(tmp_path: Path) -> None:
-    from linkage.ingest import file_groups
+def test_work_units_group_small_files_and_share_a_large_one_between_workers(tmp_path: Path) -> None:
+    from linkage.ingest import FilePart, work_units
 
-    def parquet(name: str, rows: int) -> Path:
+    def parquet(name: str, rows: int, row_group_size: int | None = None) -> Path:
         path = tmp_path / f"{name}.parquet"
-        pl.DataFrame({"account_id": [f"a{i}" for i in range(rows)]}).write_parquet(path)
+        frame = pl.DataFrame({"account_id": [f"a{i}" for i in range(rows)]})
+        frame.write_parquet(path, row_group_size=row_group_size)
         return path
 
     small = [parquet(f"s{i}", 100) for i in range(8)]
     large = parquet("large", 5_000)
-    # groups of at most 1_000 rows (a quarter of the table, 1_450, is more), in order
-    assert file_groups([*small[:4], large, *small[4:]], 1_000, 2) == [small[:4], [large], small[4:]]
-    # at most a quarter of the table (200 rows): two workers get two groups each
-    assert file_groups(small, 250, 2) == [small[0:2], small[2:4], small[4:6], small[6:8]]
-    assert file_groups(small, 0, 2) == [[path] for path in small]
+
+    def units(paths: list[Path], **settings: int) -> list[list[Path]]:
+        found = work_units(paths, IngestSettings(**settings))
+        assert all(part.row_groups is None for unit in found for part in unit)
+        return [[part.path for part in unit] for unit in found]
+
+    # units of at most 1_000 rows (a quarter of the table, 1_450, is more), in file order
+    assert units([*small[:4], large, *small[4:]], coalesce_rows=1_000) == [small[:4], [large], small[4:]]
+    # at most a quarter of the table (200 rows): two workers get two units each
+    assert units(small, coalesce_rows=250) == [small[0:2], small[2:4], small[4:6], small[6:8]]
+    assert units(small, coalesce_rows=0) == [[path] for path in small]
+    # one large file of ten row groups, batches of 3 000 rows: two units, cut between row groups
+    sliced = parquet("sliced", 5_000, row_group_size=500)
+    found = work_units([sliced], IngestSettings(batch_rows=3_000))
+    assert found == [[FilePart(sliced, (0, 6))], [FilePart(sliced, (6, 10))]]
+    assert [unit[0].opens_file for unit in found] == [True, False]
+
+
+def test_a_large_file_read_in_slices_is_read_whole(tmp_path: Path) -> None:
+    from linkage.ingest import Quarantine, read_table, work_units
+    from linkage.schema import REQUESTS
+
+    frame = read_csv(TINY / "requests.csv")
+    path = tmp_path / "requests.parquet"
+    frame.write_parquet(path, row_group_size=100)
+    settings = IngestSettings(batch_rows=250)
+    whole_quarantine, sliced_quarantine = Quarantine(), Quarantine()
+    whole = pl.concat([b for _, b in read_table(tmp_path, REQUESTS, settings, whole_quarantine, [path])])
+    units = work_units([path], settings)
+    assert len(units) > 2
+    sliced = pl.concat(
+        [b for unit in units for _, b in read_table(tmp_path, REQUESTS, settings, sliced_quarantine, parts=unit)]
+    )
+    assert_frame_equal(sliced, whole)
+    assert sliced["_row"].to_list() == list(range(1, frame.height + 1))
+    assert sliced_quarantine.table_counts("requests").as_dict() == whole_quarantine.table_counts("requests").as_dict()
