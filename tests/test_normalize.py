@@ -153,6 +153,31 @@ def test_timestamp_fast_forms_agree_with_the_general_parser() -> None:
         assert parse_timestamps(pl.Series([value] * 70, dtype=pl.Utf8)).dt.epoch("ms").to_list() == [want] * 70, value
 
 
+def test_times_read_by_arrow_agree_with_the_general_parser() -> None:
+    """Columns of zoned ISO times (CSV and JSON logs) are read by Arrow's cast; each value is what
+    the general parser reads, and forms Arrow reads otherwise (an hour without minutes) or not at all
+    (no zone, finer fractions) leave the column to the parsers above."""
+    import random
+
+    from linkage.normalize import _arrow_iso, _parse_general
+
+    rng = random.Random(5)
+    forms = []
+    for _ in range(300):
+        year, month, day = rng.randint(1, 9998), rng.randint(1, 12), rng.randint(1, 28)
+        clock = f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}" + rng.choice(["", f":{rng.randint(0, 59):02d}"])
+        fraction = rng.choice(["", ".5", ".25", ".125"]) if clock.count(":") == 2 else ""
+        zone = rng.choice(["Z", "+00:00", "-05:30", "+0530", "+14:00", "-00:00", "+02"])
+        forms.append(f"{year:04d}-{month:02d}-{day:02d}T{clock}{fraction}{zone}")
+    column = pl.Series(forms + [None], dtype=pl.Utf8)
+    assert _arrow_iso(column) is not None  # read by Arrow
+    assert parse_timestamps(column).dt.epoch("ms").to_list() == _parse_general(column).dt.epoch("ms").to_list()
+    for other in ("2026-02-23T10Z", "2026-02-23T10:00:00", "2026-02-23T10:00:00.1234Z", "2026-02-23 10:00:00Z"):
+        mixed = pl.Series([forms[0], other], dtype=pl.Utf8)
+        assert (_arrow_iso(mixed) is None) == ("T" in other), other  # (a space for the T Arrow reads too)
+        assert parse_timestamps(mixed).dt.epoch("ms").to_list() == _parse_general(mixed).dt.epoch("ms").to_list()
+
+
 def test_ip_types_from_other_vocabularies_are_read_in_the_contracts_terms() -> None:
     """ipinfo/MaxMind "hosting", "cellular", "isp" and IP2Proxy's "DCH" mean datacenter, mobile and
     residential; unknown values stay as given; text and categorical columns agree."""
