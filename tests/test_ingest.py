@@ -361,7 +361,7 @@ def _small_daily_files(tiny: Path, target: Path) -> list[Path]:
 
 
 def test_small_files_validated_together_keep_every_row_and_its_file(tiny: Path, tmp_path: Path) -> None:
-    from linkage.ingest import Quarantine, read_table
+    from linkage.ingest import FilePart, Quarantine, _small_parquet_run, read_table
     from linkage.schema import REQUESTS
 
     paths = _small_daily_files(tiny, tmp_path / "in")
@@ -374,7 +374,9 @@ def test_small_files_validated_together_keep_every_row_and_its_file(tiny: Path, 
 
     alone, alone_bad, files = read(0)
     together, together_bad, batches = read(1_000_000)
-    assert files == 6 and batches < files  # the two Parquet files with device_id either side of the gap join
+    assert files == 6 and batches < files
+    # the first three files, Parquet of one schema, are also read in one go
+    assert _small_parquet_run([FilePart(path) for path in paths], 0, 1_000_000) == [FilePart(p) for p in paths[:3]]
     assert_frame_equal(together.select(sorted(together.columns)), alone.select(sorted(alone.columns)))
     assert_frame_equal(together_bad, alone_bad)
     assert sorted(Path(f).parent.name for f in together_bad["source_file"]) == ["date=2026-02-02", "date=2026-02-05"]
