@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: install lock lint demo test test-fast neo4j-start neo4j-stop quality scale sensitivity ablation probes clean
+.PHONY: install lock lint demo test test-fast neo4j-start neo4j-stop quality scale sensitivity ablation probes confounders clean
 
 # the application's exact versions (with hashes) come from requirements.lock; the package itself
 # is installed on top without resolving anything again
@@ -62,6 +62,9 @@ ablation: install  ## what each optional input field is worth: worlds re-run wit
 
 probes: install  ## what an operation can change cheaply: worlds re-run with their campaigns changed
 	$(PY) bench/probes.py
+
+confounders: install  ## what customers share with no operation behind them: worlds re-run with their benign accounts changed
+	$(PY) bench/confounders.py
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache
