@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
-from quality import rewrite_parquet, run_variants, variant_copy
+from quality import read_truth, rewrite_parquet, run_variants, variant_copy
 
 # (input dir, labels: account_id, label) → rewrites the copied input in place
 Confounder = Callable[[Path, pl.DataFrame], None]
@@ -182,7 +182,7 @@ CONFOUNDERS: dict[str, Confounder] = {
 
 def confounded(inputs: Path, labels: Path, target: Path, confounder: str) -> Path:
     """A copy of ``inputs`` at ``target`` with the benign accounts changed by ``confounder``."""
-    truth = pl.read_parquet(labels).select(pl.col("account_id").cast(pl.Utf8), pl.col("label").cast(pl.Utf8))
+    truth = read_truth(labels)
     return variant_copy(inputs, target, lambda staging: CONFOUNDERS[confounder](staging, truth))
 
 

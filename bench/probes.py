@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
-from quality import rewrite_parquet, run_variants, variant_copy
+from quality import read_truth, rewrite_parquet, run_variants, variant_copy
 
 # (input dir, labels: account_id, label) → rewrites the copied input in place
 Probe = Callable[[Path, pl.DataFrame], None]
@@ -247,7 +247,7 @@ PROBES: dict[str, Probe] = {
 
 def probed(inputs: Path, labels: Path, target: Path, probe: str) -> Path:
     """A copy of ``inputs`` at ``target`` with the campaign accounts changed by ``probe``."""
-    truth = pl.read_parquet(labels).select(pl.col("account_id").cast(pl.Utf8), pl.col("label").cast(pl.Utf8))
+    truth = read_truth(labels)
     return variant_copy(inputs, target, lambda staging: PROBES[probe](staging, truth))
 
 

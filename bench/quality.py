@@ -129,6 +129,11 @@ def measure_variant(name: str, inputs: Path, labels: Path, settings: Settings, l
         fh.write(json.dumps(row | {"config": config}) + "\n")
 
 
+def read_truth(labels: Path) -> pl.DataFrame:
+    """A world's labels (``account_id, label``) as text, as the variants that need them read them."""
+    return pl.read_parquet(labels).select(pl.col("account_id").cast(pl.Utf8), pl.col("label").cast(pl.Utf8))
+
+
 def rewrite_parquet(inputs: Path, table: str, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
     """Every Parquet file of ``table`` under ``inputs`` through ``change``."""
     files = sorted(inputs.glob(f"{table}/**/*.parquet")) or sorted(inputs.glob(f"{table}.parquet"))
@@ -176,7 +181,7 @@ def largest_ring(out: Path, labels: Path) -> tuple[int, float]:
     )
     if members.height == 0:
         return 0, 1.0
-    truth = pl.read_parquet(labels).select(pl.col("account_id").cast(pl.Utf8), pl.col("label").cast(pl.Utf8))
+    truth = read_truth(labels)
     biggest = members.group_by("ring_id").len().sort("len", "ring_id", descending=[True, False])["ring_id"][0]
     labelled = members.filter(pl.col("ring_id") == biggest).join(truth, on="account_id", how="left")
     counts = labelled["label"].value_counts(sort=True)

@@ -107,3 +107,21 @@ def graph_of(
 def singly_held(n: int, rel: str, prefix: str, skip: set[int]) -> list[tuple[str, list[int]]]:
     """Every other account holds one entity of its own (the background the null model counts)."""
     return [(f"{prefix}{i}", [i]) for i in range(n) if i not in skip]
+
+
+def input_tables(inputs: Path) -> dict[str, pl.DataFrame]:
+    """The three tables of a linkage input folder in Parquet (requests partitioned), as frames."""
+    return {
+        "accounts": pl.read_parquet(inputs / "accounts.parquet"),
+        "payments": pl.read_parquet(inputs / "payments.parquet"),
+        "requests": pl.read_parquet(str(inputs / "requests" / "**" / "*.parquet"), hive_partitioning=False),
+    }
+
+
+def random_world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A small world of the simulator's random family (seed 2, scale 0.005) with its labels."""
+    from linkage.simulate import SimulationConfig, simulate
+
+    root = tmp_path_factory.mktemp(name) / "sim"
+    simulate(root, SimulationConfig(scale=0.005, seed=2, world="random"))
+    return root

@@ -10,9 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from linkage.simulate import SimulationConfig, simulate
-
-from .conftest import ROOT
+from .conftest import ROOT, input_tables, random_world
 
 sys.path.insert(0, str(ROOT / "bench"))
 import confounders  # noqa: E402  (a bench script, not a package module)
@@ -20,17 +18,7 @@ import confounders  # noqa: E402  (a bench script, not a package module)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("confounders") / "sim"
-    simulate(root, SimulationConfig(scale=0.005, seed=2, world="random"))
-    return root
-
-
-def _tables(inputs: Path) -> dict[str, pl.DataFrame]:
-    return {
-        "accounts": pl.read_parquet(inputs / "accounts.parquet"),
-        "payments": pl.read_parquet(inputs / "payments.parquet"),
-        "requests": pl.read_parquet(str(inputs / "requests" / "**" / "*.parquet"), hive_partitioning=False),
-    }
+    return random_world(tmp_path_factory, "confounders")
 
 
 def _confounded(world: Path, tmp_path: Path, name: str) -> tuple[dict, dict, set[str]]:
@@ -38,7 +26,7 @@ def _confounded(world: Path, tmp_path: Path, name: str) -> tuple[dict, dict, set
     changed = confounders.confounded(world / "input", labels, tmp_path / name / "input", name)
     truth = pl.read_parquet(labels)
     benign = set(truth.filter(pl.col("label") == "benign")["account_id"].to_list())
-    return _tables(world / "input"), _tables(changed), benign
+    return input_tables(world / "input"), input_tables(changed), benign
 
 
 def _timed(requests: pl.DataFrame) -> pl.DataFrame:
