@@ -670,8 +670,7 @@ def loose_off_the_rings_clock(members: pl.DataFrame, threshold: float, level: fl
         return pl.DataFrame(schema={"account_id": pl.Utf8})
     each = level / grouped.height
     apart = [
-        _decidable(len(off), len(on), each) and mann_whitney_less(np.array(off), np.array(on)) <= each
-        for off, on in zip(grouped["off_clock"].to_list(), grouped["on_clock"].to_list())
+        _tends_lower(off, on, each) for off, on in zip(grouped["off_clock"].to_list(), grouped["on_clock"].to_list())
     ]
     rings = grouped.filter(pl.Series(apart, dtype=pl.Boolean)).select(
         "ring_id", pl.col("on_clock").list.median().alias("on_clock_median")
@@ -702,8 +701,7 @@ def off_the_rings_clock(members: pl.DataFrame, threshold: float, level: float, s
     if grouped.height == 0:
         return pl.DataFrame(schema={"account_id": pl.Utf8})
     off = [
-        _decidable(len(tame), len(risky), level) and mann_whitney_less(np.array(tame), np.array(risky)) <= level
-        for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
+        _tends_lower(tame, risky, level) for tame, risky in zip(grouped["tame"].to_list(), grouped["risky"].to_list())
     ]
     rings = grouped.filter(pl.Series(off, dtype=pl.Boolean)).select("ring_id", "core")
     return (
@@ -835,7 +833,7 @@ def tame_members_looser(
     # tame member among fewer than 1/level: a small ring with a visitor), it is not run: such a ring
     # is mixed if ``undecided_mixed`` (the rule applies as before the test), else it is not
     mixed = [
-        mann_whitney_less(np.array(tame), np.array(risky)) <= level
+        _tends_lower(tame, risky, level)
         and not (clock_share is not None and on_the_rings_clock(tame_t, risky_t, clock_share))
         if _decidable(len(tame), len(risky), level)
         else undecided_mixed
@@ -874,6 +872,12 @@ def on_the_rings_clock(tame: list[float], risky: list[float], share: float) -> b
         return False
     core = float(np.median(risky))
     return core > CHANCE_SURPRISAL and float(np.median(tame)) >= share * core
+
+
+def _tends_lower(lower: list[float], higher: list[float], level: float) -> bool:
+    """Whether ``lower`` tends lower than ``higher`` at ``level`` (one-sided Mann–Whitney), where the
+    test can reach ``level`` at all (:func:`_decidable`)."""
+    return _decidable(len(lower), len(higher), level) and mann_whitney_less(np.array(lower), np.array(higher)) <= level
 
 
 def _decidable(tame: int, risky: int, level: float) -> bool:
