@@ -93,17 +93,21 @@ def test_a_worker_given_nothing_leaves_when_closed() -> None:
     assert process is not None and process.returncode == 0
 
 
-@pytest.mark.parametrize("dies", ["before it is given the graph", "while partitioning"])
+@pytest.mark.parametrize("dies", ["before it is given the graph", "after it is given the graph, before it answers"])
 def test_a_worker_that_dies_leaves_the_partition_to_this_process(dies: str, caplog: pytest.LogCaptureFixture) -> None:
-    graph = _random_graph(8)
+    graph = _random_graph(8, nodes=100, edges=600)  # (a pickle smaller than a pipe's buffer: handed over at once)
     expected = leiden(graph, resolution=0.02, iterations=2, seed=7)
     with caplog.at_level(logging.WARNING, logger="linkage.partition"), LeidenProcess() as worker:
         assert worker._process is not None
         if dies == "before it is given the graph":
             worker._process.kill()
             worker._process.wait()
+        else:
+            # stopped first, so that it cannot answer before it is killed: a small graph is
+            # partitioned within milliseconds, and a kill that comes later would find the answer sent
+            os.kill(worker._process.pid, signal.SIGSTOP)
         partitioned = worker.run(graph, resolution=0.02, iterations=2, seed=7)
-        if dies == "while partitioning":
+        if dies != "before it is given the graph":
             worker._process.kill()  # (killed for memory, say)
         np.testing.assert_array_equal(partitioned(), expected)
     assert "partitioning in this process" in caplog.text
