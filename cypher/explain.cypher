@@ -11,8 +11,8 @@ MATCH (:Account)-[h:HOLDS]->(:Run) DELETE h;
 UNWIND $links AS l
 MATCH (a:Account {account_id: l.account_a})
 MATCH (b:Account {account_id: l.account_b})
-CREATE (a)-[:LINKED {weight: l.weight, activity: l.activity, shared: l.shared, discount: l.discount,
-                     surprisal: l.surprisal, families: l.families}]->(b);
+CREATE (a)-[:LINKED {weight: l.weight, activity: l.activity, days: l.days, shared: l.shared,
+                     discount: l.discount, surprisal: l.surprisal, families: l.families}]->(b);
 
 // :name create_holdings
 UNWIND $rows AS h
@@ -28,7 +28,8 @@ SET run.detect_settings = $settings;
 // :name read_links
 MATCH (a:Account)-[l:LINKED]->(b:Account)
 RETURN {account_a: a.account_id, account_b: b.account_id, weight: l.weight, activity: l.activity,
-        shared: l.shared, discount: l.discount, surprisal: l.surprisal, families: l.families} AS row;
+        days: l.days, shared: l.shared, discount: l.discount, surprisal: l.surprisal,
+        families: l.families} AS row;
 
 // :name read_holdings
 MATCH (a:Account)-[h:HOLDS]->(:Run)

@@ -11,10 +11,15 @@ Nothing here is a weight chosen on one data set. Each figure is estimated from t
   accounts hold among thousands of singly-held cards is improbable; a carrier-NAT address, an SDK
   default or an everyday phrasing used by hundreds is not, and an account holding many entities
   (a proxy rotator) is expected to meet others.
-- **Lockstep activity.** Two independent accounts active in ``A`` and ``B`` of ``W`` time windows
-  share ``O ~ Poisson(λ)`` of them, ``λ = c·A·B/W`` with ``c`` measured on random pairs of this run
-  (people are all awake at similar hours); given ``O`` each of the MinHash positions agrees with
-  probability ``O/(A+B−O)``. The agreement seen is weighed by the tail of that mixture.
+- **Lockstep activity.** Two independent accounts active in ``A`` and ``B`` time windows of
+  lifetimes ``L_a`` and ``L_b`` windows long that overlap in ``V`` share ``O ~ Poisson(λ)`` windows,
+  ``λ = c·A·B/W``, ``W = L_a·L_b/V`` (each account's windows spread over its own lifetime), with
+  ``c`` measured on random pairs of this run (people are all awake at similar hours); given ``O``
+  each of the MinHash positions agrees with probability ``O/(A+B−O)``. The agreement seen is
+  weighed by the tail of that mixture. That the two lifetimes coincide is weighed apart, against
+  the run's own lifetimes: ``−ln`` of the share of its accounts whose days lie within the days the
+  pair spans (``shared_days_surprisal``). Two burners alive in the same three days of a month are
+  improbable; two of a crowd that all came in the same two days are not.
 - **Combining evidence (Fisher).** Correlated types (an address, its subnet and ASN) form a family
   in which only the strongest counts in full; families are independent, and a pair's total
   surprisal ``S`` over the ``m`` families it shares is converted into a probability with Fisher's
@@ -29,6 +34,7 @@ Nothing here is a weight chosen on one data set. Each figure is estimated from t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -122,7 +128,7 @@ def lockstep_surprisal(
     agreement: np.ndarray,
     windows_a: np.ndarray,
     windows_b: np.ndarray,
-    total_windows: float,
+    total_windows: float | np.ndarray,
     calibration: float,
     width: int,
     needed: np.ndarray | None = None,
@@ -141,7 +147,8 @@ def lockstep_surprisal(
     is at least its largest term, so one term bounds the surprisal from above.
 
     ``classes``: per pair, a non-negative integer that is the same for pairs of equal agreement and
-    equal ``windows_a`` and ``windows_b`` (in that order). Each class is then worked out once, with
+    equal ``windows_a`` and ``windows_b`` (in that order) and ``total_windows`` (one figure, or one
+    per pair). Each class is then worked out once, with
     the same result bit for bit: a campaign's accounts on one schedule make the same pair over and
     over (5.5 M pairs in 1.2 M classes on the simulator's fixed world at scale 1)."""
     needed = np.full(len(agreement), -np.inf) if needed is None else np.asarray(needed, np.float64)
@@ -150,8 +157,10 @@ def lockstep_surprisal(
     if grouped is not None:  # from here on one row per class
         one, code, rows_needed = grouped
         agreement, windows_a, windows_b = agreement[one], windows_a[one], windows_b[one]
+        if isinstance(total_windows, np.ndarray):
+            total_windows = total_windows[one]
     agree = np.rint(agreement * width).astype(np.int64)
-    expected = calibration * windows_a * windows_b / max(total_windows, 1.0)
+    expected = calibration * windows_a * windows_b / np.maximum(total_windows, 1.0)
     log_tail = _log_binomial_tails(width, _JACCARD_GRID)
     columns = (agree, np.rint(windows_a).astype(np.int64), np.rint(windows_b).astype(np.int64), expected, rows_needed)
     most = int(max(columns[1].max(initial=0), columns[2].max(initial=0), 1))
@@ -303,9 +312,16 @@ def _mixture_surprisal(agree, windows_a, windows_b, expected, needed, log_tail, 
             out[p] = -(best + np.log(total))
 
 
-def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, total_windows: float, seed: int) -> float:
+def lockstep_calibration(
+    agreement_of,
+    windows: np.ndarray,
+    has: np.ndarray,
+    total_windows_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    seed: int,
+) -> float:
     """How many more windows random pairs of this run share than independent accounts would (≥ 1):
-    people are awake at similar hours."""
+    people are awake at similar hours. ``total_windows_of(a, b)``: per pair, the ``W`` of
+    :func:`lockstep_surprisal`."""
     active = np.flatnonzero(has)
     if len(active) < 3:
         return 1.0
@@ -315,8 +331,38 @@ def lockstep_calibration(agreement_of, windows: np.ndarray, has: np.ndarray, tot
     keep = a != b
     a, b = a[keep], b[keep]
     observed = shared_windows(agreement_of(a, b), windows[a], windows[b]).sum()
-    expected = (windows[a] * windows[b]).sum() / max(total_windows, 1.0)
+    expected = (windows[a] * windows[b] / np.maximum(total_windows_of(a, b), 1.0)).sum()
     return float(max(observed / expected, 1.0)) if expected > 0 else 1.0
+
+
+def pair_windows(
+    first: np.ndarray, last: np.ndarray, a: np.ndarray, b: np.ndarray, steps_per_octave: int
+) -> np.ndarray:
+    """Per pair, ``W = L_a·L_b/V`` (windows; ``first``/``last``: each account's first and last active
+    window, ``V`` the overlap of the two lifetimes, at least one window), rounded to a grid of
+    ``steps_per_octave`` steps an octave so that pairs of one schedule keep one class."""
+    length_a, length_b = last[a] - first[a] + 1, last[b] - first[b] + 1
+    overlap = np.maximum(np.minimum(last[a], last[b]) - np.maximum(first[a], first[b]) + 1, 1)
+    exact = length_a.astype(np.float64) * length_b / overlap
+    return np.exp2(np.rint(np.log2(exact) * steps_per_octave) / steps_per_octave)
+
+
+def shared_days_surprisal(
+    first_day: np.ndarray, last_day: np.ndarray, has: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """Per pair, ``−ln`` of the share of the run's active accounts (``has``) whose first and last
+    active day lie within the days the pair's two accounts span, from the first day of either to
+    the last of either: 0 for two accounts of the whole run, large for two alive in the same few
+    days of a run where few are."""
+    if len(a) == 0 or not has.any():
+        return np.zeros(len(a))
+    days = int(last_day[has].max()) + 1
+    table = np.zeros((days, days))
+    np.add.at(table, (first_day[has], last_day[has]), 1.0)
+    # within[lo, hi]: accounts whose first day is at least lo and whose last is at most hi
+    within = table[::-1].cumsum(axis=0)[::-1].cumsum(axis=1)
+    low, high = np.minimum(first_day[a], first_day[b]), np.maximum(last_day[a], last_day[b])
+    return -np.log(np.maximum(within[low, high], 1.0) / has.sum())
 
 
 def mann_whitney_less(x: np.ndarray, y: np.ndarray) -> float:

@@ -35,6 +35,8 @@ from .chance import (
     link_threshold,
     lockstep_calibration,
     lockstep_surprisal,
+    pair_windows,
+    shared_days_surprisal,
     window_counts,
 )
 from .graph import (
@@ -612,7 +614,7 @@ def project(
     # the org discount, and what timing would have to add for the pair to link (pairs far short of it
     # need no exact figure): one compiled pass over the candidates, no temporaries over all of them
     discount, needed = _discount_and_needed(org, ca, cb, settings.org_discount, link_at, surprisal, timing_weight)
-    timing = _lockstep(accounts, ca, cb, settings, needed) if timing_weight > 0 else np.zeros(len(ca))
+    timing, days = _lockstep(accounts, ca, cb, settings, needed) if timing_weight > 0 else _no_lockstep(len(ca))
     shared = surprisal
     surprisal = _with_timing(shared, timing, timing_weight, discount, shared_families)
     # Fisher's tail never exceeds the plain sum: only pairs whose sum reaches the threshold can link
@@ -627,6 +629,7 @@ def project(
             "b": cb[keep],
             "weight": weight[weight >= link_at],
             "activity": timing[keep],
+            "days": days[keep] * timing_weight,
             "shared": shared[keep],
             "discount": discount[keep],
             "surprisal": surprisal[keep],
@@ -634,6 +637,10 @@ def project(
         },
         schema=PAIR_SCHEMA,
     )
+
+
+def _no_lockstep(pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(pairs), np.zeros(pairs)  # (two arrays: the first is weighted in place)
 
 
 @kernel()
@@ -675,6 +682,7 @@ PAIR_SCHEMA = {
     "b": pl.Int64,
     "weight": pl.Float64,  # Fisher's combined tail of `surprisal` over `families`: the link's weight (nats)
     "activity": pl.Float64,  # the lockstep (timing) part, before the org discount
+    "days": pl.Float64,  # the part of `activity` that is the two lifetimes' coincidence
     "shared": pl.Float64,  # what the shared entities add, by type and family, less what chance explains
     "discount": pl.Float64,  # the declared-org factor (1 when the two are not seats of one org)
     "surprisal": pl.Float64,  # (shared + activity) × discount
@@ -922,23 +930,26 @@ def _weigh_pairs(
 
 def _lockstep(
     accounts: pl.DataFrame, ca: np.ndarray, cb: np.ndarray, settings: DetectSettings, needed: np.ndarray | None = None
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate pair, the surprisal of how alike the two accounts' active time windows are
-    (MinHash agreement against what independent accounts of this run would show)."""
+    (MinHash agreement against what independent accounts of this run would show), and the part of
+    it that is their lifetimes' coincidence (the days both lived in, weighed against the run's own
+    lifetimes; :func:`~linkage.chance.shared_days_surprisal`)."""
     signatures = accounts["activity_signature"]
     has = signatures.is_not_null().to_numpy()
     width = ACTIVITY_SIGNATURE_SIZE
     matrix = np.zeros((accounts.height, width), dtype=np.int32)
     if not has.any() or len(ca) == 0:
-        return np.zeros(len(ca))
+        return np.zeros(len(ca)), np.zeros(len(ca))
     matrix[has] = signatures.filter(signatures.is_not_null()).list.to_array(width).to_numpy().astype(np.int32)
     windows = window_counts(matrix, has)
-    span = (
-        accounts.select((pl.col("last_seen").max() - pl.col("first_seen").min()).dt.total_minutes()).item()
-        if "last_seen" in accounts.columns
-        else None
-    )
-    total_windows = max(float(span or 0) / settings.activity_window_minutes, float(windows.max(initial=1.0)))
+    lifetimes = Lifetimes.of(accounts, has, settings.activity_window_minutes)
+
+    def total_windows_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if lifetimes is None:
+            return np.full(len(a), float(windows.max(initial=1.0)))
+        spread = pair_windows(lifetimes.first_window, lifetimes.last_window, a, b, _LIFETIME_STEPS_PER_OCTAVE)
+        return np.maximum(spread, np.maximum(windows[a], windows[b]))
 
     def agreement_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)
@@ -948,38 +959,74 @@ def _lockstep(
             list(pool.map(lambda h: _signature_agreement(matrix, has, a[h], b[h], agreement[h]), halves))
         return agreement
 
-    calibration = lockstep_calibration(agreement_of, windows, has, total_windows, settings.seed)
+    calibration = lockstep_calibration(agreement_of, windows, has, total_windows_of, settings.seed)
     agreement = agreement_of(ca, cb)
     # pairs agreeing nowhere have no lockstep: only the others are weighed (at incident scale the
     # per-pair temporaries of all 29M candidates were the run's peak memory)
     agreeing = np.flatnonzero(agreement > 0)
-    surprisal = np.zeros(len(ca))
+    surprisal, days = np.zeros(len(ca)), np.zeros(len(ca))
     if len(agreeing):
         a, b = ca[agreeing], cb[agreeing]
-        surprisal[agreeing] = lockstep_surprisal(
+        total = total_windows_of(a, b)
+        if lifetimes is not None:
+            days[agreeing] = shared_days_surprisal(lifetimes.first_day, lifetimes.last_day, has, a, b)
+        surprisal[agreeing] = days[agreeing] + lockstep_surprisal(
             agreement[agreeing],
             windows[a],
             windows[b],
-            total_windows,
+            total,
             calibration,
             width,
-            None if needed is None else needed[agreeing],
-            _lockstep_classes(agreement[agreeing], width, windows, a, b),
+            None if needed is None else needed[agreeing] - days[agreeing],
+            _lockstep_classes(agreement[agreeing], width, windows, total, a, b),
         )
-    return surprisal
+    return surprisal, days
+
+
+_LIFETIME_STEPS_PER_OCTAVE = 16  # a pair's W within 2.2 % (pairs of one schedule keep one class)
+_MINUTES_A_DAY = 24 * 60
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """Per account, its first and last active window and day, counted from the run's first request."""
+
+    first_window: np.ndarray
+    last_window: np.ndarray
+    first_day: np.ndarray
+    last_day: np.ndarray
+
+    @classmethod
+    def of(cls, accounts: pl.DataFrame, has: np.ndarray, window_minutes: int) -> Lifetimes | None:
+        """None without ``first_seen``/``last_seen``, or without activity."""
+        if "last_seen" not in accounts.columns or not has.any():
+            return None
+        start = accounts["first_seen"].min()
+        since = accounts.select(
+            *[(pl.col(c) - pl.lit(start)).dt.total_minutes().fill_null(0).alias(c) for c in ("first_seen", "last_seen")]
+        )
+        first, last = (since[c].to_numpy().astype(np.int64) for c in ("first_seen", "last_seen"))
+        return cls(first // window_minutes, last // window_minutes, first // _MINUTES_A_DAY, last // _MINUTES_A_DAY)
 
 
 def _lockstep_classes(
-    agreement: np.ndarray, width: int, windows: np.ndarray, a: np.ndarray, b: np.ndarray
+    agreement: np.ndarray, width: int, windows: np.ndarray, total: np.ndarray, a: np.ndarray, b: np.ndarray
 ) -> np.ndarray | None:
-    """Per pair, one integer for its agreement and its two ends' window counts (see
+    """Per pair, one integer for its agreement, its two ends' window counts and its ``W`` (see
     :func:`~linkage.chance.lockstep_surprisal`), or None when they do not fit in 63 bits."""
     window_code = np.unique(windows, return_inverse=True)[1].astype(np.int64)
+    total_code = np.unique(total, return_inverse=True)[1].astype(np.int64)
     agree_bits, code_bits = int(width).bit_length(), max(int(window_code.max(initial=0)).bit_length(), 1)
-    if agree_bits + 2 * code_bits > 63:
+    total_bits = max(int(total_code.max(initial=0)).bit_length(), 1)
+    if agree_bits + 2 * code_bits + total_bits > 63:
         return None
     agree = np.rint(agreement * width).astype(np.int64)
-    return agree | (window_code[a] << agree_bits) | (window_code[b] << (agree_bits + code_bits))
+    return (
+        agree
+        | (window_code[a] << agree_bits)
+        | (window_code[b] << (agree_bits + code_bits))
+        | (total_code << (agree_bits + 2 * code_bits))
+    )
 
 
 @kernel(writes=("agreement",))

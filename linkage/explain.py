@@ -210,6 +210,7 @@ _LINK_SCHEMA = {
     "account_b": pl.Utf8,
     "weight": pl.Float64,
     "activity": pl.Float64,
+    "days": pl.Float64,
     "shared": pl.Float64,
     "discount": pl.Float64,
     "surprisal": pl.Float64,
@@ -310,8 +311,11 @@ def explain_pair(out_dir: str | Path | RunTables, a: str, b: str) -> PairExplana
             f"{run.out_dir}: the memberships give {shared_total:.6f} nats for {a}–{b}, detection used "
             f"{link['shared']:.6f}: the files are not of one run"
         )
-    if link["activity"] > 0:
-        steps.append(Step("timing", "lockstep: active in the same hours beyond chance", link["activity"]))
+    hours = link["activity"] - link["days"]
+    if hours > 0:
+        steps.append(Step("timing", "lockstep: active in the same hours beyond chance", hours))
+    if link["days"] > 0:
+        steps.append(Step("days", "alive in the same days, as few of the run's accounts were", link["days"]))
     before_org = link["shared"] + link["activity"]
     if link["discount"] < 1:
         steps.append(

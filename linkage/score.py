@@ -205,22 +205,21 @@ def score_rings(
         .agg([pl.col(f).mean().alias(f"risk_{f}") for f in available])
     )
     lockstep = _lockstep(detection, members, links)
+    hours = _lockstep(detection, members, links, hours_only=True)
     size_and_org = _size_and_org(members, accounts)
     institutions = _institutions(members, reading.institutions)
     # what members' academic institutions explain (a class on its course) is taken out before the
     # ring is read, by both readings
-    scored_risk = vouched_risk(members, risk, institutions, lockstep) if settings.academic_institutions else risk
+    scored_risk = vouched_risk(members, risk, institutions, hours) if settings.academic_institutions else risk
     ring_risk = shrunk_ring_risk(
         members,
-        org_explained_risk(members, scored_risk, size_and_org, lockstep)
-        if settings.declared_org_clock
-        else scored_risk,
+        org_explained_risk(members, scored_risk, size_and_org, hours) if settings.declared_org_clock else scored_risk,
         billed,
         prior,
         settings.prior_members,
     )
     if settings.timing_confidence:
-        ring_risk = _weigh_by_timing(ring_risk, lockstep, prior)
+        ring_risk = _weigh_by_timing(ring_risk, hours, prior)
     ring_alike = alike(behaviour, members.select("ring_id", "account_id"))
     crowd_alike = ring_alike.with_columns(pl.lit(None, pl.Float64).alias("crowd_alike"))
     if settings.alike_reference_share is not None:
@@ -1631,13 +1630,18 @@ def _weigh_by_timing(ring_risk: pl.DataFrame, lockstep: pl.DataFrame, prior: flo
     )
 
 
-def _lockstep(detection: Detection, members: pl.DataFrame, links: pl.DataFrame | None = None) -> pl.DataFrame:
+def _lockstep(
+    detection: Detection, members: pl.DataFrame, links: pl.DataFrame | None = None, hours_only: bool = False
+) -> pl.DataFrame:
     """The mean lockstep surprisal (nats) of the ring's links (``links``: :func:`_in_ring_links`, when
-    already known)."""
+    already known). ``hours_only``: without the part that is the members' lifetimes coinciding
+    (a course, or an org's seats, live in the same weeks; whether they keep one clock is read in
+    their hours)."""
     ring_of = members.select("community", "ring_id").unique("community")
     links = _in_ring_links(detection, members) if links is None else links
-    per_community = links.group_by("community").agg(pl.col("activity").mean())
-    return per_community.join(ring_of, on="community").select("ring_id", pl.col("activity").alias("lockstep"))
+    clock = pl.col("activity") - pl.col("days") if hours_only else pl.col("activity")
+    per_community = links.group_by("community").agg(clock.mean().alias("lockstep"))
+    return per_community.join(ring_of, on="community").select("ring_id", "lockstep")
 
 
 def _in_ring_links(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
@@ -1652,7 +1656,7 @@ def _in_ring_links(detection: Detection, members: pl.DataFrame) -> pl.DataFrame:
     of_a = community[a]
     inside = (of_a >= 0) & (of_a == community[b])
     return (
-        detection.pairs.select("a", "b", "weight", "activity")
+        detection.pairs.select("a", "b", "weight", "activity", "days")
         .filter(pl.Series(inside))
         .with_columns(pl.Series("community", of_a[inside]))
     )

@@ -93,3 +93,23 @@ def test_phrasing_confounders_wrap_benign_prompts(world: Path, tmp_path: Path) -
     _, templated, _ = _confounded(world, tmp_path, "popular_templates")
     wrapped = _of(templated["requests"], benign)["prompt"].drop_nulls().str.starts_with("You are writing assistant")
     assert 0.4 < wrapped.mean() < 0.6
+
+
+def test_a_benign_crowd_alive_in_the_same_two_days_is_not_read_as_one_clock(tmp_path: Path) -> None:
+    """Simulator world 42 with its benign month squeezed into two days (its campaigns as drawn): an
+    org's 298 seats kept "one clock" against a null that spread every account over the month, and
+    were flagged. Weighed within the accounts' lifetimes, and their lifetimes against the run's own,
+    none is."""
+    import linkage
+    from linkage.simulate import SimulationConfig, simulate
+
+    simulate(tmp_path / "sim", SimulationConfig(scale=0.01, seed=42, world="random"))
+    labels = tmp_path / "sim" / "labels.parquet"
+    rushed = confounders.confounded(tmp_path / "sim" / "input", labels, tmp_path / "rushed" / "input", "one_rush")
+    result = linkage.run(rushed)
+    truth = pl.read_parquet(labels)
+    flagged = result.members.join(result.rings.filter(pl.col("flagged")).select("ring_id"), on="ring_id")
+    marked = truth.join(flagged.select("account_id"), on="account_id")
+    campaign = truth.filter(pl.col("label") != "benign")
+    assert marked.filter(pl.col("label") == "benign").height == 0
+    assert marked.filter(pl.col("label") != "benign").height >= 0.95 * campaign.height

@@ -1,4 +1,5 @@
-"""The statistics written out in chance.py agree with scipy.stats, which the run no longer imports."""
+"""The statistics written out in chance.py: they agree with scipy.stats, which the run no longer
+imports, and the lockstep null reads the run's own lifetimes."""
 
 import numpy as np
 import pytest
@@ -64,3 +65,37 @@ def test_lockstep_by_class_is_the_sum_per_pair_bit_for_bit():
     assert len(one) == len(np.unique(classes))
     assert np.array_equal(neediest, np.array([needed[classes == classes[p]].min() for p in one]))
     assert _class_representatives(np.arange(n), needed) is None  # one pair a class: not worth it
+
+
+def test_a_pairs_windows_are_spread_over_the_two_lifetimes():
+    """``W = L_a·L_b/V``: two accounts of the whole run have its length; one alive for a day inside
+    the other's month adds nothing to it; two of one day have that day; on a grid of 1/16 octave."""
+    from linkage.chance import pair_windows
+
+    first, last = np.array([0, 0, 100, 100, 300]), np.array([719, 719, 123, 123, 323])
+    a, b = np.array([0, 0, 2, 2]), np.array([1, 2, 3, 4])
+    w = pair_windows(first, last, a, b, 16)
+    assert w[0] == pytest.approx(720, rel=0.022) and w[1] == pytest.approx(720, rel=0.022)
+    assert w[2] == pytest.approx(24, rel=0.022)
+    assert w[3] == pytest.approx(24 * 24, rel=0.022)  # lifetimes apart: as if they met in one window
+    assert np.allclose(np.log2(w) * 16, np.rint(np.log2(w) * 16))
+
+
+def test_living_in_the_same_days_is_weighed_against_the_runs_own_lifetimes():
+    """Two burners alive three days of a month where everyone else lives the month are improbable;
+    two of a crowd that all came in the same two days are not; two of the whole month are nothing."""
+    from linkage.chance import shared_days_surprisal
+
+    month = 100
+    first = np.r_[np.zeros(month, int), [10, 10]]
+    last = np.r_[np.full(month, 29), [12, 11]]
+    has = np.ones(len(first), bool)
+    burners, regulars = shared_days_surprisal(first, last, has, np.array([100, 0]), np.array([101, 1]))
+    assert burners == pytest.approx(-np.log(2 / 102)) and regulars == 0.0
+    rushed_first, rushed_last = np.zeros(100, int), np.r_[np.ones(80, int), np.full(20, 29)]
+    crowd = shared_days_surprisal(rushed_first, rushed_last, np.ones(100, bool), np.array([0]), np.array([1]))
+    assert crowd[0] == pytest.approx(-np.log(0.8))
+    # accounts without activity are not part of the run's lifetimes
+    quiet = np.r_[np.ones(100, bool), [False, False]]
+    alone = shared_days_surprisal(first, last, quiet, np.array([0]), np.array([1]))
+    assert alone[0] == 0.0

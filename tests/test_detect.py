@@ -607,8 +607,9 @@ def test_lockstep_mixture_matches_a_brute_force_sum_and_its_bound_never_changes_
 
 
 def test_lockstep_worked_out_once_per_class_is_the_same_bit_for_bit():
-    """Pairs of one agreement and one pair of window counts (a campaign on one schedule) are summed
-    once; the figures, bounds where a pair needs less included, are those of every pair on its own."""
+    """Pairs of one agreement, one pair of window counts and one W (a campaign on one schedule) are
+    summed once; the figures, bounds where a pair needs less included, are those of every pair on
+    its own."""
     from linkage.chance import lockstep_surprisal
     from linkage.detect import _lockstep_classes
 
@@ -617,12 +618,16 @@ def test_lockstep_worked_out_once_per_class_is_the_same_bit_for_bit():
     a, b = rng.integers(0, 50, 4_000), rng.integers(0, 50, 4_000)
     agreement = rng.integers(0, 17, 4_000) / 16
     needed = rng.uniform(-5, 40, 4_000)
-    classes = _lockstep_classes(agreement, 16, windows, a, b)
-    assert classes is not None and len(np.unique(classes)) <= 4 * 4 * 17
-    alone = lockstep_surprisal(agreement, windows[a], windows[b], 720.0, 1.3, 16, needed)
-    grouped = lockstep_surprisal(agreement, windows[a], windows[b], 720.0, 1.3, 16, needed, classes)
+    total = rng.choice([700.0, 720.0, 1440.0], 4_000)  # per pair: the lifetimes' W
+    classes = _lockstep_classes(agreement, 16, windows, total, a, b)
+    assert classes is not None and len(np.unique(classes)) <= 4 * 4 * 17 * 3
+    alone = lockstep_surprisal(agreement, windows[a], windows[b], total, 1.3, 16, needed)
+    grouped = lockstep_surprisal(agreement, windows[a], windows[b], total, 1.3, 16, needed, classes)
     assert np.array_equal(alone, grouped)
-    assert (grouped > lockstep_surprisal(agreement, windows[a], windows[b], 720.0, 1.3, 16)).any()  # bounds used
+    assert (grouped > lockstep_surprisal(agreement, windows[a], windows[b], total, 1.3, 16)).any()  # bounds used
+    # one W for all (no lifetimes known) gives the same figures as per pair
+    same_w = lockstep_surprisal(agreement, windows[a], windows[b], np.full(4_000, 720.0), 1.3, 16)
+    assert np.array_equal(same_w, lockstep_surprisal(agreement, windows[a], windows[b], 720.0, 1.3, 16))
 
 
 def _builds_graph(

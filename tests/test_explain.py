@@ -60,13 +60,18 @@ def test_every_pair_waterfall_sums_to_the_weight_detection_used(demo) -> None:
     ids = result.detection.accounts["account_id"]
     pairs = result.detection.pairs
     assert pairs.height > 20
-    for a, b, weight in pairs.select("a", "b", "weight").iter_rows():
+    seen: set[str] = set()
+    for a, b, weight, days in pairs.select("a", "b", "weight", "days").iter_rows():
         explained = explain_pair(out, ids[a], ids[b])
         if explained.linked:  # links touching a ring member are kept for explain
             assert sum(step.nats for step in explained.steps) == pytest.approx(weight, abs=1e-6)
             assert explained.weight == pytest.approx(weight, abs=1e-8)
             kinds = {step.kind for step in explained.steps}
             assert "entity" in kinds and "fisher" in kinds
+            # the lockstep in two steps: the hours, and the days the two lived in
+            assert sum(s.nats for s in explained.steps if s.kind == "days") == pytest.approx(days, abs=1e-9)
+            seen |= kinds
+    assert {"timing", "days"} <= seen
 
 
 def test_unlinked_pair_and_unringed_account(demo) -> None:

@@ -236,7 +236,7 @@ def _clean_fleet_run(lockstep: float) -> pl.DataFrame:
     first = int(members["idx"].min())
     pairs = pl.DataFrame(
         {"a": [first + i for i in range(fleet - 1)], "b": [first + i + 1 for i in range(fleet - 1)]}
-    ).with_columns(pl.lit(20.0).alias("weight"), pl.lit(lockstep).alias("activity"))
+    ).with_columns(pl.lit(20.0).alias("weight"), pl.lit(lockstep).alias("activity"), pl.lit(0.0).alias("days"))
     detection = Detection(index, pl.DataFrame(), pairs, members.select("account_id", "community"))
     ring_risk = pl.DataFrame(
         {
@@ -735,6 +735,7 @@ def test_internal_strength_sums_each_members_links_inside_its_ring() -> None:
             "b": [1, 2, 2, 3, 4, 5, 7],  # 2-3 joins two rings; 6 is in no ring
             "weight": [20.0, 10.0, 30.0, 99.0, 16.0, 24.0, 50.0],
             "activity": [2.0, 4.0, 6.0, 9.0, 1.0, 3.0, 7.0],
+            "days": [0.0] * 7,
         }
     )
     detection = Detection(pl.DataFrame(), pl.DataFrame(), pairs, members.select("account_id", "community"))
@@ -766,7 +767,13 @@ def test_a_tame_members_clock_is_read_on_its_links_to_the_risky_core_only() -> N
         }
     )
     pairs = pl.DataFrame(
-        {"a": [0, 0, 3, 1], "b": [1, 3, 4, 4], "weight": [20.0, 11.0, 30.0, 11.0], "activity": [8.0, 0.1, 15.0, 0.3]}
+        {
+            "a": [0, 0, 3, 1],
+            "b": [1, 3, 4, 4],
+            "weight": [20.0, 11.0, 30.0, 11.0],
+            "activity": [8.0, 0.1, 15.0, 0.3],
+            "days": [0.0] * 4,
+        }
     )
     detection = Detection(pl.DataFrame(), pl.DataFrame(), pairs, members.select("account_id", "community"))
     risk = pl.DataFrame({"account_id": ["a1", "a2", "a3", "v1", "v2"], "risk": [0.9, 0.9, 0.9, 0.3, 0.3]})
