@@ -336,15 +336,28 @@ def lockstep_calibration(
 
 
 def pair_windows(
-    first: np.ndarray, last: np.ndarray, a: np.ndarray, b: np.ndarray, steps_per_octave: int
-) -> np.ndarray:
+    first: np.ndarray, last: np.ndarray, windows: np.ndarray, a: np.ndarray, b: np.ndarray, steps_per_octave: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per pair, ``W = L_a·L_b/V`` (windows; ``first``/``last``: each account's first and last active
-    window, ``V`` the overlap of the two lifetimes, at least one window), rounded to a grid of
-    ``steps_per_octave`` steps an octave so that pairs of one schedule keep one class."""
-    length_a, length_b = last[a] - first[a] + 1, last[b] - first[b] + 1
-    overlap = np.maximum(np.minimum(last[a], last[b]) - np.maximum(first[a], first[b]) + 1, 1)
-    exact = length_a.astype(np.float64) * length_b / overlap
-    return np.exp2(np.rint(np.log2(exact) * steps_per_octave) / steps_per_octave)
+    window, ``V`` the overlap of the two lifetimes, at least one window), no less than either
+    account's active ``windows``, on a grid of ``steps_per_octave`` steps an octave so that pairs of
+    one schedule keep one class; and its step on that grid (an integer naming the figure)."""
+    total, step = np.empty(len(a)), np.empty(len(a), np.int64)
+    _pair_windows(first, last, windows, np.asarray(a, np.int64), np.asarray(b, np.int64), steps_per_octave, total, step)
+    return total, step
+
+
+@kernel(writes=("total", "step"))
+def _pair_windows(first, last, windows, a, b, steps_per_octave, total, step):
+    for p in range(len(a)):
+        i, j = a[p], b[p]
+        overlap = max(min(last[i], last[j]) - max(first[i], first[j]) + 1, 1)
+        exact = max((last[i] - first[i] + 1.0) * (last[j] - first[j] + 1.0) / overlap, windows[i], windows[j], 1.0)
+        k = int(np.rint(np.log2(exact) * steps_per_octave))
+        if 2.0 ** (k / steps_per_octave) < max(windows[i], windows[j]):
+            k += 1  # (never fewer windows than either account was active in)
+        step[p] = k
+        total[p] = 2.0 ** (k / steps_per_octave)
 
 
 def shared_days_surprisal(
@@ -354,15 +367,24 @@ def shared_days_surprisal(
     active day lie within the days the pair's two accounts span, from the first day of either to
     the last of either: 0 for two accounts of the whole run, large for two alive in the same few
     days of a run where few are."""
+    surprisal = np.zeros(len(a))
     if len(a) == 0 or not has.any():
-        return np.zeros(len(a))
+        return surprisal
     days = int(last_day[has].max()) + 1
     table = np.zeros((days, days))
     np.add.at(table, (first_day[has], last_day[has]), 1.0)
     # within[lo, hi]: accounts whose first day is at least lo and whose last is at most hi
     within = table[::-1].cumsum(axis=0)[::-1].cumsum(axis=1)
-    low, high = np.minimum(first_day[a], first_day[b]), np.maximum(last_day[a], last_day[b])
-    return -np.log(np.maximum(within[low, high], 1.0) / has.sum())
+    rarity = -np.log(np.maximum(within, 1.0) / has.sum())
+    _days_looked_up(rarity, first_day, last_day, np.asarray(a, np.int64), np.asarray(b, np.int64), surprisal)
+    return surprisal
+
+
+@kernel(writes=("surprisal",))
+def _days_looked_up(rarity, first_day, last_day, a, b, surprisal):
+    for p in range(len(a)):
+        i, j = a[p], b[p]
+        surprisal[p] = rarity[min(first_day[i], first_day[j]), max(last_day[i], last_day[j])]
 
 
 def mann_whitney_less(x: np.ndarray, y: np.ndarray) -> float:

@@ -945,11 +945,11 @@ def _lockstep(
     windows = window_counts(matrix, has)
     lifetimes = Lifetimes.of(accounts, has, settings.activity_window_minutes)
 
-    def total_windows_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def total_windows_of(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W, an integer naming it) per pair."""
         if lifetimes is None:
-            return np.full(len(a), float(windows.max(initial=1.0)))
-        spread = pair_windows(lifetimes.first_window, lifetimes.last_window, a, b, _LIFETIME_STEPS_PER_OCTAVE)
-        return np.maximum(spread, np.maximum(windows[a], windows[b]))
+            return np.full(len(a), float(windows.max(initial=1.0))), np.zeros(len(a), np.int64)
+        return pair_windows(lifetimes.first_window, lifetimes.last_window, windows, a, b, _LIFETIME_STEPS_PER_OCTAVE)
 
     def agreement_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)
@@ -959,7 +959,9 @@ def _lockstep(
             list(pool.map(lambda h: _signature_agreement(matrix, has, a[h], b[h], agreement[h]), halves))
         return agreement
 
-    calibration = lockstep_calibration(agreement_of, windows, has, total_windows_of, settings.seed)
+    calibration = lockstep_calibration(
+        agreement_of, windows, has, lambda a, b: total_windows_of(a, b)[0], settings.seed
+    )
     agreement = agreement_of(ca, cb)
     # pairs agreeing nowhere have no lockstep: only the others are weighed (at incident scale the
     # per-pair temporaries of all 29M candidates were the run's peak memory)
@@ -967,7 +969,7 @@ def _lockstep(
     surprisal, days = np.zeros(len(ca)), np.zeros(len(ca))
     if len(agreeing):
         a, b = ca[agreeing], cb[agreeing]
-        total = total_windows_of(a, b)
+        total, total_step = total_windows_of(a, b)
         if lifetimes is not None:
             days[agreeing] = shared_days_surprisal(lifetimes.first_day, lifetimes.last_day, has, a, b)
         surprisal[agreeing] = days[agreeing] + lockstep_surprisal(
@@ -978,7 +980,7 @@ def _lockstep(
             calibration,
             width,
             None if needed is None else needed[agreeing] - days[agreeing],
-            _lockstep_classes(agreement[agreeing], width, windows, total, a, b),
+            _lockstep_classes(agreement[agreeing], width, windows, total_step, a, b),
         )
     return surprisal, days
 
@@ -1010,12 +1012,13 @@ class Lifetimes:
 
 
 def _lockstep_classes(
-    agreement: np.ndarray, width: int, windows: np.ndarray, total: np.ndarray, a: np.ndarray, b: np.ndarray
+    agreement: np.ndarray, width: int, windows: np.ndarray, total_step: np.ndarray, a: np.ndarray, b: np.ndarray
 ) -> np.ndarray | None:
-    """Per pair, one integer for its agreement, its two ends' window counts and its ``W`` (see
+    """Per pair, one integer for its agreement, its two ends' window counts and its ``W`` (named by
+    its step on :func:`~linkage.chance.pair_windows`' grid; see
     :func:`~linkage.chance.lockstep_surprisal`), or None when they do not fit in 63 bits."""
     window_code = np.unique(windows, return_inverse=True)[1].astype(np.int64)
-    total_code = np.unique(total, return_inverse=True)[1].astype(np.int64)
+    total_code = total_step - total_step.min(initial=0)
     agree_bits, code_bits = int(width).bit_length(), max(int(window_code.max(initial=0)).bit_length(), 1)
     total_bits = max(int(total_code.max(initial=0)).bit_length(), 1)
     if agree_bits + 2 * code_bits + total_bits > 63:

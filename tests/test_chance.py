@@ -69,16 +69,19 @@ def test_lockstep_by_class_is_the_sum_per_pair_bit_for_bit():
 
 def test_a_pairs_windows_are_spread_over_the_two_lifetimes():
     """``W = L_a·L_b/V``: two accounts of the whole run have its length; one alive for a day inside
-    the other's month adds nothing to it; two of one day have that day; on a grid of 1/16 octave."""
+    the other's month adds nothing to it; two of one day have that day; never fewer windows than
+    either account was active in; on a grid of 1/16 octave, each figure named by its step."""
     from linkage.chance import pair_windows
 
-    first, last = np.array([0, 0, 100, 100, 300]), np.array([719, 719, 123, 123, 323])
-    a, b = np.array([0, 0, 2, 2]), np.array([1, 2, 3, 4])
-    w = pair_windows(first, last, a, b, 16)
+    first, last = np.array([0, 0, 100, 100, 300, 100]), np.array([719, 719, 123, 123, 323, 123])
+    windows = np.array([300.0, 200.0, 10.0, 12.0, 5.0, 30.0])  # (the last more than its lifetime: an estimate)
+    a, b = np.array([0, 0, 2, 2, 2]), np.array([1, 2, 3, 4, 5])
+    w, step = pair_windows(first, last, windows, a, b, 16)
     assert w[0] == pytest.approx(720, rel=0.022) and w[1] == pytest.approx(720, rel=0.022)
     assert w[2] == pytest.approx(24, rel=0.022)
     assert w[3] == pytest.approx(24 * 24, rel=0.022)  # lifetimes apart: as if they met in one window
-    assert np.allclose(np.log2(w) * 16, np.rint(np.log2(w) * 16))
+    assert 30.0 <= w[4] <= 30.0 * 2 ** (1 / 16)
+    assert np.array_equal(w, np.exp2(step / 16)) and step.dtype == np.int64
 
 
 def test_living_in_the_same_days_is_weighed_against_the_runs_own_lifetimes():

@@ -618,8 +618,9 @@ def test_lockstep_worked_out_once_per_class_is_the_same_bit_for_bit():
     a, b = rng.integers(0, 50, 4_000), rng.integers(0, 50, 4_000)
     agreement = rng.integers(0, 17, 4_000) / 16
     needed = rng.uniform(-5, 40, 4_000)
-    total = rng.choice([700.0, 720.0, 1440.0], 4_000)  # per pair: the lifetimes' W
-    classes = _lockstep_classes(agreement, 16, windows, total, a, b)
+    step = rng.choice([151, 152, 168], 4_000)  # per pair: the lifetimes' W, by its step on the grid
+    total = np.exp2(step / 16)
+    classes = _lockstep_classes(agreement, 16, windows, step, a, b)
     assert classes is not None and len(np.unique(classes)) <= 4 * 4 * 17 * 3
     alone = lockstep_surprisal(agreement, windows[a], windows[b], total, 1.3, 16, needed)
     grouped = lockstep_surprisal(agreement, windows[a], windows[b], total, 1.3, 16, needed, classes)
