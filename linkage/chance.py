@@ -370,21 +370,31 @@ def shared_days_surprisal(
     surprisal = np.zeros(len(a))
     if len(a) == 0 or not has.any():
         return surprisal
-    days = int(last_day[has].max()) + 1
-    table = np.zeros((days, days))
-    np.add.at(table, (first_day[has], last_day[has]), 1.0)
-    # within[lo, hi]: accounts whose first day is at least lo and whose last is at most hi
+    # the days some account begins or ends on, numbered in order: a table of them whatever the span
+    # (a stray timestamp of 1970 makes a run 20,000 days long); past _MOST_DAY_STEPS distinct days
+    # they share steps, and an account counts as within a pair's days when its steps are
+    days = np.unique(np.concatenate([first_day[has], last_day[has]]))
+    step_of_day = (np.arange(len(days)) * min(len(days), _MOST_DAY_STEPS)) // len(days)
+    first_step = step_of_day[np.searchsorted(days, first_day.clip(days[0], days[-1]))]
+    last_step = step_of_day[np.searchsorted(days, last_day.clip(days[0], days[-1]))]
+    steps = int(step_of_day[-1]) + 1
+    table = np.zeros((steps, steps))
+    np.add.at(table, (first_step[has], last_step[has]), 1.0)
+    # within[lo, hi]: accounts whose first step is at least lo and whose last is at most hi
     within = table[::-1].cumsum(axis=0)[::-1].cumsum(axis=1)
     rarity = -np.log(np.maximum(within, 1.0) / has.sum())
-    _days_looked_up(rarity, first_day, last_day, np.asarray(a, np.int64), np.asarray(b, np.int64), surprisal)
+    _days_looked_up(rarity, first_step, last_step, np.asarray(a, np.int64), np.asarray(b, np.int64), surprisal)
     return surprisal
 
 
+_MOST_DAY_STEPS = 1024  # (a table of 8 MiB)
+
+
 @kernel(writes=("surprisal",))
-def _days_looked_up(rarity, first_day, last_day, a, b, surprisal):
+def _days_looked_up(rarity, first_step, last_step, a, b, surprisal):
     for p in range(len(a)):
         i, j = a[p], b[p]
-        surprisal[p] = rarity[min(first_day[i], first_day[j]), max(last_day[i], last_day[j])]
+        surprisal[p] = rarity[min(first_step[i], first_step[j]), max(last_step[i], last_step[j])]
 
 
 def mann_whitney_less(x: np.ndarray, y: np.ndarray) -> float:

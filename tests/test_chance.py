@@ -102,3 +102,21 @@ def test_living_in_the_same_days_is_weighed_against_the_runs_own_lifetimes():
     quiet = np.r_[np.ones(100, bool), [False, False]]
     alone = shared_days_surprisal(first, last, quiet, np.array([0]), np.array([1]))
     assert alone[0] == 0.0
+
+
+def test_the_days_table_stays_small_however_long_the_run():
+    """A stray timestamp of 1970 makes a run 20,000 days long: the table is over the days accounts
+    begin or end on, and past 1,024 of them over steps of them; the figures of a short run are
+    those of its days."""
+    from linkage.chance import shared_days_surprisal
+
+    first = np.r_[np.zeros(100, int), [10, 10], [-20_000]]
+    last = np.r_[np.full(100, 29), [12, 11], [-20_000]]
+    has = np.ones(len(first), bool)
+    burners = shared_days_surprisal(first, last, has, np.array([100]), np.array([101]))
+    assert burners[0] == pytest.approx(-np.log(2 / 103))
+    rng = np.random.default_rng(4)
+    start = rng.integers(0, 50_000, 5_000)  # 5,000 accounts over 137 years
+    end = start + rng.integers(0, 30, 5_000)
+    many = shared_days_surprisal(start, end, np.ones(5_000, bool), np.arange(0, 100), np.arange(100, 200))
+    assert np.isfinite(many).all() and (many >= 0).all() and many.max() > 5
