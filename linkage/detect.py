@@ -940,7 +940,7 @@ def _lockstep(
     width = ACTIVITY_SIGNATURE_SIZE
     matrix = np.zeros((accounts.height, width), dtype=np.int32)
     if not has.any() or len(ca) == 0:
-        return np.zeros(len(ca)), np.zeros(len(ca))
+        return _no_lockstep(len(ca))
     matrix[has] = signatures.filter(signatures.is_not_null()).list.to_array(width).to_numpy().astype(np.int32)
     windows = window_counts(matrix, has)
     lifetimes = Lifetimes.of(accounts, has, settings.activity_window_minutes)
